@@ -1,0 +1,9 @@
+//! Checkpoint reading, architecture inference, name conversion and the three networks.
+
+pub mod checkpoint;
+pub mod clip;
+pub mod config;
+pub mod convert;
+pub mod layers;
+pub mod unet;
+pub mod vae;

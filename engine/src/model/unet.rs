@@ -1,0 +1,350 @@
+//! The conditional UNet of Stable Diffusion 1.x, 2.x and SDXL (diffusers layout).
+//!
+//! Written here rather than taken from candle-transformers: its SDXL UNet lacks the size/crop
+//! conditioning (`add_embedding`), its sliced attention is broken, and later work (feature
+//! caching, token merging, LoRA) needs hooks inside the blocks.
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear};
+
+use super::checkpoint::Weights;
+use super::config::UnetConfig;
+use super::layers::{attention, conv2d, group_norm, layer_norm, linear};
+use crate::error::{EngineError, Result};
+
+/// Sinusoidal embedding of `t` (diffusers `Timesteps` with `flip_sin_to_cos`, shift 0).
+pub fn timestep_embedding(t: &[f64], dim: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let half = dim / 2;
+    let mut data = Vec::with_capacity(t.len() * dim);
+    for &tv in t {
+        let freqs: Vec<f32> = (0..half)
+            .map(|i| {
+                let exponent = -(10000f32.ln()) * i as f32 / half as f32;
+                exponent.exp() * tv as f32
+            })
+            .collect();
+        data.extend(freqs.iter().map(|f| f.cos()));
+        data.extend(freqs.iter().map(|f| f.sin()));
+    }
+    Ok(Tensor::from_vec(data, (t.len(), dim), device)?)
+}
+
+struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+}
+
+impl ResnetBlock {
+    fn new(w: &Weights, p: &str, groups: usize, eps: f64) -> Result<Self> {
+        let has = |n: &str| w.has(&format!("{p}.{n}.weight"));
+        Ok(Self {
+            norm1: group_norm(w, &format!("{p}.norm1"), groups, eps)?,
+            conv1: conv2d(w, &format!("{p}.conv1"), 1)?,
+            time: if has("time_emb_proj") { Some(linear(w, &format!("{p}.time_emb_proj"))?) } else { None },
+            norm2: group_norm(w, &format!("{p}.norm2"), groups, eps)?,
+            conv2: conv2d(w, &format!("{p}.conv2"), 1)?,
+            shortcut: if has("conv_shortcut") { Some(conv2d(w, &format!("{p}.conv_shortcut"), 1)?) } else { None },
+        })
+    }
+
+    fn forward(&self, x: &Tensor, emb: Option<&Tensor>) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = match (&self.time, emb) {
+            (Some(t), Some(e)) => h.broadcast_add(&t.forward(&e.silu()?)?.unsqueeze(2)?.unsqueeze(3)?)?,
+            _ => h,
+        };
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let skip = match &self.shortcut {
+            Some(s) => s.forward(x)?,
+            None => x.clone(),
+        };
+        Ok((skip + h)?)
+    }
+}
+
+/// Re-exported for the VAE, which uses the same residual block without a time embedding.
+pub(crate) struct PublicResnet(ResnetBlock);
+
+impl PublicResnet {
+    pub(crate) fn new(w: &Weights, p: &str, groups: usize, eps: f64) -> Result<Self> {
+        Ok(Self(ResnetBlock::new(w, p, groups, eps)?))
+    }
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.0.forward(x, None)
+    }
+}
+
+struct CrossAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl CrossAttention {
+    fn new(w: &Weights, p: &str, heads: usize) -> Result<Self> {
+        Ok(Self {
+            q: linear(w, &format!("{p}.to_q"))?,
+            k: linear(w, &format!("{p}.to_k"))?,
+            v: linear(w, &format!("{p}.to_v"))?,
+            out: linear(w, &format!("{p}.to_out.0"))?,
+            heads,
+        })
+    }
+    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let q = self.q.forward(x)?;
+        let k = self.k.forward(context)?;
+        let v = self.v.forward(context)?;
+        Ok(self.out.forward(&attention(&q, &k, &v, self.heads, None)?)?)
+    }
+}
+
+struct TransformerBlock {
+    norm1: LayerNorm,
+    attn1: CrossAttention,
+    norm2: LayerNorm,
+    attn2: CrossAttention,
+    norm3: LayerNorm,
+    ff_in: Linear,
+    ff_out: Linear,
+}
+
+impl TransformerBlock {
+    fn new(w: &Weights, p: &str, heads: usize) -> Result<Self> {
+        Ok(Self {
+            norm1: layer_norm(w, &format!("{p}.norm1"), 1e-5)?,
+            attn1: CrossAttention::new(w, &format!("{p}.attn1"), heads)?,
+            norm2: layer_norm(w, &format!("{p}.norm2"), 1e-5)?,
+            attn2: CrossAttention::new(w, &format!("{p}.attn2"), heads)?,
+            norm3: layer_norm(w, &format!("{p}.norm3"), 1e-5)?,
+            ff_in: linear(w, &format!("{p}.ff.net.0.proj"))?,
+            ff_out: linear(w, &format!("{p}.ff.net.2"))?,
+        })
+    }
+    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let h = self.norm1.forward(x)?;
+        let x = (x + self.attn1.forward(&h, &h)?)?;
+        let x = (&x + self.attn2.forward(&self.norm2.forward(&x)?, context)?)?;
+        let h = self.ff_in.forward(&self.norm3.forward(&x)?)?;
+        let half = h.dim(2)? / 2;
+        let (a, gate) = (h.narrow(2, 0, half)?, h.narrow(2, half, half)?);
+        let h = (a * gate.gelu_erf()?)?;
+        Ok((x + self.ff_out.forward(&h)?)?)
+    }
+}
+
+struct SpatialTransformer {
+    norm: GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<TransformerBlock>,
+    proj_out: Projection,
+}
+
+/// `proj_in`/`proj_out` are 1x1 convolutions in SD 1.x and linear layers in SD 2.x/SDXL.
+enum Projection {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+impl Projection {
+    fn new(w: &Weights, p: &str, linear_layer: bool) -> Result<Self> {
+        Ok(if linear_layer { Projection::Linear(linear(w, p)?) } else { Projection::Conv(conv2d(w, p, 1)?) })
+    }
+}
+
+impl SpatialTransformer {
+    fn new(w: &Weights, p: &str, depth: usize, heads: usize, cfg: &UnetConfig) -> Result<Self> {
+        Ok(Self {
+            norm: group_norm(w, &format!("{p}.norm"), cfg.groups, 1e-6)?,
+            proj_in: Projection::new(w, &format!("{p}.proj_in"), cfg.linear_projection)?,
+            blocks: (0..depth).map(|i| TransformerBlock::new(w, &format!("{p}.transformer_blocks.{i}"), heads)).collect::<Result<_>>()?,
+            proj_out: Projection::new(w, &format!("{p}.proj_out"), cfg.linear_projection)?,
+        })
+    }
+    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, c, h, wd) = x.dims4()?;
+        let y = self.norm.forward(x)?;
+        let to_tokens = |t: Tensor| -> Result<Tensor> {
+            let ch = t.dim(1)?;
+            Ok(t.permute((0, 2, 3, 1))?.reshape((b, h * wd, ch))?)
+        };
+        let mut y = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(conv.forward(&y)?)?,
+            Projection::Linear(l) => l.forward(&to_tokens(y)?)?,
+        };
+        for blk in &self.blocks {
+            y = blk.forward(&y, context)?;
+        }
+        let to_map = |t: Tensor| -> Result<Tensor> {
+            let ch = t.dim(2)?;
+            Ok(t.reshape((b, h, wd, ch))?.permute((0, 3, 1, 2))?.contiguous()?)
+        };
+        let y = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_map(y)?)?,
+            Projection::Linear(l) => to_map(l.forward(&y)?)?,
+        };
+        debug_assert_eq!(y.dim(1).ok(), Some(c));
+        Ok((y + x)?)
+    }
+}
+
+struct Block {
+    resnets: Vec<ResnetBlock>,
+    attentions: Vec<SpatialTransformer>,
+    sampler: Option<Conv2d>,
+}
+
+/// The UNet.
+pub struct Unet {
+    pub config: UnetConfig,
+    conv_in: Conv2d,
+    time_1: Linear,
+    time_2: Linear,
+    add: Option<(Linear, Linear)>,
+    down: Vec<Block>,
+    mid: (ResnetBlock, Option<SpatialTransformer>, ResnetBlock),
+    up: Vec<Block>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+    dtype: DType,
+}
+
+/// Conditioning for one UNet call.
+pub struct UnetInput<'a> {
+    /// `[b, c, h, w]` latents, already scaled for the network's input.
+    pub sample: &'a Tensor,
+    /// One timestep per batch row.
+    pub timesteps: &'a [f64],
+    /// `[b, tokens, context]` text embeddings.
+    pub context: &'a Tensor,
+    /// SDXL: `[b, pooled]` pooled text embedding and `[b, 6]` size/crop values.
+    pub added: Option<(&'a Tensor, &'a Tensor)>,
+}
+
+impl Unet {
+    /// Builds the UNet from `unet.*` weights.
+    pub fn new(w: &Weights, cfg: &UnetConfig) -> Result<Self> {
+        let g = cfg.groups;
+        let n = cfg.block_out_channels.len();
+        let mut down = vec![];
+        for i in 0..n {
+            let p = format!("unet.down_blocks.{i}");
+            let resnets = (0..cfg.layers_per_block).map(|j| ResnetBlock::new(w, &format!("{p}.resnets.{j}"), g, 1e-5)).collect::<Result<_>>()?;
+            let attentions = match cfg.down_attention[i] {
+                Some(depth) => (0..cfg.layers_per_block)
+                    .map(|j| SpatialTransformer::new(w, &format!("{p}.attentions.{j}"), depth, cfg.heads[i], cfg))
+                    .collect::<Result<_>>()?,
+                None => vec![],
+            };
+            let sampler = if i + 1 < n { Some(conv2d(w, &format!("{p}.downsamplers.0.conv"), 2)?) } else { None };
+            down.push(Block { resnets, attentions, sampler });
+        }
+        let mid = (
+            ResnetBlock::new(w, "unet.mid_block.resnets.0", g, 1e-5)?,
+            match cfg.mid_attention {
+                Some(depth) => Some(SpatialTransformer::new(w, "unet.mid_block.attentions.0", depth, cfg.heads[n - 1], cfg)?),
+                None => None,
+            },
+            ResnetBlock::new(w, "unet.mid_block.resnets.1", g, 1e-5)?,
+        );
+        let mut up = vec![];
+        for i in 0..n {
+            let p = format!("unet.up_blocks.{i}");
+            let heads = cfg.heads[n - 1 - i];
+            let resnets = (0..=cfg.layers_per_block).map(|j| ResnetBlock::new(w, &format!("{p}.resnets.{j}"), g, 1e-5)).collect::<Result<_>>()?;
+            let attentions = match cfg.up_attention[i] {
+                Some(depth) => (0..=cfg.layers_per_block)
+                    .map(|j| SpatialTransformer::new(w, &format!("{p}.attentions.{j}"), depth, heads, cfg))
+                    .collect::<Result<_>>()?,
+                None => vec![],
+            };
+            let sampler = if i + 1 < n { Some(conv2d(w, &format!("{p}.upsamplers.0.conv"), 1)?) } else { None };
+            up.push(Block { resnets, attentions, sampler });
+        }
+        let add = if cfg.addition.is_some() {
+            Some((linear(w, "unet.add_embedding.linear_1")?, linear(w, "unet.add_embedding.linear_2")?))
+        } else {
+            None
+        };
+        let conv_in = conv2d(w, "unet.conv_in", 1)?;
+        let dtype = conv_in.weight().dtype();
+        Ok(Self {
+            config: cfg.clone(),
+            conv_in,
+            time_1: linear(w, "unet.time_embedding.linear_1")?,
+            time_2: linear(w, "unet.time_embedding.linear_2")?,
+            add,
+            down,
+            mid,
+            up,
+            norm_out: group_norm(w, "unet.conv_norm_out", g, 1e-5)?,
+            conv_out: conv2d(w, "unet.conv_out", 1)?,
+            dtype,
+        })
+    }
+
+    /// One network evaluation.
+    pub fn forward(&self, input: &UnetInput) -> Result<Tensor> {
+        let x = input.sample.to_dtype(self.dtype)?;
+        let device = x.device().clone();
+        let b = x.dim(0)?;
+        if input.timesteps.len() != b {
+            return Err(EngineError::Other(format!("{} timesteps for a batch of {b}", input.timesteps.len())));
+        }
+        let t_emb = timestep_embedding(input.timesteps, self.config.block_out_channels[0], &device)?.to_dtype(self.dtype)?;
+        let mut emb = self.time_2.forward(&self.time_1.forward(&t_emb)?.silu()?)?;
+        if let (Some((l1, l2)), Some((dim, _))) = (&self.add, self.config.addition) {
+            let (pooled, ids) = input.added.ok_or_else(|| EngineError::Other("SDXL UNet called without size conditioning".into()))?;
+            let ids_v: Vec<f64> = ids.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+            let ids_emb = timestep_embedding(&ids_v, dim, &device)?.reshape((b, 6 * dim))?.to_dtype(self.dtype)?;
+            let add_in = Tensor::cat(&[&pooled.to_dtype(self.dtype)?, &ids_emb], 1)?;
+            emb = (emb + l2.forward(&l1.forward(&add_in)?.silu()?)?)?;
+        }
+        let context = input.context.to_dtype(self.dtype)?;
+        let mut h = self.conv_in.forward(&x)?;
+        let mut skips = vec![h.clone()];
+        for blk in &self.down {
+            for (j, r) in blk.resnets.iter().enumerate() {
+                h = r.forward(&h, Some(&emb))?;
+                if let Some(a) = blk.attentions.get(j) {
+                    h = a.forward(&h, &context)?;
+                }
+                skips.push(h.clone());
+            }
+            if let Some(s) = &blk.sampler {
+                h = s.forward(&h)?;
+                skips.push(h.clone());
+            }
+        }
+        h = self.mid.0.forward(&h, Some(&emb))?;
+        if let Some(a) = &self.mid.1 {
+            h = a.forward(&h, &context)?;
+        }
+        h = self.mid.2.forward(&h, Some(&emb))?;
+        for blk in &self.up {
+            for (j, r) in blk.resnets.iter().enumerate() {
+                let skip = skips.pop().ok_or_else(|| EngineError::Other("UNet skip connections out of balance".into()))?;
+                h = r.forward(&Tensor::cat(&[&h, &skip], 1)?, Some(&emb))?;
+                if let Some(a) = blk.attentions.get(j) {
+                    h = a.forward(&h, &context)?;
+                }
+            }
+            if let Some(s) = &blk.sampler {
+                // Upsample to the next skip's size, so sizes that are not a multiple of the
+                // total downsampling factor still line up (as diffusers' upsample_size).
+                let (th, tw) = match skips.last() {
+                    Some(next) => (next.dim(2)?, next.dim(3)?),
+                    None => (h.dim(2)? * 2, h.dim(3)? * 2),
+                };
+                h = s.forward(&h.upsample_nearest2d(th, tw)?)?;
+            }
+        }
+        let h = self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)?;
+        Ok(h.to_dtype(DType::F32)?)
+    }
+}

@@ -1,0 +1,455 @@
+//! The text-to-image pipeline: prompt -> text embeddings -> denoising loop -> VAE -> pixels.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType as CDType, Device, Tensor};
+
+use crate::error::{EngineError, Result};
+use crate::metadata::Parameters;
+use crate::model::checkpoint::{self, Weights};
+use crate::model::clip::{ClipText, TextRequest};
+use crate::model::config::{self, Family, ModelConfig};
+use crate::model::unet::{Unet, UnetInput};
+use crate::model::vae::VaeDecoder;
+use crate::preview::{LatentRgb, to_u8};
+use crate::protocol::{DType, DeviceKind, GenerateRequest, ImageRgb8, LatentsOut, ModelInfo, ModelSpec, Prediction, Timings};
+use crate::rng::TorchRng;
+use crate::sampling::denoiser::{self, Denoise};
+use crate::sampling::schedule::{ModelSchedule, RunSchedule};
+use crate::sampling::{self, SolverInfo};
+use crate::tokenizer::ClipTokenizer;
+
+/// Opens the candle device for `kind`, with a clear error where this build lacks it.
+pub fn open_device(kind: DeviceKind) -> Result<Device> {
+    match kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda(i) => Device::new_cuda(i).map_err(|e| EngineError::DeviceUnavailable(format!("cuda:{i} ({e})"))),
+        DeviceKind::Metal(i) => Device::new_metal(i).map_err(|e| EngineError::DeviceUnavailable(format!("metal:{i} ({e})"))),
+    }
+}
+
+fn candle_dtype(d: DType) -> CDType {
+    match d {
+        DType::F32 => CDType::F32,
+        DType::F16 => CDType::F16,
+        DType::BF16 => CDType::BF16,
+    }
+}
+
+/// What `info` and the status bar show about a loaded checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    pub unrecognised: Vec<String>,
+    pub stored_dtypes: Vec<String>,
+    pub parameters: Vec<(String, usize)>,
+    pub bytes: u64,
+}
+
+/// Reads a checkpoint and infers its configuration without building the networks.
+pub fn inspect(path: &Path) -> Result<(ModelConfig, LoadReport)> {
+    let w = checkpoint::load(path, CDType::F32, &Device::Cpu)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+    let cfg = config::infer(&w, name)?;
+    Ok((cfg, report(&w)))
+}
+
+fn report(w: &Weights) -> LoadReport {
+    let mut parameters = vec![];
+    for (label, prefix) in [("text encoder", "te1."), ("text encoder 2", "te2."), ("unet", "unet."), ("vae", "vae.")] {
+        let n: usize = w.tensors.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, t)| t.elem_count()).sum();
+        if n > 0 {
+            parameters.push((label.to_string(), n));
+        }
+    }
+    LoadReport { unrecognised: w.unrecognised.clone(), stored_dtypes: w.stored_dtypes.iter().cloned().collect(), parameters, bytes: w.bytes }
+}
+
+/// A request checked against the loaded model.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub request: GenerateRequest,
+    pub solver: &'static SolverInfo,
+    pub latent_size: (usize, usize),
+}
+
+/// What the pipeline tells its caller while it runs.
+pub trait Hooks {
+    /// Polled before every network evaluation.
+    fn cancelled(&self) -> bool;
+    /// Step `step` of `total` finished.
+    fn progress(&mut self, step: u32, total: u32, step_time: Duration);
+    /// Whether a preview of step `step` is wanted (previews cost a little).
+    fn wants_preview(&self, step: u32) -> bool;
+    /// A preview of the clean estimate at `step`.
+    fn preview(&mut self, step: u32, image: ImageRgb8);
+}
+
+/// The result of one generation.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub image: ImageRgb8,
+    pub latents: LatentsOut,
+    pub metadata: String,
+    pub timings: Timings,
+}
+
+/// Text conditioning for a batch of (uncond, cond) or (cond).
+struct Conditioning {
+    context: Tensor,
+    pooled: Option<Tensor>,
+}
+
+/// A loaded model ready to generate.
+pub struct Pipeline {
+    pub config: ModelConfig,
+    pub name: String,
+    pub path: PathBuf,
+    pub report: LoadReport,
+    pub hash: Option<String>,
+    text: Vec<ClipText>,
+    unet: Unet,
+    vae: VaeDecoder,
+    device: Device,
+    dtype: DType,
+    schedule: ModelSchedule,
+    preview: LatentRgb,
+}
+
+/// A1111's short model hash: the first 10 hex digits of the file's SHA-256.
+fn file_hash(path: &Path) -> Option<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let d = h.finalize();
+    Some(d.iter().take(5).map(|b| format!("{b:02x}")).collect())
+}
+
+impl Pipeline {
+    /// Loads a checkpoint (single file or diffusers folder) and builds the networks.
+    pub fn load(spec: &ModelSpec) -> Result<Self> {
+        let device = open_device(spec.device)?;
+        let w = checkpoint::load(&spec.path, candle_dtype(spec.dtype), &device)?;
+        let name = spec
+            .path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "model".into());
+        let mut cfg = config::infer(&w, &name)?;
+        if let Some(p) = spec.prediction {
+            cfg.prediction = p;
+        }
+        let text = cfg.text.iter().map(|t| ClipText::new(&w, t)).collect::<Result<Vec<_>>>()?;
+        let unet = Unet::new(&w, &cfg.unet)?;
+        let vae = VaeDecoder::new(&w, &cfg.vae)?;
+        let report = report(&w);
+        drop(w);
+        let hash = if spec.path.is_file() { file_hash(&spec.path) } else { None };
+        let preview = if cfg.family == Family::Sdxl { LatentRgb::SDXL } else { LatentRgb::SD1 };
+        Ok(Self {
+            config: cfg,
+            name,
+            path: spec.path.clone(),
+            report,
+            hash,
+            text,
+            unet,
+            vae,
+            device,
+            dtype: spec.dtype,
+            schedule: ModelSchedule::stable_diffusion(),
+            preview,
+        })
+    }
+
+    /// Summary for the window and the CLI.
+    pub fn info(&self) -> ModelInfo {
+        let c = &self.config;
+        let pred = match c.prediction {
+            Prediction::Epsilon => "eps",
+            Prediction::V => "v",
+        };
+        ModelInfo {
+            name: self.name.clone(),
+            family: c.family.name().to_string(),
+            summary: format!(
+                "{} UNet {:?}, context {}, {} latent channels, {}-prediction",
+                c.family.name(),
+                c.unet.block_out_channels,
+                c.unet.context_dim,
+                c.vae.latent_channels,
+                pred
+            ),
+            dtype: self.dtype,
+            device: format!("{:?}", self.device.location()),
+            default_size: c.default_size,
+        }
+    }
+
+    /// Checks a request against this model and turns it into a job; nothing runs yet.
+    pub fn validate(&self, request: &GenerateRequest) -> Result<Job> {
+        let r = request;
+        let scale = self.config.vae.scale() as u32;
+        let bad = |m: String| Err(EngineError::InvalidRequest(m));
+        if r.width == 0 || r.height == 0 || r.width % 8 != 0 || r.height % 8 != 0 {
+            return bad(format!("size {}x{} must be positive multiples of 8", r.width, r.height));
+        }
+        if r.width % scale != 0 || r.height % scale != 0 {
+            return bad(format!("size {}x{} must be a multiple of this model's {scale}-pixel latent grid", r.width, r.height));
+        }
+        if r.width > 8192 || r.height > 8192 || (r.width as u64 * r.height as u64) > 4096 * 4096 {
+            return bad(format!("size {}x{} is too large (at most 4096x4096 pixels in total)", r.width, r.height));
+        }
+        if r.width / scale < 8 || r.height / scale < 8 {
+            return bad(format!("size {}x{} is too small for this model (at least {} pixels per side)", r.width, r.height, 8 * scale));
+        }
+        if r.steps == 0 || r.steps > 1000 {
+            return bad(format!("steps must be between 1 and 1000, got {}", r.steps));
+        }
+        if !r.cfg_scale.is_finite() || r.cfg_scale < 0.0 || r.cfg_scale > 100.0 {
+            return bad(format!("CFG scale must be a number between 0 and 100, got {}", r.cfg_scale));
+        }
+        if r.clip_skip == 0 || r.clip_skip as usize > self.config.text[0].layers {
+            return bad(format!("clip skip must be between 1 and {}, got {}", self.config.text[0].layers, r.clip_skip));
+        }
+        let solver = sampling::solver_info(&r.solver)?;
+        Ok(Job { request: r.clone(), solver, latent_size: ((r.height / scale) as usize, (r.width / scale) as usize) })
+    }
+
+    /// Network evaluations a job will spend (CFG's double pass counted).
+    pub fn nfe(&self, job: &Job) -> u32 {
+        let per_eval = if uses_cfg(job.request.cfg_scale) { 2 } else { 1 };
+        job.request.steps * job.solver.evals_per_step * per_eval
+    }
+
+    fn encode(&self, prompt: &str, negative: &str, clip_skip: u32, with_uncond: bool) -> Result<Conditioning> {
+        let tok = ClipTokenizer::shared()?;
+        let sdxl = self.config.family == Family::Sdxl;
+        let mut contexts = vec![];
+        let mut pooled = None;
+        for (i, enc) in self.text.iter().enumerate() {
+            let pad = enc.config.pad_token;
+            let mut cond = tok.windows(prompt, pad);
+            let mut uncond = tok.windows(negative, pad);
+            let k = cond.len().max(uncond.len());
+            let empty = tok.windows("", pad);
+            cond.resize(k, empty[0].clone());
+            uncond.resize(k, empty[0].clone());
+            let rows: Vec<Vec<u32>> = if with_uncond { uncond.iter().chain(cond.iter()).cloned().collect() } else { cond.clone() };
+            let req = if sdxl {
+                TextRequest { layer_from_end: 1 + clip_skip as usize, final_norm: false, pooled: i == 1 }
+            } else {
+                TextRequest { layer_from_end: self.config.text_layer_base + clip_skip as usize - 1, final_norm: true, pooled: false }
+            };
+            let (hidden, pool) = enc.forward(&rows, req)?;
+            let b = if with_uncond { 2 } else { 1 };
+            let d = hidden.dim(2)?;
+            // rows are [prompt0 windows..., prompt1 windows...]: join each prompt's windows.
+            let hidden = hidden.reshape((b, k * hidden.dim(1)?, d))?;
+            contexts.push(hidden.to_dtype(CDType::F32)?);
+            if let Some(p) = pool {
+                // Pooled embedding of each prompt's first window.
+                let idx: Vec<u32> = (0..b as u32).map(|j| j * k as u32).collect();
+                let idx = Tensor::from_vec(idx, (b,), p.device())?;
+                pooled = Some(p.index_select(&idx, 0)?.to_dtype(CDType::F32)?);
+            }
+        }
+        let mut context = if contexts.len() == 1 { contexts.remove(0) } else { Tensor::cat(&contexts, 2)? };
+        // diffusers' SDXL pipelines use zeros, not the encoded empty string, for an empty
+        // negative prompt (`force_zeros_for_empty_prompt`).
+        if sdxl && with_uncond && negative.trim().is_empty() {
+            let cond_ctx = context.narrow(0, 1, 1)?;
+            context = Tensor::cat(&[&cond_ctx.zeros_like()?, &cond_ctx], 0)?;
+            if let Some(p) = pooled.take() {
+                let c = p.narrow(0, 1, 1)?;
+                pooled = Some(Tensor::cat(&[&c.zeros_like()?, &c], 0)?);
+            }
+        }
+        Ok(Conditioning { context, pooled })
+    }
+
+    /// Runs one job to the end (or to cancellation / failure).
+    pub fn generate(&self, job: &Job, hooks: &mut dyn Hooks) -> Result<Output> {
+        let t0 = Instant::now();
+        let r = &job.request;
+        let guided = uses_cfg(r.cfg_scale);
+        let cond = self.encode(&r.prompt, &r.negative, r.clip_skip, guided)?;
+        let t_text = t0.elapsed();
+
+        let steps = r.steps as usize;
+        let run = sampling::default_schedule(job.solver.name, &self.schedule, steps)?;
+        let (h, w) = job.latent_size;
+        let c = self.config.unet.in_channels;
+        let mut rng = TorchRng::new(r.seed);
+        let noise = rng.randn_f32(c * h * w);
+        let noise = Tensor::from_vec(noise, (1, c, h, w), &self.device)?;
+        let x = (noise * run.init_noise_sigma)?;
+
+        let added = match self.config.unet.addition {
+            Some(_) => {
+                let (hh, ww) = (r.height as f32, r.width as f32);
+                let row = [hh, ww, 0.0, 0.0, hh, ww];
+                let b = if guided { 2 } else { 1 };
+                let ids: Vec<f32> = (0..b).flat_map(|_| row).collect();
+                Some(Tensor::from_vec(ids, (b, 6), &self.device)?)
+            }
+            None => None,
+        };
+        let solver = sampling::solver_fn(job.solver.name)?;
+        let t_loop = Instant::now();
+        let mut den = Guided {
+            pipe: self,
+            cond: &cond,
+            added: added.as_ref(),
+            run: &run,
+            scale: r.cfg_scale,
+            guided,
+            hooks,
+            nfe: 0,
+            step: 0,
+            total: r.steps,
+            last_step: Instant::now(),
+            preview_time: Duration::ZERO,
+        };
+        let x = solver(&mut den, x, &run.sigmas, &mut rng)?;
+        let (nfe, preview_time) = (den.nfe, den.preview_time);
+        let sigma_last = run.sigmas.last().copied().unwrap_or(0.0);
+        let latents = (x * denoiser::c_in(sigma_last))?;
+        let t_denoise = t_loop.elapsed().saturating_sub(preview_time);
+
+        let t_vae0 = Instant::now();
+        let flat: Vec<f32> = latents.flatten_all()?.to_vec1()?;
+        if flat.iter().any(|v| !v.is_finite()) {
+            return Err(EngineError::NonFinite("latents after denoising"));
+        }
+        let decoded = self.vae.decode(&(&latents / self.config.vae.scaling_factor)?)?;
+        let image = to_image(&decoded)?;
+        let t_vae = t_vae0.elapsed();
+
+        let timings = Timings { text: t_text, denoise: t_denoise, vae: t_vae, previews: preview_time, total: t0.elapsed(), nfe };
+        Ok(Output {
+            image,
+            latents: LatentsOut { shape: latents.dims().to_vec(), data: flat },
+            metadata: self.parameters(job, nfe).to_text(),
+            timings,
+        })
+    }
+
+    /// The A1111 `parameters` of a job on this model.
+    pub fn parameters(&self, job: &Job, nfe: u32) -> Parameters {
+        let r = &job.request;
+        let mut p = Parameters { prompt: r.prompt.clone(), negative: r.negative.clone(), pairs: vec![] };
+        p.push("Steps", r.steps)
+            .push("Sampler", job.solver.a1111)
+            .push("Schedule type", "Automatic")
+            .push("CFG scale", r.cfg_scale)
+            .push("Seed", r.seed)
+            .push("Size", format!("{}x{}", r.width, r.height));
+        if let Some(h) = &self.hash {
+            p.push("Model hash", h);
+        }
+        p.push("Model", &self.name);
+        if r.clip_skip > 1 {
+            p.push("Clip skip", r.clip_skip);
+        }
+        p.push("NFE", nfe).push("Version", format!("Latent Studio {}", env!("CARGO_PKG_VERSION")));
+        p
+    }
+}
+
+fn uses_cfg(scale: f64) -> bool {
+    (scale - 1.0).abs() > 1e-9
+}
+
+/// `[1, 3, h, w]` in [-1, 1] -> 8-bit RGB.
+fn to_image(decoded: &Tensor) -> Result<ImageRgb8> {
+    let (_, _, h, w) = decoded.dims4()?;
+    let data: Vec<f32> = decoded.get(0)?.flatten_all()?.to_vec1()?;
+    if data.iter().any(|v| !v.is_finite()) {
+        return Err(EngineError::NonFinite("decoded image"));
+    }
+    let plane = h * w;
+    let mut pixels = Vec::with_capacity(plane * 3);
+    for p in 0..plane {
+        for ch in 0..3 {
+            pixels.push(to_u8(data[ch * plane + p] / 2.0 + 0.5));
+        }
+    }
+    Ok(ImageRgb8 { width: w as u32, height: h as u32, pixels })
+}
+
+/// The denoiser of one job: CFG around the UNet, plus the per-step hook.
+struct Guided<'a> {
+    pipe: &'a Pipeline,
+    cond: &'a Conditioning,
+    added: Option<&'a Tensor>,
+    run: &'a RunSchedule,
+    scale: f64,
+    guided: bool,
+    hooks: &'a mut dyn Hooks,
+    nfe: u32,
+    step: u32,
+    total: u32,
+    last_step: Instant,
+    preview_time: Duration,
+}
+
+impl Guided<'_> {
+    fn timestep(&self, sigma: f64) -> f64 {
+        // The listed sigmas map to the scheduler's exact timesteps (diffusers parity); any
+        // other sigma (solvers that evaluate between steps) is mapped by interpolation.
+        self.run
+            .sigmas
+            .iter()
+            .zip(&self.run.timesteps)
+            .find(|(s, _)| (**s - sigma).abs() <= 1e-12 * s.abs().max(1.0))
+            .map(|(_, t)| *t)
+            .unwrap_or_else(|| self.pipe.schedule.t_for_sigma(sigma))
+    }
+}
+
+impl Denoise for Guided<'_> {
+    fn x0(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        if self.hooks.cancelled() {
+            return Err(EngineError::Cancelled { at_step: self.step });
+        }
+        let t = self.timestep(sigma);
+        let x_in = (x * denoiser::c_in(sigma))?;
+        let b = if self.guided { 2 } else { 1 };
+        let batch = if self.guided { Tensor::cat(&[&x_in, &x_in], 0)? } else { x_in };
+        let timesteps = vec![t; b];
+        let added = match (self.added, &self.cond.pooled) {
+            (Some(ids), Some(p)) => Some((p, ids)),
+            _ => None,
+        };
+        let out = self.pipe.unet.forward(&UnetInput { sample: &batch, timesteps: &timesteps, context: &self.cond.context, added })?;
+        self.nfe += b as u32;
+        let out = if self.guided { denoiser::cfg(&out.narrow(0, 0, 1)?, &out.narrow(0, 1, 1)?, self.scale)? } else { out };
+        denoiser::prediction_to_x0(self.pipe.config.prediction, x, &out, sigma)
+    }
+
+    fn step_done(&mut self, step: usize, _x: &Tensor, x0: &Tensor) -> Result<()> {
+        self.step = step as u32;
+        let now = Instant::now();
+        let dt = now - self.last_step;
+        self.hooks.progress(self.step, self.total, dt);
+        if self.hooks.wants_preview(self.step) {
+            let p0 = Instant::now();
+            let img = self.pipe.preview.project(x0)?;
+            self.hooks.preview(self.step, img);
+            self.preview_time += p0.elapsed();
+        }
+        self.last_step = Instant::now();
+        Ok(())
+    }
+}

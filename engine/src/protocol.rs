@@ -1,0 +1,213 @@
+//! The messages between the window (or CLI) and the engine thread: plain data, no tensors.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Identifies one generation request; chosen by the caller, echoed in every event of the job.
+pub type JobId = u64;
+
+/// Numeric precision of the loaded weights and of the computation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum DType {
+    #[default]
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    /// Parses the names the CLI and settings use (`f32`, `f16`, `bf16`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Some(Self::F32),
+            "f16" | "fp16" | "float16" | "half" => Some(Self::F16),
+            "bf16" | "bfloat16" => Some(Self::BF16),
+            _ => None,
+        }
+    }
+    /// The short name used in metadata and the status bar.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+        }
+    }
+}
+
+/// Where the networks run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum DeviceKind {
+    #[default]
+    Cpu,
+    Cuda(usize),
+    Metal(usize),
+}
+
+impl DeviceKind {
+    /// Parses `cpu`, `cuda`, `cuda:1`, `metal`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.to_ascii_lowercase();
+        let (name, index) = match s.split_once(':') {
+            Some((n, i)) => (n.to_string(), i.parse().ok()?),
+            None => (s.clone(), 0),
+        };
+        match name.as_str() {
+            "cpu" => Some(Self::Cpu),
+            "cuda" | "gpu" => Some(Self::Cuda(index)),
+            "metal" | "mps" => Some(Self::Metal(index)),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the network predicts noise (eps), velocity (v) or the clean sample; only some
+/// checkpoints say so in their metadata, so the user may override it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Prediction {
+    Epsilon,
+    V,
+}
+
+/// What to load.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    /// A single `.safetensors` file or a diffusers folder.
+    pub path: PathBuf,
+    pub dtype: DType,
+    pub device: DeviceKind,
+    /// Overrides what the checkpoint says or what is inferred.
+    pub prediction: Option<Prediction>,
+}
+
+impl ModelSpec {
+    /// A CPU, f32 spec for `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), dtype: DType::F32, device: DeviceKind::Cpu, prediction: None }
+    }
+}
+
+/// A LoRA to apply (the LoRA issue fills this in; the protocol carries it already).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraSpec {
+    pub path: PathBuf,
+    pub strength: f32,
+}
+
+/// One image to make. Validated into a typed job by the engine before any work starts.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    pub negative: String,
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    pub cfg_scale: f64,
+    pub seed: u64,
+    /// Solver name as listed by `latent-studio solvers` (`ddim`, `euler`).
+    pub solver: String,
+    /// A1111's "Clip skip": 1 uses the last layer, 2 the one before, ...
+    pub clip_skip: u32,
+    /// Emit a latent preview every this many steps (0 = never).
+    pub preview_every: u32,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative: String::new(),
+            width: 512,
+            height: 512,
+            steps: 20,
+            cfg_scale: 7.0,
+            seed: 0,
+            solver: "euler".into(),
+            clip_skip: 1,
+            preview_every: 1,
+        }
+    }
+}
+
+/// An 8-bit RGB image, row-major, no padding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRgb8 {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+/// What the engine knows about the loaded model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub family: String,
+    pub summary: String,
+    pub dtype: DType,
+    pub device: String,
+    pub default_size: (u32, u32),
+}
+
+/// Where the time of one image went.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Timings {
+    pub text: Duration,
+    pub denoise: Duration,
+    pub vae: Duration,
+    pub previews: Duration,
+    pub total: Duration,
+    /// Network evaluations actually spent (CFG's double pass counted).
+    pub nfe: u32,
+}
+
+/// Window/CLI -> engine.
+#[derive(Debug)]
+pub enum Command {
+    LoadModel(ModelSpec),
+    Generate { id: JobId, request: GenerateRequest },
+    SetLoras(Vec<LoraSpec>),
+    /// Usually sent through `EngineHandle::cancel`, which also flips the job's atomic flag.
+    Cancel(JobId),
+    Shutdown,
+}
+
+/// Engine -> window/CLI. For each `Generate`: `Started`, `Progress` counting up from 1, then
+/// exactly one of `Finished`, `Cancelled` or `Failed`; a job rejected before it starts (bad
+/// request, cancelled while queued, no model) yields only its final event.
+#[derive(Clone, Debug)]
+pub enum Event {
+    ModelLoaded { info: ModelInfo },
+    Started { id: JobId, total_steps: u32, nfe: u32 },
+    Progress { id: JobId, step: u32, total_steps: u32, step_time: Duration },
+    Preview { id: JobId, step: u32, image: ImageRgb8 },
+    Finished { id: JobId, image: ImageRgb8, metadata: String, timings: Timings, latents: Option<LatentsOut> },
+    Cancelled { id: JobId, at_step: u32 },
+    Failed { id: Option<JobId>, error: String },
+    Warning { id: Option<JobId>, message: String },
+}
+
+impl Event {
+    /// The job this event belongs to, if any.
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            Event::Started { id, .. }
+            | Event::Progress { id, .. }
+            | Event::Preview { id, .. }
+            | Event::Finished { id, .. }
+            | Event::Cancelled { id, .. } => Some(*id),
+            Event::Failed { id, .. } | Event::Warning { id, .. } => *id,
+            Event::ModelLoaded { .. } => None,
+        }
+    }
+    /// True for the events that end a job.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Event::Finished { .. } | Event::Cancelled { .. } | Event::Failed { id: Some(_), .. })
+    }
+}
+
+/// Final latents (before VAE decode) as plain numbers, for `--latents-out` and tests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatentsOut {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
