@@ -232,6 +232,28 @@ impl Pipeline {
         job.request.steps * job.solver.evals_per_step * per_eval
     }
 
+    /// Text conditioning as the UNet receives it: `[uncond, cond]` contexts `[2, 77k, width]`
+    /// (or `[cond]` alone without guidance) and, for SDXL, the pooled embeddings.
+    pub fn encode_prompt(&self, prompt: &str, negative: &str, clip_skip: u32, with_uncond: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let c = self.encode(prompt, negative, clip_skip, with_uncond)?;
+        Ok((c.context, c.pooled))
+    }
+
+    /// The UNet (for tests and benchmarks).
+    pub fn unet(&self) -> &Unet {
+        &self.unet
+    }
+
+    /// The VAE decoder (for tests and benchmarks).
+    pub fn vae(&self) -> &VaeDecoder {
+        &self.vae
+    }
+
+    /// The device the networks live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     fn encode(&self, prompt: &str, negative: &str, clip_skip: u32, with_uncond: bool) -> Result<Conditioning> {
         let tok = ClipTokenizer::shared()?;
         let sdxl = self.config.family == Family::Sdxl;
