@@ -1,3 +1,20 @@
-fn main() {
-    println!("Latent Studio");
+//! `latent-studio`: the desktop studio (window) and its headless command line.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line, no backtrace: these are user errors (bad file, bad size, ...).
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -82,6 +82,14 @@ pub fn write_new_file(dest: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Serialises latents as a safetensors file holding one f32 tensor named `latents`.
+pub fn latents_safetensors(latents: &crate::protocol::LatentsOut) -> Result<Vec<u8>> {
+    let bytes: Vec<u8> = latents.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, latents.shape.clone(), &bytes)
+        .map_err(|e| EngineError::Other(format!("latents: {e}")))?;
+    safetensors::serialize([("latents", view)], None).map_err(|e| EngineError::Other(format!("latents: {e}")))
+}
+
 /// `dir/prefix-NNNNN.png` with the first free number (for automatic output names).
 pub fn next_free_name(dir: &Path, prefix: &str) -> PathBuf {
     (1..).map(|i| dir.join(format!("{prefix}-{i:05}.png"))).find(|p| !p.exists()).unwrap_or_else(|| dir.join(format!("{prefix}.png")))

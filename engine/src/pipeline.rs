@@ -48,7 +48,7 @@ pub struct LoadReport {
 
 /// Reads a checkpoint and infers its configuration without building the networks.
 pub fn inspect(path: &Path) -> Result<(ModelConfig, LoadReport)> {
-    let w = checkpoint::load(path, CDType::F32, &Device::Cpu)?;
+    let w = checkpoint::load_shapes(path)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model");
     let cfg = config::infer(&w, name)?;
     Ok((cfg, report(&w)))
@@ -57,7 +57,7 @@ pub fn inspect(path: &Path) -> Result<(ModelConfig, LoadReport)> {
 fn report(w: &Weights) -> LoadReport {
     let mut parameters = vec![];
     for (label, prefix) in [("text encoder", "te1."), ("text encoder 2", "te2."), ("unet", "unet."), ("vae", "vae.")] {
-        let n: usize = w.tensors.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, t)| t.elem_count()).sum();
+        let n = w.parameters(prefix);
         if n > 0 {
             parameters.push((label.to_string(), n));
         }

@@ -23,6 +23,8 @@ pub enum Layout {
 #[derive(Debug)]
 pub struct Weights {
     pub tensors: HashMap<String, Tensor>,
+    /// Shape of every canonical tensor (also filled when only shapes were read).
+    pub shapes: HashMap<String, Vec<usize>>,
     /// `__metadata__` entries of the file(s).
     pub metadata: HashMap<String, String>,
     /// diffusers `config.json` of each component (`unet`, `vae`, `text_encoder`, ...).
@@ -45,11 +47,19 @@ impl Weights {
     }
     /// True when a tensor of that name exists.
     pub fn has(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.shapes.contains_key(name)
+    }
+    /// The shape of `name`, or a clear error.
+    pub fn shape(&self, name: &str) -> Result<&[usize]> {
+        self.shapes.get(name).map(Vec::as_slice).ok_or_else(|| EngineError::MissingTensor(name.to_string()))
     }
     /// Names starting with `prefix`.
     pub fn names_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.tensors.keys().filter(move |k| k.starts_with(prefix)).map(String::as_str)
+        self.shapes.keys().filter(move |k| k.starts_with(prefix)).map(String::as_str)
+    }
+    /// Parameter count of the tensors whose names start with `prefix`.
+    pub fn parameters(&self, prefix: &str) -> usize {
+        self.shapes.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, s)| s.iter().product::<usize>()).sum()
     }
 }
 
@@ -152,6 +162,34 @@ fn dtype_name(d: safetensors::Dtype) -> &'static str {
     }
 }
 
+/// Whether to read tensor data or only the header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    Tensors,
+    ShapesOnly,
+}
+
+fn is_float(d: safetensors::Dtype) -> bool {
+    use safetensors::Dtype as D;
+    matches!(d, D::F16 | D::BF16 | D::F32 | D::F64)
+}
+
+fn transformed_shape(shape: &[usize], transform: Transform) -> Vec<usize> {
+    match transform {
+        Transform::None => shape.to_vec(),
+        Transform::QkvPart(_) => {
+            let mut s = shape.to_vec();
+            if let Some(first) = s.first_mut() {
+                *first /= 3;
+            }
+            s
+        }
+        Transform::ConvToLinear if shape.len() == 4 => shape[..2].to_vec(),
+        Transform::ConvToLinear => shape.to_vec(),
+        Transform::Transpose => shape.iter().rev().copied().collect(),
+    }
+}
+
 fn load_view(view: &safetensors::tensor::TensorView<'_>, transform: Transform, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
     use safetensors::Dtype as D;
     let src = match view.dtype() {
@@ -180,18 +218,28 @@ fn load_view(view: &safetensors::tensor::TensorView<'_>, transform: Transform, d
 
 /// Loads a single file or a diffusers folder into canonical names.
 pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Weights> {
+    load_with(path, dtype, device, Read::Tensors)
+}
+
+/// Reads names and shapes only (for `info`: no tensor data is touched).
+pub fn load_shapes(path: &Path) -> Result<Weights> {
+    load_with(path, DType::F32, &Device::Cpu, Read::ShapesOnly)
+}
+
+fn load_with(path: &Path, dtype: DType, device: &Device, read: Read) -> Result<Weights> {
     if path.is_dir() {
-        load_diffusers(path, dtype, device)
+        load_diffusers(path, dtype, device, read)
     } else if !path.exists() {
         Err(EngineError::Io { path: path.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder") })
     } else {
-        load_single(path, dtype, device)
+        load_single(path, dtype, device, read)
     }
 }
 
 fn empty(layout: Layout) -> Weights {
     Weights {
         tensors: HashMap::new(),
+        shapes: HashMap::new(),
         metadata: HashMap::new(),
         configs: HashMap::new(),
         unrecognised: vec![],
@@ -221,7 +269,7 @@ fn ldm_layers_per_block(names: &[String]) -> usize {
     first_op.map_or(max_block.max(1), |i| i - 1).max(1)
 }
 
-fn load_single(path: &Path, dtype: DType, device: &Device) -> Result<Weights> {
+fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result<Weights> {
     let file = SafetensorsFile::open(path)?;
     let st = file.parse()?;
     let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
@@ -254,8 +302,15 @@ fn load_single(path: &Path, dtype: DType, device: &Device) -> Result<Weights> {
         let view = st.tensor(&src).map_err(|e| file.bad(describe_st_error(&e)))?;
         w.stored_dtypes.insert(dtype_name(view.dtype()).to_string());
         w.bytes += view.data().len() as u64;
-        if let Some(t) = load_view(&view, r.transform, dtype, device)? {
-            w.tensors.insert(convert::resolve_decoder_index(&r.name, num_up), t);
+        if !is_float(view.dtype()) {
+            continue;
+        }
+        let name = convert::resolve_decoder_index(&r.name, num_up);
+        w.shapes.insert(name.clone(), transformed_shape(view.shape(), r.transform));
+        if read == Read::Tensors
+            && let Some(t) = load_view(&view, r.transform, dtype, device)?
+        {
+            w.tensors.insert(name, t);
         }
     }
     w.unrecognised.sort();
@@ -297,7 +352,7 @@ fn component_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Err(EngineError::UnknownArchitecture(format!("{} holds no .safetensors weights", dir.display())))
 }
 
-fn load_diffusers(dir: &Path, dtype: DType, device: &Device) -> Result<Weights> {
+fn load_diffusers(dir: &Path, dtype: DType, device: &Device, read: Read) -> Result<Weights> {
     if !dir.join("model_index.json").is_file() {
         return Err(EngineError::UnknownArchitecture(format!(
             "{} is a folder without model_index.json (expected a diffusers pipeline folder)",
@@ -326,7 +381,13 @@ fn load_diffusers(dir: &Path, dtype: DType, device: &Device) -> Result<Weights> 
                 let Some(canon) = convert::diffusers_key(component, name) else { continue };
                 w.stored_dtypes.insert(dtype_name(view.dtype()).to_string());
                 w.bytes += view.data().len() as u64;
-                if let Some(t) = load_view(&view, Transform::None, dtype, device)? {
+                if !is_float(view.dtype()) {
+                    continue;
+                }
+                w.shapes.insert(canon.clone(), view.shape().to_vec());
+                if read == Read::Tensors
+                    && let Some(t) = load_view(&view, Transform::None, dtype, device)?
+                {
                     w.tensors.insert(canon, t);
                 }
             }

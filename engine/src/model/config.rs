@@ -140,7 +140,7 @@ impl Hints<'_> {
 }
 
 fn dims(w: &Weights, name: &str) -> Result<Vec<usize>> {
-    Ok(w.get(name)?.dims().to_vec())
+    Ok(w.shape(name)?.to_vec())
 }
 
 fn count_indices(w: &Weights, prefix: &str) -> usize {
@@ -160,7 +160,7 @@ fn text_config(w: &Weights, h: &Hints, idx: usize) -> Result<Option<TextConfig>>
     let max_positions = dims(w, &format!("{prefix}embeddings.position_embedding.weight"))?[0];
     let layers = count_indices(w, &format!("{prefix}encoder.layers."));
     let intermediate = dims(w, &format!("{prefix}encoder.layers.0.mlp.fc1.weight"))?[0];
-    let projection = w.tensors.get(&format!("{prefix}text_projection.weight")).map(|t| t.dims()[0]);
+    let projection = w.shapes.get(&format!("{prefix}text_projection.weight")).map(|s| s[0]);
     let component = if idx == 0 { "text_encoder" } else { "text_encoder_2" };
     let heads = h
         .cfg(component, "num_attention_heads")
@@ -257,7 +257,7 @@ fn unet_config(w: &Weights, h: &Hints) -> Result<UnetConfig> {
             .map(|v| v as usize)
             .or_else(|| h.ours_usize("addition_time_embed_dim"))
             .or_else(|| {
-                let pooled = w.tensors.get("te2.text_projection.weight").map(|t| t.dims()[0])?;
+                let pooled = w.shapes.get("te2.text_projection.weight").map(|s| s[0])?;
                 input.checked_sub(pooled).filter(|r| r % 6 == 0).map(|r| r / 6)
             })
             .ok_or_else(|| EngineError::UnknownArchitecture("cannot tell the width of SDXL's size conditioning".into()))?;
@@ -378,7 +378,8 @@ pub fn infer(w: &Weights, name: &str) -> Result<ModelConfig> {
     };
     // Tiny models trained at small sizes say so through their VAE/UNet widths: keep their
     // native latent size when the metadata gives it.
-    let size = h.ours_usize("sample_size").map(|s| (s * vae.scale()) as u32).unwrap_or(native);
+    let sample = h.ours_usize("sample_size").or_else(|| h.cfg("unet", "sample_size").and_then(Value::as_u64).map(|v| v as usize));
+    let size = sample.map(|s| (s * vae.scale()) as u32).unwrap_or(native);
     Ok(ModelConfig {
         family,
         text,

@@ -1,0 +1,253 @@
+//! Subcommands: `generate`, `info`, `solvers`. No subcommand opens the window.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use latent_engine::image_io::{encode_png, latents_safetensors, next_free_name, write_new_file};
+use latent_engine::pipeline::inspect;
+use latent_engine::protocol::{DType, DeviceKind, Event, GenerateRequest, ModelSpec, Prediction};
+use latent_engine::sampling::SOLVERS;
+use latent_engine::{EngineConfig, EngineHandle};
+
+#[derive(Parser, Debug)]
+#[command(name = "latent-studio", version, about = "A native desktop studio for fast diffusion image generation")]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Generate one image headlessly (same engine as the window).
+    Generate(GenerateArgs),
+    /// Show what a checkpoint is: family, inferred configuration, dtypes, parameter counts.
+    Info {
+        /// A .safetensors checkpoint or a diffusers folder.
+        path: PathBuf,
+    },
+    /// List the solvers with their order and cost.
+    Solvers,
+}
+
+#[derive(clap::Args, Debug)]
+struct GenerateArgs {
+    /// Checkpoint: a .safetensors single file or a diffusers folder.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative: String,
+    /// Image width in pixels (multiple of 8); default: the model's native size.
+    #[arg(long)]
+    width: Option<u32>,
+    /// Image height in pixels (multiple of 8); default: the model's native size.
+    #[arg(long)]
+    height: Option<u32>,
+    #[arg(long, default_value_t = 20)]
+    steps: u32,
+    /// Classifier-free guidance scale (1 disables guidance and halves the cost).
+    #[arg(long, default_value_t = 7.0)]
+    cfg: f64,
+    /// Seed of the initial noise (torch CPU generator compatible); random when omitted.
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value = "euler")]
+    solver: String,
+    /// A1111's clip skip (1 = last layer).
+    #[arg(long, default_value_t = 1)]
+    clip_skip: u32,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Override what the checkpoint says it predicts: eps or v.
+    #[arg(long)]
+    prediction: Option<String>,
+    /// Output PNG (never overwritten); default: the next free `latent-NNNNN.png` here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Also write the final latents (before VAE decode) as tensor `latents`.
+    #[arg(long)]
+    latents_out: Option<PathBuf>,
+}
+
+/// Runs the parsed command line.
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        None => {
+            println!(
+                "Latent Studio {}\nThe studio window is not in this build yet. Headless use:\n  latent-studio generate --model MODEL.safetensors --prompt \"a cat\" --out cat.png\n  latent-studio info MODEL.safetensors\n  latent-studio --help",
+                env!("CARGO_PKG_VERSION")
+            );
+            Ok(())
+        }
+        Some(Cmd::Generate(g)) => generate(g),
+        Some(Cmd::Info { path }) => info(&path),
+        Some(Cmd::Solvers) => {
+            println!("{:<10} {:>5} {:>9} {:>10}  reference", "solver", "order", "NFE/step", "stochastic");
+            for s in SOLVERS {
+                println!("{:<10} {:>5} {:>9} {:>10}  {}", s.name, s.order, s.evals_per_step, if s.stochastic { "yes" } else { "no" }, s.reference);
+            }
+            println!("(NFE per step doubles with classifier-free guidance, unless the CFG scale is 1)");
+            Ok(())
+        }
+    }
+}
+
+fn refuse_existing(path: &Path) -> Result<()> {
+    if path.exists() {
+        bail!("{} already exists; choose another --out (Latent Studio never overwrites images)", path.display());
+    }
+    Ok(())
+}
+
+fn generate(g: GenerateArgs) -> Result<()> {
+    let dtype = DType::parse(&g.dtype).with_context(|| format!("unknown --dtype '{}' (f32, f16, bf16)", g.dtype))?;
+    let device = DeviceKind::parse(&g.device).with_context(|| format!("unknown --device '{}' (cpu, cuda, metal)", g.device))?;
+    let prediction = match g.prediction.as_deref() {
+        None => None,
+        Some("eps" | "epsilon") => Some(Prediction::Epsilon),
+        Some("v" | "v_prediction") => Some(Prediction::V),
+        Some(other) => bail!("unknown --prediction '{other}' (eps, v)"),
+    };
+    if let Some(o) = &g.out {
+        refuse_existing(o)?;
+    }
+    if let Some(o) = &g.latents_out {
+        refuse_existing(o)?;
+    }
+    if !g.model.exists() {
+        bail!("model {} not found", g.model.display());
+    }
+    let engine = EngineHandle::spawn(EngineConfig::default(), || {})?;
+    engine.load_model(ModelSpec { path: g.model.clone(), dtype, device, prediction })?;
+    let info = loop {
+        match engine.recv_timeout(Duration::from_secs(3600)) {
+            Some(Event::ModelLoaded { info }) => break info,
+            Some(Event::Failed { error, .. }) => bail!("{error}"),
+            Some(Event::Warning { message, .. }) => eprintln!("warning: {message}"),
+            Some(_) => {}
+            None => bail!("the engine stopped while loading"),
+        }
+    };
+    eprintln!("model: {} ({})", info.name, info.summary);
+    let seed = g.seed.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64 ^ d.as_secs()).unwrap_or(0);
+        nanos & 0xffff_ffff
+    });
+    let request = GenerateRequest {
+        prompt: g.prompt.clone(),
+        negative: g.negative.clone(),
+        width: g.width.unwrap_or(info.default_size.0),
+        height: g.height.unwrap_or(info.default_size.1),
+        steps: g.steps,
+        cfg_scale: g.cfg,
+        seed,
+        solver: g.solver.clone(),
+        clip_skip: g.clip_skip,
+        preview_every: 0,
+    };
+    let id = engine.generate(request)?;
+    let mut stderr = std::io::stderr();
+    loop {
+        let Some(ev) = engine.recv_timeout(Duration::from_secs(3600)) else { bail!("the engine stopped") };
+        if ev.job() != Some(id) {
+            continue;
+        }
+        match ev {
+            Event::Started { total_steps, nfe, .. } => eprintln!("seed {seed}: {total_steps} steps, {nfe} network evaluations"),
+            Event::Progress { step, total_steps, step_time, .. } => {
+                let _ = write!(stderr, "\rstep {step}/{total_steps} ({:.0} ms)", step_time.as_secs_f64() * 1000.0);
+                let _ = stderr.flush();
+            }
+            Event::Finished { image, metadata, timings, latents, .. } => {
+                eprintln!();
+                let out = g.out.clone().unwrap_or_else(|| next_free_name(Path::new("."), "latent"));
+                write_new_file(&out, &encode_png(&image, &metadata)?)?;
+                if let (Some(path), Some(lat)) = (&g.latents_out, latents) {
+                    write_new_file(path, &latents_safetensors(&lat)?)?;
+                }
+                eprintln!(
+                    "wrote {} ({}x{}) in {:.2} s: text {:.2} s, denoise {:.2} s, VAE {:.2} s, NFE {}",
+                    out.display(),
+                    image.width,
+                    image.height,
+                    timings.total.as_secs_f64(),
+                    timings.text.as_secs_f64(),
+                    timings.denoise.as_secs_f64(),
+                    timings.vae.as_secs_f64(),
+                    timings.nfe
+                );
+                return Ok(());
+            }
+            Event::Cancelled { at_step, .. } => bail!("cancelled at step {at_step}"),
+            Event::Failed { error, .. } => {
+                eprintln!();
+                bail!("{error}")
+            }
+            _ => {}
+        }
+    }
+}
+
+fn info(path: &Path) -> Result<()> {
+    let (cfg, report) = inspect(path)?;
+    println!("path:        {}", path.display());
+    println!("family:      {}", cfg.family.name());
+    println!("prediction:  {:?}", cfg.prediction);
+    println!("stored as:   {} ({:.1} MB of tensors)", report.stored_dtypes.join(", "), report.bytes as f64 / 1e6);
+    println!("native size: {}x{}", cfg.default_size.0, cfg.default_size.1);
+    for (i, t) in cfg.text.iter().enumerate() {
+        println!(
+            "text {}:      width {}, {} layers, {} heads, {:?}, vocabulary {}, {} positions{}",
+            i + 1,
+            t.hidden,
+            t.layers,
+            t.heads,
+            t.activation,
+            t.vocab,
+            t.max_positions,
+            t.projection.map(|p| format!(", projection {p}")).unwrap_or_default()
+        );
+    }
+    let u = &cfg.unet;
+    println!(
+        "unet:        channels {:?}, {} layers/block, attention depth down {:?} mid {:?}, heads {:?}, context {}, {} projection, {} groups{}",
+        u.block_out_channels,
+        u.layers_per_block,
+        u.down_attention,
+        u.mid_attention,
+        u.heads,
+        u.context_dim,
+        if u.linear_projection { "linear" } else { "conv" },
+        u.groups,
+        u.addition.map(|(d, n)| format!(", size conditioning {d}x6 (+pooled, {n} in)")).unwrap_or_default()
+    );
+    let v = &cfg.vae;
+    println!(
+        "vae:         channels {:?}, {} latent channels, {}x downscale, scaling factor {}",
+        v.block_out_channels,
+        v.latent_channels,
+        v.scale(),
+        v.scaling_factor
+    );
+    for (label, n) in &report.parameters {
+        println!("parameters:  {label}: {:.2} M", *n as f64 / 1e6);
+    }
+    if report.unrecognised.is_empty() {
+        println!("unrecognised tensors: none");
+    } else {
+        println!("unrecognised tensors: {}", report.unrecognised.len());
+        for k in report.unrecognised.iter().take(20) {
+            println!("  {k}");
+        }
+        if report.unrecognised.len() > 20 {
+            println!("  ... and {} more", report.unrecognised.len() - 20);
+        }
+    }
+    Ok(())
+}
