@@ -13,7 +13,11 @@ use latent_engine::sampling::SOLVERS;
 use latent_engine::{EngineConfig, EngineHandle};
 
 #[derive(Parser, Debug)]
-#[command(name = "latent-studio", version, about = "A native desktop studio for fast diffusion image generation")]
+#[command(
+    name = "latent-studio",
+    version,
+    about = "A native desktop studio for fast diffusion image generation"
+)]
 pub struct Args {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -22,7 +26,7 @@ pub struct Args {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Generate one image headlessly (same engine as the window).
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Show what a checkpoint is: family, inferred configuration, dtypes, parameter counts.
     Info {
         /// A .safetensors checkpoint or a diffusers folder.
@@ -85,14 +89,26 @@ pub fn run(args: Args) -> Result<()> {
             );
             Ok(())
         }
-        Some(Cmd::Generate(g)) => generate(g),
+        Some(Cmd::Generate(g)) => generate(*g),
         Some(Cmd::Info { path }) => info(&path),
         Some(Cmd::Solvers) => {
-            println!("{:<10} {:>5} {:>9} {:>10}  reference", "solver", "order", "NFE/step", "stochastic");
+            println!(
+                "{:<10} {:>5} {:>9} {:>10}  reference",
+                "solver", "order", "NFE/step", "stochastic"
+            );
             for s in SOLVERS {
-                println!("{:<10} {:>5} {:>9} {:>10}  {}", s.name, s.order, s.evals_per_step, if s.stochastic { "yes" } else { "no" }, s.reference);
+                println!(
+                    "{:<10} {:>5} {:>9} {:>10}  {}",
+                    s.name,
+                    s.order,
+                    s.evals_per_step,
+                    if s.stochastic { "yes" } else { "no" },
+                    s.reference
+                );
             }
-            println!("(NFE per step doubles with classifier-free guidance, unless the CFG scale is 1)");
+            println!(
+                "(NFE per step doubles with classifier-free guidance, unless the CFG scale is 1)"
+            );
             Ok(())
         }
     }
@@ -100,14 +116,19 @@ pub fn run(args: Args) -> Result<()> {
 
 fn refuse_existing(path: &Path) -> Result<()> {
     if path.exists() {
-        bail!("{} already exists; choose another --out (Latent Studio never overwrites images)", path.display());
+        bail!(
+            "{} already exists; choose another --out (Latent Studio never overwrites images)",
+            path.display()
+        );
     }
     Ok(())
 }
 
 fn generate(g: GenerateArgs) -> Result<()> {
-    let dtype = DType::parse(&g.dtype).with_context(|| format!("unknown --dtype '{}' (f32, f16, bf16)", g.dtype))?;
-    let device = DeviceKind::parse(&g.device).with_context(|| format!("unknown --device '{}' (cpu, cuda, metal)", g.device))?;
+    let dtype = DType::parse(&g.dtype)
+        .with_context(|| format!("unknown --dtype '{}' (f32, f16, bf16)", g.dtype))?;
+    let device = DeviceKind::parse(&g.device)
+        .with_context(|| format!("unknown --device '{}' (cpu, cuda, metal)", g.device))?;
     let prediction = match g.prediction.as_deref() {
         None => None,
         Some("eps" | "epsilon") => Some(Prediction::Epsilon),
@@ -124,7 +145,12 @@ fn generate(g: GenerateArgs) -> Result<()> {
         bail!("model {} not found", g.model.display());
     }
     let engine = EngineHandle::spawn(EngineConfig::default(), || {})?;
-    engine.load_model(ModelSpec { path: g.model.clone(), dtype, device, prediction })?;
+    engine.load_model(ModelSpec {
+        path: g.model.clone(),
+        dtype,
+        device,
+        prediction,
+    })?;
     let info = loop {
         match engine.recv_timeout(Duration::from_secs(3600)) {
             Some(Event::ModelLoaded { info }) => break info,
@@ -136,7 +162,10 @@ fn generate(g: GenerateArgs) -> Result<()> {
     };
     eprintln!("model: {} ({})", info.name, info.summary);
     let seed = g.seed.unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64 ^ d.as_secs()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64 ^ d.as_secs())
+            .unwrap_or(0);
         nanos & 0xffff_ffff
     });
     let request = GenerateRequest {
@@ -154,19 +183,41 @@ fn generate(g: GenerateArgs) -> Result<()> {
     let id = engine.generate(request)?;
     let mut stderr = std::io::stderr();
     loop {
-        let Some(ev) = engine.recv_timeout(Duration::from_secs(3600)) else { bail!("the engine stopped") };
+        let Some(ev) = engine.recv_timeout(Duration::from_secs(3600)) else {
+            bail!("the engine stopped")
+        };
         if ev.job() != Some(id) {
             continue;
         }
         match ev {
-            Event::Started { total_steps, nfe, .. } => eprintln!("seed {seed}: {total_steps} steps, {nfe} network evaluations"),
-            Event::Progress { step, total_steps, step_time, .. } => {
-                let _ = write!(stderr, "\rstep {step}/{total_steps} ({:.0} ms)", step_time.as_secs_f64() * 1000.0);
+            Event::Started {
+                total_steps, nfe, ..
+            } => eprintln!("seed {seed}: {total_steps} steps, {nfe} network evaluations"),
+            Event::Progress {
+                step,
+                total_steps,
+                step_time,
+                ..
+            } => {
+                let _ = write!(
+                    stderr,
+                    "\rstep {step}/{total_steps} ({:.0} ms)",
+                    step_time.as_secs_f64() * 1000.0
+                );
                 let _ = stderr.flush();
             }
-            Event::Finished { image, metadata, timings, latents, .. } => {
+            Event::Finished {
+                image,
+                metadata,
+                timings,
+                latents,
+                ..
+            } => {
                 eprintln!();
-                let out = g.out.clone().unwrap_or_else(|| next_free_name(Path::new("."), "latent"));
+                let out = g
+                    .out
+                    .clone()
+                    .unwrap_or_else(|| next_free_name(Path::new("."), "latent"));
                 write_new_file(&out, &encode_png(&image, &metadata)?)?;
                 if let (Some(path), Some(lat)) = (&g.latents_out, latents) {
                     write_new_file(path, &latents_safetensors(&lat)?)?;
@@ -199,7 +250,11 @@ fn info(path: &Path) -> Result<()> {
     println!("path:        {}", path.display());
     println!("family:      {}", cfg.family.name());
     println!("prediction:  {:?}", cfg.prediction);
-    println!("stored as:   {} ({:.1} MB of tensors)", report.stored_dtypes.join(", "), report.bytes as f64 / 1e6);
+    println!(
+        "stored as:   {} ({:.1} MB of tensors)",
+        report.stored_dtypes.join(", "),
+        report.bytes as f64 / 1e6
+    );
     println!("native size: {}x{}", cfg.default_size.0, cfg.default_size.1);
     for (i, t) in cfg.text.iter().enumerate() {
         println!(
@@ -211,7 +266,9 @@ fn info(path: &Path) -> Result<()> {
             t.activation,
             t.vocab,
             t.max_positions,
-            t.projection.map(|p| format!(", projection {p}")).unwrap_or_default()
+            t.projection
+                .map(|p| format!(", projection {p}"))
+                .unwrap_or_default()
         );
     }
     let u = &cfg.unet;
@@ -223,9 +280,15 @@ fn info(path: &Path) -> Result<()> {
         u.mid_attention,
         u.heads,
         u.context_dim,
-        if u.linear_projection { "linear" } else { "conv" },
+        if u.linear_projection {
+            "linear"
+        } else {
+            "conv"
+        },
         u.groups,
-        u.addition.map(|(d, n)| format!(", size conditioning {d}x6 (+pooled, {n} in)")).unwrap_or_default()
+        u.addition
+            .map(|(d, n)| format!(", size conditioning {d}x6 (+pooled, {n} in)"))
+            .unwrap_or_default()
     );
     let v = &cfg.vae;
     println!(

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "{path} is a pickle checkpoint ({kind}); pickle files can run arbitrary code, so Latent \
          Studio does not load them. Convert it to .safetensors first (for example with the \
@@ -20,22 +23,39 @@ pub enum EngineError {
     #[error("checkpoint is missing tensor '{0}'")]
     MissingTensor(String),
     #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
-    ShapeMismatch { name: String, found: Vec<usize>, expected: Vec<usize> },
+    ShapeMismatch {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("no model is loaded; open a checkpoint first")]
     NoModel,
-    #[error("the computation produced NaN or infinite values ({0}); try another dtype (f32) or fewer steps")]
+    #[error(
+        "the computation produced NaN or infinite values ({0}); try another dtype (f32) or fewer steps"
+    )]
     NonFinite(&'static str),
     #[error("device '{0}' is not available in this build")]
     DeviceUnavailable(String),
     #[error("cancelled at step {at_step}")]
     Cancelled { at_step: u32 },
     #[error("tensor error: {0}")]
-    Tensor(#[from] candle_core::Error),
+    Tensor(String),
     #[error("{0}")]
     Other(String),
 }
 
 /// Result alias for the engine.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl From<candle_core::Error> for EngineError {
+    /// Keeps candle's message, without the backtrace it attaches when `RUST_BACKTRACE` is set.
+    fn from(e: candle_core::Error) -> Self {
+        let mut e = &e;
+        while let candle_core::Error::WithBacktrace { inner, .. } = e {
+            e = inner;
+        }
+        EngineError::Tensor(e.to_string().lines().next().unwrap_or_default().to_string())
+    }
+}

@@ -21,7 +21,11 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { thread_name: "latent-engine".into(), command_capacity: 64, event_capacity: 256 }
+        Self {
+            thread_name: "latent-engine".into(),
+            command_capacity: 64,
+            event_capacity: 256,
+        }
     }
 }
 
@@ -42,17 +46,33 @@ impl EngineHandle {
     }
 
     /// Spawns the engine around any backend (tests and UI work use stand-ins).
-    pub fn spawn_with_backend(config: EngineConfig, backend: Box<dyn Backend>, waker: impl Fn() + Send + Sync + 'static) -> Result<Self> {
+    pub fn spawn_with_backend(
+        config: EngineConfig,
+        backend: Box<dyn Backend>,
+        waker: impl Fn() + Send + Sync + 'static,
+    ) -> Result<Self> {
         let (ctx, crx) = crossbeam_channel::bounded(config.command_capacity.max(1));
         let (etx, erx) = crossbeam_channel::bounded(config.event_capacity.max(4));
         let board = Arc::new(CancelBoard::default());
         let waker: Waker = Arc::new(waker);
-        let worker = Worker { backend, commands: crx, events: etx, board: board.clone(), waker };
+        let worker = Worker {
+            backend,
+            commands: crx,
+            events: etx,
+            board: board.clone(),
+            waker,
+        };
         let thread = std::thread::Builder::new()
             .name(config.thread_name)
             .spawn(move || worker.run())
             .map_err(|e| EngineError::Other(format!("cannot start the engine thread: {e}")))?;
-        Ok(Self { commands: ctx, events: erx, board, thread: Some(thread), next_id: AtomicU64::new(1) })
+        Ok(Self {
+            commands: ctx,
+            events: erx,
+            board,
+            thread: Some(thread),
+            next_id: AtomicU64::new(1),
+        })
     }
 
     /// Queues a command without blocking; fails when the queue is full or the engine is gone.
@@ -62,7 +82,9 @@ impl EngineHandle {
             return Ok(());
         }
         self.commands.try_send(command).map_err(|e| match e {
-            TrySendError::Full(_) => EngineError::Other("the engine's command queue is full; try again".into()),
+            TrySendError::Full(_) => {
+                EngineError::Other("the engine's command queue is full; try again".into())
+            }
             TrySendError::Disconnected(_) => EngineError::Other("the engine has stopped".into()),
         })
     }

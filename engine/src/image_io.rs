@@ -8,7 +8,10 @@ use crate::error::{EngineError, Result};
 use crate::protocol::ImageRgb8;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
-    move |source| EngineError::Io { path: path.to_path_buf(), source }
+    move |source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Encodes `image` as PNG bytes with a `parameters` text chunk (tEXt when Latin-1, else iTXt).
@@ -21,12 +24,17 @@ pub fn encode_png(image: &ImageRgb8, parameters: &str) -> Result<Vec<u8>> {
         let latin1 = parameters.chars().all(|c| (c as u32) < 256);
         let text_err = |e: png::EncodingError| EngineError::Other(format!("PNG text chunk: {e}"));
         if latin1 {
-            enc.add_text_chunk("parameters".into(), parameters.into()).map_err(text_err)?;
+            enc.add_text_chunk("parameters".into(), parameters.into())
+                .map_err(text_err)?;
         } else {
-            enc.add_itxt_chunk("parameters".into(), parameters.into()).map_err(text_err)?;
+            enc.add_itxt_chunk("parameters".into(), parameters.into())
+                .map_err(text_err)?;
         }
-        let mut w = enc.write_header().map_err(|e| EngineError::Other(format!("PNG: {e}")))?;
-        w.write_image_data(&image.pixels).map_err(|e| EngineError::Other(format!("PNG: {e}")))?;
+        let mut w = enc
+            .write_header()
+            .map_err(|e| EngineError::Other(format!("PNG: {e}")))?;
+        w.write_image_data(&image.pixels)
+            .map_err(|e| EngineError::Other(format!("PNG: {e}")))?;
     }
     Ok(buf)
 }
@@ -35,15 +43,25 @@ pub fn encode_png(image: &ImageRgb8, parameters: &str) -> Result<Vec<u8>> {
 pub fn read_png_parameters(path: &Path) -> Result<Option<String>> {
     let file = std::fs::File::open(path).map_err(io(path))?;
     let decoder = png::Decoder::new(std::io::BufReader::new(file));
-    let reader = decoder.read_info().map_err(|e| EngineError::Other(format!("{}: not a PNG ({e})", path.display())))?;
+    let reader = decoder
+        .read_info()
+        .map_err(|e| EngineError::Other(format!("{}: not a PNG ({e})", path.display())))?;
     let info = reader.info();
-    if let Some(t) = info.uncompressed_latin1_text.iter().find(|t| t.keyword == "parameters") {
+    if let Some(t) = info
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+    {
         return Ok(Some(t.text.clone()));
     }
     if let Some(t) = info.utf8_text.iter().find(|t| t.keyword == "parameters") {
         return Ok(t.get_text().ok());
     }
-    if let Some(t) = info.compressed_latin1_text.iter().find(|t| t.keyword == "parameters") {
+    if let Some(t) = info
+        .compressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+    {
         return Ok(t.get_text().ok());
     }
     Ok(None)
@@ -56,10 +74,16 @@ pub fn write_new_file(dest: &Path, bytes: &[u8]) -> Result<()> {
     if dest.exists() {
         return Err(EngineError::Io {
             path: dest.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "file exists; refusing to overwrite it"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "file exists; refusing to overwrite it",
+            ),
         });
     }
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("image");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
@@ -72,7 +96,13 @@ pub fn write_new_file(dest: &Path, bytes: &[u8]) -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(io(dest)(e)),
             Err(_) => {
                 if dest.exists() {
-                    return Err(EngineError::Io { path: dest.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "file exists") });
+                    return Err(EngineError::Io {
+                        path: dest.to_path_buf(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            "file exists",
+                        ),
+                    });
                 }
                 std::fs::rename(&tmp, dest).map_err(io(dest))
             }
@@ -85,14 +115,22 @@ pub fn write_new_file(dest: &Path, bytes: &[u8]) -> Result<()> {
 /// Serialises latents as a safetensors file holding one f32 tensor named `latents`.
 pub fn latents_safetensors(latents: &crate::protocol::LatentsOut) -> Result<Vec<u8>> {
     let bytes: Vec<u8> = latents.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, latents.shape.clone(), &bytes)
-        .map_err(|e| EngineError::Other(format!("latents: {e}")))?;
-    safetensors::serialize([("latents", view)], None).map_err(|e| EngineError::Other(format!("latents: {e}")))
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        latents.shape.clone(),
+        &bytes,
+    )
+    .map_err(|e| EngineError::Other(format!("latents: {e}")))?;
+    safetensors::serialize([("latents", view)], None)
+        .map_err(|e| EngineError::Other(format!("latents: {e}")))
 }
 
 /// `dir/prefix-NNNNN.png` with the first free number (for automatic output names).
 pub fn next_free_name(dir: &Path, prefix: &str) -> PathBuf {
-    (1..).map(|i| dir.join(format!("{prefix}-{i:05}.png"))).find(|p| !p.exists()).unwrap_or_else(|| dir.join(format!("{prefix}.png")))
+    (1..)
+        .map(|i| dir.join(format!("{prefix}-{i:05}.png")))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| dir.join(format!("{prefix}.png")))
 }
 
 #[cfg(test)]
@@ -103,18 +141,36 @@ mod tests {
     fn png_round_trip_and_no_overwrite() {
         let dir = std::env::temp_dir().join(format!("latent-io-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp dir");
-        let img = ImageRgb8 { width: 2, height: 1, pixels: vec![255, 0, 0, 0, 255, 0] };
+        let img = ImageRgb8 {
+            width: 2,
+            height: 1,
+            pixels: vec![255, 0, 0, 0, 255, 0],
+        };
         let p = dir.join("a.png");
         let _ = std::fs::remove_file(&p);
-        write_new_file(&p, &encode_png(&img, "cat\nSteps: 1, Seed: 2, Size: 2x1").expect("encode")).expect("write");
-        assert_eq!(read_png_parameters(&p).expect("read").as_deref(), Some("cat\nSteps: 1, Seed: 2, Size: 2x1"));
+        write_new_file(
+            &p,
+            &encode_png(&img, "cat\nSteps: 1, Seed: 2, Size: 2x1").expect("encode"),
+        )
+        .expect("write");
+        assert_eq!(
+            read_png_parameters(&p).expect("read").as_deref(),
+            Some("cat\nSteps: 1, Seed: 2, Size: 2x1")
+        );
         let before = std::fs::read(&p).expect("read");
         assert!(write_new_file(&p, b"other").is_err());
         assert_eq!(std::fs::read(&p).expect("read"), before);
         let u = dir.join("u.png");
         let _ = std::fs::remove_file(&u);
-        write_new_file(&u, &encode_png(&img, "猫\nSteps: 1, Seed: 2, Size: 2x1").expect("encode")).expect("write");
-        assert_eq!(read_png_parameters(&u).expect("read").as_deref(), Some("猫\nSteps: 1, Seed: 2, Size: 2x1"));
+        write_new_file(
+            &u,
+            &encode_png(&img, "猫\nSteps: 1, Seed: 2, Size: 2x1").expect("encode"),
+        )
+        .expect("write");
+        assert_eq!(
+            read_png_parameters(&u).expect("read").as_deref(),
+            Some("猫\nSteps: 1, Seed: 2, Size: 2x1")
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

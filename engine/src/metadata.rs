@@ -32,7 +32,10 @@ impl Parameters {
 
     /// Value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The text chunk.
@@ -42,7 +45,11 @@ impl Parameters {
             out.push_str("\nNegative prompt: ");
             out.push_str(&self.negative);
         }
-        let line: Vec<String> = self.pairs.iter().map(|(k, v)| format!("{k}: {}", quote(v))).collect();
+        let line: Vec<String> = self
+            .pairs
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", quote(v)))
+            .collect();
         out.push('\n');
         out.push_str(&line.join(", "));
         out
@@ -59,7 +66,11 @@ impl Parameters {
             .filter_map(|c| {
                 let k = c.get(1)?.as_str().trim().to_string();
                 let raw = c.get(2)?.as_str().trim();
-                let v = if raw.starts_with('"') { serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_string()) } else { raw.to_string() };
+                let v = if raw.starts_with('"') {
+                    serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_string())
+                } else {
+                    raw.to_string()
+                };
                 Some((k, v))
             })
             .collect();
@@ -79,7 +90,11 @@ impl Parameters {
                 prompt_lines.push(*l);
             }
         }
-        Some(Self { prompt: prompt_lines.join("\n"), negative: negative_lines.join("\n"), pairs })
+        Some(Self {
+            prompt: prompt_lines.join("\n"),
+            negative: negative_lines.join("\n"),
+            pairs,
+        })
     }
 
     /// Pairs as a map (last value wins).
@@ -100,8 +115,16 @@ mod tests {
 
     #[test]
     fn round_trip_with_quoting() {
-        let mut p = Parameters { prompt: "a cat,\nin a hat".into(), negative: "blurry".into(), pairs: vec![] };
-        p.push("Steps", 20).push("Sampler", "DPM++ 2M").push("CFG scale", 7).push("Seed", 42).push("Model", "my: model, v2");
+        let mut p = Parameters {
+            prompt: "a cat,\nin a hat".into(),
+            negative: "blurry".into(),
+            pairs: vec![],
+        };
+        p.push("Steps", 20)
+            .push("Sampler", "DPM++ 2M")
+            .push("CFG scale", 7)
+            .push("Seed", 42)
+            .push("Model", "my: model, v2");
         let text = p.to_text();
         assert!(text.contains("Model: \"my: model, v2\""), "{text}");
         let q = Parameters::parse(&text).expect("parses");

@@ -13,7 +13,10 @@ use crate::model::config::{self, Family, ModelConfig};
 use crate::model::unet::{Unet, UnetInput};
 use crate::model::vae::VaeDecoder;
 use crate::preview::{LatentRgb, to_u8};
-use crate::protocol::{DType, DeviceKind, GenerateRequest, ImageRgb8, LatentsOut, ModelInfo, ModelSpec, Prediction, Timings};
+use crate::protocol::{
+    DType, DeviceKind, GenerateRequest, ImageRgb8, LatentsOut, ModelInfo, ModelSpec, Prediction,
+    Timings,
+};
 use crate::rng::TorchRng;
 use crate::sampling::denoiser::{self, Denoise};
 use crate::sampling::schedule::{ModelSchedule, RunSchedule};
@@ -24,8 +27,10 @@ use crate::tokenizer::ClipTokenizer;
 pub fn open_device(kind: DeviceKind) -> Result<Device> {
     match kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
-        DeviceKind::Cuda(i) => Device::new_cuda(i).map_err(|e| EngineError::DeviceUnavailable(format!("cuda:{i} ({e})"))),
-        DeviceKind::Metal(i) => Device::new_metal(i).map_err(|e| EngineError::DeviceUnavailable(format!("metal:{i} ({e})"))),
+        DeviceKind::Cuda(i) => Device::new_cuda(i)
+            .map_err(|e| EngineError::DeviceUnavailable(format!("cuda:{i} ({e})"))),
+        DeviceKind::Metal(i) => Device::new_metal(i)
+            .map_err(|e| EngineError::DeviceUnavailable(format!("metal:{i} ({e})"))),
     }
 }
 
@@ -56,13 +61,23 @@ pub fn inspect(path: &Path) -> Result<(ModelConfig, LoadReport)> {
 
 fn report(w: &Weights) -> LoadReport {
     let mut parameters = vec![];
-    for (label, prefix) in [("text encoder", "te1."), ("text encoder 2", "te2."), ("unet", "unet."), ("vae", "vae.")] {
+    for (label, prefix) in [
+        ("text encoder", "te1."),
+        ("text encoder 2", "te2."),
+        ("unet", "unet."),
+        ("vae", "vae."),
+    ] {
         let n = w.parameters(prefix);
         if n > 0 {
             parameters.push((label.to_string(), n));
         }
     }
-    LoadReport { unrecognised: w.unrecognised.clone(), stored_dtypes: w.stored_dtypes.iter().cloned().collect(), parameters, bytes: w.bytes }
+    LoadReport {
+        unrecognised: w.unrecognised.clone(),
+        stored_dtypes: w.stored_dtypes.iter().cloned().collect(),
+        parameters,
+        bytes: w.bytes,
+    }
 }
 
 /// A request checked against the loaded model.
@@ -149,13 +164,25 @@ impl Pipeline {
         if let Some(p) = spec.prediction {
             cfg.prediction = p;
         }
-        let text = cfg.text.iter().map(|t| ClipText::new(&w, t)).collect::<Result<Vec<_>>>()?;
+        let text = cfg
+            .text
+            .iter()
+            .map(|t| ClipText::new(&w, t))
+            .collect::<Result<Vec<_>>>()?;
         let unet = Unet::new(&w, &cfg.unet)?;
         let vae = VaeDecoder::new(&w, &cfg.vae)?;
         let report = report(&w);
         drop(w);
-        let hash = if spec.path.is_file() { file_hash(&spec.path) } else { None };
-        let preview = if cfg.family == Family::Sdxl { LatentRgb::SDXL } else { LatentRgb::SD1 };
+        let hash = if spec.path.is_file() {
+            file_hash(&spec.path)
+        } else {
+            None
+        };
+        let preview = if cfg.family == Family::Sdxl {
+            LatentRgb::SDXL
+        } else {
+            LatentRgb::SD1
+        };
         Ok(Self {
             config: cfg,
             name,
@@ -201,40 +228,78 @@ impl Pipeline {
         let r = request;
         let scale = self.config.vae.scale() as u32;
         let bad = |m: String| Err(EngineError::InvalidRequest(m));
-        if r.width == 0 || r.height == 0 || r.width % 8 != 0 || r.height % 8 != 0 {
-            return bad(format!("size {}x{} must be positive multiples of 8", r.width, r.height));
+        if r.width == 0
+            || r.height == 0
+            || !r.width.is_multiple_of(8)
+            || !r.height.is_multiple_of(8)
+        {
+            return bad(format!(
+                "size {}x{} must be positive multiples of 8",
+                r.width, r.height
+            ));
         }
-        if r.width % scale != 0 || r.height % scale != 0 {
-            return bad(format!("size {}x{} must be a multiple of this model's {scale}-pixel latent grid", r.width, r.height));
+        if !r.width.is_multiple_of(scale) || !r.height.is_multiple_of(scale) {
+            return bad(format!(
+                "size {}x{} must be a multiple of this model's {scale}-pixel latent grid",
+                r.width, r.height
+            ));
         }
         if r.width > 8192 || r.height > 8192 || (r.width as u64 * r.height as u64) > 4096 * 4096 {
-            return bad(format!("size {}x{} is too large (at most 4096x4096 pixels in total)", r.width, r.height));
+            return bad(format!(
+                "size {}x{} is too large (at most 4096x4096 pixels in total)",
+                r.width, r.height
+            ));
         }
         if r.width / scale < 8 || r.height / scale < 8 {
-            return bad(format!("size {}x{} is too small for this model (at least {} pixels per side)", r.width, r.height, 8 * scale));
+            return bad(format!(
+                "size {}x{} is too small for this model (at least {} pixels per side)",
+                r.width,
+                r.height,
+                8 * scale
+            ));
         }
         if r.steps == 0 || r.steps > 1000 {
             return bad(format!("steps must be between 1 and 1000, got {}", r.steps));
         }
         if !r.cfg_scale.is_finite() || r.cfg_scale < 0.0 || r.cfg_scale > 100.0 {
-            return bad(format!("CFG scale must be a number between 0 and 100, got {}", r.cfg_scale));
+            return bad(format!(
+                "CFG scale must be a number between 0 and 100, got {}",
+                r.cfg_scale
+            ));
         }
         if r.clip_skip == 0 || r.clip_skip as usize > self.config.text[0].layers {
-            return bad(format!("clip skip must be between 1 and {}, got {}", self.config.text[0].layers, r.clip_skip));
+            return bad(format!(
+                "clip skip must be between 1 and {}, got {}",
+                self.config.text[0].layers, r.clip_skip
+            ));
         }
         let solver = sampling::solver_info(&r.solver)?;
-        Ok(Job { request: r.clone(), solver, latent_size: ((r.height / scale) as usize, (r.width / scale) as usize) })
+        Ok(Job {
+            request: r.clone(),
+            solver,
+            latent_size: ((r.height / scale) as usize, (r.width / scale) as usize),
+        })
     }
 
     /// Network evaluations a job will spend (CFG's double pass counted).
     pub fn nfe(&self, job: &Job) -> u32 {
-        let per_eval = if uses_cfg(job.request.cfg_scale) { 2 } else { 1 };
+        let per_eval = if uses_cfg(job.request.cfg_scale) {
+            2
+        } else {
+            1
+        };
         job.request.steps * job.solver.evals_per_step * per_eval
     }
 
     /// Text conditioning as the UNet receives it: `[uncond, cond]` contexts `[2, 77k, width]`
     /// (or `[cond]` alone without guidance) and, for SDXL, the pooled embeddings.
-    pub fn encode_prompt(&self, prompt: &str, negative: &str, clip_skip: u32, with_uncond: bool) -> Result<(Tensor, Option<Tensor>)> {
+    pub fn encode_prompt(
+        &self,
+        prompt: &str,
+        negative: &str,
+        clip_skip: u32,
+        with_uncond: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let c = self.encode(prompt, negative, clip_skip, with_uncond)?;
         Ok((c.context, c.pooled))
     }
@@ -254,7 +319,13 @@ impl Pipeline {
         &self.device
     }
 
-    fn encode(&self, prompt: &str, negative: &str, clip_skip: u32, with_uncond: bool) -> Result<Conditioning> {
+    fn encode(
+        &self,
+        prompt: &str,
+        negative: &str,
+        clip_skip: u32,
+        with_uncond: bool,
+    ) -> Result<Conditioning> {
         let tok = ClipTokenizer::shared()?;
         let sdxl = self.config.family == Family::Sdxl;
         let mut contexts = vec![];
@@ -267,11 +338,23 @@ impl Pipeline {
             let empty = tok.windows("", pad);
             cond.resize(k, empty[0].clone());
             uncond.resize(k, empty[0].clone());
-            let rows: Vec<Vec<u32>> = if with_uncond { uncond.iter().chain(cond.iter()).cloned().collect() } else { cond.clone() };
-            let req = if sdxl {
-                TextRequest { layer_from_end: 1 + clip_skip as usize, final_norm: false, pooled: i == 1 }
+            let rows: Vec<Vec<u32>> = if with_uncond {
+                uncond.iter().chain(cond.iter()).cloned().collect()
             } else {
-                TextRequest { layer_from_end: self.config.text_layer_base + clip_skip as usize - 1, final_norm: true, pooled: false }
+                cond.clone()
+            };
+            let req = if sdxl {
+                TextRequest {
+                    layer_from_end: 1 + clip_skip as usize,
+                    final_norm: false,
+                    pooled: i == 1,
+                }
+            } else {
+                TextRequest {
+                    layer_from_end: self.config.text_layer_base + clip_skip as usize - 1,
+                    final_norm: true,
+                    pooled: false,
+                }
             };
             let (hidden, pool) = enc.forward(&rows, req)?;
             let b = if with_uncond { 2 } else { 1 };
@@ -286,7 +369,11 @@ impl Pipeline {
                 pooled = Some(p.index_select(&idx, 0)?.to_dtype(CDType::F32)?);
             }
         }
-        let mut context = if contexts.len() == 1 { contexts.remove(0) } else { Tensor::cat(&contexts, 2)? };
+        let mut context = if contexts.len() == 1 {
+            contexts.remove(0)
+        } else {
+            Tensor::cat(&contexts, 2)?
+        };
         // diffusers' SDXL pipelines use zeros, not the encoded empty string, for an empty
         // negative prompt (`force_zeros_for_empty_prompt`).
         if sdxl && with_uncond && negative.trim().is_empty() {
@@ -354,14 +441,26 @@ impl Pipeline {
         if flat.iter().any(|v| !v.is_finite()) {
             return Err(EngineError::NonFinite("latents after denoising"));
         }
-        let decoded = self.vae.decode(&(&latents / self.config.vae.scaling_factor)?)?;
+        let decoded = self
+            .vae
+            .decode(&(&latents / self.config.vae.scaling_factor)?)?;
         let image = to_image(&decoded)?;
         let t_vae = t_vae0.elapsed();
 
-        let timings = Timings { text: t_text, denoise: t_denoise, vae: t_vae, previews: preview_time, total: t0.elapsed(), nfe };
+        let timings = Timings {
+            text: t_text,
+            denoise: t_denoise,
+            vae: t_vae,
+            previews: preview_time,
+            total: t0.elapsed(),
+            nfe,
+        };
         Ok(Output {
             image,
-            latents: LatentsOut { shape: latents.dims().to_vec(), data: flat },
+            latents: LatentsOut {
+                shape: latents.dims().to_vec(),
+                data: flat,
+            },
             metadata: self.parameters(job, nfe).to_text(),
             timings,
         })
@@ -370,7 +469,11 @@ impl Pipeline {
     /// The A1111 `parameters` of a job on this model.
     pub fn parameters(&self, job: &Job, nfe: u32) -> Parameters {
         let r = &job.request;
-        let mut p = Parameters { prompt: r.prompt.clone(), negative: r.negative.clone(), pairs: vec![] };
+        let mut p = Parameters {
+            prompt: r.prompt.clone(),
+            negative: r.negative.clone(),
+            pairs: vec![],
+        };
         p.push("Steps", r.steps)
             .push("Sampler", job.solver.a1111)
             .push("Schedule type", "Automatic")
@@ -384,7 +487,10 @@ impl Pipeline {
         if r.clip_skip > 1 {
             p.push("Clip skip", r.clip_skip);
         }
-        p.push("NFE", nfe).push("Version", format!("Latent Studio {}", env!("CARGO_PKG_VERSION")));
+        p.push("NFE", nfe).push(
+            "Version",
+            format!("Latent Studio {}", env!("CARGO_PKG_VERSION")),
+        );
         p
     }
 }
@@ -407,7 +513,11 @@ fn to_image(decoded: &Tensor) -> Result<ImageRgb8> {
             pixels.push(to_u8(data[ch * plane + p] / 2.0 + 0.5));
         }
     }
-    Ok(ImageRgb8 { width: w as u32, height: h as u32, pixels })
+    Ok(ImageRgb8 {
+        width: w as u32,
+        height: h as u32,
+        pixels,
+    })
 }
 
 /// The denoiser of one job: CFG around the UNet, plus the per-step hook.
@@ -448,15 +558,28 @@ impl Denoise for Guided<'_> {
         let t = self.timestep(sigma);
         let x_in = (x * denoiser::c_in(sigma))?;
         let b = if self.guided { 2 } else { 1 };
-        let batch = if self.guided { Tensor::cat(&[&x_in, &x_in], 0)? } else { x_in };
+        let batch = if self.guided {
+            Tensor::cat(&[&x_in, &x_in], 0)?
+        } else {
+            x_in
+        };
         let timesteps = vec![t; b];
         let added = match (self.added, &self.cond.pooled) {
             (Some(ids), Some(p)) => Some((p, ids)),
             _ => None,
         };
-        let out = self.pipe.unet.forward(&UnetInput { sample: &batch, timesteps: &timesteps, context: &self.cond.context, added })?;
+        let out = self.pipe.unet.forward(&UnetInput {
+            sample: &batch,
+            timesteps: &timesteps,
+            context: &self.cond.context,
+            added,
+        })?;
         self.nfe += b as u32;
-        let out = if self.guided { denoiser::cfg(&out.narrow(0, 0, 1)?, &out.narrow(0, 1, 1)?, self.scale)? } else { out };
+        let out = if self.guided {
+            denoiser::cfg(&out.narrow(0, 0, 1)?, &out.narrow(0, 1, 1)?, self.scale)?
+        } else {
+            out
+        };
         denoiser::prediction_to_x0(self.pipe.config.prediction, x, &out, sigma)
     }
 

@@ -83,7 +83,12 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// A CPU, f32 spec for `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), dtype: DType::F32, device: DeviceKind::Cpu, prediction: None }
+        Self {
+            path: path.into(),
+            dtype: DType::F32,
+            device: DeviceKind::Cpu,
+            prediction: None,
+        }
     }
 }
 
@@ -164,7 +169,10 @@ pub struct Timings {
 #[derive(Debug)]
 pub enum Command {
     LoadModel(ModelSpec),
-    Generate { id: JobId, request: GenerateRequest },
+    Generate {
+        id: JobId,
+        request: GenerateRequest,
+    },
     SetLoras(Vec<LoraSpec>),
     /// Usually sent through `EngineHandle::cancel`, which also flips the job's atomic flag.
     Cancel(JobId),
@@ -176,14 +184,44 @@ pub enum Command {
 /// request, cancelled while queued, no model) yields only its final event.
 #[derive(Clone, Debug)]
 pub enum Event {
-    ModelLoaded { info: ModelInfo },
-    Started { id: JobId, total_steps: u32, nfe: u32 },
-    Progress { id: JobId, step: u32, total_steps: u32, step_time: Duration },
-    Preview { id: JobId, step: u32, image: ImageRgb8 },
-    Finished { id: JobId, image: ImageRgb8, metadata: String, timings: Timings, latents: Option<LatentsOut> },
-    Cancelled { id: JobId, at_step: u32 },
-    Failed { id: Option<JobId>, error: String },
-    Warning { id: Option<JobId>, message: String },
+    ModelLoaded {
+        info: ModelInfo,
+    },
+    Started {
+        id: JobId,
+        total_steps: u32,
+        nfe: u32,
+    },
+    Progress {
+        id: JobId,
+        step: u32,
+        total_steps: u32,
+        step_time: Duration,
+    },
+    Preview {
+        id: JobId,
+        step: u32,
+        image: ImageRgb8,
+    },
+    Finished {
+        id: JobId,
+        image: ImageRgb8,
+        metadata: String,
+        timings: Timings,
+        latents: Option<LatentsOut>,
+    },
+    Cancelled {
+        id: JobId,
+        at_step: u32,
+    },
+    Failed {
+        id: Option<JobId>,
+        error: String,
+    },
+    Warning {
+        id: Option<JobId>,
+        message: String,
+    },
 }
 
 impl Event {
@@ -201,7 +239,10 @@ impl Event {
     }
     /// True for the events that end a job.
     pub fn is_final(&self) -> bool {
-        matches!(self, Event::Finished { .. } | Event::Cancelled { .. } | Event::Failed { id: Some(_), .. })
+        matches!(
+            self,
+            Event::Finished { .. } | Event::Cancelled { .. } | Event::Failed { id: Some(_), .. }
+        )
     }
 }
 

@@ -22,7 +22,9 @@ pub struct TorchRng {
 
 impl std::fmt::Debug for TorchRng {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TorchRng").field("index", &self.index).finish_non_exhaustive()
+        f.debug_struct("TorchRng")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
     }
 }
 
@@ -33,7 +35,9 @@ impl TorchRng {
         state[0] = (seed & 0xffff_ffff) as u32;
         for j in 1..N {
             let prev = state[j - 1];
-            state[j] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(j as u32);
+            state[j] = 1_812_433_253u32
+                .wrapping_mul(prev ^ (prev >> 30))
+                .wrapping_add(j as u32);
         }
         Self { state, index: N }
     }
@@ -85,7 +89,7 @@ impl TorchRng {
             box_muller_16(&mut data[i..i + 16]);
             i += 16;
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             let tail = n - 16;
             for v in &mut data[tail..] {
                 *v = self.next_uniform_f32();
@@ -127,14 +131,23 @@ mod tests {
         // Printed by torch 2.15: g = torch.Generator("cpu").manual_seed(0); torch.randn(16, generator=g)[:8]
         let mut rng = TorchRng::new(0);
         let v = rng.randn_f32(16);
-        let expected = [-1.1258398f32, -1.1523602, -0.25057858, -0.43387880, 0.84871036, 0.69200915, -0.31601277, -2.1152194];
+        let expected = [
+            -1.1258398f32,
+            -1.1523602,
+            -0.25057858,
+            -0.433_878_8,
+            0.84871036,
+            0.69200915,
+            -0.31601277,
+            -2.1152194,
+        ];
         for (a, b) in v.iter().zip(expected) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
         // ... and torch.randn(20, generator=g)[-4:] (the last 16 recomputed from fresh uniforms).
         let mut rng = TorchRng::new(0);
         let v = rng.randn_f32(20);
-        let expected = [0.93182659f32, 1.2590092, 2.0049806, 0.053736903];
+        let expected = [0.931_826_6_f32, 1.2590092, 2.0049806, 0.053736903];
         for (a, b) in v[16..].iter().zip(expected) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }

@@ -79,7 +79,12 @@ impl CancelBoard {
     }
     fn start(&self, id: JobId) -> bool {
         self.running.store(id.wrapping_add(1), Ordering::SeqCst);
-        let requested = self.is_shutting_down() || self.requested.lock().map(|r| r.contains(&id)).unwrap_or(false);
+        let requested = self.is_shutting_down()
+            || self
+                .requested
+                .lock()
+                .map(|r| r.contains(&id))
+                .unwrap_or(false);
         self.flag.store(requested, Ordering::SeqCst);
         requested
     }
@@ -111,7 +116,10 @@ pub(crate) struct Worker {
 struct Disconnected;
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 impl Worker {
@@ -130,7 +138,11 @@ impl Worker {
                 Command::LoadModel(spec) => self.load(&spec),
                 Command::Generate { id, request } => self.job(id, &request),
                 Command::SetLoras(list) if list.is_empty() => Ok(()),
-                Command::SetLoras(_) => self.emit(Event::Warning { id: None, message: "LoRA support is not in this build yet; the LoRA list was ignored".into() }),
+                Command::SetLoras(_) => self.emit(Event::Warning {
+                    id: None,
+                    message: "LoRA support is not in this build yet; the LoRA list was ignored"
+                        .into(),
+                }),
                 Command::Cancel(id) => {
                     self.board.cancel(id);
                     Ok(())
@@ -147,12 +159,25 @@ impl Worker {
         let result = catch_unwind(AssertUnwindSafe(|| self.backend.load_model(spec)));
         match result {
             Ok(Ok(info)) => self.emit(Event::ModelLoaded { info }),
-            Ok(Err(e)) => self.emit(Event::Failed { id: None, error: e.to_string() }),
-            Err(p) => self.emit(Event::Failed { id: None, error: format!("internal error while loading (the engine recovered): {}", panic_message(&*p)) }),
+            Ok(Err(e)) => self.emit(Event::Failed {
+                id: None,
+                error: e.to_string(),
+            }),
+            Err(p) => self.emit(Event::Failed {
+                id: None,
+                error: format!(
+                    "internal error while loading (the engine recovered): {}",
+                    panic_message(&*p)
+                ),
+            }),
         }
     }
 
-    fn job(&mut self, id: JobId, request: &GenerateRequest) -> std::result::Result<(), Disconnected> {
+    fn job(
+        &mut self,
+        id: JobId,
+        request: &GenerateRequest,
+    ) -> std::result::Result<(), Disconnected> {
         if self.board.start(id) {
             self.board.finish(id);
             return self.emit(Event::Cancelled { id, at_step: 0 });
@@ -162,15 +187,35 @@ impl Worker {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 self.board.finish(id);
-                return self.emit(Event::Failed { id: Some(id), error: e.to_string() });
+                return self.emit(Event::Failed {
+                    id: Some(id),
+                    error: e.to_string(),
+                });
             }
             Err(p) => {
                 self.board.finish(id);
-                return self.emit(Event::Failed { id: Some(id), error: format!("internal error (the engine recovered): {}", panic_message(&*p)) });
+                return self.emit(Event::Failed {
+                    id: Some(id),
+                    error: format!(
+                        "internal error (the engine recovered): {}",
+                        panic_message(&*p)
+                    ),
+                });
             }
         };
-        self.emit(Event::Started { id, total_steps, nfe })?;
-        let mut hooks = EventHooks { id, worker_events: &self.events, board: &self.board, waker: &self.waker, every: request.preview_every, disconnected: false };
+        self.emit(Event::Started {
+            id,
+            total_steps,
+            nfe,
+        })?;
+        let mut hooks = EventHooks {
+            id,
+            worker_events: &self.events,
+            board: &self.board,
+            waker: &self.waker,
+            every: request.preview_every,
+            disconnected: false,
+        };
         let backend = &mut self.backend;
         let result = catch_unwind(AssertUnwindSafe(|| backend.generate(request, &mut hooks)));
         let disconnected = hooks.disconnected;
@@ -179,10 +224,25 @@ impl Worker {
             return Err(Disconnected);
         }
         let last = match result {
-            Ok(Ok(out)) => Event::Finished { id, image: out.image, metadata: out.metadata, timings: out.timings, latents: Some(out.latents) },
+            Ok(Ok(out)) => Event::Finished {
+                id,
+                image: out.image,
+                metadata: out.metadata,
+                timings: out.timings,
+                latents: Some(out.latents),
+            },
             Ok(Err(EngineError::Cancelled { at_step })) => Event::Cancelled { id, at_step },
-            Ok(Err(e)) => Event::Failed { id: Some(id), error: e.to_string() },
-            Err(p) => Event::Failed { id: Some(id), error: format!("internal error (the engine recovered): {}", panic_message(&*p)) },
+            Ok(Err(e)) => Event::Failed {
+                id: Some(id),
+                error: e.to_string(),
+            },
+            Err(p) => Event::Failed {
+                id: Some(id),
+                error: format!(
+                    "internal error (the engine recovered): {}",
+                    panic_message(&*p)
+                ),
+            },
         };
         self.emit(last)
     }
@@ -202,18 +262,31 @@ impl Hooks for EventHooks<'_> {
         self.disconnected || self.board.is_cancelled()
     }
     fn progress(&mut self, step: u32, total_steps: u32, step_time: Duration) {
-        if self.worker_events.send(Event::Progress { id: self.id, step, total_steps, step_time }).is_err() {
+        if self
+            .worker_events
+            .send(Event::Progress {
+                id: self.id,
+                step,
+                total_steps,
+                step_time,
+            })
+            .is_err()
+        {
             self.disconnected = true;
             return;
         }
         (self.waker)();
     }
     fn wants_preview(&self, step: u32) -> bool {
-        self.every > 0 && step % self.every == 0 && !self.worker_events.is_full()
+        self.every > 0 && step.is_multiple_of(self.every) && !self.worker_events.is_full()
     }
     fn preview(&mut self, step: u32, image: ImageRgb8) {
         // Previews are droppable: a slow window skips some rather than slowing the engine.
-        match self.worker_events.try_send(Event::Preview { id: self.id, step, image }) {
+        match self.worker_events.try_send(Event::Preview {
+            id: self.id,
+            step,
+            image,
+        }) {
             Ok(()) => (self.waker)(),
             Err(TrySendError::Full(_)) => {}
             Err(TrySendError::Disconnected(_)) => self.disconnected = true,

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use latent_engine::pipeline::{Hooks, Output, Pipeline};
-use latent_engine::protocol::{Event, GenerateRequest, ImageRgb8, JobId, LatentsOut, ModelInfo, ModelSpec, Timings, DType};
+use latent_engine::protocol::{
+    DType, Event, GenerateRequest, ImageRgb8, JobId, LatentsOut, ModelInfo, ModelSpec, Timings,
+};
 use latent_engine::worker::Backend;
 use latent_engine::{EngineConfig, EngineError, EngineHandle};
 use latent_tests::fixture;
@@ -16,11 +18,24 @@ fn tiny() -> ModelSpec {
 }
 
 fn request(steps: u32, seed: u64) -> GenerateRequest {
-    GenerateRequest { prompt: "a red cat".into(), negative: "blue".into(), width: 64, height: 64, steps, cfg_scale: 3.0, seed, solver: "euler".into(), clip_skip: 1, preview_every: 1 }
+    GenerateRequest {
+        prompt: "a red cat".into(),
+        negative: "blue".into(),
+        width: 64,
+        height: 64,
+        steps,
+        cfg_scale: 3.0,
+        seed,
+        solver: "euler".into(),
+        clip_skip: 1,
+        preview_every: 1,
+    }
 }
 
 fn next(engine: &EngineHandle) -> Event {
-    engine.recv_timeout(Duration::from_secs(120)).expect("an event within 120 s")
+    engine
+        .recv_timeout(Duration::from_secs(120))
+        .expect("an event within 120 s")
 }
 
 fn loaded(config: EngineConfig) -> EngineHandle {
@@ -53,12 +68,35 @@ fn generate_yields_started_progress_then_exactly_one_final_and_no_late_previews(
     let engine = loaded(EngineConfig::default());
     let id = engine.generate(request(4, 1)).expect("send");
     let events = job_events(&engine, id);
-    assert!(matches!(events[0], Event::Started { total_steps: 4, nfe: 8, .. }), "{:?}", events[0]);
-    let steps: Vec<u32> = events.iter().filter_map(|e| if let Event::Progress { step, .. } = e { Some(*step) } else { None }).collect();
+    assert!(
+        matches!(
+            events[0],
+            Event::Started {
+                total_steps: 4,
+                nfe: 8,
+                ..
+            }
+        ),
+        "{:?}",
+        events[0]
+    );
+    let steps: Vec<u32> = events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Progress { step, .. } = e {
+                Some(*step)
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(steps, vec![1, 2, 3, 4]);
     assert_eq!(events.iter().filter(|e| e.is_final()).count(), 1);
     assert!(matches!(events.last(), Some(Event::Finished { .. })));
-    let previews = events.iter().filter(|e| matches!(e, Event::Preview { .. })).count();
+    let previews = events
+        .iter()
+        .filter(|e| matches!(e, Event::Preview { .. }))
+        .count();
     assert!(previews >= 1, "previews are produced when asked for");
     // Nothing for this job after its final event.
     std::thread::sleep(Duration::from_millis(300));
@@ -80,7 +118,16 @@ fn waker_is_called_after_every_event() {
     assert!(matches!(next(&engine), Event::ModelLoaded { .. }));
     let id = engine.generate(request(3, 2)).expect("send");
     seen += job_events(&engine, id).len();
-    assert!(calls.load(Ordering::SeqCst) >= seen, "{} wakes for {seen} events", calls.load(Ordering::SeqCst));
+    // The waker runs right after each send, so the last call may trail the last receive.
+    let t0 = Instant::now();
+    while calls.load(Ordering::SeqCst) < seen && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        calls.load(Ordering::SeqCst) >= seen,
+        "{} wakes for {seen} events",
+        calls.load(Ordering::SeqCst)
+    );
 }
 
 #[test]
@@ -95,12 +142,17 @@ fn cancel_stops_the_running_job_before_its_next_evaluation() {
     engine.cancel(id);
     let rest = job_events(&engine, id);
     match rest.last() {
-        Some(Event::Cancelled { at_step, .. }) => assert!(*at_step >= 2 && *at_step <= 3, "cancelled at {at_step}"),
+        Some(Event::Cancelled { at_step, .. }) => {
+            assert!(*at_step >= 2 && *at_step <= 3, "cancelled at {at_step}")
+        }
         other => panic!("expected Cancelled, got {other:?}"),
     }
     // The engine keeps serving.
     let id2 = engine.generate(request(2, 3)).expect("send");
-    assert!(matches!(job_events(&engine, id2).last(), Some(Event::Finished { .. })));
+    assert!(matches!(
+        job_events(&engine, id2).last(),
+        Some(Event::Finished { .. })
+    ));
 }
 
 /// Cancellation is polled once per network evaluation: stopping after the k-th poll leaves
@@ -165,13 +217,22 @@ fn a_job_cancelled_while_queued_yields_only_its_final_event() {
 
 #[test]
 fn previews_are_dropped_when_the_window_is_slow_but_final_events_are_not() {
-    let engine = loaded(EngineConfig { event_capacity: 4, ..EngineConfig::default() });
+    let engine = loaded(EngineConfig {
+        event_capacity: 4,
+        ..EngineConfig::default()
+    });
     let id = engine.generate(request(12, 5)).expect("send");
     // A window that does not drain for a while.
     std::thread::sleep(Duration::from_secs(3));
     let events = job_events(&engine, id);
-    let progress = events.iter().filter(|e| matches!(e, Event::Progress { .. })).count();
-    let previews = events.iter().filter(|e| matches!(e, Event::Preview { .. })).count();
+    let progress = events
+        .iter()
+        .filter(|e| matches!(e, Event::Progress { .. }))
+        .count();
+    let previews = events
+        .iter()
+        .filter(|e| matches!(e, Event::Preview { .. }))
+        .count();
     assert_eq!(progress, 12, "progress is never dropped");
     assert!(previews < 12, "some previews were dropped ({previews})");
     assert!(matches!(events.last(), Some(Event::Finished { .. })));
@@ -216,7 +277,8 @@ fn no_model_and_bad_requests_fail_cleanly() {
 #[test]
 fn a_failed_load_keeps_the_current_model() {
     let engine = loaded(EngineConfig::default());
-    let garbage = std::env::temp_dir().join(format!("latent-garbage-{}.safetensors", std::process::id()));
+    let garbage =
+        std::env::temp_dir().join(format!("latent-garbage-{}.safetensors", std::process::id()));
     std::fs::write(&garbage, b"definitely not a checkpoint").expect("write");
     engine.load_model(ModelSpec::new(&garbage)).expect("send");
     match next(&engine) {
@@ -224,7 +286,10 @@ fn a_failed_load_keeps_the_current_model() {
         other => panic!("{other:?}"),
     }
     let id = engine.generate(request(2, 1)).expect("send");
-    assert!(matches!(job_events(&engine, id).last(), Some(Event::Finished { .. })));
+    assert!(matches!(
+        job_events(&engine, id).last(),
+        Some(Event::Finished { .. })
+    ));
     let _ = std::fs::remove_file(garbage);
 }
 
@@ -233,12 +298,23 @@ struct Faulty;
 
 impl Backend for Faulty {
     fn load_model(&mut self, _: &ModelSpec) -> latent_engine::Result<ModelInfo> {
-        Ok(ModelInfo { name: "faulty".into(), family: "test".into(), summary: String::new(), dtype: DType::F32, device: "cpu".into(), default_size: (64, 64) })
+        Ok(ModelInfo {
+            name: "faulty".into(),
+            family: "test".into(),
+            summary: String::new(),
+            dtype: DType::F32,
+            device: "cpu".into(),
+            default_size: (64, 64),
+        })
     }
     fn prepare(&self, r: &GenerateRequest) -> latent_engine::Result<(u32, u32)> {
         Ok((r.steps, r.steps))
     }
-    fn generate(&mut self, r: &GenerateRequest, hooks: &mut dyn Hooks) -> latent_engine::Result<Output> {
+    fn generate(
+        &mut self,
+        r: &GenerateRequest,
+        hooks: &mut dyn Hooks,
+    ) -> latent_engine::Result<Output> {
         if r.prompt == "panic" {
             panic!("injected fault");
         }
@@ -251,8 +327,15 @@ impl Backend for Faulty {
         }
         hooks.progress(1, 1, Duration::ZERO);
         Ok(Output {
-            image: ImageRgb8 { width: 1, height: 1, pixels: vec![0, 0, 0] },
-            latents: LatentsOut { shape: vec![1], data: vec![0.0] },
+            image: ImageRgb8 {
+                width: 1,
+                height: 1,
+                pixels: vec![0, 0, 0],
+            },
+            latents: LatentsOut {
+                shape: vec![1],
+                data: vec![0.0],
+            },
             metadata: String::new(),
             timings: Timings::default(),
         })
@@ -261,7 +344,8 @@ impl Backend for Faulty {
 
 #[test]
 fn a_panic_inside_a_job_becomes_failed_and_the_engine_keeps_serving() {
-    let engine = EngineHandle::spawn_with_backend(EngineConfig::default(), Box::new(Faulty), || {}).expect("spawn");
+    let engine = EngineHandle::spawn_with_backend(EngineConfig::default(), Box::new(Faulty), || {})
+        .expect("spawn");
     let mut r = request(1, 1);
     r.prompt = "panic".into();
     let id = engine.generate(r).expect("send");
@@ -270,12 +354,23 @@ fn a_panic_inside_a_job_becomes_failed_and_the_engine_keeps_serving() {
         other => panic!("{other:?}"),
     }
     let id = engine.generate(request(1, 1)).expect("send");
-    assert!(matches!(job_events(&engine, id).last(), Some(Event::Finished { .. })));
+    assert!(matches!(
+        job_events(&engine, id).last(),
+        Some(Event::Finished { .. })
+    ));
 }
 
 #[test]
 fn the_caller_never_blocks_on_a_busy_engine() {
-    let engine = EngineHandle::spawn_with_backend(EngineConfig { command_capacity: 2, ..EngineConfig::default() }, Box::new(Faulty), || {}).expect("spawn");
+    let engine = EngineHandle::spawn_with_backend(
+        EngineConfig {
+            command_capacity: 2,
+            ..EngineConfig::default()
+        },
+        Box::new(Faulty),
+        || {},
+    )
+    .expect("spawn");
     let mut r = request(1, 1);
     r.prompt = "block".into();
     let running = engine.generate(r).expect("send");
@@ -286,10 +381,17 @@ fn the_caller_never_blocks_on_a_busy_engine() {
             refused += 1;
         }
     }
-    assert!(t0.elapsed() < Duration::from_millis(500), "sending took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "sending took {:?}",
+        t0.elapsed()
+    );
     assert!(refused > 0, "a full queue refuses instead of blocking");
     engine.cancel(running);
-    assert!(matches!(job_events(&engine, running).last(), Some(Event::Cancelled { .. })));
+    assert!(matches!(
+        job_events(&engine, running).last(),
+        Some(Event::Cancelled { .. })
+    ));
 }
 
 #[test]
@@ -305,12 +407,21 @@ fn the_engine_thread_is_named() {
         fn prepare(&self, r: &GenerateRequest) -> latent_engine::Result<(u32, u32)> {
             Faulty.prepare(r)
         }
-        fn generate(&mut self, r: &GenerateRequest, h: &mut dyn Hooks) -> latent_engine::Result<Output> {
+        fn generate(
+            &mut self,
+            r: &GenerateRequest,
+            h: &mut dyn Hooks,
+        ) -> latent_engine::Result<Output> {
             Faulty.generate(r, h)
         }
     }
     let name = Arc::new(std::sync::Mutex::new(None));
-    let engine = EngineHandle::spawn_with_backend(EngineConfig::default(), Box::new(Named(name.clone())), || {}).expect("spawn");
+    let engine = EngineHandle::spawn_with_backend(
+        EngineConfig::default(),
+        Box::new(Named(name.clone())),
+        || {},
+    )
+    .expect("spawn");
     engine.load_model(tiny()).expect("send");
     assert!(matches!(next(&engine), Event::ModelLoaded { .. }));
     assert_eq!(name.lock().expect("lock").as_deref(), Some("latent-engine"));

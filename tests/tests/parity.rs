@@ -2,9 +2,9 @@
 //! Tolerance: relative L2 error below 1e-4 in f32 (README states what is reached).
 
 use candle_core::{DType, Tensor};
+use latent_engine::model::unet::UnetInput;
 use latent_engine::pipeline::{Hooks, Pipeline};
 use latent_engine::protocol::{GenerateRequest, ImageRgb8, ModelSpec};
-use latent_engine::model::unet::UnetInput;
 use latent_engine::rng::TorchRng;
 use latent_engine::tokenizer::ClipTokenizer;
 use latent_tests::{FAMILIES, layouts, reference, reference_json, rel_l2};
@@ -48,7 +48,10 @@ fn tokenizer_matches_transformers() {
                     }
                 }
             }
-            let got: Vec<i64> = tok.windows(prompt.as_str().expect("str"), pad)[0].iter().map(|&x| x as i64).collect();
+            let got: Vec<i64> = tok.windows(prompt.as_str().expect("str"), pad)[0]
+                .iter()
+                .map(|&x| x as i64)
+                .collect();
             assert_eq!(got, want, "{family}: '{prompt}'");
         }
     }
@@ -59,8 +62,22 @@ fn initial_noise_matches_torch_cpu_generator() {
     let r = reference("sd1");
     let want = &r["noise"];
     let mut rng = TorchRng::new(1);
-    let got = Tensor::from_vec(rng.randn_f32(want.elem_count()), want.dims(), &candle_core::Device::Cpu).expect("tensor");
-    let max = (got - want).expect("sub").abs().expect("abs").flatten_all().expect("flat").max(0).expect("max").to_scalar::<f32>().expect("scalar");
+    let got = Tensor::from_vec(
+        rng.randn_f32(want.elem_count()),
+        want.dims(),
+        &candle_core::Device::Cpu,
+    )
+    .expect("tensor");
+    let max = (got - want)
+        .expect("sub")
+        .abs()
+        .expect("abs")
+        .flatten_all()
+        .expect("flat")
+        .max(0)
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("scalar");
     assert!(max < 1e-5, "max abs difference {max}");
 }
 
@@ -71,24 +88,60 @@ fn check_family(family: &str) {
     let negative = j["negative"].as_str().expect("negative");
     for (layout, path) in layouts(family) {
         let what = |s: &str| format!("{family}/{layout}/{s}");
-        let pipe = Pipeline::load(&ModelSpec::new(&path)).unwrap_or_else(|e| panic!("{}: {e}", what("load")));
+        let pipe = Pipeline::load(&ModelSpec::new(&path))
+            .unwrap_or_else(|e| panic!("{}: {e}", what("load")));
 
-        let (context, pooled) = pipe.encode_prompt(prompt, negative, 1, true).expect("encode");
-        report(&what("text uncond"), rel_l2(&context.get(0).expect("row"), &r["text.uncond"].get(0).expect("row")));
-        report(&what("text cond"), rel_l2(&context.get(1).expect("row"), &r["text.cond"].get(0).expect("row")));
+        let (context, pooled) = pipe
+            .encode_prompt(prompt, negative, 1, true)
+            .expect("encode");
+        report(
+            &what("text uncond"),
+            rel_l2(
+                &context.get(0).expect("row"),
+                &r["text.uncond"].get(0).expect("row"),
+            ),
+        );
+        report(
+            &what("text cond"),
+            rel_l2(
+                &context.get(1).expect("row"),
+                &r["text.cond"].get(0).expect("row"),
+            ),
+        );
         if family == "sdxl" {
             let pooled = pooled.expect("SDXL has pooled embeddings");
-            report(&what("pooled uncond"), rel_l2(&pooled.get(0).expect("row"), &r["text.pooled_uncond"].get(0).expect("row")));
-            report(&what("pooled cond"), rel_l2(&pooled.get(1).expect("row"), &r["text.pooled_cond"].get(0).expect("row")));
+            report(
+                &what("pooled uncond"),
+                rel_l2(
+                    &pooled.get(0).expect("row"),
+                    &r["text.pooled_uncond"].get(0).expect("row"),
+                ),
+            );
+            report(
+                &what("pooled cond"),
+                rel_l2(
+                    &pooled.get(1).expect("row"),
+                    &r["text.pooled_cond"].get(0).expect("row"),
+                ),
+            );
         }
 
         let x = &r["unet.input"];
         let cond = r["text.cond"].clone();
         let size = j["size"].as_f64().expect("size") as f32;
-        let ids = Tensor::from_vec(vec![size, size, 0.0, 0.0, size, size], (1, 6), x.device()).expect("ids");
+        let ids = Tensor::from_vec(vec![size, size, 0.0, 0.0, size, size], (1, 6), x.device())
+            .expect("ids");
         let pooled_cond = r.get("text.pooled_cond").cloned();
         let added = pooled_cond.as_ref().map(|p| (p, &ids));
-        let out = pipe.unet().forward(&UnetInput { sample: x, timesteps: &[500.0], context: &cond, added }).expect("unet");
+        let out = pipe
+            .unet()
+            .forward(&UnetInput {
+                sample: x,
+                timesteps: &[500.0],
+                context: &cond,
+                added,
+            })
+            .expect("unet");
         report(&what("unet"), rel_l2(&out, &r["unet.output"]));
 
         let img = pipe.vae().decode(x).expect("vae");
@@ -109,12 +162,34 @@ fn check_family(family: &str) {
             };
             let job = pipe.validate(&req).expect("valid request");
             let out = pipe.generate(&job, &mut Quiet).expect("generate");
-            let lat = Tensor::from_vec(out.latents.data.clone(), out.latents.shape.clone(), x.device()).expect("latents");
-            report(&what(&format!("{solver} 10-step latents")), rel_l2(&lat, &r[&format!("run.{solver}.latents")]));
+            let lat = Tensor::from_vec(
+                out.latents.data.clone(),
+                out.latents.shape.clone(),
+                x.device(),
+            )
+            .expect("latents");
+            report(
+                &what(&format!("{solver} 10-step latents")),
+                rel_l2(&lat, &r[&format!("run.{solver}.latents")]),
+            );
             // Images: diffusers' float image in [0, 1], ours rounded to 8 bits.
-            let want: Vec<f32> = r[&format!("run.{solver}.image")].flatten_all().expect("flat").to_vec1().expect("vec");
-            let worst = out.image.pixels.iter().zip(&want).map(|(a, b)| (*a as f32 - b * 255.0).abs()).fold(0.0f32, f32::max);
-            assert!(worst <= 1.0, "{}: image differs by {worst} levels", what(solver));
+            let want: Vec<f32> = r[&format!("run.{solver}.image")]
+                .flatten_all()
+                .expect("flat")
+                .to_vec1()
+                .expect("vec");
+            let worst = out
+                .image
+                .pixels
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (*a as f32 - b * 255.0).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst <= 1.0,
+                "{}: image differs by {worst} levels",
+                what(solver)
+            );
             assert_eq!(out.timings.nfe, 20, "10 steps with CFG are 20 evaluations");
         }
         let _ = DType::F32;

@@ -43,7 +43,9 @@ pub struct Weights {
 impl Weights {
     /// The tensor called `name`, or a clear error.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors.get(name).ok_or_else(|| EngineError::MissingTensor(name.to_string()))
+        self.tensors
+            .get(name)
+            .ok_or_else(|| EngineError::MissingTensor(name.to_string()))
     }
     /// True when a tensor of that name exists.
     pub fn has(&self, name: &str) -> bool {
@@ -51,15 +53,25 @@ impl Weights {
     }
     /// The shape of `name`, or a clear error.
     pub fn shape(&self, name: &str) -> Result<&[usize]> {
-        self.shapes.get(name).map(Vec::as_slice).ok_or_else(|| EngineError::MissingTensor(name.to_string()))
+        self.shapes
+            .get(name)
+            .map(Vec::as_slice)
+            .ok_or_else(|| EngineError::MissingTensor(name.to_string()))
     }
     /// Names starting with `prefix`.
     pub fn names_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.shapes.keys().filter(move |k| k.starts_with(prefix)).map(String::as_str)
+        self.shapes
+            .keys()
+            .filter(move |k| k.starts_with(prefix))
+            .map(String::as_str)
     }
     /// Parameter count of the tensors whose names start with `prefix`.
     pub fn parameters(&self, prefix: &str) -> usize {
-        self.shapes.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, s)| s.iter().product::<usize>()).sum()
+        self.shapes
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
     }
 }
 
@@ -67,21 +79,33 @@ const PICKLE_EXTENSIONS: &[&str] = &["ckpt", "pt", "pth", "bin", "pkl", "pickle"
 
 /// Refuses pickle checkpoints before reading them, by extension or by their first bytes.
 pub fn refuse_pickle(path: &Path) -> Result<()> {
-    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     if let Some(ext) = ext.as_deref()
         && PICKLE_EXTENSIONS.contains(&ext)
     {
-        return Err(EngineError::PickleRefused { path: path.to_path_buf(), kind: "by its extension" });
+        return Err(EngineError::PickleRefused {
+            path: path.to_path_buf(),
+            kind: "by its extension",
+        });
     }
     let mut head = [0u8; 4];
     if let Ok(mut f) = std::fs::File::open(path) {
         use std::io::Read;
         let n = f.read(&mut head).unwrap_or(0);
         if n >= 4 && head == *b"PK\x03\x04" {
-            return Err(EngineError::PickleRefused { path: path.to_path_buf(), kind: "a zip archive as written by torch.save" });
+            return Err(EngineError::PickleRefused {
+                path: path.to_path_buf(),
+                kind: "a zip archive as written by torch.save",
+            });
         }
         if n >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
-            return Err(EngineError::PickleRefused { path: path.to_path_buf(), kind: "a raw pickle stream" });
+            return Err(EngineError::PickleRefused {
+                path: path.to_path_buf(),
+                kind: "a raw pickle stream",
+            });
         }
     }
     Ok(())
@@ -97,41 +121,72 @@ impl SafetensorsFile {
     /// Maps `path` after checking it is not pickle.
     pub fn open(path: &Path) -> Result<Self> {
         refuse_pickle(path)?;
-        let file = std::fs::File::open(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?;
+        let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         // SAFETY: the map is read-only; a file modified by another process while mapped can
         // change the bytes under us, which at worst yields wrong weights, as any reader would.
         #[allow(unsafe_code)]
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?;
-        let me = Self { path: path.to_path_buf(), mmap };
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let me = Self {
+            path: path.to_path_buf(),
+            mmap,
+        };
         me.parse()?;
         Ok(me)
     }
 
     fn bad(&self, reason: impl Into<String>) -> EngineError {
-        EngineError::BadSafetensors { path: self.path.clone(), reason: reason.into() }
+        EngineError::BadSafetensors {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
     }
 
     /// Parses (and thereby validates) the header and offsets.
     pub fn parse(&self) -> Result<safetensors::SafeTensors<'_>> {
-        safetensors::SafeTensors::deserialize(&self.mmap).map_err(|e| self.bad(describe_st_error(&e)))
+        safetensors::SafeTensors::deserialize(&self.mmap)
+            .map_err(|e| self.bad(describe_st_error(&e)))
     }
 
     /// The `__metadata__` map.
     pub fn metadata(&self) -> Result<HashMap<String, String>> {
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&self.mmap).map_err(|e| self.bad(describe_st_error(&e)))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&self.mmap)
+            .map_err(|e| self.bad(describe_st_error(&e)))?;
         Ok(meta.metadata().clone().unwrap_or_default())
     }
 
     /// Tensor names and shapes without loading data.
     pub fn shapes(&self) -> Result<Vec<(String, Vec<usize>, String)>> {
         let st = self.parse()?;
-        Ok(st.iter().map(|(n, v)| (n.to_string(), v.shape().to_vec(), dtype_name(v.dtype()).to_string())).collect())
+        Ok(st
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    v.shape().to_vec(),
+                    dtype_name(v.dtype()).to_string(),
+                )
+            })
+            .collect())
     }
 
     /// Loads tensor `name` as `dtype` on `device` (None when its dtype is not a float).
-    pub fn load(&self, name: &str, transform: Transform, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
+    pub fn load(
+        &self,
+        name: &str,
+        transform: Transform,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Option<Tensor>> {
         let st = self.parse()?;
-        let view = st.tensor(name).map_err(|e| self.bad(describe_st_error(&e)))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| self.bad(describe_st_error(&e)))?;
         load_view(&view, transform, dtype, device)
     }
 }
@@ -139,9 +194,13 @@ impl SafetensorsFile {
 fn describe_st_error(e: &safetensors::SafeTensorError) -> String {
     use safetensors::SafeTensorError as E;
     match e {
-        E::HeaderTooSmall | E::HeaderTooLarge | E::InvalidHeaderLength => "the header is damaged (not a safetensors file?)".into(),
+        E::HeaderTooSmall | E::HeaderTooLarge | E::InvalidHeaderLength => {
+            "the header is damaged (not a safetensors file?)".into()
+        }
         E::MetadataIncompleteBuffer => "the file is truncated (incomplete download?)".into(),
-        E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_) => "the header is not valid JSON".into(),
+        E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_) => {
+            "the header is not valid JSON".into()
+        }
         other => other.to_string(),
     }
 }
@@ -190,7 +249,12 @@ fn transformed_shape(shape: &[usize], transform: Transform) -> Vec<usize> {
     }
 }
 
-fn load_view(view: &safetensors::tensor::TensorView<'_>, transform: Transform, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
+fn load_view(
+    view: &safetensors::tensor::TensorView<'_>,
+    transform: Transform,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
     use safetensors::Dtype as D;
     let src = match view.dtype() {
         D::F16 => DType::F16,
@@ -208,7 +272,11 @@ fn load_view(view: &safetensors::tensor::TensorView<'_>, transform: Transform, d
         }
         Transform::ConvToLinear => {
             let d = t.dims().to_vec();
-            if d.len() == 4 { t.reshape((d[0], d[1]))? } else { t }
+            if d.len() == 4 {
+                t.reshape((d[0], d[1]))?
+            } else {
+                t
+            }
         }
         Transform::Transpose => t.t()?,
     };
@@ -230,7 +298,10 @@ fn load_with(path: &Path, dtype: DType, device: &Device, read: Read) -> Result<W
     if path.is_dir() {
         load_diffusers(path, dtype, device, read)
     } else if !path.exists() {
-        Err(EngineError::Io { path: path.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder") })
+        Err(EngineError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+        })
     } else {
         load_single(path, dtype, device, read)
     }
@@ -277,7 +348,9 @@ fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result
     let mut w = empty(Layout::SingleFile);
     w.metadata = file.metadata()?;
     for n in &names {
-        if n.starts_with("cond_stage_model.transformer.") || n.starts_with("conditioner.embedders.0.transformer.") {
+        if n.starts_with("cond_stage_model.transformer.")
+            || n.starts_with("conditioner.embedders.0.transformer.")
+        {
             w.text_flavors[0] = Some(TextFlavor::OpenAi);
         } else if n.starts_with("cond_stage_model.model.") {
             w.text_flavors[0] = Some(TextFlavor::OpenClip);
@@ -299,14 +372,17 @@ fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result
         .max()
         .map_or(0, |m| m + 1);
     for (src, r) in renamed {
-        let view = st.tensor(&src).map_err(|e| file.bad(describe_st_error(&e)))?;
+        let view = st
+            .tensor(&src)
+            .map_err(|e| file.bad(describe_st_error(&e)))?;
         w.stored_dtypes.insert(dtype_name(view.dtype()).to_string());
         w.bytes += view.data().len() as u64;
         if !is_float(view.dtype()) {
             continue;
         }
         let name = convert::resolve_decoder_index(&r.name, num_up);
-        w.shapes.insert(name.clone(), transformed_shape(view.shape(), r.transform));
+        w.shapes
+            .insert(name.clone(), transformed_shape(view.shape(), r.transform));
         if read == Read::Tensors
             && let Some(t) = load_view(&view, r.transform, dtype, device)?
         {
@@ -318,8 +394,12 @@ fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_str(&text).map_err(|e| EngineError::Other(format!("{}: invalid JSON: {e}", path.display())))
+    let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| EngineError::Other(format!("{}: invalid JSON: {e}", path.display())))
 }
 
 /// The safetensors files holding one diffusers component, preferring full precision.
@@ -335,7 +415,12 @@ fn component_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 let v = read_json(&index)?;
                 let mut files: Vec<PathBuf> = v["weight_map"]
                     .as_object()
-                    .map(|m| m.values().filter_map(|f| f.as_str()).map(|f| dir.join(f)).collect())
+                    .map(|m| {
+                        m.values()
+                            .filter_map(|f| f.as_str())
+                            .map(|f| dir.join(f))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 files.sort();
                 files.dedup();
@@ -346,10 +431,16 @@ fn component_files(dir: &Path) -> Result<Vec<PathBuf>> {
     for stem in ["diffusion_pytorch_model.bin", "pytorch_model.bin"] {
         let p = dir.join(stem);
         if p.is_file() {
-            return Err(EngineError::PickleRefused { path: p, kind: "a torch .bin file" });
+            return Err(EngineError::PickleRefused {
+                path: p,
+                kind: "a torch .bin file",
+            });
         }
     }
-    Err(EngineError::UnknownArchitecture(format!("{} holds no .safetensors weights", dir.display())))
+    Err(EngineError::UnknownArchitecture(format!(
+        "{} holds no .safetensors weights",
+        dir.display()
+    )))
 }
 
 fn load_diffusers(dir: &Path, dtype: DType, device: &Device, read: Read) -> Result<Weights> {
@@ -360,7 +451,10 @@ fn load_diffusers(dir: &Path, dtype: DType, device: &Device, read: Read) -> Resu
         )));
     }
     let mut w = empty(Layout::Diffusers);
-    w.configs.insert("model_index".into(), read_json(&dir.join("model_index.json"))?);
+    w.configs.insert(
+        "model_index".into(),
+        read_json(&dir.join("model_index.json"))?,
+    );
     let sched = dir.join("scheduler/scheduler_config.json");
     if sched.is_file() {
         w.configs.insert("scheduler".into(), read_json(&sched)?);
@@ -378,7 +472,9 @@ fn load_diffusers(dir: &Path, dtype: DType, device: &Device, read: Read) -> Resu
             let file = SafetensorsFile::open(&f)?;
             let st = file.parse()?;
             for (name, view) in st.iter() {
-                let Some(canon) = convert::diffusers_key(component, name) else { continue };
+                let Some(canon) = convert::diffusers_key(component, name) else {
+                    continue;
+                };
                 w.stored_dtypes.insert(dtype_name(view.dtype()).to_string());
                 w.bytes += view.data().len() as u64;
                 if !is_float(view.dtype()) {

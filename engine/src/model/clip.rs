@@ -62,11 +62,19 @@ impl ClipText {
                 fc2: linear(w, &format!("{l}.mlp.fc2"))?,
             });
         }
-        let projection = if config.projection.is_some() { Some(linear(w, &format!("{p}text_projection"))?) } else { None };
+        let projection = if config.projection.is_some() {
+            Some(linear(w, &format!("{p}text_projection"))?)
+        } else {
+            None
+        };
         Ok(Self {
             config: config.clone(),
-            token_embedding: w.get(&format!("{p}embeddings.token_embedding.weight"))?.clone(),
-            position_embedding: w.get(&format!("{p}embeddings.position_embedding.weight"))?.clone(),
+            token_embedding: w
+                .get(&format!("{p}embeddings.token_embedding.weight"))?
+                .clone(),
+            position_embedding: w
+                .get(&format!("{p}embeddings.position_embedding.weight"))?
+                .clone(),
             layers,
             final_ln: layer_norm(w, &format!("{p}final_layer_norm"), 1e-5)?,
             projection,
@@ -74,7 +82,9 @@ impl ClipText {
     }
 
     fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
-        let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
         Ok(Tensor::from_vec(mask, (t, t), device)?)
     }
 
@@ -85,9 +95,16 @@ impl ClipText {
         let b = ids.len();
         let t = ids.first().map_or(0, Vec::len);
         if t > self.config.max_positions || ids.iter().any(|r| r.len() != t) {
-            return Err(EngineError::InvalidRequest(format!("token rows must all have at most {} tokens", self.config.max_positions)));
+            return Err(EngineError::InvalidRequest(format!(
+                "token rows must all have at most {} tokens",
+                self.config.max_positions
+            )));
         }
-        if let Some(bad) = ids.iter().flatten().find(|&&i| i as usize >= self.config.vocab) {
+        if let Some(bad) = ids
+            .iter()
+            .flatten()
+            .find(|&&i| i as usize >= self.config.vocab)
+        {
             return Err(EngineError::InvalidRequest(format!(
                 "token id {bad} is outside this text encoder's vocabulary of {} (a test model with a reduced vocabulary?)",
                 self.config.vocab
@@ -95,7 +112,10 @@ impl ClipText {
         }
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let ids_t = Tensor::from_vec(flat, (b * t,), &device)?;
-        let x = self.token_embedding.index_select(&ids_t, 0)?.reshape((b, t, self.config.hidden))?;
+        let x =
+            self.token_embedding
+                .index_select(&ids_t, 0)?
+                .reshape((b, t, self.config.hidden))?;
         let mut x = x.broadcast_add(&self.position_embedding.i(0..t)?)?;
         let mask = Self::causal_mask(t, &device)?;
         let total = self.layers.len();
@@ -117,8 +137,13 @@ impl ClipText {
                 kept = Some(x.clone());
             }
         }
-        let hidden = kept.ok_or_else(|| EngineError::Other("text encoder produced no hidden state".into()))?;
-        let hidden = if req.final_norm { self.final_ln.forward(&hidden)? } else { hidden };
+        let hidden =
+            kept.ok_or_else(|| EngineError::Other("text encoder produced no hidden state".into()))?;
+        let hidden = if req.final_norm {
+            self.final_ln.forward(&hidden)?
+        } else {
+            hidden
+        };
         let pooled = if req.pooled {
             let last = self.final_ln.forward(&x)?;
             let eos = self.config.vocab as u32 - 1;
@@ -126,7 +151,10 @@ impl ClipText {
             for (r, row) in ids.iter().enumerate() {
                 // The end token has the largest id; transformers takes the first occurrence.
                 let pos = row.iter().position(|&i| i == eos).unwrap_or_else(|| {
-                    row.iter().enumerate().max_by_key(|(_, v)| **v).map_or(0, |(p, _)| p)
+                    row.iter()
+                        .enumerate()
+                        .max_by_key(|(_, v)| **v)
+                        .map_or(0, |(p, _)| p)
                 });
                 rows.push(last.i((r, pos))?);
             }

@@ -26,7 +26,10 @@ pub struct Renamed {
 }
 
 fn plain(name: String) -> Vec<Renamed> {
-    vec![Renamed { name, transform: Transform::None }]
+    vec![Renamed {
+        name,
+        transform: Transform::None,
+    }]
 }
 
 /// Which text-encoder naming a single-file checkpoint uses for a component.
@@ -43,27 +46,47 @@ pub enum TextFlavor {
 /// uses (`position_ids`, EMA copies, ...), and `Err(key)` for keys it does not recognise.
 pub fn ldm_key(key: &str, layers_per_block: usize) -> Result<Vec<Renamed>, String> {
     if let Some(rest) = key.strip_prefix("model.diffusion_model.") {
-        return ldm_unet_key(rest, layers_per_block).map(|n| plain(format!("unet.{n}"))).ok_or_else(|| key.to_string());
+        return ldm_unet_key(rest, layers_per_block)
+            .map(|n| plain(format!("unet.{n}")))
+            .ok_or_else(|| key.to_string());
     }
     if let Some(rest) = key.strip_prefix("first_stage_model.") {
-        return ldm_vae_key(rest).map(|(n, t)| vec![Renamed { name: format!("vae.{n}"), transform: t }]).ok_or_else(|| key.to_string());
+        return ldm_vae_key(rest)
+            .map(|(n, t)| {
+                vec![Renamed {
+                    name: format!("vae.{n}"),
+                    transform: t,
+                }]
+            })
+            .ok_or_else(|| key.to_string());
     }
     if let Some(rest) = key.strip_prefix("cond_stage_model.transformer.") {
-        return Ok(hf_text_key(rest).map(|n| plain(format!("te1.{n}"))).unwrap_or_default());
+        return Ok(hf_text_key(rest)
+            .map(|n| plain(format!("te1.{n}")))
+            .unwrap_or_default());
     }
     if let Some(rest) = key.strip_prefix("cond_stage_model.model.") {
         return openclip_key(rest, "te1").ok_or_else(|| key.to_string());
     }
     if let Some(rest) = key.strip_prefix("conditioner.embedders.0.transformer.") {
-        return Ok(hf_text_key(rest).map(|n| plain(format!("te1.{n}"))).unwrap_or_default());
+        return Ok(hf_text_key(rest)
+            .map(|n| plain(format!("te1.{n}")))
+            .unwrap_or_default());
     }
     if let Some(rest) = key.strip_prefix("conditioner.embedders.1.model.") {
         return openclip_key(rest, "te2").ok_or_else(|| key.to_string());
     }
-    if key.starts_with("model_ema.") || key.starts_with("cond_stage_model.model.logit_scale")
-        || key == "alphas_cumprod" || key == "alphas_cumprod_prev" || key == "betas"
-        || key.starts_with("sqrt_") || key.starts_with("log_one_minus") || key.starts_with("posterior_")
-        || key == "model.alphas_cumprod" || key.starts_with("lvlb_weights") || key == "logvar"
+    if key.starts_with("model_ema.")
+        || key.starts_with("cond_stage_model.model.logit_scale")
+        || key == "alphas_cumprod"
+        || key == "alphas_cumprod_prev"
+        || key == "betas"
+        || key.starts_with("sqrt_")
+        || key.starts_with("log_one_minus")
+        || key.starts_with("posterior_")
+        || key == "model.alphas_cumprod"
+        || key.starts_with("lvlb_weights")
+        || key == "logvar"
     {
         return Ok(vec![]);
     }
@@ -93,10 +116,19 @@ fn hf_text_key(key: &str) -> Option<String> {
 }
 
 fn openclip_key(rest: &str, te: &str) -> Option<Vec<Renamed>> {
-    let one = |n: &str, t: Transform| Some(vec![Renamed { name: format!("{te}.{n}"), transform: t }]);
+    let one = |n: &str, t: Transform| {
+        Some(vec![Renamed {
+            name: format!("{te}.{n}"),
+            transform: t,
+        }])
+    };
     match rest {
-        "token_embedding.weight" => return one("embeddings.token_embedding.weight", Transform::None),
-        "positional_embedding" => return one("embeddings.position_embedding.weight", Transform::None),
+        "token_embedding.weight" => {
+            return one("embeddings.token_embedding.weight", Transform::None);
+        }
+        "positional_embedding" => {
+            return one("embeddings.position_embedding.weight", Transform::None);
+        }
         "ln_final.weight" => return one("final_layer_norm.weight", Transform::None),
         "ln_final.bias" => return one("final_layer_norm.bias", Transform::None),
         "text_projection" => return one("text_projection.weight", Transform::Transpose),
@@ -107,14 +139,24 @@ fn openclip_key(rest: &str, te: &str) -> Option<Vec<Renamed>> {
     let (idx, tail) = r.split_once('.')?;
     let idx: usize = idx.parse().ok()?;
     let p = format!("{te}.encoder.layers.{idx}");
-    let sub = |s: &str| Renamed { name: format!("{p}.{s}"), transform: Transform::None };
+    let sub = |s: &str| Renamed {
+        name: format!("{p}.{s}"),
+        transform: Transform::None,
+    };
     let out = match tail {
         "attn.in_proj_weight" | "attn.in_proj_bias" => {
-            let suffix = if tail.ends_with("weight") { "weight" } else { "bias" };
+            let suffix = if tail.ends_with("weight") {
+                "weight"
+            } else {
+                "bias"
+            };
             ["q_proj", "k_proj", "v_proj"]
                 .iter()
                 .enumerate()
-                .map(|(i, n)| Renamed { name: format!("{p}.self_attn.{n}.{suffix}"), transform: Transform::QkvPart(i) })
+                .map(|(i, n)| Renamed {
+                    name: format!("{p}.self_attn.{n}.{suffix}"),
+                    transform: Transform::QkvPart(i),
+                })
                 .collect()
         }
         _ => {
@@ -142,7 +184,9 @@ fn resnet_inner(tail: &str) -> Option<String> {
         ("out_layers.3.", "conv2."),
         ("skip_connection.", "conv_shortcut."),
     ];
-    pairs.iter().find_map(|(a, b)| tail.strip_prefix(a).map(|r| format!("{b}{r}")))
+    pairs
+        .iter()
+        .find_map(|(a, b)| tail.strip_prefix(a).map(|r| format!("{b}{r}")))
 }
 
 fn is_resnet_tail(tail: &str) -> bool {
@@ -159,7 +203,10 @@ fn ldm_unet_key(rest: &str, lpb: usize) -> Option<String> {
         ("out.0.", "conv_norm_out."),
         ("out.2.", "conv_out."),
     ];
-    if let Some(n) = simple.iter().find_map(|(a, b)| rest.strip_prefix(a).map(|r| format!("{b}{r}"))) {
+    if let Some(n) = simple
+        .iter()
+        .find_map(|(a, b)| rest.strip_prefix(a).map(|r| format!("{b}{r}")))
+    {
         return Some(n);
     }
     let split_idx = |s: &str| -> Option<(usize, usize, String)> {
@@ -223,8 +270,15 @@ fn ldm_vae_key(rest: &str) -> Option<(String, Transform)> {
     } else {
         ("decoder", rest.strip_prefix("decoder.")?)
     };
-    let simple = [("conv_in.", "conv_in."), ("conv_out.", "conv_out."), ("norm_out.", "conv_norm_out.")];
-    if let Some(n) = simple.iter().find_map(|(a, b)| r.strip_prefix(a).map(|x| format!("{part}.{b}{x}"))) {
+    let simple = [
+        ("conv_in.", "conv_in."),
+        ("conv_out.", "conv_out."),
+        ("norm_out.", "conv_norm_out."),
+    ];
+    if let Some(n) = simple
+        .iter()
+        .find_map(|(a, b)| r.strip_prefix(a).map(|x| format!("{part}.{b}{x}")))
+    {
         return t0(n);
     }
     let resnet = |t: &str| t.replacen("nin_shortcut.", "conv_shortcut.", 1);
@@ -244,17 +298,28 @@ fn ldm_vae_key(rest: &str) -> Option<(String, Transform)> {
             "proj_out" => "to_out.0",
             _ => return None,
         };
-        let tr = if layer != "norm" && param == "weight" { Transform::ConvToLinear } else { Transform::None };
+        let tr = if layer != "norm" && param == "weight" {
+            Transform::ConvToLinear
+        } else {
+            Transform::None
+        };
         return Some((format!("{part}.mid_block.attentions.0.{name}.{param}"), tr));
     }
-    let (blocks_kw, diff_kw, sampler) =
-        if part == "encoder" { ("down.", "down_blocks", "downsample") } else { ("up.", "up_blocks", "upsample") };
+    let (blocks_kw, diff_kw, sampler) = if part == "encoder" {
+        ("down.", "down_blocks", "downsample")
+    } else {
+        ("up.", "up_blocks", "upsample")
+    };
     let x = r.strip_prefix(blocks_kw)?;
     let (n, tail) = x.split_once('.')?;
     let n: usize = n.parse().ok()?;
     // The decoder's `up.N` counts from the output side; diffusers' up_blocks from the input side.
     // The caller rewrites decoder block indices once the block count is known.
-    let idx = if part == "decoder" { format!("@{n}") } else { n.to_string() };
+    let idx = if part == "decoder" {
+        format!("@{n}")
+    } else {
+        n.to_string()
+    };
     if let Some(t) = tail.strip_prefix("block.") {
         return t0(format!("{part}.{diff_kw}.{idx}.resnets.{}", resnet(t)));
     }
@@ -272,7 +337,12 @@ pub fn resolve_decoder_index(name: &str, num_up_blocks: usize) -> String {
         if let Ok(n) = name[start..end].parse::<usize>()
             && n < num_up_blocks
         {
-            return format!("{}.up_blocks.{}{}", &name[..pos], num_up_blocks - 1 - n, &name[end..]);
+            return format!(
+                "{}.up_blocks.{}{}",
+                &name[..pos],
+                num_up_blocks - 1 - n,
+                &name[end..]
+            );
         }
     }
     name.to_string()
@@ -284,44 +354,164 @@ mod tests {
 
     fn check(key: &str, lpb: usize, expected: &[(&str, Transform)]) {
         let got = ldm_key(key, lpb).unwrap_or_else(|k| panic!("unrecognised {k}"));
-        let want: Vec<Renamed> = expected.iter().map(|(n, t)| Renamed { name: n.to_string(), transform: *t }).collect();
+        let want: Vec<Renamed> = expected
+            .iter()
+            .map(|(n, t)| Renamed {
+                name: n.to_string(),
+                transform: *t,
+            })
+            .collect();
         assert_eq!(got, want, "{key}");
     }
 
     #[test]
     fn ldm_names_table() {
         use Transform::*;
-        let cases: &[(&str, usize, &[(&str, Transform)])] = &[
-            ("model.diffusion_model.time_embed.0.weight", 2, &[("unet.time_embedding.linear_1.weight", None)]),
-            ("model.diffusion_model.label_emb.0.2.bias", 2, &[("unet.add_embedding.linear_2.bias", None)]),
-            ("model.diffusion_model.input_blocks.0.0.weight", 2, &[("unet.conv_in.weight", None)]),
-            ("model.diffusion_model.input_blocks.1.0.in_layers.0.weight", 2, &[("unet.down_blocks.0.resnets.0.norm1.weight", None)]),
-            ("model.diffusion_model.input_blocks.2.1.proj_in.weight", 2, &[("unet.down_blocks.0.attentions.1.proj_in.weight", None)]),
-            ("model.diffusion_model.input_blocks.3.0.op.weight", 2, &[("unet.down_blocks.0.downsamplers.0.conv.weight", None)]),
-            ("model.diffusion_model.input_blocks.4.0.skip_connection.bias", 2, &[("unet.down_blocks.1.resnets.0.conv_shortcut.bias", None)]),
-            ("model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight", 2, &[("unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight", None)]),
-            ("model.diffusion_model.middle_block.2.out_layers.3.weight", 2, &[("unet.mid_block.resnets.1.conv2.weight", None)]),
-            ("model.diffusion_model.output_blocks.2.1.conv.weight", 2, &[("unet.up_blocks.0.upsamplers.0.conv.weight", None)]),
-            ("model.diffusion_model.output_blocks.5.2.conv.bias", 2, &[("unet.up_blocks.1.upsamplers.0.conv.bias", None)]),
-            ("model.diffusion_model.output_blocks.4.1.norm.weight", 2, &[("unet.up_blocks.1.attentions.1.norm.weight", None)]),
-            ("model.diffusion_model.out.2.weight", 2, &[("unet.conv_out.weight", None)]),
-            ("first_stage_model.decoder.up.0.block.1.nin_shortcut.weight", 2, &[("vae.decoder.up_blocks.@0.resnets.1.conv_shortcut.weight", None)]),
-            ("first_stage_model.decoder.mid.attn_1.q.weight", 2, &[("vae.decoder.mid_block.attentions.0.to_q.weight", ConvToLinear)]),
-            ("first_stage_model.decoder.mid.attn_1.proj_out.bias", 2, &[("vae.decoder.mid_block.attentions.0.to_out.0.bias", None)]),
-            ("first_stage_model.decoder.norm_out.weight", 2, &[("vae.decoder.conv_norm_out.weight", None)]),
-            ("first_stage_model.encoder.down.1.downsample.conv.weight", 2, &[("vae.encoder.down_blocks.1.downsamplers.0.conv.weight", None)]),
-            ("first_stage_model.post_quant_conv.weight", 2, &[("vae.post_quant_conv.weight", None)]),
-            ("cond_stage_model.transformer.text_model.encoder.layers.3.mlp.fc1.weight", 2, &[("te1.encoder.layers.3.mlp.fc1.weight", None)]),
-            ("cond_stage_model.transformer.text_model.embeddings.position_ids", 2, &[]),
-            ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_bias", 2, &[
-                ("te1.encoder.layers.0.self_attn.q_proj.bias", QkvPart(0)),
-                ("te1.encoder.layers.0.self_attn.k_proj.bias", QkvPart(1)),
-                ("te1.encoder.layers.0.self_attn.v_proj.bias", QkvPart(2)),
-            ]),
-            ("cond_stage_model.model.transformer.resblocks.7.mlp.c_proj.weight", 2, &[("te1.encoder.layers.7.mlp.fc2.weight", None)]),
-            ("conditioner.embedders.1.model.text_projection", 2, &[("te2.text_projection.weight", Transpose)]),
-            ("conditioner.embedders.1.model.positional_embedding", 2, &[("te2.embeddings.position_embedding.weight", None)]),
-            ("conditioner.embedders.0.transformer.text_model.final_layer_norm.bias", 2, &[("te1.final_layer_norm.bias", None)]),
+        type Case<'a> = (&'a str, usize, &'a [(&'a str, Transform)]);
+        let cases: &[Case] = &[
+            (
+                "model.diffusion_model.time_embed.0.weight",
+                2,
+                &[("unet.time_embedding.linear_1.weight", None)],
+            ),
+            (
+                "model.diffusion_model.label_emb.0.2.bias",
+                2,
+                &[("unet.add_embedding.linear_2.bias", None)],
+            ),
+            (
+                "model.diffusion_model.input_blocks.0.0.weight",
+                2,
+                &[("unet.conv_in.weight", None)],
+            ),
+            (
+                "model.diffusion_model.input_blocks.1.0.in_layers.0.weight",
+                2,
+                &[("unet.down_blocks.0.resnets.0.norm1.weight", None)],
+            ),
+            (
+                "model.diffusion_model.input_blocks.2.1.proj_in.weight",
+                2,
+                &[("unet.down_blocks.0.attentions.1.proj_in.weight", None)],
+            ),
+            (
+                "model.diffusion_model.input_blocks.3.0.op.weight",
+                2,
+                &[("unet.down_blocks.0.downsamplers.0.conv.weight", None)],
+            ),
+            (
+                "model.diffusion_model.input_blocks.4.0.skip_connection.bias",
+                2,
+                &[("unet.down_blocks.1.resnets.0.conv_shortcut.bias", None)],
+            ),
+            (
+                "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight",
+                2,
+                &[(
+                    "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+                    None,
+                )],
+            ),
+            (
+                "model.diffusion_model.middle_block.2.out_layers.3.weight",
+                2,
+                &[("unet.mid_block.resnets.1.conv2.weight", None)],
+            ),
+            (
+                "model.diffusion_model.output_blocks.2.1.conv.weight",
+                2,
+                &[("unet.up_blocks.0.upsamplers.0.conv.weight", None)],
+            ),
+            (
+                "model.diffusion_model.output_blocks.5.2.conv.bias",
+                2,
+                &[("unet.up_blocks.1.upsamplers.0.conv.bias", None)],
+            ),
+            (
+                "model.diffusion_model.output_blocks.4.1.norm.weight",
+                2,
+                &[("unet.up_blocks.1.attentions.1.norm.weight", None)],
+            ),
+            (
+                "model.diffusion_model.out.2.weight",
+                2,
+                &[("unet.conv_out.weight", None)],
+            ),
+            (
+                "first_stage_model.decoder.up.0.block.1.nin_shortcut.weight",
+                2,
+                &[(
+                    "vae.decoder.up_blocks.@0.resnets.1.conv_shortcut.weight",
+                    None,
+                )],
+            ),
+            (
+                "first_stage_model.decoder.mid.attn_1.q.weight",
+                2,
+                &[(
+                    "vae.decoder.mid_block.attentions.0.to_q.weight",
+                    ConvToLinear,
+                )],
+            ),
+            (
+                "first_stage_model.decoder.mid.attn_1.proj_out.bias",
+                2,
+                &[("vae.decoder.mid_block.attentions.0.to_out.0.bias", None)],
+            ),
+            (
+                "first_stage_model.decoder.norm_out.weight",
+                2,
+                &[("vae.decoder.conv_norm_out.weight", None)],
+            ),
+            (
+                "first_stage_model.encoder.down.1.downsample.conv.weight",
+                2,
+                &[("vae.encoder.down_blocks.1.downsamplers.0.conv.weight", None)],
+            ),
+            (
+                "first_stage_model.post_quant_conv.weight",
+                2,
+                &[("vae.post_quant_conv.weight", None)],
+            ),
+            (
+                "cond_stage_model.transformer.text_model.encoder.layers.3.mlp.fc1.weight",
+                2,
+                &[("te1.encoder.layers.3.mlp.fc1.weight", None)],
+            ),
+            (
+                "cond_stage_model.transformer.text_model.embeddings.position_ids",
+                2,
+                &[],
+            ),
+            (
+                "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_bias",
+                2,
+                &[
+                    ("te1.encoder.layers.0.self_attn.q_proj.bias", QkvPart(0)),
+                    ("te1.encoder.layers.0.self_attn.k_proj.bias", QkvPart(1)),
+                    ("te1.encoder.layers.0.self_attn.v_proj.bias", QkvPart(2)),
+                ],
+            ),
+            (
+                "cond_stage_model.model.transformer.resblocks.7.mlp.c_proj.weight",
+                2,
+                &[("te1.encoder.layers.7.mlp.fc2.weight", None)],
+            ),
+            (
+                "conditioner.embedders.1.model.text_projection",
+                2,
+                &[("te2.text_projection.weight", Transpose)],
+            ),
+            (
+                "conditioner.embedders.1.model.positional_embedding",
+                2,
+                &[("te2.embeddings.position_embedding.weight", None)],
+            ),
+            (
+                "conditioner.embedders.0.transformer.text_model.final_layer_norm.bias",
+                2,
+                &[("te1.final_layer_norm.bias", None)],
+            ),
             ("model_ema.decay", 2, &[]),
         ];
         for (key, lpb, expected) in cases {
@@ -331,20 +521,38 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_reported() {
-        assert_eq!(ldm_key("lora_unet_foo.alpha", 2), Err("lora_unet_foo.alpha".to_string()));
+        assert_eq!(
+            ldm_key("lora_unet_foo.alpha", 2),
+            Err("lora_unet_foo.alpha".to_string())
+        );
         assert!(ldm_key("model.diffusion_model.something_else.weight", 2).is_err());
     }
 
     #[test]
     fn decoder_indices_count_from_the_input_side() {
-        assert_eq!(resolve_decoder_index("vae.decoder.up_blocks.@0.resnets.1.conv1.weight", 4), "vae.decoder.up_blocks.3.resnets.1.conv1.weight");
-        assert_eq!(resolve_decoder_index("vae.decoder.up_blocks.@3.upsamplers.0.conv.bias", 4), "vae.decoder.up_blocks.0.upsamplers.0.conv.bias");
+        assert_eq!(
+            resolve_decoder_index("vae.decoder.up_blocks.@0.resnets.1.conv1.weight", 4),
+            "vae.decoder.up_blocks.3.resnets.1.conv1.weight"
+        );
+        assert_eq!(
+            resolve_decoder_index("vae.decoder.up_blocks.@3.upsamplers.0.conv.bias", 4),
+            "vae.decoder.up_blocks.0.upsamplers.0.conv.bias"
+        );
     }
 
     #[test]
     fn diffusers_text_keys_with_and_without_prefix() {
-        assert_eq!(diffusers_key("text_encoder", "text_model.final_layer_norm.weight").as_deref(), Some("te1.final_layer_norm.weight"));
-        assert_eq!(diffusers_key("text_encoder_2", "final_layer_norm.weight").as_deref(), Some("te2.final_layer_norm.weight"));
-        assert_eq!(diffusers_key("text_encoder", "text_model.embeddings.position_ids"), None);
+        assert_eq!(
+            diffusers_key("text_encoder", "text_model.final_layer_norm.weight").as_deref(),
+            Some("te1.final_layer_norm.weight")
+        );
+        assert_eq!(
+            diffusers_key("text_encoder_2", "final_layer_norm.weight").as_deref(),
+            Some("te2.final_layer_norm.weight")
+        );
+        assert_eq!(
+            diffusers_key("text_encoder", "text_model.embeddings.position_ids"),
+            None
+        );
     }
 }

@@ -10,7 +10,11 @@ use crate::error::{EngineError, Result};
 pub fn linear(w: &Weights, prefix: &str) -> Result<Linear> {
     let weight = w.get(&format!("{prefix}.weight"))?.clone();
     if weight.rank() != 2 {
-        return Err(EngineError::ShapeMismatch { name: format!("{prefix}.weight"), found: weight.dims().to_vec(), expected: vec![0, 0] });
+        return Err(EngineError::ShapeMismatch {
+            name: format!("{prefix}.weight"),
+            found: weight.dims().to_vec(),
+            expected: vec![0, 0],
+        });
     }
     let bias = w.tensors.get(&format!("{prefix}.bias")).cloned();
     Ok(Linear::new(weight, bias))
@@ -24,11 +28,19 @@ pub fn conv2d(w: &Weights, prefix: &str, stride: usize) -> Result<Conv2d> {
         weight = weight.reshape((o, i, 1, 1))?;
     }
     if weight.rank() != 4 {
-        return Err(EngineError::ShapeMismatch { name: format!("{prefix}.weight"), found: weight.dims().to_vec(), expected: vec![0, 0, 0, 0] });
+        return Err(EngineError::ShapeMismatch {
+            name: format!("{prefix}.weight"),
+            found: weight.dims().to_vec(),
+            expected: vec![0, 0, 0, 0],
+        });
     }
     let k = weight.dim(2)?;
     let bias = w.tensors.get(&format!("{prefix}.bias")).cloned();
-    let config = Conv2dConfig { padding: k / 2, stride, ..Default::default() };
+    let config = Conv2dConfig {
+        padding: k / 2,
+        stride,
+        ..Default::default()
+    };
     Ok(Conv2d::new(weight, bias, config))
 }
 
@@ -37,7 +49,12 @@ pub fn group_norm(w: &Weights, prefix: &str, groups: usize, eps: f64) -> Result<
     let weight = w.get(&format!("{prefix}.weight"))?.clone();
     let bias = w.get(&format!("{prefix}.bias"))?.clone();
     let channels = weight.dim(0)?;
-    GroupNorm::new(weight, bias, channels, groups, eps).map_err(|e| EngineError::UnknownArchitecture(format!("{prefix}: {e}")))
+    if groups == 0 || channels % groups != 0 {
+        return Err(EngineError::UnknownArchitecture(format!(
+            "{prefix}: {channels} channels cannot form {groups} normalisation groups (set norm_num_groups in the model's config)"
+        )));
+    }
+    Ok(GroupNorm::new(weight, bias, channels, groups, eps)?)
 }
 
 /// Layer normalisation over the last dimension.
@@ -50,11 +67,21 @@ pub fn layer_norm(w: &Weights, prefix: &str, eps: f64) -> Result<LayerNorm> {
 /// Scaled dot-product attention over `[batch, tokens, heads * head_dim]` inputs.
 ///
 /// Softmax runs in f32 whatever the model dtype: f16 scores overflow on large token counts.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let (b, n, c) = q.dims3()?;
     let m = k.dim(1)?;
     let d = c / heads;
-    let split = |t: &Tensor, len: usize| -> Result<Tensor> { Ok(t.reshape((b, len, heads, d))?.transpose(1, 2)?.contiguous()?) };
+    let split = |t: &Tensor, len: usize| -> Result<Tensor> {
+        Ok(t.reshape((b, len, heads, d))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
     let (q, k, v) = (split(q, n)?, split(k, m)?, split(v, m)?);
     let dtype = q.dtype();
     let scale = 1.0 / (d as f64).sqrt();

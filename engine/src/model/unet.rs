@@ -44,17 +44,27 @@ impl ResnetBlock {
         Ok(Self {
             norm1: group_norm(w, &format!("{p}.norm1"), groups, eps)?,
             conv1: conv2d(w, &format!("{p}.conv1"), 1)?,
-            time: if has("time_emb_proj") { Some(linear(w, &format!("{p}.time_emb_proj"))?) } else { None },
+            time: if has("time_emb_proj") {
+                Some(linear(w, &format!("{p}.time_emb_proj"))?)
+            } else {
+                None
+            },
             norm2: group_norm(w, &format!("{p}.norm2"), groups, eps)?,
             conv2: conv2d(w, &format!("{p}.conv2"), 1)?,
-            shortcut: if has("conv_shortcut") { Some(conv2d(w, &format!("{p}.conv_shortcut"), 1)?) } else { None },
+            shortcut: if has("conv_shortcut") {
+                Some(conv2d(w, &format!("{p}.conv_shortcut"), 1)?)
+            } else {
+                None
+            },
         })
     }
 
     fn forward(&self, x: &Tensor, emb: Option<&Tensor>) -> Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
         let h = match (&self.time, emb) {
-            (Some(t), Some(e)) => h.broadcast_add(&t.forward(&e.silu()?)?.unsqueeze(2)?.unsqueeze(3)?)?,
+            (Some(t), Some(e)) => {
+                h.broadcast_add(&t.forward(&e.silu()?)?.unsqueeze(2)?.unsqueeze(3)?)?
+            }
             _ => h,
         };
         let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
@@ -100,7 +110,9 @@ impl CrossAttention {
         let q = self.q.forward(x)?;
         let k = self.k.forward(context)?;
         let v = self.v.forward(context)?;
-        Ok(self.out.forward(&attention(&q, &k, &v, self.heads, None)?)?)
+        Ok(self
+            .out
+            .forward(&attention(&q, &k, &v, self.heads, None)?)?)
     }
 }
 
@@ -153,7 +165,11 @@ enum Projection {
 
 impl Projection {
     fn new(w: &Weights, p: &str, linear_layer: bool) -> Result<Self> {
-        Ok(if linear_layer { Projection::Linear(linear(w, p)?) } else { Projection::Conv(conv2d(w, p, 1)?) })
+        Ok(if linear_layer {
+            Projection::Linear(linear(w, p)?)
+        } else {
+            Projection::Conv(conv2d(w, p, 1)?)
+        })
     }
 }
 
@@ -162,7 +178,9 @@ impl SpatialTransformer {
         Ok(Self {
             norm: group_norm(w, &format!("{p}.norm"), cfg.groups, 1e-6)?,
             proj_in: Projection::new(w, &format!("{p}.proj_in"), cfg.linear_projection)?,
-            blocks: (0..depth).map(|i| TransformerBlock::new(w, &format!("{p}.transformer_blocks.{i}"), heads)).collect::<Result<_>>()?,
+            blocks: (0..depth)
+                .map(|i| TransformerBlock::new(w, &format!("{p}.transformer_blocks.{i}"), heads))
+                .collect::<Result<_>>()?,
             proj_out: Projection::new(w, &format!("{p}.proj_out"), cfg.linear_projection)?,
         })
     }
@@ -182,7 +200,9 @@ impl SpatialTransformer {
         }
         let to_map = |t: Tensor| -> Result<Tensor> {
             let ch = t.dim(2)?;
-            Ok(t.reshape((b, h, wd, ch))?.permute((0, 3, 1, 2))?.contiguous()?)
+            Ok(t.reshape((b, h, wd, ch))?
+                .permute((0, 3, 1, 2))?
+                .contiguous()?)
         };
         let y = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_map(y)?)?,
@@ -234,20 +254,44 @@ impl Unet {
         let mut down = vec![];
         for i in 0..n {
             let p = format!("unet.down_blocks.{i}");
-            let resnets = (0..cfg.layers_per_block).map(|j| ResnetBlock::new(w, &format!("{p}.resnets.{j}"), g, 1e-5)).collect::<Result<_>>()?;
+            let resnets = (0..cfg.layers_per_block)
+                .map(|j| ResnetBlock::new(w, &format!("{p}.resnets.{j}"), g, 1e-5))
+                .collect::<Result<_>>()?;
             let attentions = match cfg.down_attention[i] {
                 Some(depth) => (0..cfg.layers_per_block)
-                    .map(|j| SpatialTransformer::new(w, &format!("{p}.attentions.{j}"), depth, cfg.heads[i], cfg))
+                    .map(|j| {
+                        SpatialTransformer::new(
+                            w,
+                            &format!("{p}.attentions.{j}"),
+                            depth,
+                            cfg.heads[i],
+                            cfg,
+                        )
+                    })
                     .collect::<Result<_>>()?,
                 None => vec![],
             };
-            let sampler = if i + 1 < n { Some(conv2d(w, &format!("{p}.downsamplers.0.conv"), 2)?) } else { None };
-            down.push(Block { resnets, attentions, sampler });
+            let sampler = if i + 1 < n {
+                Some(conv2d(w, &format!("{p}.downsamplers.0.conv"), 2)?)
+            } else {
+                None
+            };
+            down.push(Block {
+                resnets,
+                attentions,
+                sampler,
+            });
         }
         let mid = (
             ResnetBlock::new(w, "unet.mid_block.resnets.0", g, 1e-5)?,
             match cfg.mid_attention {
-                Some(depth) => Some(SpatialTransformer::new(w, "unet.mid_block.attentions.0", depth, cfg.heads[n - 1], cfg)?),
+                Some(depth) => Some(SpatialTransformer::new(
+                    w,
+                    "unet.mid_block.attentions.0",
+                    depth,
+                    cfg.heads[n - 1],
+                    cfg,
+                )?),
                 None => None,
             },
             ResnetBlock::new(w, "unet.mid_block.resnets.1", g, 1e-5)?,
@@ -256,18 +300,39 @@ impl Unet {
         for i in 0..n {
             let p = format!("unet.up_blocks.{i}");
             let heads = cfg.heads[n - 1 - i];
-            let resnets = (0..=cfg.layers_per_block).map(|j| ResnetBlock::new(w, &format!("{p}.resnets.{j}"), g, 1e-5)).collect::<Result<_>>()?;
+            let resnets = (0..=cfg.layers_per_block)
+                .map(|j| ResnetBlock::new(w, &format!("{p}.resnets.{j}"), g, 1e-5))
+                .collect::<Result<_>>()?;
             let attentions = match cfg.up_attention[i] {
                 Some(depth) => (0..=cfg.layers_per_block)
-                    .map(|j| SpatialTransformer::new(w, &format!("{p}.attentions.{j}"), depth, heads, cfg))
+                    .map(|j| {
+                        SpatialTransformer::new(
+                            w,
+                            &format!("{p}.attentions.{j}"),
+                            depth,
+                            heads,
+                            cfg,
+                        )
+                    })
                     .collect::<Result<_>>()?,
                 None => vec![],
             };
-            let sampler = if i + 1 < n { Some(conv2d(w, &format!("{p}.upsamplers.0.conv"), 1)?) } else { None };
-            up.push(Block { resnets, attentions, sampler });
+            let sampler = if i + 1 < n {
+                Some(conv2d(w, &format!("{p}.upsamplers.0.conv"), 1)?)
+            } else {
+                None
+            };
+            up.push(Block {
+                resnets,
+                attentions,
+                sampler,
+            });
         }
         let add = if cfg.addition.is_some() {
-            Some((linear(w, "unet.add_embedding.linear_1")?, linear(w, "unet.add_embedding.linear_2")?))
+            Some((
+                linear(w, "unet.add_embedding.linear_1")?,
+                linear(w, "unet.add_embedding.linear_2")?,
+            ))
         } else {
             None
         };
@@ -294,14 +359,23 @@ impl Unet {
         let device = x.device().clone();
         let b = x.dim(0)?;
         if input.timesteps.len() != b {
-            return Err(EngineError::Other(format!("{} timesteps for a batch of {b}", input.timesteps.len())));
+            return Err(EngineError::Other(format!(
+                "{} timesteps for a batch of {b}",
+                input.timesteps.len()
+            )));
         }
-        let t_emb = timestep_embedding(input.timesteps, self.config.block_out_channels[0], &device)?.to_dtype(self.dtype)?;
+        let t_emb =
+            timestep_embedding(input.timesteps, self.config.block_out_channels[0], &device)?
+                .to_dtype(self.dtype)?;
         let mut emb = self.time_2.forward(&self.time_1.forward(&t_emb)?.silu()?)?;
         if let (Some((l1, l2)), Some((dim, _))) = (&self.add, self.config.addition) {
-            let (pooled, ids) = input.added.ok_or_else(|| EngineError::Other("SDXL UNet called without size conditioning".into()))?;
+            let (pooled, ids) = input.added.ok_or_else(|| {
+                EngineError::Other("SDXL UNet called without size conditioning".into())
+            })?;
             let ids_v: Vec<f64> = ids.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-            let ids_emb = timestep_embedding(&ids_v, dim, &device)?.reshape((b, 6 * dim))?.to_dtype(self.dtype)?;
+            let ids_emb = timestep_embedding(&ids_v, dim, &device)?
+                .reshape((b, 6 * dim))?
+                .to_dtype(self.dtype)?;
             let add_in = Tensor::cat(&[&pooled.to_dtype(self.dtype)?, &ids_emb], 1)?;
             emb = (emb + l2.forward(&l1.forward(&add_in)?.silu()?)?)?;
         }
@@ -328,7 +402,9 @@ impl Unet {
         h = self.mid.2.forward(&h, Some(&emb))?;
         for blk in &self.up {
             for (j, r) in blk.resnets.iter().enumerate() {
-                let skip = skips.pop().ok_or_else(|| EngineError::Other("UNet skip connections out of balance".into()))?;
+                let skip = skips.pop().ok_or_else(|| {
+                    EngineError::Other("UNet skip connections out of balance".into())
+                })?;
                 h = r.forward(&Tensor::cat(&[&h, &skip], 1)?, Some(&emb))?;
                 if let Some(a) = blk.attentions.get(j) {
                     h = a.forward(&h, &context)?;

@@ -20,8 +20,17 @@ struct MidAttention {
 impl MidAttention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let y = self.norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
-        let (q, k, v) = (self.q.forward(&y)?, self.k.forward(&y)?, self.v.forward(&y)?);
+        let y = self
+            .norm
+            .forward(x)?
+            .reshape((b, c, h * w))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let (q, k, v) = (
+            self.q.forward(&y)?,
+            self.k.forward(&y)?,
+            self.v.forward(&y)?,
+        );
         let a = self.out.forward(&attention(&q, &k, &v, 1, None)?)?;
         let a = a.transpose(1, 2)?.reshape((b, c, h, w))?;
         Ok((a + x)?)
@@ -64,14 +73,26 @@ impl VaeDecoder {
             let resnets = (0..=cfg.layers_per_block)
                 .map(|j| PublicResnet::new(w, &format!("{p}.up_blocks.{i}.resnets.{j}"), g, eps))
                 .collect::<Result<_>>()?;
-            let sampler = if i + 1 < n { Some(conv2d(w, &format!("{p}.up_blocks.{i}.upsamplers.0.conv"), 1)?) } else { None };
+            let sampler = if i + 1 < n {
+                Some(conv2d(
+                    w,
+                    &format!("{p}.up_blocks.{i}.upsamplers.0.conv"),
+                    1,
+                )?)
+            } else {
+                None
+            };
             up.push((resnets, sampler));
         }
         let conv_in = conv2d(w, &format!("{p}.conv_in"), 1)?;
         let dtype = conv_in.weight().dtype();
         Ok(Self {
             config: cfg.clone(),
-            post_quant: if w.has("vae.post_quant_conv.weight") { Some(conv2d(w, "vae.post_quant_conv", 1)?) } else { None },
+            post_quant: if w.has("vae.post_quant_conv.weight") {
+                Some(conv2d(w, "vae.post_quant_conv", 1)?)
+            } else {
+                None
+            },
             conv_in,
             mid: (
                 PublicResnet::new(w, &format!("{p}.mid_block.resnets.0"), g, eps)?,

@@ -25,7 +25,12 @@ pub fn c_in(sigma: f64) -> f64 {
 }
 
 /// Turns a network output into `x0` for `x` at `sigma`.
-pub fn prediction_to_x0(prediction: crate::protocol::Prediction, x: &Tensor, out: &Tensor, sigma: f64) -> Result<Tensor> {
+pub fn prediction_to_x0(
+    prediction: crate::protocol::Prediction,
+    x: &Tensor,
+    out: &Tensor,
+    sigma: f64,
+) -> Result<Tensor> {
     use crate::protocol::Prediction;
     Ok(match prediction {
         Prediction::Epsilon => (x - (out * sigma)?)?,

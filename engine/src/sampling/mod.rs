@@ -29,8 +29,22 @@ pub struct SolverInfo {
 
 /// Every solver, in the order the CLI lists them.
 pub const SOLVERS: &[SolverInfo] = &[
-    SolverInfo { name: "euler", a1111: "Euler", order: 1, evals_per_step: 1, stochastic: false, reference: "EulerDiscreteScheduler" },
-    SolverInfo { name: "ddim", a1111: "DDIM", order: 1, evals_per_step: 1, stochastic: false, reference: "DDIMScheduler (eta 0)" },
+    SolverInfo {
+        name: "euler",
+        a1111: "Euler",
+        order: 1,
+        evals_per_step: 1,
+        stochastic: false,
+        reference: "EulerDiscreteScheduler",
+    },
+    SolverInfo {
+        name: "ddim",
+        a1111: "DDIM",
+        order: 1,
+        evals_per_step: 1,
+        stochastic: false,
+        reference: "DDIMScheduler (eta 0)",
+    },
 ];
 
 /// Looks a solver up by its CLI name (case-insensitive).
@@ -38,7 +52,10 @@ pub fn solver_info(name: &str) -> Result<&'static SolverInfo> {
     let lname = name.to_ascii_lowercase();
     SOLVERS.iter().find(|s| s.name == lname).ok_or_else(|| {
         let names: Vec<&str> = SOLVERS.iter().map(|s| s.name).collect();
-        EngineError::InvalidRequest(format!("unknown solver '{name}' (known: {})", names.join(", ")))
+        EngineError::InvalidRequest(format!(
+            "unknown solver '{name}' (known: {})",
+            names.join(", ")
+        ))
     })
 }
 

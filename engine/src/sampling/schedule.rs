@@ -19,7 +19,15 @@ fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
     }
     let step = (end - start) / (steps - 1) as f32;
     let halfway = steps / 2;
-    (0..steps).map(|i| if i < halfway { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 }).collect()
+    (0..steps)
+        .map(|i| {
+            if i < halfway {
+                start + step * i as f32
+            } else {
+                end - step * (steps - i - 1) as f32
+            }
+        })
+        .collect()
 }
 
 impl ModelSchedule {
@@ -39,11 +47,17 @@ impl ModelSchedule {
             acc *= alpha as f64;
             alphas_cumprod.push(acc as f32 as f64);
         }
-        let sigmas = alphas_cumprod.iter().map(|&a| {
-            let a = a as f32;
-            (((1.0f32 - a) / a).sqrt()) as f64
-        }).collect();
-        Self { alphas_cumprod, sigmas }
+        let sigmas = alphas_cumprod
+            .iter()
+            .map(|&a| {
+                let a = a as f32;
+                (((1.0f32 - a) / a).sqrt()) as f64
+            })
+            .collect();
+        Self {
+            alphas_cumprod,
+            sigmas,
+        }
     }
 
     /// Number of training timesteps.
@@ -108,7 +122,9 @@ pub fn timesteps(spacing: Spacing, n: usize, train_steps: usize) -> Vec<f64> {
         }
         Spacing::Trailing => {
             let step = train_steps as f64 / n as f64;
-            (0..n).map(|i| ((train_steps as f64 - i as f64 * step).round() - 1.0) as f32 as f64).collect()
+            (0..n)
+                .map(|i| ((train_steps as f64 - i as f64 * step).round() - 1.0) as f32 as f64)
+                .collect()
         }
     }
 }
@@ -119,7 +135,16 @@ fn torch_np_linspace_f32(start: f64, stop: f64, n: usize) -> Vec<f64> {
         return vec![start as f32 as f64];
     }
     let step = (stop - start) / (n - 1) as f64;
-    (0..n).map(|i| if i == n - 1 { stop } else { start + i as f64 * step }).map(|v| v as f32 as f64).collect()
+    (0..n)
+        .map(|i| {
+            if i == n - 1 {
+                stop
+            } else {
+                start + i as f64 * step
+            }
+        })
+        .map(|v| v as f32 as f64)
+        .collect()
 }
 
 /// The sigmas and timesteps of one run.
@@ -137,7 +162,10 @@ impl RunSchedule {
     /// Euler-family schedule as diffusers' `EulerDiscreteScheduler` builds it.
     pub fn discrete(model: &ModelSchedule, spacing: Spacing, n: usize) -> Self {
         let ts = timesteps(spacing, n, model.len());
-        let mut sigmas: Vec<f64> = ts.iter().map(|&t| model.sigma_at(t) as f32 as f64).collect();
+        let mut sigmas: Vec<f64> = ts
+            .iter()
+            .map(|&t| model.sigma_at(t) as f32 as f64)
+            .collect();
         sigmas.push(0.0);
         // diffusers starts linspace/trailing runs at sigma_max and leading runs at
         // sqrt(sigma_max^2 + 1); keep its quirk so seeds reproduce.
@@ -145,7 +173,11 @@ impl RunSchedule {
             Spacing::Linspace | Spacing::Trailing => sigmas[0],
             Spacing::Leading => (sigmas[0] * sigmas[0] + 1.0).sqrt(),
         };
-        Self { sigmas, timesteps: ts, init_noise_sigma }
+        Self {
+            sigmas,
+            timesteps: ts,
+            init_noise_sigma,
+        }
     }
 
     /// DDIM's schedule: the same timesteps, but the run ends at the first training step's
@@ -156,7 +188,11 @@ impl RunSchedule {
         let mut sigmas: Vec<f64> = ts.iter().map(|&t| model.sigma_at(t)).collect();
         sigmas.push(model.sigmas[0]);
         let init_noise_sigma = (sigmas[0] * sigmas[0] + 1.0).sqrt();
-        Self { sigmas, timesteps: ts, init_noise_sigma }
+        Self {
+            sigmas,
+            timesteps: ts,
+            init_noise_sigma,
+        }
     }
 }
 
@@ -174,8 +210,16 @@ mod tests {
 
     #[test]
     fn spacings() {
-        assert_eq!(timesteps(Spacing::Leading, 10, 1000), vec![901.0, 801.0, 701.0, 601.0, 501.0, 401.0, 301.0, 201.0, 101.0, 1.0]);
-        assert_eq!(timesteps(Spacing::Trailing, 4, 1000), vec![999.0, 749.0, 499.0, 249.0]);
+        assert_eq!(
+            timesteps(Spacing::Leading, 10, 1000),
+            vec![
+                901.0, 801.0, 701.0, 601.0, 501.0, 401.0, 301.0, 201.0, 101.0, 1.0
+            ]
+        );
+        assert_eq!(
+            timesteps(Spacing::Trailing, 4, 1000),
+            vec![999.0, 749.0, 499.0, 249.0]
+        );
         let l = timesteps(Spacing::Linspace, 3, 1000);
         assert_eq!(l, vec![999.0, 499.5, 0.0]);
     }

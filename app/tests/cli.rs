@@ -1,0 +1,273 @@
+//! The command line end to end: a successful run, and one test per bad-input class (each must
+//! exit non-zero with one clear line, no panic, and leave existing files untouched).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_latent-studio"))
+}
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(rel)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("latent-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let p = dir.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+fn generate(model: &Path, extra: &[&str], out: &Path) -> Output {
+    let mut c = bin();
+    c.args(["generate", "--model"])
+        .arg(model)
+        .args(["--prompt", "a cat", "--seed", "1", "--steps", "3", "--out"])
+        .arg(out)
+        .args(extra);
+    c.output().expect("run latent-studio")
+}
+
+/// Fails with exactly one `error:` line mentioning `needle`, and no panic.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].to_lowercase().contains(&needle.to_lowercase()),
+        "expected '{needle}' in: {}",
+        errors[0]
+    );
+}
+
+#[test]
+fn generate_writes_a_png_with_a1111_parameters_and_latents() {
+    let out = scratch("ok.png");
+    let lat = scratch("ok.safetensors");
+    let o = generate(
+        &fixture("sd1/sd1-tiny.safetensors"),
+        &["--latents-out", lat.to_str().expect("utf8")],
+        &out,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&out).expect("png"),
+    ));
+    let reader = decoder.read_info().expect("png header");
+    let info = reader.info();
+    assert_eq!((info.width, info.height), (64, 64));
+    let text = info
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+        .expect("parameters chunk")
+        .text
+        .clone();
+    // A1111's reader: the last line must yield at least 3 pairs with this expression.
+    let re = regex::Regex::new(r#"\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)"#)
+        .expect("regex");
+    let last = text.lines().last().expect("lines");
+    let pairs: Vec<(String, String)> = re
+        .captures_iter(last)
+        .map(|c| (c[1].to_string(), c[2].to_string()))
+        .collect();
+    assert!(pairs.len() >= 3, "{text}");
+    assert!(pairs.contains(&("Seed".into(), "1".into())), "{pairs:?}");
+    assert!(pairs.contains(&("Steps".into(), "3".into())), "{pairs:?}");
+    assert!(text.starts_with("a cat\n"), "{text}");
+    let tensors =
+        candle_core::safetensors::load(&lat, &candle_core::Device::Cpu).expect("latents file");
+    assert_eq!(tensors["latents"].dims(), &[1, 4, 32, 32]);
+}
+
+#[test]
+fn info_describes_each_family_and_layout() {
+    for (path, family) in [
+        ("sd1/sd1-tiny.safetensors", "SD 1.x"),
+        ("sd2/diffusers", "SD 2.x"),
+        ("sdxl/sdxl-tiny.safetensors", "SDXL"),
+    ] {
+        let o = bin().arg("info").arg(fixture(path)).output().expect("run");
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            stdout.contains(&format!("family:      {family}")),
+            "{stdout}"
+        );
+        assert!(stdout.contains("unrecognised tensors: none"), "{stdout}");
+    }
+}
+
+#[test]
+fn missing_file() {
+    assert_clean_failure(
+        &generate(
+            Path::new("/nonexistent/model.safetensors"),
+            &[],
+            &scratch("m.png"),
+        ),
+        "not found",
+    );
+}
+
+#[test]
+fn truncated_file() {
+    let src = std::fs::read(fixture("sd1/sd1-tiny.safetensors")).expect("fixture");
+    let p = scratch("truncated.safetensors");
+    std::fs::write(&p, &src[..src.len() / 2]).expect("write");
+    assert_clean_failure(&generate(&p, &[], &scratch("t.png")), "truncated");
+}
+
+#[test]
+fn garbage_file() {
+    let p = scratch("garbage.safetensors");
+    std::fs::write(&p, vec![0x5au8; 4096]).expect("write");
+    assert_clean_failure(
+        &generate(&p, &[], &scratch("g.png")),
+        "not a valid safetensors",
+    );
+}
+
+#[test]
+fn pickle_files_are_refused() {
+    let ckpt = scratch("model.ckpt");
+    std::fs::write(&ckpt, b"PK\x03\x04whatever").expect("write");
+    assert_clean_failure(&generate(&ckpt, &[], &scratch("p.png")), "pickle");
+    // Same bytes behind a .safetensors name: refused by content.
+    let disguised = scratch("disguised.safetensors");
+    std::fs::write(&disguised, b"\x80\x02}q\x00.").expect("write");
+    assert_clean_failure(&generate(&disguised, &[], &scratch("p2.png")), "pickle");
+}
+
+#[test]
+fn unknown_architecture() {
+    let p = scratch("foreign.safetensors");
+    let t = candle_core::Tensor::zeros((4, 4), candle_core::DType::F32, &candle_core::Device::Cpu)
+        .expect("tensor");
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("encoder.layer.0.weight".to_string(), t)]),
+        &p,
+    )
+    .expect("save");
+    assert_clean_failure(&generate(&p, &[], &scratch("u.png")), "unrecognised model");
+}
+
+#[test]
+fn width_not_a_multiple_of_8() {
+    assert_clean_failure(
+        &generate(
+            &fixture("sd1/sd1-tiny.safetensors"),
+            &["--width", "60"],
+            &scratch("w.png"),
+        ),
+        "multiples of 8",
+    );
+}
+
+#[test]
+fn zero_steps() {
+    assert_clean_failure(
+        &generate(
+            &fixture("sd1/sd1-tiny.safetensors"),
+            &["--steps", "0"],
+            &scratch("z.png"),
+        ),
+        "steps",
+    );
+}
+
+#[test]
+fn nan_guidance() {
+    assert_clean_failure(
+        &generate(
+            &fixture("sd1/sd1-tiny.safetensors"),
+            &["--cfg", "NaN"],
+            &scratch("n.png"),
+        ),
+        "CFG scale",
+    );
+}
+
+#[test]
+fn nan_weights_give_a_clear_error() {
+    // Overwrite one f16 tensor of the fixture with NaN in place (header and metadata kept).
+    let mut bytes = std::fs::read(fixture("sd1/sd1-tiny.safetensors")).expect("fixture");
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + header_len]).expect("header");
+    let offsets = &header["model.diffusion_model.out.2.bias"]["data_offsets"];
+    let (start, end) = (
+        offsets[0].as_u64().expect("start") as usize,
+        offsets[1].as_u64().expect("end") as usize,
+    );
+    for half in bytes[8 + header_len + start..8 + header_len + end].chunks_mut(2) {
+        half.copy_from_slice(&0x7e00u16.to_le_bytes());
+    }
+    let p = scratch("nan.safetensors");
+    std::fs::write(&p, &bytes).expect("write");
+    let out = scratch("nan.png");
+    assert_clean_failure(&generate(&p, &[], &out), "NaN");
+    assert!(!out.exists(), "no image is written for a failed run");
+}
+
+#[test]
+fn an_existing_output_is_never_overwritten() {
+    let out = scratch("keep.png");
+    std::fs::write(&out, b"the user's picture").expect("write");
+    assert_clean_failure(
+        &generate(&fixture("sd1/sd1-tiny.safetensors"), &[], &out),
+        "already exists",
+    );
+    assert_eq!(std::fs::read(&out).expect("read"), b"the user's picture");
+}
+
+#[test]
+fn a_failed_run_leaves_the_output_untouched() {
+    // Fails after loading (bad size): nothing appears at the output path, no temporary files stay.
+    let out = scratch("never.png");
+    assert_clean_failure(
+        &generate(
+            &fixture("sd1/sd1-tiny.safetensors"),
+            &["--height", "12"],
+            &out,
+        ),
+        "multiples of 8",
+    );
+    assert!(!out.exists());
+    let dir = out.parent().expect("dir");
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn unknown_solver_and_dtype() {
+    assert_clean_failure(
+        &generate(
+            &fixture("sd1/sd1-tiny.safetensors"),
+            &["--solver", "magic"],
+            &scratch("s.png"),
+        ),
+        "unknown solver",
+    );
+    assert_clean_failure(
+        &generate(
+            &fixture("sd1/sd1-tiny.safetensors"),
+            &["--dtype", "f8"],
+            &scratch("d.png"),
+        ),
+        "dtype",
+    );
+}
