@@ -153,7 +153,14 @@ impl Pipeline {
     /// Loads a checkpoint (single file or diffusers folder) and builds the networks.
     pub fn load(spec: &ModelSpec) -> Result<Self> {
         let device = open_device(spec.device)?;
-        let w = checkpoint::load(&spec.path, candle_dtype(spec.dtype), &device)?;
+        let mut w = checkpoint::load(&spec.path, candle_dtype(spec.dtype), &device)?;
+        if spec.dtype == DType::BF16 && device.is_cpu() {
+            // candle 0.11 has no bf16 matrix multiply on CPU: keep bf16's rounding of the
+            // weights but compute in f32.
+            for t in w.tensors.values_mut() {
+                *t = t.to_dtype(CDType::F32)?;
+            }
+        }
         let name = spec
             .path
             .file_stem()
@@ -206,6 +213,7 @@ impl Pipeline {
             Prediction::Epsilon => "eps",
             Prediction::V => "v",
         };
+        let cpu_bf16 = self.dtype == DType::BF16 && self.device.is_cpu();
         ModelInfo {
             name: self.name.clone(),
             family: c.family.name().to_string(),
@@ -216,7 +224,11 @@ impl Pipeline {
                 c.unet.context_dim,
                 c.vae.latent_channels,
                 pred
-            ),
+            ) + if cpu_bf16 {
+                " (bf16 weights, f32 compute on CPU)"
+            } else {
+                ""
+            },
             dtype: self.dtype,
             device: format!("{:?}", self.device.location()),
             default_size: c.default_size,

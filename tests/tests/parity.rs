@@ -126,6 +126,15 @@ fn check_family(family: &str) {
             );
         }
 
+        let (skip2, _) = pipe.encode_prompt(prompt, "", 2, false).expect("encode");
+        report(
+            &what("text cond, clip skip 2"),
+            rel_l2(
+                &skip2.get(0).expect("row"),
+                &r["text.cond_clip_skip2"].get(0).expect("row"),
+            ),
+        );
+
         let x = &r["unet.input"];
         let cond = r["text.cond"].clone();
         let size = j["size"].as_f64().expect("size") as f32;
@@ -209,4 +218,43 @@ fn sd2_matches_diffusers() {
 #[test]
 fn sdxl_matches_diffusers() {
     check_family("sdxl");
+}
+
+/// Half-precision weights and compute: the run completes, stays finite and stays near f32.
+#[test]
+fn half_precision_runs_stay_close_to_f32() {
+    use latent_engine::protocol::DType as D;
+    let r = reference("sd1");
+    let path = &layouts("sd1")[0].1;
+    for (dtype, tol) in [(D::F16, 1e-3), (D::BF16, 5e-3)] {
+        let pipe = Pipeline::load(&ModelSpec {
+            dtype,
+            ..ModelSpec::new(path)
+        })
+        .expect("load");
+        let req = GenerateRequest {
+            prompt: "a red cat".into(),
+            negative: "blue".into(),
+            width: 64,
+            height: 64,
+            steps: 10,
+            cfg_scale: 3.0,
+            seed: 1,
+            solver: "ddim".into(),
+            clip_skip: 1,
+            preview_every: 0,
+        };
+        let out = pipe
+            .generate(&pipe.validate(&req).expect("valid"), &mut Quiet)
+            .expect("generate");
+        let lat = Tensor::from_vec(
+            out.latents.data,
+            out.latents.shape,
+            &candle_core::Device::Cpu,
+        )
+        .expect("latents");
+        let err = rel_l2(&lat, &r["run.ddim.latents"]);
+        println!("{dtype:?}: rel L2 vs diffusers f32 {err:.2e}");
+        assert!(err < tol, "{dtype:?}: {err}");
+    }
 }
