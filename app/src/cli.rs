@@ -10,6 +10,7 @@ use latent_engine::image_io::{encode_png, latents_safetensors, next_free_name, w
 use latent_engine::pipeline::inspect;
 use latent_engine::protocol::{DType, DeviceKind, Event, GenerateRequest, ModelSpec, Prediction};
 use latent_engine::sampling::SOLVERS;
+use latent_engine::sampling::schedule::SCHEDULES;
 use latent_engine::{EngineConfig, EngineHandle};
 
 #[derive(Parser, Debug)]
@@ -59,8 +60,21 @@ struct GenerateArgs {
     /// Seed of the initial noise (torch CPU generator compatible); random when omitted.
     #[arg(long)]
     seed: Option<u64>,
+    /// Solver (see `latent-studio solvers`).
     #[arg(long, default_value = "euler")]
     solver: String,
+    /// Schedule of noise levels: default, karras, exponential, trailing, ays, ...
+    #[arg(long, default_value = "default")]
+    schedule: String,
+    /// Noise scale of solvers that have one (DDIM's eta; 1 for ancestral solvers).
+    #[arg(long)]
+    eta: Option<f64>,
+    /// Guidance rescale phi in [0, 1] (for v-prediction / zero-SNR models; 0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    cfg_rescale: f64,
+    /// Fraction of the steps that run the unconditional pass; later steps cost half.
+    #[arg(long, default_value_t = 1.0)]
+    cfg_until: f64,
     /// A1111's clip skip (1 = last layer).
     #[arg(long, default_value_t = 1)]
     clip_skip: u32,
@@ -93,22 +107,21 @@ pub fn run(args: Args) -> Result<()> {
         Some(Cmd::Info { path }) => info(&path),
         Some(Cmd::Solvers) => {
             println!(
-                "{:<10} {:>5} {:>9} {:>10}  reference",
+                "{:<13} {:>5} {:>9} {:>10}  reference (diffusers)",
                 "solver", "order", "NFE/step", "stochastic"
             );
             for s in SOLVERS {
+                let stochastic = if s.stochastic { "yes" } else { "no" };
                 println!(
-                    "{:<10} {:>5} {:>9} {:>10}  {}",
-                    s.name,
-                    s.order,
-                    s.evals_per_step,
-                    if s.stochastic { "yes" } else { "no" },
-                    s.reference
+                    "{:<13} {:>5} {:>9} {:>10}  {}",
+                    s.name, s.order, s.evals_per_step, stochastic, s.reference
                 );
             }
-            println!(
-                "(NFE per step doubles with classifier-free guidance, unless the CFG scale is 1)"
-            );
+            println!("\nNFE per step doubles with classifier-free guidance (unless --cfg 1); --cfg-until F keeps it");
+            println!("for the first fraction F of the steps only.\n\nschedules:");
+            for (name, what) in SCHEDULES {
+                println!("  {name:<13} {what}");
+            }
             Ok(())
         }
     }
@@ -125,10 +138,8 @@ fn refuse_existing(path: &Path) -> Result<()> {
 }
 
 fn generate(g: GenerateArgs) -> Result<()> {
-    let dtype = DType::parse(&g.dtype)
-        .with_context(|| format!("unknown --dtype '{}' (f32, f16, bf16)", g.dtype))?;
-    let device = DeviceKind::parse(&g.device)
-        .with_context(|| format!("unknown --device '{}' (cpu, cuda, metal)", g.device))?;
+    let dtype = DType::parse(&g.dtype).with_context(|| format!("unknown --dtype '{}' (f32, f16, bf16)", g.dtype))?;
+    let device = DeviceKind::parse(&g.device).with_context(|| format!("unknown --device '{}' (cpu, cuda, metal)", g.device))?;
     let prediction = match g.prediction.as_deref() {
         None => None,
         Some("eps" | "epsilon") => Some(Prediction::Epsilon),
@@ -177,6 +188,10 @@ fn generate(g: GenerateArgs) -> Result<()> {
         cfg_scale: g.cfg,
         seed,
         solver: g.solver.clone(),
+        schedule: g.schedule.clone(),
+        eta: g.eta,
+        cfg_rescale: g.cfg_rescale,
+        cfg_until: g.cfg_until,
         clip_skip: g.clip_skip,
         preview_every: 0,
     };
@@ -190,20 +205,14 @@ fn generate(g: GenerateArgs) -> Result<()> {
             continue;
         }
         match ev {
-            Event::Started {
-                total_steps, nfe, ..
-            } => eprintln!("seed {seed}: {total_steps} steps, {nfe} network evaluations"),
+            Event::Started { total_steps, nfe, .. } => eprintln!("seed {seed}: {total_steps} steps, {nfe} network evaluations"),
             Event::Progress {
                 step,
                 total_steps,
                 step_time,
                 ..
             } => {
-                let _ = write!(
-                    stderr,
-                    "\rstep {step}/{total_steps} ({:.0} ms)",
-                    step_time.as_secs_f64() * 1000.0
-                );
+                let _ = write!(stderr, "\rstep {step}/{total_steps} ({:.0} ms)", step_time.as_secs_f64() * 1000.0);
                 let _ = stderr.flush();
             }
             Event::Finished {
@@ -214,10 +223,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
                 ..
             } => {
                 eprintln!();
-                let out = g
-                    .out
-                    .clone()
-                    .unwrap_or_else(|| next_free_name(Path::new("."), "latent"));
+                let out = g.out.clone().unwrap_or_else(|| next_free_name(Path::new("."), "latent"));
                 write_new_file(&out, &encode_png(&image, &metadata)?)?;
                 if let (Some(path), Some(lat)) = (&g.latents_out, latents) {
                     write_new_file(path, &latents_safetensors(&lat)?)?;
@@ -266,9 +272,7 @@ fn info(path: &Path) -> Result<()> {
             t.activation,
             t.vocab,
             t.max_positions,
-            t.projection
-                .map(|p| format!(", projection {p}"))
-                .unwrap_or_default()
+            t.projection.map(|p| format!(", projection {p}")).unwrap_or_default()
         );
     }
     let u = &cfg.unet;
@@ -280,11 +284,7 @@ fn info(path: &Path) -> Result<()> {
         u.mid_attention,
         u.heads,
         u.context_dim,
-        if u.linear_projection {
-            "linear"
-        } else {
-            "conv"
-        },
+        if u.linear_projection { "linear" } else { "conv" },
         u.groups,
         u.addition
             .map(|(d, n)| format!(", size conditioning {d}x6 (+pooled, {n} in)"))

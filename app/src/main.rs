@@ -13,11 +13,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // One clear line, no backtrace: these are user errors (bad file, bad size, ...).
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            let line = chain
-                .join(": ")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
+            let line = chain.join(": ").split_whitespace().collect::<Vec<_>>().join(" ");
             eprintln!("error: {line}");
             ExitCode::FAILURE
         }

@@ -9,9 +9,7 @@ fn bin() -> Command {
 }
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(rel)
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -36,10 +34,7 @@ fn generate(model: &Path, extra: &[&str], out: &Path) -> Output {
 fn assert_clean_failure(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "should fail: {stderr}");
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("backtrace"),
-        "{stderr}"
-    );
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(
@@ -59,9 +54,7 @@ fn generate_writes_a_png_with_a1111_parameters_and_latents() {
         &out,
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let decoder = png::Decoder::new(std::io::BufReader::new(
-        std::fs::File::open(&out).expect("png"),
-    ));
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).expect("png")));
     let reader = decoder.read_info().expect("png header");
     let info = reader.info();
     assert_eq!((info.width, info.height), (64, 64));
@@ -73,19 +66,14 @@ fn generate_writes_a_png_with_a1111_parameters_and_latents() {
         .text
         .clone();
     // A1111's reader: the last line must yield at least 3 pairs with this expression.
-    let re = regex::Regex::new(r#"\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)"#)
-        .expect("regex");
+    let re = regex::Regex::new(r#"\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)"#).expect("regex");
     let last = text.lines().last().expect("lines");
-    let pairs: Vec<(String, String)> = re
-        .captures_iter(last)
-        .map(|c| (c[1].to_string(), c[2].to_string()))
-        .collect();
+    let pairs: Vec<(String, String)> = re.captures_iter(last).map(|c| (c[1].to_string(), c[2].to_string())).collect();
     assert!(pairs.len() >= 3, "{text}");
     assert!(pairs.contains(&("Seed".into(), "1".into())), "{pairs:?}");
     assert!(pairs.contains(&("Steps".into(), "3".into())), "{pairs:?}");
     assert!(text.starts_with("a cat\n"), "{text}");
-    let tensors =
-        candle_core::safetensors::load(&lat, &candle_core::Device::Cpu).expect("latents file");
+    let tensors = candle_core::safetensors::load(&lat, &candle_core::Device::Cpu).expect("latents file");
     assert_eq!(tensors["latents"].dims(), &[1, 4, 32, 32]);
 }
 
@@ -99,10 +87,7 @@ fn info_describes_each_family_and_layout() {
         let o = bin().arg("info").arg(fixture(path)).output().expect("run");
         let stdout = String::from_utf8_lossy(&o.stdout);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(
-            stdout.contains(&format!("family:      {family}")),
-            "{stdout}"
-        );
+        assert!(stdout.contains(&format!("family:      {family}")), "{stdout}");
         assert!(stdout.contains("unrecognised tensors: none"), "{stdout}");
     }
 }
@@ -110,11 +95,7 @@ fn info_describes_each_family_and_layout() {
 #[test]
 fn missing_file() {
     assert_clean_failure(
-        &generate(
-            Path::new("/nonexistent/model.safetensors"),
-            &[],
-            &scratch("m.png"),
-        ),
+        &generate(Path::new("/nonexistent/model.safetensors"), &[], &scratch("m.png")),
         "not found",
     );
 }
@@ -131,10 +112,7 @@ fn truncated_file() {
 fn garbage_file() {
     let p = scratch("garbage.safetensors");
     std::fs::write(&p, vec![0x5au8; 4096]).expect("write");
-    assert_clean_failure(
-        &generate(&p, &[], &scratch("g.png")),
-        "not a valid safetensors",
-    );
+    assert_clean_failure(&generate(&p, &[], &scratch("g.png")), "not a valid safetensors");
 }
 
 #[test]
@@ -151,24 +129,15 @@ fn pickle_files_are_refused() {
 #[test]
 fn unknown_architecture() {
     let p = scratch("foreign.safetensors");
-    let t = candle_core::Tensor::zeros((4, 4), candle_core::DType::F32, &candle_core::Device::Cpu)
-        .expect("tensor");
-    candle_core::safetensors::save(
-        &std::collections::HashMap::from([("encoder.layer.0.weight".to_string(), t)]),
-        &p,
-    )
-    .expect("save");
+    let t = candle_core::Tensor::zeros((4, 4), candle_core::DType::F32, &candle_core::Device::Cpu).expect("tensor");
+    candle_core::safetensors::save(&std::collections::HashMap::from([("encoder.layer.0.weight".to_string(), t)]), &p).expect("save");
     assert_clean_failure(&generate(&p, &[], &scratch("u.png")), "unrecognised model");
 }
 
 #[test]
 fn width_not_a_multiple_of_8() {
     assert_clean_failure(
-        &generate(
-            &fixture("sd1/sd1-tiny.safetensors"),
-            &["--width", "60"],
-            &scratch("w.png"),
-        ),
+        &generate(&fixture("sd1/sd1-tiny.safetensors"), &["--width", "60"], &scratch("w.png")),
         "multiples of 8",
     );
 }
@@ -176,11 +145,7 @@ fn width_not_a_multiple_of_8() {
 #[test]
 fn zero_steps() {
     assert_clean_failure(
-        &generate(
-            &fixture("sd1/sd1-tiny.safetensors"),
-            &["--steps", "0"],
-            &scratch("z.png"),
-        ),
+        &generate(&fixture("sd1/sd1-tiny.safetensors"), &["--steps", "0"], &scratch("z.png")),
         "steps",
     );
 }
@@ -188,11 +153,7 @@ fn zero_steps() {
 #[test]
 fn nan_guidance() {
     assert_clean_failure(
-        &generate(
-            &fixture("sd1/sd1-tiny.safetensors"),
-            &["--cfg", "NaN"],
-            &scratch("n.png"),
-        ),
+        &generate(&fixture("sd1/sd1-tiny.safetensors"), &["--cfg", "NaN"], &scratch("n.png")),
         "CFG scale",
     );
 }
@@ -202,8 +163,7 @@ fn nan_weights_give_a_clear_error() {
     // Overwrite one f16 tensor of the fixture with NaN in place (header and metadata kept).
     let mut bytes = std::fs::read(fixture("sd1/sd1-tiny.safetensors")).expect("fixture");
     let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    let header: serde_json::Value =
-        serde_json::from_slice(&bytes[8..8 + header_len]).expect("header");
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).expect("header");
     let offsets = &header["model.diffusion_model.out.2.bias"]["data_offsets"];
     let (start, end) = (
         offsets[0].as_u64().expect("start") as usize,
@@ -223,10 +183,7 @@ fn nan_weights_give_a_clear_error() {
 fn an_existing_output_is_never_overwritten() {
     let out = scratch("keep.png");
     std::fs::write(&out, b"the user's picture").expect("write");
-    assert_clean_failure(
-        &generate(&fixture("sd1/sd1-tiny.safetensors"), &[], &out),
-        "already exists",
-    );
+    assert_clean_failure(&generate(&fixture("sd1/sd1-tiny.safetensors"), &[], &out), "already exists");
     assert_eq!(std::fs::read(&out).expect("read"), b"the user's picture");
 }
 
@@ -235,11 +192,7 @@ fn a_failed_run_leaves_the_output_untouched() {
     // Fails after loading (bad size): nothing appears at the output path, no temporary files stay.
     let out = scratch("never.png");
     assert_clean_failure(
-        &generate(
-            &fixture("sd1/sd1-tiny.safetensors"),
-            &["--height", "12"],
-            &out,
-        ),
+        &generate(&fixture("sd1/sd1-tiny.safetensors"), &["--height", "12"], &out),
         "multiples of 8",
     );
     assert!(!out.exists());
@@ -255,19 +208,11 @@ fn a_failed_run_leaves_the_output_untouched() {
 #[test]
 fn unknown_solver_and_dtype() {
     assert_clean_failure(
-        &generate(
-            &fixture("sd1/sd1-tiny.safetensors"),
-            &["--solver", "magic"],
-            &scratch("s.png"),
-        ),
+        &generate(&fixture("sd1/sd1-tiny.safetensors"), &["--solver", "magic"], &scratch("s.png")),
         "unknown solver",
     );
     assert_clean_failure(
-        &generate(
-            &fixture("sd1/sd1-tiny.safetensors"),
-            &["--dtype", "f8"],
-            &scratch("d.png"),
-        ),
+        &generate(&fixture("sd1/sd1-tiny.safetensors"), &["--dtype", "f8"], &scratch("d.png")),
         "dtype",
     );
 }

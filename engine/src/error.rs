@@ -6,10 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(
         "{path} is a pickle checkpoint ({kind}); pickle files can run arbitrary code, so Latent \
          Studio does not load them. Convert it to .safetensors first (for example with the \
@@ -32,9 +29,7 @@ pub enum EngineError {
     InvalidRequest(String),
     #[error("no model is loaded; open a checkpoint first")]
     NoModel,
-    #[error(
-        "the computation produced NaN or infinite values ({0}); try another dtype (f32) or fewer steps"
-    )]
+    #[error("the computation produced NaN or infinite values ({0}); try another dtype (f32) or fewer steps")]
     NonFinite(&'static str),
     #[error("device '{0}' is not available in this build")]
     DeviceUnavailable(String),

@@ -46,11 +46,7 @@ impl EngineHandle {
     }
 
     /// Spawns the engine around any backend (tests and UI work use stand-ins).
-    pub fn spawn_with_backend(
-        config: EngineConfig,
-        backend: Box<dyn Backend>,
-        waker: impl Fn() + Send + Sync + 'static,
-    ) -> Result<Self> {
+    pub fn spawn_with_backend(config: EngineConfig, backend: Box<dyn Backend>, waker: impl Fn() + Send + Sync + 'static) -> Result<Self> {
         let (ctx, crx) = crossbeam_channel::bounded(config.command_capacity.max(1));
         let (etx, erx) = crossbeam_channel::bounded(config.event_capacity.max(4));
         let board = Arc::new(CancelBoard::default());
@@ -82,9 +78,7 @@ impl EngineHandle {
             return Ok(());
         }
         self.commands.try_send(command).map_err(|e| match e {
-            TrySendError::Full(_) => {
-                EngineError::Other("the engine's command queue is full; try again".into())
-            }
+            TrySendError::Full(_) => EngineError::Other("the engine's command queue is full; try again".into()),
             TrySendError::Disconnected(_) => EngineError::Other("the engine has stopped".into()),
         })
     }

@@ -24,15 +24,11 @@ pub fn encode_png(image: &ImageRgb8, parameters: &str) -> Result<Vec<u8>> {
         let latin1 = parameters.chars().all(|c| (c as u32) < 256);
         let text_err = |e: png::EncodingError| EngineError::Other(format!("PNG text chunk: {e}"));
         if latin1 {
-            enc.add_text_chunk("parameters".into(), parameters.into())
-                .map_err(text_err)?;
+            enc.add_text_chunk("parameters".into(), parameters.into()).map_err(text_err)?;
         } else {
-            enc.add_itxt_chunk("parameters".into(), parameters.into())
-                .map_err(text_err)?;
+            enc.add_itxt_chunk("parameters".into(), parameters.into()).map_err(text_err)?;
         }
-        let mut w = enc
-            .write_header()
-            .map_err(|e| EngineError::Other(format!("PNG: {e}")))?;
+        let mut w = enc.write_header().map_err(|e| EngineError::Other(format!("PNG: {e}")))?;
         w.write_image_data(&image.pixels)
             .map_err(|e| EngineError::Other(format!("PNG: {e}")))?;
     }
@@ -47,21 +43,13 @@ pub fn read_png_parameters(path: &Path) -> Result<Option<String>> {
         .read_info()
         .map_err(|e| EngineError::Other(format!("{}: not a PNG ({e})", path.display())))?;
     let info = reader.info();
-    if let Some(t) = info
-        .uncompressed_latin1_text
-        .iter()
-        .find(|t| t.keyword == "parameters")
-    {
+    if let Some(t) = info.uncompressed_latin1_text.iter().find(|t| t.keyword == "parameters") {
         return Ok(Some(t.text.clone()));
     }
     if let Some(t) = info.utf8_text.iter().find(|t| t.keyword == "parameters") {
         return Ok(t.get_text().ok());
     }
-    if let Some(t) = info
-        .compressed_latin1_text
-        .iter()
-        .find(|t| t.keyword == "parameters")
-    {
+    if let Some(t) = info.compressed_latin1_text.iter().find(|t| t.keyword == "parameters") {
         return Ok(t.get_text().ok());
     }
     Ok(None)
@@ -74,16 +62,10 @@ pub fn write_new_file(dest: &Path, bytes: &[u8]) -> Result<()> {
     if dest.exists() {
         return Err(EngineError::Io {
             path: dest.to_path_buf(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "file exists; refusing to overwrite it",
-            ),
+            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "file exists; refusing to overwrite it"),
         });
     }
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("image");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
@@ -98,10 +80,7 @@ pub fn write_new_file(dest: &Path, bytes: &[u8]) -> Result<()> {
                 if dest.exists() {
                     return Err(EngineError::Io {
                         path: dest.to_path_buf(),
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::AlreadyExists,
-                            "file exists",
-                        ),
+                        source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "file exists"),
                     });
                 }
                 std::fs::rename(&tmp, dest).map_err(io(dest))
@@ -115,14 +94,9 @@ pub fn write_new_file(dest: &Path, bytes: &[u8]) -> Result<()> {
 /// Serialises latents as a safetensors file holding one f32 tensor named `latents`.
 pub fn latents_safetensors(latents: &crate::protocol::LatentsOut) -> Result<Vec<u8>> {
     let bytes: Vec<u8> = latents.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(
-        safetensors::Dtype::F32,
-        latents.shape.clone(),
-        &bytes,
-    )
-    .map_err(|e| EngineError::Other(format!("latents: {e}")))?;
-    safetensors::serialize([("latents", view)], None)
-        .map_err(|e| EngineError::Other(format!("latents: {e}")))
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, latents.shape.clone(), &bytes)
+        .map_err(|e| EngineError::Other(format!("latents: {e}")))?;
+    safetensors::serialize([("latents", view)], None).map_err(|e| EngineError::Other(format!("latents: {e}")))
 }
 
 /// `dir/prefix-NNNNN.png` with the first free number (for automatic output names).
@@ -148,11 +122,7 @@ mod tests {
         };
         let p = dir.join("a.png");
         let _ = std::fs::remove_file(&p);
-        write_new_file(
-            &p,
-            &encode_png(&img, "cat\nSteps: 1, Seed: 2, Size: 2x1").expect("encode"),
-        )
-        .expect("write");
+        write_new_file(&p, &encode_png(&img, "cat\nSteps: 1, Seed: 2, Size: 2x1").expect("encode")).expect("write");
         assert_eq!(
             read_png_parameters(&p).expect("read").as_deref(),
             Some("cat\nSteps: 1, Seed: 2, Size: 2x1")
@@ -162,11 +132,7 @@ mod tests {
         assert_eq!(std::fs::read(&p).expect("read"), before);
         let u = dir.join("u.png");
         let _ = std::fs::remove_file(&u);
-        write_new_file(
-            &u,
-            &encode_png(&img, "猫\nSteps: 1, Seed: 2, Size: 2x1").expect("encode"),
-        )
-        .expect("write");
+        write_new_file(&u, &encode_png(&img, "猫\nSteps: 1, Seed: 2, Size: 2x1").expect("encode")).expect("write");
         assert_eq!(
             read_png_parameters(&u).expect("read").as_deref(),
             Some("猫\nSteps: 1, Seed: 2, Size: 2x1")

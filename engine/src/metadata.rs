@@ -32,10 +32,7 @@ impl Parameters {
 
     /// Value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// The text chunk.
@@ -45,11 +42,7 @@ impl Parameters {
             out.push_str("\nNegative prompt: ");
             out.push_str(&self.negative);
         }
-        let line: Vec<String> = self
-            .pairs
-            .iter()
-            .map(|(k, v)| format!("{k}: {}", quote(v)))
-            .collect();
+        let line: Vec<String> = self.pairs.iter().map(|(k, v)| format!("{k}: {}", quote(v))).collect();
         out.push('\n');
         out.push_str(&line.join(", "));
         out

@@ -13,24 +13,19 @@ use crate::model::config::{self, Family, ModelConfig};
 use crate::model::unet::{Unet, UnetInput};
 use crate::model::vae::VaeDecoder;
 use crate::preview::{LatentRgb, to_u8};
-use crate::protocol::{
-    DType, DeviceKind, GenerateRequest, ImageRgb8, LatentsOut, ModelInfo, ModelSpec, Prediction,
-    Timings,
-};
+use crate::protocol::{DType, DeviceKind, GenerateRequest, ImageRgb8, LatentsOut, ModelInfo, ModelSpec, Prediction, Timings};
 use crate::rng::TorchRng;
 use crate::sampling::denoiser::{self, Denoise};
-use crate::sampling::schedule::{ModelSchedule, RunSchedule};
-use crate::sampling::{self, SolverInfo};
+use crate::sampling::schedule::{ModelSchedule, RunSchedule, ScheduleKind};
+use crate::sampling::{self, SolverInfo, SolverParams};
 use crate::tokenizer::ClipTokenizer;
 
 /// Opens the candle device for `kind`, with a clear error where this build lacks it.
 pub fn open_device(kind: DeviceKind) -> Result<Device> {
     match kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
-        DeviceKind::Cuda(i) => Device::new_cuda(i)
-            .map_err(|e| EngineError::DeviceUnavailable(format!("cuda:{i} ({e})"))),
-        DeviceKind::Metal(i) => Device::new_metal(i)
-            .map_err(|e| EngineError::DeviceUnavailable(format!("metal:{i} ({e})"))),
+        DeviceKind::Cuda(i) => Device::new_cuda(i).map_err(|e| EngineError::DeviceUnavailable(format!("cuda:{i} ({e})"))),
+        DeviceKind::Metal(i) => Device::new_metal(i).map_err(|e| EngineError::DeviceUnavailable(format!("metal:{i} ({e})"))),
     }
 }
 
@@ -85,6 +80,8 @@ fn report(w: &Weights) -> LoadReport {
 pub struct Job {
     pub request: GenerateRequest,
     pub solver: &'static SolverInfo,
+    pub schedule: ScheduleKind,
+    pub params: SolverParams,
     pub latent_size: (usize, usize),
 }
 
@@ -171,20 +168,12 @@ impl Pipeline {
         if let Some(p) = spec.prediction {
             cfg.prediction = p;
         }
-        let text = cfg
-            .text
-            .iter()
-            .map(|t| ClipText::new(&w, t))
-            .collect::<Result<Vec<_>>>()?;
+        let text = cfg.text.iter().map(|t| ClipText::new(&w, t)).collect::<Result<Vec<_>>>()?;
         let unet = Unet::new(&w, &cfg.unet)?;
         let vae = VaeDecoder::new(&w, &cfg.vae)?;
         let report = report(&w);
         drop(w);
-        let hash = if spec.path.is_file() {
-            file_hash(&spec.path)
-        } else {
-            None
-        };
+        let hash = if spec.path.is_file() { file_hash(&spec.path) } else { None };
         let preview = if cfg.family == Family::Sdxl {
             LatentRgb::SDXL
         } else {
@@ -224,11 +213,7 @@ impl Pipeline {
                 c.unet.context_dim,
                 c.vae.latent_channels,
                 pred
-            ) + if cpu_bf16 {
-                " (bf16 weights, f32 compute on CPU)"
-            } else {
-                ""
-            },
+            ) + if cpu_bf16 { " (bf16 weights, f32 compute on CPU)" } else { "" },
             dtype: self.dtype,
             device: format!("{:?}", self.device.location()),
             default_size: c.default_size,
@@ -240,15 +225,8 @@ impl Pipeline {
         let r = request;
         let scale = self.config.vae.scale() as u32;
         let bad = |m: String| Err(EngineError::InvalidRequest(m));
-        if r.width == 0
-            || r.height == 0
-            || !r.width.is_multiple_of(8)
-            || !r.height.is_multiple_of(8)
-        {
-            return bad(format!(
-                "size {}x{} must be positive multiples of 8",
-                r.width, r.height
-            ));
+        if r.width == 0 || r.height == 0 || !r.width.is_multiple_of(8) || !r.height.is_multiple_of(8) {
+            return bad(format!("size {}x{} must be positive multiples of 8", r.width, r.height));
         }
         if !r.width.is_multiple_of(scale) || !r.height.is_multiple_of(scale) {
             return bad(format!(
@@ -274,10 +252,7 @@ impl Pipeline {
             return bad(format!("steps must be between 1 and 1000, got {}", r.steps));
         }
         if !r.cfg_scale.is_finite() || r.cfg_scale < 0.0 || r.cfg_scale > 100.0 {
-            return bad(format!(
-                "CFG scale must be a number between 0 and 100, got {}",
-                r.cfg_scale
-            ));
+            return bad(format!("CFG scale must be a number between 0 and 100, got {}", r.cfg_scale));
         }
         if r.clip_skip == 0 || r.clip_skip as usize > self.config.text[0].layers {
             return bad(format!(
@@ -286,32 +261,40 @@ impl Pipeline {
             ));
         }
         let solver = sampling::solver_info(&r.solver)?;
+        let schedule = ScheduleKind::parse(&r.schedule).ok_or_else(|| {
+            let names: Vec<&str> = sampling::schedule::SCHEDULES.iter().map(|(n, _)| *n).collect();
+            EngineError::InvalidRequest(format!("unknown schedule '{}' (known: {})", r.schedule, names.join(", ")))
+        })?;
+        let mut params = sampling::default_params(solver);
+        if let Some(eta) = r.eta {
+            if !eta.is_finite() || !(0.0..=10.0).contains(&eta) {
+                return bad(format!("eta must be between 0 and 10, got {eta}"));
+            }
+            params.eta = eta;
+        }
+        if !r.cfg_rescale.is_finite() || !(0.0..=1.0).contains(&r.cfg_rescale) {
+            return bad(format!("CFG rescale must be between 0 and 1, got {}", r.cfg_rescale));
+        }
+        if !r.cfg_until.is_finite() || !(0.0..=1.0).contains(&r.cfg_until) {
+            return bad(format!("CFG until must be a fraction between 0 and 1, got {}", r.cfg_until));
+        }
         Ok(Job {
             request: r.clone(),
             solver,
+            schedule,
+            params,
             latent_size: ((r.height / scale) as usize, (r.width / scale) as usize),
         })
     }
 
     /// Network evaluations a job will spend (CFG's double pass counted).
     pub fn nfe(&self, job: &Job) -> u32 {
-        let per_eval = if uses_cfg(job.request.cfg_scale) {
-            2
-        } else {
-            1
-        };
-        job.request.steps * job.solver.evals_per_step * per_eval
+        planned_nfe(job)
     }
 
     /// Text conditioning as the UNet receives it: `[uncond, cond]` contexts `[2, 77k, width]`
     /// (or `[cond]` alone without guidance) and, for SDXL, the pooled embeddings.
-    pub fn encode_prompt(
-        &self,
-        prompt: &str,
-        negative: &str,
-        clip_skip: u32,
-        with_uncond: bool,
-    ) -> Result<(Tensor, Option<Tensor>)> {
+    pub fn encode_prompt(&self, prompt: &str, negative: &str, clip_skip: u32, with_uncond: bool) -> Result<(Tensor, Option<Tensor>)> {
         let c = self.encode(prompt, negative, clip_skip, with_uncond)?;
         Ok((c.context, c.pooled))
     }
@@ -331,13 +314,7 @@ impl Pipeline {
         &self.device
     }
 
-    fn encode(
-        &self,
-        prompt: &str,
-        negative: &str,
-        clip_skip: u32,
-        with_uncond: bool,
-    ) -> Result<Conditioning> {
+    fn encode(&self, prompt: &str, negative: &str, clip_skip: u32, with_uncond: bool) -> Result<Conditioning> {
         let tok = ClipTokenizer::shared()?;
         let sdxl = self.config.family == Family::Sdxl;
         let mut contexts = vec![];
@@ -408,7 +385,7 @@ impl Pipeline {
         let t_text = t0.elapsed();
 
         let steps = r.steps as usize;
-        let run = sampling::default_schedule(job.solver.name, &self.schedule, steps)?;
+        let run = sampling::run_schedule(job.solver, job.schedule, &self.schedule, steps, self.config.family == Family::Sdxl);
         let (h, w) = job.latent_size;
         let c = self.config.unet.in_channels;
         let mut rng = TorchRng::new(r.seed);
@@ -434,6 +411,8 @@ impl Pipeline {
             added: added.as_ref(),
             run: &run,
             scale: r.cfg_scale,
+            rescale: r.cfg_rescale,
+            guided_steps: guided_steps(r),
             guided,
             hooks,
             nfe: 0,
@@ -442,7 +421,7 @@ impl Pipeline {
             last_step: Instant::now(),
             preview_time: Duration::ZERO,
         };
-        let x = solver(&mut den, x, &run.sigmas, &mut rng)?;
+        let x = solver(&mut den, x, &run.sigmas, &job.params, &mut rng)?;
         let (nfe, preview_time) = (den.nfe, den.preview_time);
         let sigma_last = run.sigmas.last().copied().unwrap_or(0.0);
         let latents = (x * denoiser::c_in(sigma_last))?;
@@ -453,9 +432,7 @@ impl Pipeline {
         if flat.iter().any(|v| !v.is_finite()) {
             return Err(EngineError::NonFinite("latents after denoising"));
         }
-        let decoded = self
-            .vae
-            .decode(&(&latents / self.config.vae.scaling_factor)?)?;
+        let decoded = self.vae.decode(&(&latents / self.config.vae.scaling_factor)?)?;
         let image = to_image(&decoded)?;
         let t_vae = t_vae0.elapsed();
 
@@ -488,7 +465,7 @@ impl Pipeline {
         };
         p.push("Steps", r.steps)
             .push("Sampler", job.solver.a1111)
-            .push("Schedule type", "Automatic")
+            .push("Schedule type", job.schedule.a1111())
             .push("CFG scale", r.cfg_scale)
             .push("Seed", r.seed)
             .push("Size", format!("{}x{}", r.width, r.height));
@@ -499,16 +476,62 @@ impl Pipeline {
         if r.clip_skip > 1 {
             p.push("Clip skip", r.clip_skip);
         }
-        p.push("NFE", nfe).push(
-            "Version",
-            format!("Latent Studio {}", env!("CARGO_PKG_VERSION")),
-        );
+        if r.cfg_rescale > 0.0 {
+            p.push("CFG rescale", r.cfg_rescale);
+        }
+        if r.cfg_until < 1.0 {
+            p.push("CFG until", r.cfg_until);
+        }
+        if job.params.eta != job.solver.default_eta {
+            p.push("Eta", job.params.eta);
+        }
+        p.push("Solver", job.solver.name).push("Schedule", &r.schedule);
+        p.push("NFE", nfe)
+            .push("Version", format!("Latent Studio {}", env!("CARGO_PKG_VERSION")));
         p
     }
 }
 
 fn uses_cfg(scale: f64) -> bool {
     (scale - 1.0).abs() > 1e-9
+}
+
+/// Steps (counted from 0) that still run the unconditional pass: `ceil(cfg_until * steps)`.
+fn guided_steps(r: &GenerateRequest) -> u32 {
+    if !uses_cfg(r.cfg_scale) {
+        0
+    } else {
+        (r.cfg_until * r.steps as f64).ceil() as u32
+    }
+}
+
+/// Network evaluations a job will spend, CFG's passes and truncation included.
+pub fn planned_nfe(job: &Job) -> u32 {
+    let n = job.request.steps;
+    let guided = guided_steps(&job.request);
+    (0..n)
+        .map(|k| {
+            let evals = sampling::evaluations(job.solver, k + 1) - sampling::evaluations(job.solver, k);
+            evals * if k < guided { 2 } else { 1 }
+        })
+        .sum()
+}
+
+/// Guidance rescale (Lin et al. 2023): match the guided prediction's standard deviation to
+/// the conditional one's, mixed in by `phi`.
+fn rescale_cfg(guided: &Tensor, cond: &Tensor, phi: f64) -> Result<Tensor> {
+    let std = |t: &Tensor| -> Result<f64> {
+        let v: Vec<f32> = t.flatten_all()?.to_dtype(CDType::F32)?.to_vec1()?;
+        let n = v.len() as f64;
+        let mean = v.iter().map(|x| *x as f64).sum::<f64>() / n;
+        Ok((v.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt())
+    };
+    let (s_cond, s_guided) = (std(cond)?, std(guided)?);
+    if s_guided == 0.0 {
+        return Ok(guided.clone());
+    }
+    let factor = phi * s_cond / s_guided + (1.0 - phi);
+    Ok((guided * factor)?)
 }
 
 /// `[1, 3, h, w]` in [-1, 1] -> 8-bit RGB.
@@ -539,6 +562,9 @@ struct Guided<'a> {
     added: Option<&'a Tensor>,
     run: &'a RunSchedule,
     scale: f64,
+    rescale: f64,
+    /// Steps (from 0) that run the unconditional pass.
+    guided_steps: u32,
     guided: bool,
     hooks: &'a mut dyn Hooks,
     nfe: u32,
@@ -549,7 +575,7 @@ struct Guided<'a> {
 }
 
 impl Guided<'_> {
-    fn timestep(&self, sigma: f64) -> f64 {
+    fn lookup_timestep(&self, sigma: f64) -> f64 {
         // The listed sigmas map to the scheduler's exact timesteps (diffusers parity); any
         // other sigma (solvers that evaluate between steps) is mapped by interpolation.
         self.run
@@ -567,32 +593,50 @@ impl Denoise for Guided<'_> {
         if self.hooks.cancelled() {
             return Err(EngineError::Cancelled { at_step: self.step });
         }
-        let t = self.timestep(sigma);
+        let t = self.lookup_timestep(sigma);
         let x_in = (x * denoiser::c_in(sigma))?;
-        let b = if self.guided { 2 } else { 1 };
-        let batch = if self.guided {
-            Tensor::cat(&[&x_in, &x_in], 0)?
-        } else {
-            x_in
-        };
+        // CFG truncation: after the chosen fraction of steps only the conditional pass runs.
+        let guided = self.guided && self.step < self.guided_steps;
+        let b = if guided { 2 } else { 1 };
+        let batch = if guided { Tensor::cat(&[&x_in, &x_in], 0)? } else { x_in };
         let timesteps = vec![t; b];
-        let added = match (self.added, &self.cond.pooled) {
+        // Row 1 of the conditioning batch is the prompt, row 0 the negative prompt.
+        let (context, pooled, ids) = if guided || !self.guided {
+            (self.cond.context.clone(), self.cond.pooled.clone(), self.added.cloned())
+        } else {
+            (
+                self.cond.context.narrow(0, 1, 1)?,
+                self.cond.pooled.as_ref().map(|p| p.narrow(0, 1, 1)).transpose()?,
+                self.added.map(|a| a.narrow(0, 1, 1)).transpose()?,
+            )
+        };
+        let added = match (ids.as_ref(), pooled.as_ref()) {
             (Some(ids), Some(p)) => Some((p, ids)),
             _ => None,
         };
         let out = self.pipe.unet.forward(&UnetInput {
             sample: &batch,
             timesteps: &timesteps,
-            context: &self.cond.context,
+            context: &context,
             added,
         })?;
         self.nfe += b as u32;
-        let out = if self.guided {
-            denoiser::cfg(&out.narrow(0, 0, 1)?, &out.narrow(0, 1, 1)?, self.scale)?
+        let out = if guided {
+            let (uncond, cond) = (out.narrow(0, 0, 1)?, out.narrow(0, 1, 1)?);
+            let g = denoiser::cfg(&uncond, &cond, self.scale)?;
+            if self.rescale > 0.0 {
+                rescale_cfg(&g, &cond, self.rescale)?
+            } else {
+                g
+            }
         } else {
             out
         };
         denoiser::prediction_to_x0(self.pipe.config.prediction, x, &out, sigma)
+    }
+
+    fn timestep(&self, sigma: f64) -> f64 {
+        self.lookup_timestep(sigma)
     }
 
     fn step_done(&mut self, step: usize, _x: &Tensor, x0: &Tensor) -> Result<()> {

@@ -41,20 +41,13 @@ impl LatentRgb {
     /// resolution. Latent spaces with other than 4 channels give a grey-scale view of channel 0.
     pub fn project(&self, latents: &Tensor) -> Result<ImageRgb8> {
         let (_, c, h, w) = latents.dims4()?;
-        let data: Vec<f32> = latents
-            .get(0)?
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
+        let data: Vec<f32> = latents.get(0)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
         let plane = h * w;
         let mut pixels = Vec::with_capacity(plane * 3);
         for p in 0..plane {
             for ch in 0..3 {
                 let v = if c == 4 {
-                    self.bias[ch]
-                        + (0..4)
-                            .map(|k| data[k * plane + p] * self.weights[k][ch])
-                            .sum::<f32>()
+                    self.bias[ch] + (0..4).map(|k| data[k * plane + p] * self.weights[k][ch]).sum::<f32>()
                 } else {
                     data[p] * 0.25
                 };
@@ -71,9 +64,5 @@ impl LatentRgb {
 
 /// [0, 1] -> 0..=255 with rounding, as diffusers' `numpy_to_pil`; NaN becomes 0.
 pub fn to_u8(v: f32) -> u8 {
-    if v.is_nan() {
-        0
-    } else {
-        (v.clamp(0.0, 1.0) * 255.0).round() as u8
-    }
+    if v.is_nan() { 0 } else { (v.clamp(0.0, 1.0) * 255.0).round() as u8 }
 }

@@ -109,8 +109,17 @@ pub struct GenerateRequest {
     pub steps: u32,
     pub cfg_scale: f64,
     pub seed: u64,
-    /// Solver name as listed by `latent-studio solvers` (`ddim`, `euler`).
+    /// Solver name as listed by `latent-studio solvers` (`euler`, `dpm++2m`, `unipc`, ...).
     pub solver: String,
+    /// Schedule name (`default`, `karras`, `trailing`, ...; see `latent-studio solvers`).
+    pub schedule: String,
+    /// Noise scale of solvers that have one (DDIM's eta, ancestral solvers); None = default.
+    pub eta: Option<f64>,
+    /// Guidance rescale phi (Lin et al. 2023), 0 = off.
+    pub cfg_rescale: f64,
+    /// Fraction of the steps that use classifier-free guidance; later steps run the
+    /// conditional pass only (half the cost). 1 = guidance throughout.
+    pub cfg_until: f64,
     /// A1111's "Clip skip": 1 uses the last layer, 2 the one before, ...
     pub clip_skip: u32,
     /// Emit a latent preview every this many steps (0 = never).
@@ -128,6 +137,10 @@ impl Default for GenerateRequest {
             cfg_scale: 7.0,
             seed: 0,
             solver: "euler".into(),
+            schedule: "default".into(),
+            eta: None,
+            cfg_rescale: 0.0,
+            cfg_until: 1.0,
             clip_skip: 1,
             preview_every: 1,
         }

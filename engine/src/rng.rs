@@ -22,9 +22,7 @@ pub struct TorchRng {
 
 impl std::fmt::Debug for TorchRng {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TorchRng")
-            .field("index", &self.index)
-            .finish_non_exhaustive()
+        f.debug_struct("TorchRng").field("index", &self.index).finish_non_exhaustive()
     }
 }
 
@@ -35,9 +33,7 @@ impl TorchRng {
         state[0] = (seed & 0xffff_ffff) as u32;
         for j in 1..N {
             let prev = state[j - 1];
-            state[j] = 1_812_433_253u32
-                .wrapping_mul(prev ^ (prev >> 30))
-                .wrapping_add(j as u32);
+            state[j] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(j as u32);
         }
         Self { state, index: N }
     }
@@ -100,6 +96,70 @@ impl TorchRng {
     }
 }
 
+impl TorchRng {
+    /// `torch.randn(n, dtype=torch.float64)` for `n >= 16` (53-bit uniforms from two draws each,
+    /// Box-Muller in double); shorter requests are padded and truncated as in [`randn_f32`].
+    ///
+    /// [`randn_f32`]: TorchRng::randn_f32
+    pub fn randn_f64(&mut self, n: usize) -> Vec<f64> {
+        if n < 16 {
+            let mut block = self.randn_f64(16);
+            block.truncate(n);
+            return block;
+        }
+        let mut data: Vec<f64> = (0..n).map(|_| self.next_uniform_f64()).collect();
+        let mut i = 0;
+        while i + 16 <= n {
+            box_muller_16_f64(&mut data[i..i + 16]);
+            i += 16;
+        }
+        if !n.is_multiple_of(16) {
+            let tail = n - 16;
+            for v in &mut data[tail..] {
+                *v = self.next_uniform_f64();
+            }
+            box_muller_16_f64(&mut data[tail..]);
+        }
+        data
+    }
+
+    /// A double uniform in [0, 1) with torch's 53-bit construction (`random64`: high word first).
+    pub fn next_uniform_f64(&mut self) -> f64 {
+        let hi = self.next_u32() as u64;
+        let lo = self.next_u32() as u64;
+        let bits = ((hi << 32) | lo) & ((1u64 << 53) - 1);
+        bits as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Standard normal noise shaped and typed like `like` (f64 tensors get torch's double
+    /// stream, everything else its float stream), on the same device.
+    pub fn randn_like(&mut self, like: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        self.randn_as(like, like.dtype())
+    }
+
+    /// Standard normal noise shaped like `like`, drawn as `dtype` and returned in `like`'s dtype.
+    pub fn randn_as(&mut self, like: &candle_core::Tensor, dtype: candle_core::DType) -> candle_core::Result<candle_core::Tensor> {
+        let n = like.elem_count();
+        let t = if dtype == candle_core::DType::F64 {
+            candle_core::Tensor::from_vec(self.randn_f64(n), like.dims(), like.device())?
+        } else {
+            candle_core::Tensor::from_vec(self.randn_f32(n), like.dims(), like.device())?
+        };
+        t.to_dtype(like.dtype())
+    }
+}
+
+fn box_muller_16_f64(data: &mut [f64]) {
+    for j in 0..8 {
+        let u1 = 1.0 - data[j];
+        let u2 = data[j + 8];
+        let radius = (-2.0 * u1.ln()).sqrt();
+        let theta = 2.0 * std::f64::consts::PI * u2;
+        data[j] = radius * theta.cos();
+        data[j + 8] = radius * theta.sin();
+    }
+}
+
 fn box_muller_16(data: &mut [f32]) {
     for j in 0..8 {
         let u1 = 1.0f32 - data[j];
@@ -124,6 +184,21 @@ mod tests {
             last = rng.next_u32();
         }
         assert_eq!(last, 4_123_659_995);
+    }
+
+    #[test]
+    fn torch_randn_f64_seed_0() {
+        // Printed by torch 2.15: torch.randn(20, generator=g.manual_seed(0), dtype=torch.float64)
+        let mut rng = TorchRng::new(0);
+        let v = rng.randn_f64(20);
+        let expected = [
+            (0, -2.310_411_800_234_176),
+            (1, -0.373_250_861_257_764_3),
+            (19, -0.749_891_522_839_194_1),
+        ];
+        for (i, e) in expected {
+            assert!((v[i] - e).abs() < 1e-12, "[{i}] {} vs {e}", v[i]);
+        }
     }
 
     #[test]

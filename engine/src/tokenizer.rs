@@ -38,10 +38,7 @@ pub struct ClipTokenizer {
 /// GPT-2's reversible byte -> printable-character table, and the bytes in vocabulary order
 /// (printable ones first, as `bytes_to_unicode().values()` lists them).
 fn bytes_to_unicode() -> ([char; 256], Vec<u8>) {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut chars: Vec<u32> = printable.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -76,34 +73,16 @@ impl ClipTokenizer {
             .lines()
             .skip(1)
             .take(49152 - 256 - 2)
-            .filter_map(|l| {
-                l.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-            })
+            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
             .collect();
         let (byte_to_char, order) = bytes_to_unicode();
-        let mut vocab: Vec<String> = order
-            .iter()
-            .map(|&b| byte_to_char[b as usize].to_string())
-            .collect();
-        vocab.extend(
-            order
-                .iter()
-                .map(|&b| format!("{}</w>", byte_to_char[b as usize])),
-        );
+        let mut vocab: Vec<String> = order.iter().map(|&b| byte_to_char[b as usize].to_string()).collect();
+        vocab.extend(order.iter().map(|&b| format!("{}</w>", byte_to_char[b as usize])));
         vocab.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
         vocab.push("<|startoftext|>".into());
         vocab.push("<|endoftext|>".into());
-        let encoder: HashMap<String, u32> = vocab
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| (s, i as u32))
-            .collect();
-        let ranks = merges
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| (m, i))
-            .collect();
+        let encoder: HashMap<String, u32> = vocab.into_iter().enumerate().map(|(i, s)| (s, i as u32)).collect();
+        let ranks = merges.into_iter().enumerate().map(|(i, m)| (m, i)).collect();
         let pattern = regex::Regex::new(r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+")
             .map_err(|e| EngineError::Other(e.to_string()))?;
         let comma = *encoder
@@ -125,10 +104,7 @@ impl ClipTokenizer {
         {
             return ids.clone();
         }
-        let chars: Vec<String> = word
-            .bytes()
-            .map(|b| self.byte_to_char[b as usize].to_string())
-            .collect();
+        let chars: Vec<String> = word.bytes().map(|b| self.byte_to_char[b as usize].to_string()).collect();
         let mut parts = chars;
         if let Some(last) = parts.last_mut() {
             last.push_str("</w>");
@@ -137,11 +113,7 @@ impl ClipTokenizer {
             let best = parts
                 .windows(2)
                 .enumerate()
-                .filter_map(|(i, p)| {
-                    self.ranks
-                        .get(&(p[0].clone(), p[1].clone()))
-                        .map(|r| (*r, i))
-                })
+                .filter_map(|(i, p)| self.ranks.get(&(p[0].clone(), p[1].clone())).map(|r| (*r, i)))
                 .min();
             let Some((_, at)) = best else { break };
             let (a, b) = (parts[at].clone(), parts[at + 1].clone());
@@ -158,10 +130,7 @@ impl ClipTokenizer {
             }
             parts = merged;
         }
-        let ids: Vec<u32> = parts
-            .iter()
-            .filter_map(|p| self.encoder.get(p).copied())
-            .collect();
+        let ids: Vec<u32> = parts.iter().filter_map(|p| self.encoder.get(p).copied()).collect();
         if let Ok(mut c) = self.cache.lock() {
             if c.len() > 100_000 {
                 c.clear();
@@ -173,11 +142,7 @@ impl ClipTokenizer {
 
     /// Token ids of `text` without start/end tokens.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let cleaned = text
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_lowercase();
+        let cleaned = text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
         let mut out = vec![];
         for m in self.pattern.find_iter(&cleaned) {
             match m.as_str() {

@@ -79,12 +79,7 @@ impl CancelBoard {
     }
     fn start(&self, id: JobId) -> bool {
         self.running.store(id.wrapping_add(1), Ordering::SeqCst);
-        let requested = self.is_shutting_down()
-            || self
-                .requested
-                .lock()
-                .map(|r| r.contains(&id))
-                .unwrap_or(false);
+        let requested = self.is_shutting_down() || self.requested.lock().map(|r| r.contains(&id)).unwrap_or(false);
         self.flag.store(requested, Ordering::SeqCst);
         requested
     }
@@ -140,8 +135,7 @@ impl Worker {
                 Command::SetLoras(list) if list.is_empty() => Ok(()),
                 Command::SetLoras(_) => self.emit(Event::Warning {
                     id: None,
-                    message: "LoRA support is not in this build yet; the LoRA list was ignored"
-                        .into(),
+                    message: "LoRA support is not in this build yet; the LoRA list was ignored".into(),
                 }),
                 Command::Cancel(id) => {
                     self.board.cancel(id);
@@ -165,19 +159,12 @@ impl Worker {
             }),
             Err(p) => self.emit(Event::Failed {
                 id: None,
-                error: format!(
-                    "internal error while loading (the engine recovered): {}",
-                    panic_message(&*p)
-                ),
+                error: format!("internal error while loading (the engine recovered): {}", panic_message(&*p)),
             }),
         }
     }
 
-    fn job(
-        &mut self,
-        id: JobId,
-        request: &GenerateRequest,
-    ) -> std::result::Result<(), Disconnected> {
+    fn job(&mut self, id: JobId, request: &GenerateRequest) -> std::result::Result<(), Disconnected> {
         if self.board.start(id) {
             self.board.finish(id);
             return self.emit(Event::Cancelled { id, at_step: 0 });
@@ -196,18 +183,11 @@ impl Worker {
                 self.board.finish(id);
                 return self.emit(Event::Failed {
                     id: Some(id),
-                    error: format!(
-                        "internal error (the engine recovered): {}",
-                        panic_message(&*p)
-                    ),
+                    error: format!("internal error (the engine recovered): {}", panic_message(&*p)),
                 });
             }
         };
-        self.emit(Event::Started {
-            id,
-            total_steps,
-            nfe,
-        })?;
+        self.emit(Event::Started { id, total_steps, nfe })?;
         let mut hooks = EventHooks {
             id,
             worker_events: &self.events,
@@ -238,10 +218,7 @@ impl Worker {
             },
             Err(p) => Event::Failed {
                 id: Some(id),
-                error: format!(
-                    "internal error (the engine recovered): {}",
-                    panic_message(&*p)
-                ),
+                error: format!("internal error (the engine recovered): {}", panic_message(&*p)),
             },
         };
         self.emit(last)
@@ -282,11 +259,7 @@ impl Hooks for EventHooks<'_> {
     }
     fn preview(&mut self, step: u32, image: ImageRgb8) {
         // Previews are droppable: a slow window skips some rather than slowing the engine.
-        match self.worker_events.try_send(Event::Preview {
-            id: self.id,
-            step,
-            image,
-        }) {
+        match self.worker_events.try_send(Event::Preview { id: self.id, step, image }) {
             Ok(()) => (self.waker)(),
             Err(TrySendError::Full(_)) => {}
             Err(TrySendError::Disconnected(_)) => self.disconnected = true,

@@ -7,9 +7,7 @@ use candle_core::{Device, Tensor};
 
 /// `tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel)
 }
 
 /// The families with committed tiny models.
@@ -18,27 +16,19 @@ pub const FAMILIES: [&str; 3] = ["sd1", "sd2", "sdxl"];
 /// The two layouts of each tiny model.
 pub fn layouts(family: &str) -> [(&'static str, PathBuf); 2] {
     [
-        (
-            "single-file",
-            fixture(&format!("{family}/{family}-tiny.safetensors")),
-        ),
+        ("single-file", fixture(&format!("{family}/{family}-tiny.safetensors"))),
         ("diffusers", fixture(&format!("{family}/diffusers"))),
     ]
 }
 
 /// diffusers' outputs for a family (see `fixtures/make_fixtures.py`).
 pub fn reference(family: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(
-        fixture(&format!("{family}/reference.safetensors")),
-        &Device::Cpu,
-    )
-    .expect("reference fixture")
+    candle_core::safetensors::load(fixture(&format!("{family}/reference.safetensors")), &Device::Cpu).expect("reference fixture")
 }
 
 /// The JSON description next to the reference tensors.
 pub fn reference_json(family: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(fixture(&format!("{family}/reference.json")))
-        .expect("reference.json");
+    let text = std::fs::read_to_string(fixture(&format!("{family}/reference.json"))).expect("reference.json");
     serde_json::from_str(&text).expect("valid reference.json")
 }
 
@@ -55,11 +45,7 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
         .and_then(|t| t.to_vec1())
         .expect("tensor b");
     assert_eq!(a.len(), b.len(), "element counts differ");
-    let num: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den.max(1e-30)).sqrt()
 }

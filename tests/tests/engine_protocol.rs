@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use latent_engine::pipeline::{Hooks, Output, Pipeline};
-use latent_engine::protocol::{
-    DType, Event, GenerateRequest, ImageRgb8, JobId, LatentsOut, ModelInfo, ModelSpec, Timings,
-};
+use latent_engine::protocol::{DType, Event, GenerateRequest, ImageRgb8, JobId, LatentsOut, ModelInfo, ModelSpec, Timings};
 use latent_engine::worker::Backend;
 use latent_engine::{EngineConfig, EngineError, EngineHandle};
 use latent_tests::fixture;
@@ -29,13 +27,12 @@ fn request(steps: u32, seed: u64) -> GenerateRequest {
         solver: "euler".into(),
         clip_skip: 1,
         preview_every: 1,
+        ..Default::default()
     }
 }
 
 fn next(engine: &EngineHandle) -> Event {
-    engine
-        .recv_timeout(Duration::from_secs(120))
-        .expect("an event within 120 s")
+    engine.recv_timeout(Duration::from_secs(120)).expect("an event within 120 s")
 }
 
 fn loaded(config: EngineConfig) -> EngineHandle {
@@ -82,21 +79,12 @@ fn generate_yields_started_progress_then_exactly_one_final_and_no_late_previews(
     );
     let steps: Vec<u32> = events
         .iter()
-        .filter_map(|e| {
-            if let Event::Progress { step, .. } = e {
-                Some(*step)
-            } else {
-                None
-            }
-        })
+        .filter_map(|e| if let Event::Progress { step, .. } = e { Some(*step) } else { None })
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4]);
     assert_eq!(events.iter().filter(|e| e.is_final()).count(), 1);
     assert!(matches!(events.last(), Some(Event::Finished { .. })));
-    let previews = events
-        .iter()
-        .filter(|e| matches!(e, Event::Preview { .. }))
-        .count();
+    let previews = events.iter().filter(|e| matches!(e, Event::Preview { .. })).count();
     assert!(previews >= 1, "previews are produced when asked for");
     // Nothing for this job after its final event.
     std::thread::sleep(Duration::from_millis(300));
@@ -149,10 +137,7 @@ fn cancel_stops_the_running_job_before_its_next_evaluation() {
     }
     // The engine keeps serving.
     let id2 = engine.generate(request(2, 3)).expect("send");
-    assert!(matches!(
-        job_events(&engine, id2).last(),
-        Some(Event::Finished { .. })
-    ));
+    assert!(matches!(job_events(&engine, id2).last(), Some(Event::Finished { .. })));
 }
 
 /// Cancellation is polled once per network evaluation: stopping after the k-th poll leaves
@@ -225,14 +210,8 @@ fn previews_are_dropped_when_the_window_is_slow_but_final_events_are_not() {
     // A window that does not drain for a while.
     std::thread::sleep(Duration::from_secs(3));
     let events = job_events(&engine, id);
-    let progress = events
-        .iter()
-        .filter(|e| matches!(e, Event::Progress { .. }))
-        .count();
-    let previews = events
-        .iter()
-        .filter(|e| matches!(e, Event::Preview { .. }))
-        .count();
+    let progress = events.iter().filter(|e| matches!(e, Event::Progress { .. })).count();
+    let previews = events.iter().filter(|e| matches!(e, Event::Preview { .. })).count();
     assert_eq!(progress, 12, "progress is never dropped");
     assert!(previews < 12, "some previews were dropped ({previews})");
     assert!(matches!(events.last(), Some(Event::Finished { .. })));
@@ -277,8 +256,7 @@ fn no_model_and_bad_requests_fail_cleanly() {
 #[test]
 fn a_failed_load_keeps_the_current_model() {
     let engine = loaded(EngineConfig::default());
-    let garbage =
-        std::env::temp_dir().join(format!("latent-garbage-{}.safetensors", std::process::id()));
+    let garbage = std::env::temp_dir().join(format!("latent-garbage-{}.safetensors", std::process::id()));
     std::fs::write(&garbage, b"definitely not a checkpoint").expect("write");
     engine.load_model(ModelSpec::new(&garbage)).expect("send");
     match next(&engine) {
@@ -286,10 +264,7 @@ fn a_failed_load_keeps_the_current_model() {
         other => panic!("{other:?}"),
     }
     let id = engine.generate(request(2, 1)).expect("send");
-    assert!(matches!(
-        job_events(&engine, id).last(),
-        Some(Event::Finished { .. })
-    ));
+    assert!(matches!(job_events(&engine, id).last(), Some(Event::Finished { .. })));
     let _ = std::fs::remove_file(garbage);
 }
 
@@ -310,11 +285,7 @@ impl Backend for Faulty {
     fn prepare(&self, r: &GenerateRequest) -> latent_engine::Result<(u32, u32)> {
         Ok((r.steps, r.steps))
     }
-    fn generate(
-        &mut self,
-        r: &GenerateRequest,
-        hooks: &mut dyn Hooks,
-    ) -> latent_engine::Result<Output> {
+    fn generate(&mut self, r: &GenerateRequest, hooks: &mut dyn Hooks) -> latent_engine::Result<Output> {
         if r.prompt == "panic" {
             panic!("injected fault");
         }
@@ -344,8 +315,7 @@ impl Backend for Faulty {
 
 #[test]
 fn a_panic_inside_a_job_becomes_failed_and_the_engine_keeps_serving() {
-    let engine = EngineHandle::spawn_with_backend(EngineConfig::default(), Box::new(Faulty), || {})
-        .expect("spawn");
+    let engine = EngineHandle::spawn_with_backend(EngineConfig::default(), Box::new(Faulty), || {}).expect("spawn");
     let mut r = request(1, 1);
     r.prompt = "panic".into();
     let id = engine.generate(r).expect("send");
@@ -354,10 +324,7 @@ fn a_panic_inside_a_job_becomes_failed_and_the_engine_keeps_serving() {
         other => panic!("{other:?}"),
     }
     let id = engine.generate(request(1, 1)).expect("send");
-    assert!(matches!(
-        job_events(&engine, id).last(),
-        Some(Event::Finished { .. })
-    ));
+    assert!(matches!(job_events(&engine, id).last(), Some(Event::Finished { .. })));
 }
 
 #[test]
@@ -381,17 +348,10 @@ fn the_caller_never_blocks_on_a_busy_engine() {
             refused += 1;
         }
     }
-    assert!(
-        t0.elapsed() < Duration::from_millis(500),
-        "sending took {:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() < Duration::from_millis(500), "sending took {:?}", t0.elapsed());
     assert!(refused > 0, "a full queue refuses instead of blocking");
     engine.cancel(running);
-    assert!(matches!(
-        job_events(&engine, running).last(),
-        Some(Event::Cancelled { .. })
-    ));
+    assert!(matches!(job_events(&engine, running).last(), Some(Event::Cancelled { .. })));
 }
 
 #[test]
@@ -407,21 +367,12 @@ fn the_engine_thread_is_named() {
         fn prepare(&self, r: &GenerateRequest) -> latent_engine::Result<(u32, u32)> {
             Faulty.prepare(r)
         }
-        fn generate(
-            &mut self,
-            r: &GenerateRequest,
-            h: &mut dyn Hooks,
-        ) -> latent_engine::Result<Output> {
+        fn generate(&mut self, r: &GenerateRequest, h: &mut dyn Hooks) -> latent_engine::Result<Output> {
             Faulty.generate(r, h)
         }
     }
     let name = Arc::new(std::sync::Mutex::new(None));
-    let engine = EngineHandle::spawn_with_backend(
-        EngineConfig::default(),
-        Box::new(Named(name.clone())),
-        || {},
-    )
-    .expect("spawn");
+    let engine = EngineHandle::spawn_with_backend(EngineConfig::default(), Box::new(Named(name.clone())), || {}).expect("spawn");
     engine.load_model(tiny()).expect("send");
     assert!(matches!(next(&engine), Event::ModelLoaded { .. }));
     assert_eq!(name.lock().expect("lock").as_deref(), Some("latent-engine"));

@@ -62,12 +62,7 @@ fn initial_noise_matches_torch_cpu_generator() {
     let r = reference("sd1");
     let want = &r["noise"];
     let mut rng = TorchRng::new(1);
-    let got = Tensor::from_vec(
-        rng.randn_f32(want.elem_count()),
-        want.dims(),
-        &candle_core::Device::Cpu,
-    )
-    .expect("tensor");
+    let got = Tensor::from_vec(rng.randn_f32(want.elem_count()), want.dims(), &candle_core::Device::Cpu).expect("tensor");
     let max = (got - want)
         .expect("sub")
         .abs()
@@ -88,58 +83,39 @@ fn check_family(family: &str) {
     let negative = j["negative"].as_str().expect("negative");
     for (layout, path) in layouts(family) {
         let what = |s: &str| format!("{family}/{layout}/{s}");
-        let pipe = Pipeline::load(&ModelSpec::new(&path))
-            .unwrap_or_else(|e| panic!("{}: {e}", what("load")));
+        let pipe = Pipeline::load(&ModelSpec::new(&path)).unwrap_or_else(|e| panic!("{}: {e}", what("load")));
 
-        let (context, pooled) = pipe
-            .encode_prompt(prompt, negative, 1, true)
-            .expect("encode");
+        let (context, pooled) = pipe.encode_prompt(prompt, negative, 1, true).expect("encode");
         report(
             &what("text uncond"),
-            rel_l2(
-                &context.get(0).expect("row"),
-                &r["text.uncond"].get(0).expect("row"),
-            ),
+            rel_l2(&context.get(0).expect("row"), &r["text.uncond"].get(0).expect("row")),
         );
         report(
             &what("text cond"),
-            rel_l2(
-                &context.get(1).expect("row"),
-                &r["text.cond"].get(0).expect("row"),
-            ),
+            rel_l2(&context.get(1).expect("row"), &r["text.cond"].get(0).expect("row")),
         );
         if family == "sdxl" {
             let pooled = pooled.expect("SDXL has pooled embeddings");
             report(
                 &what("pooled uncond"),
-                rel_l2(
-                    &pooled.get(0).expect("row"),
-                    &r["text.pooled_uncond"].get(0).expect("row"),
-                ),
+                rel_l2(&pooled.get(0).expect("row"), &r["text.pooled_uncond"].get(0).expect("row")),
             );
             report(
                 &what("pooled cond"),
-                rel_l2(
-                    &pooled.get(1).expect("row"),
-                    &r["text.pooled_cond"].get(0).expect("row"),
-                ),
+                rel_l2(&pooled.get(1).expect("row"), &r["text.pooled_cond"].get(0).expect("row")),
             );
         }
 
         let (skip2, _) = pipe.encode_prompt(prompt, "", 2, false).expect("encode");
         report(
             &what("text cond, clip skip 2"),
-            rel_l2(
-                &skip2.get(0).expect("row"),
-                &r["text.cond_clip_skip2"].get(0).expect("row"),
-            ),
+            rel_l2(&skip2.get(0).expect("row"), &r["text.cond_clip_skip2"].get(0).expect("row")),
         );
 
         let x = &r["unet.input"];
         let cond = r["text.cond"].clone();
         let size = j["size"].as_f64().expect("size") as f32;
-        let ids = Tensor::from_vec(vec![size, size, 0.0, 0.0, size, size], (1, 6), x.device())
-            .expect("ids");
+        let ids = Tensor::from_vec(vec![size, size, 0.0, 0.0, size, size], (1, 6), x.device()).expect("ids");
         let pooled_cond = r.get("text.pooled_cond").cloned();
         let added = pooled_cond.as_ref().map(|p| (p, &ids));
         let out = pipe
@@ -168,15 +144,11 @@ fn check_family(family: &str) {
                 solver: solver.into(),
                 clip_skip: 1,
                 preview_every: 0,
+                ..Default::default()
             };
             let job = pipe.validate(&req).expect("valid request");
             let out = pipe.generate(&job, &mut Quiet).expect("generate");
-            let lat = Tensor::from_vec(
-                out.latents.data.clone(),
-                out.latents.shape.clone(),
-                x.device(),
-            )
-            .expect("latents");
+            let lat = Tensor::from_vec(out.latents.data.clone(), out.latents.shape.clone(), x.device()).expect("latents");
             report(
                 &what(&format!("{solver} 10-step latents")),
                 rel_l2(&lat, &r[&format!("run.{solver}.latents")]),
@@ -194,11 +166,7 @@ fn check_family(family: &str) {
                 .zip(&want)
                 .map(|(a, b)| (*a as f32 - b * 255.0).abs())
                 .fold(0.0f32, f32::max);
-            assert!(
-                worst <= 1.0,
-                "{}: image differs by {worst} levels",
-                what(solver)
-            );
+            assert!(worst <= 1.0, "{}: image differs by {worst} levels", what(solver));
             assert_eq!(out.timings.nfe, 20, "10 steps with CFG are 20 evaluations");
         }
         let _ = DType::F32;
@@ -243,16 +211,10 @@ fn half_precision_runs_stay_close_to_f32() {
             solver: "ddim".into(),
             clip_skip: 1,
             preview_every: 0,
+            ..Default::default()
         };
-        let out = pipe
-            .generate(&pipe.validate(&req).expect("valid"), &mut Quiet)
-            .expect("generate");
-        let lat = Tensor::from_vec(
-            out.latents.data,
-            out.latents.shape,
-            &candle_core::Device::Cpu,
-        )
-        .expect("latents");
+        let out = pipe.generate(&pipe.validate(&req).expect("valid"), &mut Quiet).expect("generate");
+        let lat = Tensor::from_vec(out.latents.data, out.latents.shape, &candle_core::Device::Cpu).expect("latents");
         let err = rel_l2(&lat, &r["run.ddim.latents"]);
         println!("{dtype:?}: rel L2 vs diffusers f32 {err:.2e}");
         assert!(err < tol, "{dtype:?}: {err}");

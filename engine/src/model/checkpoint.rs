@@ -43,9 +43,7 @@ pub struct Weights {
 impl Weights {
     /// The tensor called `name`, or a clear error.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| EngineError::MissingTensor(name.to_string()))
+        self.tensors.get(name).ok_or_else(|| EngineError::MissingTensor(name.to_string()))
     }
     /// True when a tensor of that name exists.
     pub fn has(&self, name: &str) -> bool {
@@ -60,10 +58,7 @@ impl Weights {
     }
     /// Names starting with `prefix`.
     pub fn names_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.shapes
-            .keys()
-            .filter(move |k| k.starts_with(prefix))
-            .map(String::as_str)
+        self.shapes.keys().filter(move |k| k.starts_with(prefix)).map(String::as_str)
     }
     /// Parameter count of the tensors whose names start with `prefix`.
     pub fn parameters(&self, prefix: &str) -> usize {
@@ -79,10 +74,7 @@ const PICKLE_EXTENSIONS: &[&str] = &["ckpt", "pt", "pth", "bin", "pkl", "pickle"
 
 /// Refuses pickle checkpoints before reading them, by extension or by their first bytes.
 pub fn refuse_pickle(path: &Path) -> Result<()> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     if let Some(ext) = ext.as_deref()
         && PICKLE_EXTENSIONS.contains(&ext)
     {
@@ -149,14 +141,12 @@ impl SafetensorsFile {
 
     /// Parses (and thereby validates) the header and offsets.
     pub fn parse(&self) -> Result<safetensors::SafeTensors<'_>> {
-        safetensors::SafeTensors::deserialize(&self.mmap)
-            .map_err(|e| self.bad(describe_st_error(&e)))
+        safetensors::SafeTensors::deserialize(&self.mmap).map_err(|e| self.bad(describe_st_error(&e)))
     }
 
     /// The `__metadata__` map.
     pub fn metadata(&self) -> Result<HashMap<String, String>> {
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&self.mmap)
-            .map_err(|e| self.bad(describe_st_error(&e)))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&self.mmap).map_err(|e| self.bad(describe_st_error(&e)))?;
         Ok(meta.metadata().clone().unwrap_or_default())
     }
 
@@ -165,28 +155,14 @@ impl SafetensorsFile {
         let st = self.parse()?;
         Ok(st
             .iter()
-            .map(|(n, v)| {
-                (
-                    n.to_string(),
-                    v.shape().to_vec(),
-                    dtype_name(v.dtype()).to_string(),
-                )
-            })
+            .map(|(n, v)| (n.to_string(), v.shape().to_vec(), dtype_name(v.dtype()).to_string()))
             .collect())
     }
 
     /// Loads tensor `name` as `dtype` on `device` (None when its dtype is not a float).
-    pub fn load(
-        &self,
-        name: &str,
-        transform: Transform,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Option<Tensor>> {
+    pub fn load(&self, name: &str, transform: Transform, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
         let st = self.parse()?;
-        let view = st
-            .tensor(name)
-            .map_err(|e| self.bad(describe_st_error(&e)))?;
+        let view = st.tensor(name).map_err(|e| self.bad(describe_st_error(&e)))?;
         load_view(&view, transform, dtype, device)
     }
 }
@@ -194,13 +170,9 @@ impl SafetensorsFile {
 fn describe_st_error(e: &safetensors::SafeTensorError) -> String {
     use safetensors::SafeTensorError as E;
     match e {
-        E::HeaderTooSmall | E::HeaderTooLarge | E::InvalidHeaderLength => {
-            "the header is damaged (not a safetensors file?)".into()
-        }
+        E::HeaderTooSmall | E::HeaderTooLarge | E::InvalidHeaderLength => "the header is damaged (not a safetensors file?)".into(),
         E::MetadataIncompleteBuffer => "the file is truncated (incomplete download?)".into(),
-        E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_) => {
-            "the header is not valid JSON".into()
-        }
+        E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_) => "the header is not valid JSON".into(),
         other => other.to_string(),
     }
 }
@@ -249,12 +221,7 @@ fn transformed_shape(shape: &[usize], transform: Transform) -> Vec<usize> {
     }
 }
 
-fn load_view(
-    view: &safetensors::tensor::TensorView<'_>,
-    transform: Transform,
-    dtype: DType,
-    device: &Device,
-) -> Result<Option<Tensor>> {
+fn load_view(view: &safetensors::tensor::TensorView<'_>, transform: Transform, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
     use safetensors::Dtype as D;
     let src = match view.dtype() {
         D::F16 => DType::F16,
@@ -272,11 +239,7 @@ fn load_view(
         }
         Transform::ConvToLinear => {
             let d = t.dims().to_vec();
-            if d.len() == 4 {
-                t.reshape((d[0], d[1]))?
-            } else {
-                t
-            }
+            if d.len() == 4 { t.reshape((d[0], d[1]))? } else { t }
         }
         Transform::Transpose => t.t()?,
     };
@@ -348,9 +311,7 @@ fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result
     let mut w = empty(Layout::SingleFile);
     w.metadata = file.metadata()?;
     for n in &names {
-        if n.starts_with("cond_stage_model.transformer.")
-            || n.starts_with("conditioner.embedders.0.transformer.")
-        {
+        if n.starts_with("cond_stage_model.transformer.") || n.starts_with("conditioner.embedders.0.transformer.") {
             w.text_flavors[0] = Some(TextFlavor::OpenAi);
         } else if n.starts_with("cond_stage_model.model.") {
             w.text_flavors[0] = Some(TextFlavor::OpenClip);
@@ -372,17 +333,14 @@ fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result
         .max()
         .map_or(0, |m| m + 1);
     for (src, r) in renamed {
-        let view = st
-            .tensor(&src)
-            .map_err(|e| file.bad(describe_st_error(&e)))?;
+        let view = st.tensor(&src).map_err(|e| file.bad(describe_st_error(&e)))?;
         w.stored_dtypes.insert(dtype_name(view.dtype()).to_string());
         w.bytes += view.data().len() as u64;
         if !is_float(view.dtype()) {
             continue;
         }
         let name = convert::resolve_decoder_index(&r.name, num_up);
-        w.shapes
-            .insert(name.clone(), transformed_shape(view.shape(), r.transform));
+        w.shapes.insert(name.clone(), transformed_shape(view.shape(), r.transform));
         if read == Read::Tensors
             && let Some(t) = load_view(&view, r.transform, dtype, device)?
         {
@@ -398,8 +356,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_str(&text)
-        .map_err(|e| EngineError::Other(format!("{}: invalid JSON: {e}", path.display())))
+    serde_json::from_str(&text).map_err(|e| EngineError::Other(format!("{}: invalid JSON: {e}", path.display())))
 }
 
 /// The safetensors files holding one diffusers component, preferring full precision.
@@ -415,12 +372,7 @@ fn component_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 let v = read_json(&index)?;
                 let mut files: Vec<PathBuf> = v["weight_map"]
                     .as_object()
-                    .map(|m| {
-                        m.values()
-                            .filter_map(|f| f.as_str())
-                            .map(|f| dir.join(f))
-                            .collect()
-                    })
+                    .map(|m| m.values().filter_map(|f| f.as_str()).map(|f| dir.join(f)).collect())
                     .unwrap_or_default();
                 files.sort();
                 files.dedup();
@@ -451,10 +403,7 @@ fn load_diffusers(dir: &Path, dtype: DType, device: &Device, read: Read) -> Resu
         )));
     }
     let mut w = empty(Layout::Diffusers);
-    w.configs.insert(
-        "model_index".into(),
-        read_json(&dir.join("model_index.json"))?,
-    );
+    w.configs.insert("model_index".into(), read_json(&dir.join("model_index.json"))?);
     let sched = dir.join("scheduler/scheduler_config.json");
     if sched.is_file() {
         w.configs.insert("scheduler".into(), read_json(&sched)?);

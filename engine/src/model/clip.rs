@@ -69,12 +69,8 @@ impl ClipText {
         };
         Ok(Self {
             config: config.clone(),
-            token_embedding: w
-                .get(&format!("{p}embeddings.token_embedding.weight"))?
-                .clone(),
-            position_embedding: w
-                .get(&format!("{p}embeddings.position_embedding.weight"))?
-                .clone(),
+            token_embedding: w.get(&format!("{p}embeddings.token_embedding.weight"))?.clone(),
+            position_embedding: w.get(&format!("{p}embeddings.position_embedding.weight"))?.clone(),
             layers,
             final_ln: layer_norm(w, &format!("{p}final_layer_norm"), 1e-5)?,
             projection,
@@ -100,11 +96,7 @@ impl ClipText {
                 self.config.max_positions
             )));
         }
-        if let Some(bad) = ids
-            .iter()
-            .flatten()
-            .find(|&&i| i as usize >= self.config.vocab)
-        {
+        if let Some(bad) = ids.iter().flatten().find(|&&i| i as usize >= self.config.vocab) {
             return Err(EngineError::InvalidRequest(format!(
                 "token id {bad} is outside this text encoder's vocabulary of {} (a test model with a reduced vocabulary?)",
                 self.config.vocab
@@ -112,10 +104,7 @@ impl ClipText {
         }
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let ids_t = Tensor::from_vec(flat, (b * t,), &device)?;
-        let x =
-            self.token_embedding
-                .index_select(&ids_t, 0)?
-                .reshape((b, t, self.config.hidden))?;
+        let x = self.token_embedding.index_select(&ids_t, 0)?.reshape((b, t, self.config.hidden))?;
         let mut x = x.broadcast_add(&self.position_embedding.i(0..t)?)?;
         let mask = Self::causal_mask(t, &device)?;
         let total = self.layers.len();
@@ -137,25 +126,18 @@ impl ClipText {
                 kept = Some(x.clone());
             }
         }
-        let hidden =
-            kept.ok_or_else(|| EngineError::Other("text encoder produced no hidden state".into()))?;
-        let hidden = if req.final_norm {
-            self.final_ln.forward(&hidden)?
-        } else {
-            hidden
-        };
+        let hidden = kept.ok_or_else(|| EngineError::Other("text encoder produced no hidden state".into()))?;
+        let hidden = if req.final_norm { self.final_ln.forward(&hidden)? } else { hidden };
         let pooled = if req.pooled {
             let last = self.final_ln.forward(&x)?;
             let eos = self.config.vocab as u32 - 1;
             let mut rows = vec![];
             for (r, row) in ids.iter().enumerate() {
                 // The end token has the largest id; transformers takes the first occurrence.
-                let pos = row.iter().position(|&i| i == eos).unwrap_or_else(|| {
-                    row.iter()
-                        .enumerate()
-                        .max_by_key(|(_, v)| **v)
-                        .map_or(0, |(p, _)| p)
-                });
+                let pos = row
+                    .iter()
+                    .position(|&i| i == eos)
+                    .unwrap_or_else(|| row.iter().enumerate().max_by_key(|(_, v)| **v).map_or(0, |(p, _)| p));
                 rows.push(last.i((r, pos))?);
             }
             let pooled = Tensor::stack(&rows, 0)?;

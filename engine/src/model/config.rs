@@ -143,10 +143,7 @@ impl Hints<'_> {
             .filter(|v| !v.is_null())
     }
     fn ours_usize(&self, key: &str) -> Option<usize> {
-        self.ours
-            .get(key)
-            .and_then(Value::as_u64)
-            .map(|v| v as usize)
+        self.ours.get(key).and_then(Value::as_u64).map(|v| v as usize)
     }
 }
 
@@ -156,11 +153,7 @@ fn dims(w: &Weights, name: &str) -> Result<Vec<usize>> {
 
 fn count_indices(w: &Weights, prefix: &str) -> usize {
     w.names_with_prefix(prefix)
-        .filter_map(|n| {
-            n[prefix.len()..]
-                .split_once('.')
-                .and_then(|(i, _)| i.parse::<usize>().ok())
-        })
+        .filter_map(|n| n[prefix.len()..].split_once('.').and_then(|(i, _)| i.parse::<usize>().ok()))
         .max()
         .map_or(0, |m| m + 1)
 }
@@ -172,33 +165,18 @@ fn text_config(w: &Weights, h: &Hints, idx: usize) -> Result<Option<TextConfig>>
         return Ok(None);
     }
     let [vocab, hidden] = dims(w, &emb)?[..] else {
-        return Err(EngineError::UnknownArchitecture(format!(
-            "{emb} is not a matrix"
-        )));
+        return Err(EngineError::UnknownArchitecture(format!("{emb} is not a matrix")));
     };
     let max_positions = dims(w, &format!("{prefix}embeddings.position_embedding.weight"))?[0];
     let layers = count_indices(w, &format!("{prefix}encoder.layers."));
     let intermediate = dims(w, &format!("{prefix}encoder.layers.0.mlp.fc1.weight"))?[0];
-    let projection = w
-        .shapes
-        .get(&format!("{prefix}text_projection.weight"))
-        .map(|s| s[0]);
-    let component = if idx == 0 {
-        "text_encoder"
-    } else {
-        "text_encoder_2"
-    };
+    let projection = w.shapes.get(&format!("{prefix}text_projection.weight")).map(|s| s[0]);
+    let component = if idx == 0 { "text_encoder" } else { "text_encoder_2" };
     let heads = h
         .cfg(component, "num_attention_heads")
         .and_then(Value::as_u64)
         .map(|v| v as usize)
-        .or_else(|| {
-            h.ours_usize(if idx == 0 {
-                "text_heads"
-            } else {
-                "text_heads_2"
-            })
-        })
+        .or_else(|| h.ours_usize(if idx == 0 { "text_heads" } else { "text_heads_2" }))
         .unwrap_or((hidden / 64).max(1));
     let flavor = w.text_flavors[idx];
     let activation = match h.cfg(component, "hidden_act").and_then(Value::as_str) {
@@ -217,11 +195,7 @@ fn text_config(w: &Weights, h: &Hints, idx: usize) -> Result<Option<TextConfig>>
         },
     };
     // OpenAI CLIP pads with its end token; OpenCLIP's tokenizer pads with 0.
-    let pad_token = if activation == Activation::QuickGelu {
-        49407
-    } else {
-        0
-    };
+    let pad_token = if activation == Activation::QuickGelu { 49407 } else { 0 };
     if hidden % heads != 0 {
         return Err(EngineError::UnknownArchitecture(format!(
             "text encoder width {hidden} is not divisible by {heads} heads"
@@ -264,12 +238,8 @@ fn unet_config(w: &Weights, h: &Hints) -> Result<UnetConfig> {
     let mut block_out_channels = vec![];
     let mut down_attention = vec![];
     for i in 0..n_down {
-        block_out_channels
-            .push(dims(w, &format!("unet.down_blocks.{i}.resnets.0.conv1.weight"))?[0]);
-        down_attention.push(attention_depth(
-            w,
-            &format!("unet.down_blocks.{i}.attentions.0"),
-        ));
+        block_out_channels.push(dims(w, &format!("unet.down_blocks.{i}.resnets.0.conv1.weight"))?[0]);
+        down_attention.push(attention_depth(w, &format!("unet.down_blocks.{i}.attentions.0")));
     }
     let up_attention = (0..n_up)
         .map(|i| attention_depth(w, &format!("unet.up_blocks.{i}.attentions.0")))
@@ -280,9 +250,7 @@ fn unet_config(w: &Weights, h: &Hints) -> Result<UnetConfig> {
         .names_with_prefix("unet.")
         .find(|n| n.ends_with("attn2.to_k.weight"))
         .map(str::to_string)
-        .ok_or_else(|| {
-            EngineError::UnknownArchitecture("UNet has no cross-attention layers".into())
-        })?;
+        .ok_or_else(|| EngineError::UnknownArchitecture("UNet has no cross-attention layers".into()))?;
     let context_dim = dims(w, &attn_key)?[1];
     let proj_in = w
         .names_with_prefix("unet.")
@@ -335,16 +303,9 @@ fn unet_config(w: &Weights, h: &Hints) -> Result<UnetConfig> {
             .or_else(|| h.ours_usize("addition_time_embed_dim"))
             .or_else(|| {
                 let pooled = w.shapes.get("te2.text_projection.weight").map(|s| s[0])?;
-                input
-                    .checked_sub(pooled)
-                    .filter(|r| r % 6 == 0)
-                    .map(|r| r / 6)
+                input.checked_sub(pooled).filter(|r| r % 6 == 0).map(|r| r / 6)
             })
-            .ok_or_else(|| {
-                EngineError::UnknownArchitecture(
-                    "cannot tell the width of SDXL's size conditioning".into(),
-                )
-            })?;
+            .ok_or_else(|| EngineError::UnknownArchitecture("cannot tell the width of SDXL's size conditioning".into()))?;
         Some((per_value, input))
     } else {
         None
@@ -375,12 +336,7 @@ fn vae_config(w: &Weights, h: &Hints, family: Family) -> Result<VaeConfig> {
     let n_up = count_indices(w, "vae.decoder.up_blocks.");
     let mut channels = vec![];
     for i in 0..n_up {
-        channels.push(
-            dims(
-                w,
-                &format!("vae.decoder.up_blocks.{i}.resnets.0.conv2.weight"),
-            )?[0],
-        );
+        channels.push(dims(w, &format!("vae.decoder.up_blocks.{i}.resnets.0.conv2.weight"))?[0]);
     }
     channels.reverse();
     let layers_per_block = count_indices(w, "vae.decoder.up_blocks.0.resnets.").saturating_sub(1);
@@ -394,11 +350,7 @@ fn vae_config(w: &Weights, h: &Hints, family: Family) -> Result<VaeConfig> {
         .cfg("vae", "scaling_factor")
         .and_then(Value::as_f64)
         .or_else(|| h.ours.get("vae_scaling_factor").and_then(Value::as_f64))
-        .unwrap_or(if family == Family::Sdxl {
-            0.13025
-        } else {
-            0.18215
-        });
+        .unwrap_or(if family == Family::Sdxl { 0.13025 } else { 0.18215 });
     Ok(VaeConfig {
         latent_channels: dims(w, "vae.decoder.conv_in.weight")?[1],
         block_out_channels: channels,
@@ -419,16 +371,8 @@ fn prediction(w: &Weights, h: &Hints) -> Prediction {
         .get("prediction_type")
         .and_then(Value::as_str)
         .and_then(parse)
-        .or_else(|| {
-            w.metadata
-                .get("modelspec.prediction_type")
-                .and_then(|s| parse(s))
-        })
-        .or_else(|| {
-            h.cfg("scheduler", "prediction_type")
-                .and_then(Value::as_str)
-                .and_then(parse)
-        })
+        .or_else(|| w.metadata.get("modelspec.prediction_type").and_then(|s| parse(s)))
+        .or_else(|| h.cfg("scheduler", "prediction_type").and_then(Value::as_str).and_then(parse))
         .or_else(|| w.metadata.get("v_pred").map(|_| Prediction::V))
         .unwrap_or(Prediction::Epsilon)
 }
@@ -443,7 +387,9 @@ pub fn infer(w: &Weights, name: &str) -> Result<ModelConfig> {
         }
     }
     if text.is_empty() {
-        return Err(EngineError::UnknownArchitecture("no text encoder found (no 'cond_stage_model.*', 'conditioner.*' or text_encoder/ weights)".into()));
+        return Err(EngineError::UnknownArchitecture(
+            "no text encoder found (no 'cond_stage_model.*', 'conditioner.*' or text_encoder/ weights)".into(),
+        ));
     }
     let unet = unet_config(w, &h)?;
     let family = match h.ours.get("family").and_then(Value::as_str) {
@@ -456,8 +402,7 @@ pub fn infer(w: &Weights, name: &str) -> Result<ModelConfig> {
     };
     if family == Family::Sdxl && (text.len() != 2 || unet.addition.is_none()) {
         return Err(EngineError::UnknownArchitecture(
-            "SDXL-like UNet without both text encoders (refiner checkpoints are not supported yet)"
-                .into(),
+            "SDXL-like UNet without both text encoders (refiner checkpoints are not supported yet)".into(),
         ));
     }
     let expected_context: usize = if family == Family::Sdxl {
@@ -492,11 +437,9 @@ pub fn infer(w: &Weights, name: &str) -> Result<ModelConfig> {
     };
     // Tiny models trained at small sizes say so through their VAE/UNet widths: keep their
     // native latent size when the metadata gives it.
-    let sample = h.ours_usize("sample_size").or_else(|| {
-        h.cfg("unet", "sample_size")
-            .and_then(Value::as_u64)
-            .map(|v| v as usize)
-    });
+    let sample = h
+        .ours_usize("sample_size")
+        .or_else(|| h.cfg("unet", "sample_size").and_then(Value::as_u64).map(|v| v as usize));
     let size = sample.map(|s| (s * vae.scale()) as u32).unwrap_or(native);
     Ok(ModelConfig {
         family,

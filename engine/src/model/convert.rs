@@ -61,17 +61,13 @@ pub fn ldm_key(key: &str, layers_per_block: usize) -> Result<Vec<Renamed>, Strin
             .ok_or_else(|| key.to_string());
     }
     if let Some(rest) = key.strip_prefix("cond_stage_model.transformer.") {
-        return Ok(hf_text_key(rest)
-            .map(|n| plain(format!("te1.{n}")))
-            .unwrap_or_default());
+        return Ok(hf_text_key(rest).map(|n| plain(format!("te1.{n}"))).unwrap_or_default());
     }
     if let Some(rest) = key.strip_prefix("cond_stage_model.model.") {
         return openclip_key(rest, "te1").ok_or_else(|| key.to_string());
     }
     if let Some(rest) = key.strip_prefix("conditioner.embedders.0.transformer.") {
-        return Ok(hf_text_key(rest)
-            .map(|n| plain(format!("te1.{n}")))
-            .unwrap_or_default());
+        return Ok(hf_text_key(rest).map(|n| plain(format!("te1.{n}"))).unwrap_or_default());
     }
     if let Some(rest) = key.strip_prefix("conditioner.embedders.1.model.") {
         return openclip_key(rest, "te2").ok_or_else(|| key.to_string());
@@ -145,11 +141,7 @@ fn openclip_key(rest: &str, te: &str) -> Option<Vec<Renamed>> {
     };
     let out = match tail {
         "attn.in_proj_weight" | "attn.in_proj_bias" => {
-            let suffix = if tail.ends_with("weight") {
-                "weight"
-            } else {
-                "bias"
-            };
+            let suffix = if tail.ends_with("weight") { "weight" } else { "bias" };
             ["q_proj", "k_proj", "v_proj"]
                 .iter()
                 .enumerate()
@@ -184,9 +176,7 @@ fn resnet_inner(tail: &str) -> Option<String> {
         ("out_layers.3.", "conv2."),
         ("skip_connection.", "conv_shortcut."),
     ];
-    pairs
-        .iter()
-        .find_map(|(a, b)| tail.strip_prefix(a).map(|r| format!("{b}{r}")))
+    pairs.iter().find_map(|(a, b)| tail.strip_prefix(a).map(|r| format!("{b}{r}")))
 }
 
 fn is_resnet_tail(tail: &str) -> bool {
@@ -203,10 +193,7 @@ fn ldm_unet_key(rest: &str, lpb: usize) -> Option<String> {
         ("out.0.", "conv_norm_out."),
         ("out.2.", "conv_out."),
     ];
-    if let Some(n) = simple
-        .iter()
-        .find_map(|(a, b)| rest.strip_prefix(a).map(|r| format!("{b}{r}")))
-    {
+    if let Some(n) = simple.iter().find_map(|(a, b)| rest.strip_prefix(a).map(|r| format!("{b}{r}"))) {
         return Some(n);
     }
     let split_idx = |s: &str| -> Option<(usize, usize, String)> {
@@ -275,10 +262,7 @@ fn ldm_vae_key(rest: &str) -> Option<(String, Transform)> {
         ("conv_out.", "conv_out."),
         ("norm_out.", "conv_norm_out."),
     ];
-    if let Some(n) = simple
-        .iter()
-        .find_map(|(a, b)| r.strip_prefix(a).map(|x| format!("{part}.{b}{x}")))
-    {
+    if let Some(n) = simple.iter().find_map(|(a, b)| r.strip_prefix(a).map(|x| format!("{part}.{b}{x}"))) {
         return t0(n);
     }
     let resnet = |t: &str| t.replacen("nin_shortcut.", "conv_shortcut.", 1);
@@ -315,11 +299,7 @@ fn ldm_vae_key(rest: &str) -> Option<(String, Transform)> {
     let n: usize = n.parse().ok()?;
     // The decoder's `up.N` counts from the output side; diffusers' up_blocks from the input side.
     // The caller rewrites decoder block indices once the block count is known.
-    let idx = if part == "decoder" {
-        format!("@{n}")
-    } else {
-        n.to_string()
-    };
+    let idx = if part == "decoder" { format!("@{n}") } else { n.to_string() };
     if let Some(t) = tail.strip_prefix("block.") {
         return t0(format!("{part}.{diff_kw}.{idx}.resnets.{}", resnet(t)));
     }
@@ -337,12 +317,7 @@ pub fn resolve_decoder_index(name: &str, num_up_blocks: usize) -> String {
         if let Ok(n) = name[start..end].parse::<usize>()
             && n < num_up_blocks
         {
-            return format!(
-                "{}.up_blocks.{}{}",
-                &name[..pos],
-                num_up_blocks - 1 - n,
-                &name[end..]
-            );
+            return format!("{}.up_blocks.{}{}", &name[..pos], num_up_blocks - 1 - n, &name[end..]);
         }
     }
     name.to_string()
@@ -379,11 +354,7 @@ mod tests {
                 2,
                 &[("unet.add_embedding.linear_2.bias", None)],
             ),
-            (
-                "model.diffusion_model.input_blocks.0.0.weight",
-                2,
-                &[("unet.conv_in.weight", None)],
-            ),
+            ("model.diffusion_model.input_blocks.0.0.weight", 2, &[("unet.conv_in.weight", None)]),
             (
                 "model.diffusion_model.input_blocks.1.0.in_layers.0.weight",
                 2,
@@ -407,10 +378,7 @@ mod tests {
             (
                 "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight",
                 2,
-                &[(
-                    "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight",
-                    None,
-                )],
+                &[("unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight", None)],
             ),
             (
                 "model.diffusion_model.middle_block.2.out_layers.3.weight",
@@ -432,26 +400,16 @@ mod tests {
                 2,
                 &[("unet.up_blocks.1.attentions.1.norm.weight", None)],
             ),
-            (
-                "model.diffusion_model.out.2.weight",
-                2,
-                &[("unet.conv_out.weight", None)],
-            ),
+            ("model.diffusion_model.out.2.weight", 2, &[("unet.conv_out.weight", None)]),
             (
                 "first_stage_model.decoder.up.0.block.1.nin_shortcut.weight",
                 2,
-                &[(
-                    "vae.decoder.up_blocks.@0.resnets.1.conv_shortcut.weight",
-                    None,
-                )],
+                &[("vae.decoder.up_blocks.@0.resnets.1.conv_shortcut.weight", None)],
             ),
             (
                 "first_stage_model.decoder.mid.attn_1.q.weight",
                 2,
-                &[(
-                    "vae.decoder.mid_block.attentions.0.to_q.weight",
-                    ConvToLinear,
-                )],
+                &[("vae.decoder.mid_block.attentions.0.to_q.weight", ConvToLinear)],
             ),
             (
                 "first_stage_model.decoder.mid.attn_1.proj_out.bias",
@@ -478,11 +436,7 @@ mod tests {
                 2,
                 &[("te1.encoder.layers.3.mlp.fc1.weight", None)],
             ),
-            (
-                "cond_stage_model.transformer.text_model.embeddings.position_ids",
-                2,
-                &[],
-            ),
+            ("cond_stage_model.transformer.text_model.embeddings.position_ids", 2, &[]),
             (
                 "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_bias",
                 2,
@@ -521,10 +475,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_reported() {
-        assert_eq!(
-            ldm_key("lora_unet_foo.alpha", 2),
-            Err("lora_unet_foo.alpha".to_string())
-        );
+        assert_eq!(ldm_key("lora_unet_foo.alpha", 2), Err("lora_unet_foo.alpha".to_string()));
         assert!(ldm_key("model.diffusion_model.something_else.weight", 2).is_err());
     }
 
@@ -550,9 +501,6 @@ mod tests {
             diffusers_key("text_encoder_2", "final_layer_norm.weight").as_deref(),
             Some("te2.final_layer_norm.weight")
         );
-        assert_eq!(
-            diffusers_key("text_encoder", "text_model.embeddings.position_ids"),
-            None
-        );
+        assert_eq!(diffusers_key("text_encoder", "text_model.embeddings.position_ids"), None);
     }
 }

@@ -67,21 +67,11 @@ pub fn layer_norm(w: &Weights, prefix: &str, eps: f64) -> Result<LayerNorm> {
 /// Scaled dot-product attention over `[batch, tokens, heads * head_dim]` inputs.
 ///
 /// Softmax runs in f32 whatever the model dtype: f16 scores overflow on large token counts.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    heads: usize,
-    mask: Option<&Tensor>,
-) -> Result<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, n, c) = q.dims3()?;
     let m = k.dim(1)?;
     let d = c / heads;
-    let split = |t: &Tensor, len: usize| -> Result<Tensor> {
-        Ok(t.reshape((b, len, heads, d))?
-            .transpose(1, 2)?
-            .contiguous()?)
-    };
+    let split = |t: &Tensor, len: usize| -> Result<Tensor> { Ok(t.reshape((b, len, heads, d))?.transpose(1, 2)?.contiguous()?) };
     let (q, k, v) = (split(q, n)?, split(k, m)?, split(v, m)?);
     let dtype = q.dtype();
     let scale = 1.0 / (d as f64).sqrt();

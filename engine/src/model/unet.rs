@@ -62,9 +62,7 @@ impl ResnetBlock {
     fn forward(&self, x: &Tensor, emb: Option<&Tensor>) -> Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
         let h = match (&self.time, emb) {
-            (Some(t), Some(e)) => {
-                h.broadcast_add(&t.forward(&e.silu()?)?.unsqueeze(2)?.unsqueeze(3)?)?
-            }
+            (Some(t), Some(e)) => h.broadcast_add(&t.forward(&e.silu()?)?.unsqueeze(2)?.unsqueeze(3)?)?,
             _ => h,
         };
         let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
@@ -110,9 +108,7 @@ impl CrossAttention {
         let q = self.q.forward(x)?;
         let k = self.k.forward(context)?;
         let v = self.v.forward(context)?;
-        Ok(self
-            .out
-            .forward(&attention(&q, &k, &v, self.heads, None)?)?)
+        Ok(self.out.forward(&attention(&q, &k, &v, self.heads, None)?)?)
     }
 }
 
@@ -200,9 +196,7 @@ impl SpatialTransformer {
         }
         let to_map = |t: Tensor| -> Result<Tensor> {
             let ch = t.dim(2)?;
-            Ok(t.reshape((b, h, wd, ch))?
-                .permute((0, 3, 1, 2))?
-                .contiguous()?)
+            Ok(t.reshape((b, h, wd, ch))?.permute((0, 3, 1, 2))?.contiguous()?)
         };
         let y = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_map(y)?)?,
@@ -259,15 +253,7 @@ impl Unet {
                 .collect::<Result<_>>()?;
             let attentions = match cfg.down_attention[i] {
                 Some(depth) => (0..cfg.layers_per_block)
-                    .map(|j| {
-                        SpatialTransformer::new(
-                            w,
-                            &format!("{p}.attentions.{j}"),
-                            depth,
-                            cfg.heads[i],
-                            cfg,
-                        )
-                    })
+                    .map(|j| SpatialTransformer::new(w, &format!("{p}.attentions.{j}"), depth, cfg.heads[i], cfg))
                     .collect::<Result<_>>()?,
                 None => vec![],
             };
@@ -305,15 +291,7 @@ impl Unet {
                 .collect::<Result<_>>()?;
             let attentions = match cfg.up_attention[i] {
                 Some(depth) => (0..=cfg.layers_per_block)
-                    .map(|j| {
-                        SpatialTransformer::new(
-                            w,
-                            &format!("{p}.attentions.{j}"),
-                            depth,
-                            heads,
-                            cfg,
-                        )
-                    })
+                    .map(|j| SpatialTransformer::new(w, &format!("{p}.attentions.{j}"), depth, heads, cfg))
                     .collect::<Result<_>>()?,
                 None => vec![],
             };
@@ -329,10 +307,7 @@ impl Unet {
             });
         }
         let add = if cfg.addition.is_some() {
-            Some((
-                linear(w, "unet.add_embedding.linear_1")?,
-                linear(w, "unet.add_embedding.linear_2")?,
-            ))
+            Some((linear(w, "unet.add_embedding.linear_1")?, linear(w, "unet.add_embedding.linear_2")?))
         } else {
             None
         };
@@ -364,14 +339,12 @@ impl Unet {
                 input.timesteps.len()
             )));
         }
-        let t_emb =
-            timestep_embedding(input.timesteps, self.config.block_out_channels[0], &device)?
-                .to_dtype(self.dtype)?;
+        let t_emb = timestep_embedding(input.timesteps, self.config.block_out_channels[0], &device)?.to_dtype(self.dtype)?;
         let mut emb = self.time_2.forward(&self.time_1.forward(&t_emb)?.silu()?)?;
         if let (Some((l1, l2)), Some((dim, _))) = (&self.add, self.config.addition) {
-            let (pooled, ids) = input.added.ok_or_else(|| {
-                EngineError::Other("SDXL UNet called without size conditioning".into())
-            })?;
+            let (pooled, ids) = input
+                .added
+                .ok_or_else(|| EngineError::Other("SDXL UNet called without size conditioning".into()))?;
             let ids_v: Vec<f64> = ids.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
             let ids_emb = timestep_embedding(&ids_v, dim, &device)?
                 .reshape((b, 6 * dim))?
@@ -402,9 +375,9 @@ impl Unet {
         h = self.mid.2.forward(&h, Some(&emb))?;
         for blk in &self.up {
             for (j, r) in blk.resnets.iter().enumerate() {
-                let skip = skips.pop().ok_or_else(|| {
-                    EngineError::Other("UNet skip connections out of balance".into())
-                })?;
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| EngineError::Other("UNet skip connections out of balance".into()))?;
                 h = r.forward(&Tensor::cat(&[&h, &skip], 1)?, Some(&emb))?;
                 if let Some(a) = blk.attentions.get(j) {
                     h = a.forward(&h, &context)?;

@@ -20,17 +20,8 @@ struct MidAttention {
 impl MidAttention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let y = self
-            .norm
-            .forward(x)?
-            .reshape((b, c, h * w))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let (q, k, v) = (
-            self.q.forward(&y)?,
-            self.k.forward(&y)?,
-            self.v.forward(&y)?,
-        );
+        let y = self.norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
+        let (q, k, v) = (self.q.forward(&y)?, self.k.forward(&y)?, self.v.forward(&y)?);
         let a = self.out.forward(&attention(&q, &k, &v, 1, None)?)?;
         let a = a.transpose(1, 2)?.reshape((b, c, h, w))?;
         Ok((a + x)?)
@@ -74,11 +65,7 @@ impl VaeDecoder {
                 .map(|j| PublicResnet::new(w, &format!("{p}.up_blocks.{i}.resnets.{j}"), g, eps))
                 .collect::<Result<_>>()?;
             let sampler = if i + 1 < n {
-                Some(conv2d(
-                    w,
-                    &format!("{p}.up_blocks.{i}.upsamplers.0.conv"),
-                    1,
-                )?)
+                Some(conv2d(w, &format!("{p}.up_blocks.{i}.upsamplers.0.conv"), 1)?)
             } else {
                 None
             };

@@ -14,6 +14,8 @@ use crate::error::Result;
 pub trait Denoise {
     /// Estimate of the clean sample at noise level `sigma`; checks for cancellation first.
     fn x0(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor>;
+    /// The network timestep used at `sigma` (consistency models scale by it).
+    fn timestep(&self, sigma: f64) -> f64;
     /// Called by the solver when step `step` (1-based) of the run is complete, with the
     /// current sample and the latest clean estimate (for previews).
     fn step_done(&mut self, step: usize, x: &Tensor, x0: &Tensor) -> Result<()>;
@@ -25,12 +27,7 @@ pub fn c_in(sigma: f64) -> f64 {
 }
 
 /// Turns a network output into `x0` for `x` at `sigma`.
-pub fn prediction_to_x0(
-    prediction: crate::protocol::Prediction,
-    x: &Tensor,
-    out: &Tensor,
-    sigma: f64,
-) -> Result<Tensor> {
+pub fn prediction_to_x0(prediction: crate::protocol::Prediction, x: &Tensor, out: &Tensor, sigma: f64) -> Result<Tensor> {
     use crate::protocol::Prediction;
     Ok(match prediction {
         Prediction::Epsilon => (x - (out * sigma)?)?,

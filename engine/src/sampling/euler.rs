@@ -3,17 +3,13 @@
 
 use candle_core::Tensor;
 
+use super::SolverParams;
 use super::denoiser::Denoise;
 use crate::error::Result;
 use crate::rng::TorchRng;
 
 /// Integrates from `sigmas[0]` to `sigmas[n]`.
-pub fn sample(
-    d: &mut dyn Denoise,
-    mut x: Tensor,
-    sigmas: &[f64],
-    _rng: &mut TorchRng,
-) -> Result<Tensor> {
+pub fn sample(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], _p: &SolverParams, _rng: &mut TorchRng) -> Result<Tensor> {
     for i in 0..sigmas.len() - 1 {
         let (s, s_next) = (sigmas[i], sigmas[i + 1]);
         let x0 = d.x0(&x, s)?;

@@ -54,10 +54,7 @@ impl ModelSchedule {
                 (((1.0f32 - a) / a).sqrt()) as f64
             })
             .collect();
-        Self {
-            alphas_cumprod,
-            sigmas,
-        }
+        Self { alphas_cumprod, sigmas }
     }
 
     /// Number of training timesteps.
@@ -136,13 +133,7 @@ fn torch_np_linspace_f32(start: f64, stop: f64, n: usize) -> Vec<f64> {
     }
     let step = (stop - start) / (n - 1) as f64;
     (0..n)
-        .map(|i| {
-            if i == n - 1 {
-                stop
-            } else {
-                start + i as f64 * step
-            }
-        })
+        .map(|i| if i == n - 1 { stop } else { start + i as f64 * step })
         .map(|v| v as f32 as f64)
         .collect()
 }
@@ -158,14 +149,274 @@ pub struct RunSchedule {
     pub init_noise_sigma: f64,
 }
 
+/// How a run's sigmas are chosen (the user's "schedule" picker).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleKind {
+    /// What the solver's diffusers scheduler does by default.
+    Default,
+    /// The model's discrete timesteps with this spacing.
+    Discrete(Spacing),
+    /// Karras et al. (rho = 7) between the model's smallest and largest sigma.
+    Karras,
+    /// Evenly spaced in log-sigma.
+    Exponential,
+    /// Evenly spaced timesteps, end excluded (k-diffusion/ComfyUI "sgm_uniform").
+    SgmUniform,
+    /// ComfyUI's "simple": every (T/n)-th training sigma from the top.
+    Simple,
+    /// Align Your Steps (Sabour et al. 2024): NVIDIA's published 10-step tables for SD 1.5 and
+    /// SDXL, log-linearly interpolated to the step count.
+    AlignYourSteps,
+}
+
+/// Every schedule name the CLI accepts, with a one-line description.
+pub const SCHEDULES: &[(&str, &str)] = &[
+    ("default", "the solver's own diffusers default"),
+    ("leading", "discrete timesteps, leading spacing (DDIM, PNDM)"),
+    ("linspace", "discrete timesteps, linspace spacing (Euler, DPM-Solver)"),
+    (
+        "trailing",
+        "discrete timesteps, trailing spacing (starts at t=999; Turbo, zero-SNR)",
+    ),
+    ("karras", "Karras et al. rho=7"),
+    ("exponential", "evenly spaced in log sigma"),
+    ("sgm-uniform", "evenly spaced timesteps, end excluded (ComfyUI sgm_uniform)"),
+    ("simple", "every (T/n)-th training sigma (ComfyUI simple)"),
+    ("ays", "Align Your Steps tables (SD 1.x/2.x and SDXL), interpolated"),
+];
+
+impl ScheduleKind {
+    /// Parses a CLI name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "default" | "automatic" => Self::Default,
+            "leading" => Self::Discrete(Spacing::Leading),
+            "linspace" | "discrete" | "normal" => Self::Discrete(Spacing::Linspace),
+            "trailing" => Self::Discrete(Spacing::Trailing),
+            "karras" => Self::Karras,
+            "exponential" => Self::Exponential,
+            "sgm-uniform" | "sgm_uniform" => Self::SgmUniform,
+            "simple" => Self::Simple,
+            "ays" | "align-your-steps" => Self::AlignYourSteps,
+            _ => return None,
+        })
+    }
+    /// The name A1111 writes as `Schedule type`.
+    pub fn a1111(self) -> &'static str {
+        match self {
+            Self::Default => "Automatic",
+            Self::Discrete(_) => "Normal",
+            Self::Karras => "Karras",
+            Self::Exponential => "Exponential",
+            Self::SgmUniform => "SGM Uniform",
+            Self::Simple => "Simple",
+            Self::AlignYourSteps => "Align Your Steps",
+        }
+    }
+}
+
+/// Which diffusers scheduler's `set_timesteps` a solver follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Convention {
+    /// Euler, Euler a, Heun, DPM2, LMS: float timesteps, sigmas interpolated, run ends at 0,
+    /// noise starts at sigma_max (sqrt(sigma_max^2 + 1) for leading spacing).
+    Karras,
+    /// DPM-Solver(++), UniPC, DEIS: integer timesteps from `n + 1` points; unit-variance start.
+    Multistep { final_zero: bool },
+    /// DDIM, PNDM: leading spacing with offset 1, ends at the first training sigma.
+    Ddim,
+    /// DDPM: leading spacing without offset, ends at 0.
+    Ddpm,
+    /// LCM/TCD: every (T/50)-th timestep subsampled, ends at 0.
+    Lcm,
+}
+
+fn karras(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    let rho = 7.0;
+    let (min_inv, max_inv) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
+    (0..n)
+        .map(|i| {
+            let ramp = if n == 1 { 0.0 } else { i as f64 / (n - 1) as f64 };
+            (max_inv + ramp * (min_inv - max_inv)).powf(rho)
+        })
+        .collect()
+}
+
+fn exponential(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    let (a, b) = (sigma_max.ln(), sigma_min.ln());
+    (0..n)
+        .map(|i| (a + (b - a) * if n == 1 { 0.0 } else { i as f64 / (n - 1) as f64 }).exp())
+        .collect()
+}
+
+/// Align Your Steps, 10 steps (11 sigmas), as published for SD 1.5 and SDXL.
+const AYS_SD1: [f64; 11] = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029];
+const AYS_SDXL: [f64; 11] = [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029];
+
+fn loglinear_interp(table: &[f64], n: usize) -> Vec<f64> {
+    // As ComfyUI: interpolate log sigma over [0, 1] on the ascending table.
+    let ys: Vec<f64> = table.iter().rev().map(|s| s.ln()).collect();
+    let m = ys.len();
+    (0..n)
+        .map(|i| {
+            let x = if n == 1 { 0.0 } else { i as f64 / (n - 1) as f64 } * (m - 1) as f64;
+            let lo = (x.floor() as usize).min(m - 2);
+            let f = x - lo as f64;
+            (ys[lo] * (1.0 - f) + ys[lo + 1] * f).exp()
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect()
+}
+
+impl ModelSchedule {
+    /// diffusers' `_sigma_to_t`: log-sigma interpolation against float32 log sigmas.
+    pub fn sigma_to_t_diffusers(&self, sigma: f64) -> f64 {
+        let logs: Vec<f64> = self.sigmas.iter().map(|s| (s.ln() as f32) as f64).collect();
+        let ls = sigma.max(1e-10).ln();
+        let n = logs.len();
+        let low = logs.iter().filter(|&&l| ls - l >= 0.0).count().saturating_sub(1).min(n - 2);
+        let (lo, hi) = (logs[low], logs[low + 1]);
+        let w = ((lo - ls) / (lo - hi)).clamp(0.0, 1.0);
+        (1.0 - w) * low as f64 + w * (low + 1) as f64
+    }
+}
+
+fn round_half_even(v: f64) -> f64 {
+    let r = v.round();
+    if (v - v.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - v.signum()
+    } else {
+        r
+    }
+}
+
+/// Builds a run's schedule the way the solver's diffusers scheduler does, or with the kind
+/// the user picked. `sdxl` picks the SDXL Align-Your-Steps table.
+pub fn build(model: &ModelSchedule, convention: Convention, kind: ScheduleKind, n: usize, sdxl: bool) -> RunSchedule {
+    let t_train = model.len();
+    let f32r = |v: f64| v as f32 as f64;
+    let vp_start = |sigmas: &Vec<f64>| (sigmas[0] * sigmas[0] + 1.0).sqrt();
+    // Sigma lists for the non-discrete kinds (final value appended per convention below).
+    let smin = model.sigmas[0];
+    let smax = model.sigmas[t_train - 1];
+    let special: Option<Vec<f64>> = match kind {
+        ScheduleKind::Default | ScheduleKind::Discrete(_) => None,
+        ScheduleKind::Karras => Some(match convention {
+            // Euler-family schedulers take the ends of their spaced sigmas (linspace: t = 999..0).
+            Convention::Karras => karras(f32r(model.sigma_at(0.0)), f32r(model.sigma_at((t_train - 1) as f64)), n),
+            _ => karras(smin, smax, n),
+        }),
+        ScheduleKind::Exponential => Some(exponential(smin, smax, n)),
+        ScheduleKind::SgmUniform => {
+            let (a, b) = (model.sigma_to_t_diffusers(smax), model.sigma_to_t_diffusers(smin));
+            Some((0..n).map(|i| model.sigma_at(a + (b - a) * i as f64 / n as f64)).collect())
+        }
+        ScheduleKind::Simple => {
+            let ss = t_train as f64 / n as f64;
+            Some((0..n).map(|i| model.sigmas[t_train - 1 - (i as f64 * ss) as usize]).collect())
+        }
+        ScheduleKind::AlignYourSteps => {
+            let table = if sdxl { &AYS_SDXL } else { &AYS_SD1 };
+            let mut s = if n == 10 { table.to_vec() } else { loglinear_interp(table, n + 1) };
+            s.pop();
+            Some(s)
+        }
+    };
+    if let Some(sig) = special {
+        let sigmas: Vec<f64> = sig.iter().map(|&s| f32r(s)).collect();
+        let round_t = matches!(convention, Convention::Multistep { .. }) && kind == ScheduleKind::Karras;
+        let timesteps: Vec<f64> = sigmas
+            .iter()
+            .map(|&s| {
+                let t = model.sigma_to_t_diffusers(s);
+                if round_t { round_half_even(t) } else { f32r(t) }
+            })
+            .collect();
+        let last = match convention {
+            Convention::Ddim | Convention::Multistep { final_zero: false } => f32r(smin),
+            _ => 0.0,
+        };
+        let mut all = sigmas;
+        all.push(last);
+        let init = match convention {
+            Convention::Karras => all[0],
+            _ => vp_start(&all),
+        };
+        return RunSchedule {
+            sigmas: all,
+            timesteps,
+            init_noise_sigma: init,
+        };
+    }
+    let spacing_of = |default: Spacing| match kind {
+        ScheduleKind::Discrete(s) => s,
+        _ => default,
+    };
+    match convention {
+        Convention::Karras => RunSchedule::discrete(model, spacing_of(Spacing::Linspace), n),
+        Convention::Ddim => RunSchedule::ddim(model, spacing_of(Spacing::Leading), n),
+        Convention::Multistep { final_zero } => {
+            let ts: Vec<f64> = match spacing_of(Spacing::Linspace) {
+                Spacing::Linspace => {
+                    let last = (t_train - 1) as f64;
+                    (0..=n).map(|i| round_half_even(last * i as f64 / n as f64)).rev().take(n).collect()
+                }
+                Spacing::Leading => {
+                    let ratio = t_train / (n + 1);
+                    (0..=n).map(|i| (i * ratio) as f64).rev().take(n).collect()
+                }
+                Spacing::Trailing => timesteps(Spacing::Trailing, n, t_train),
+            };
+            let mut sigmas: Vec<f64> = ts.iter().map(|&t| f32r(model.sigma_at(t))).collect();
+            sigmas.push(if final_zero { 0.0 } else { f32r(smin) });
+            let init = vp_start(&sigmas);
+            RunSchedule {
+                sigmas,
+                timesteps: ts,
+                init_noise_sigma: init,
+            }
+        }
+        Convention::Ddpm => {
+            let ratio = t_train / n.max(1);
+            let ts: Vec<f64> = match spacing_of(Spacing::Leading) {
+                Spacing::Leading => (0..n).rev().map(|i| (i * ratio) as f64).collect(),
+                other => timesteps(other, n, t_train),
+            };
+            let mut sigmas: Vec<f64> = ts.iter().map(|&t| model.sigma_at(t)).collect();
+            sigmas.push(0.0);
+            let init = vp_start(&sigmas);
+            RunSchedule {
+                sigmas,
+                timesteps: ts,
+                init_noise_sigma: init,
+            }
+        }
+        Convention::Lcm => {
+            let origin_steps = 50usize;
+            let k = t_train / origin_steps;
+            let origin: Vec<usize> = (1..=origin_steps).map(|i| i * k - 1).rev().collect();
+            let ts: Vec<f64> = (0..n)
+                .map(|i| origin[((i as f64 * origin.len() as f64 / n as f64).floor() as usize).min(origin.len() - 1)] as f64)
+                .collect();
+            let mut sigmas: Vec<f64> = ts.iter().map(|&t| model.sigma_at(t)).collect();
+            sigmas.push(0.0);
+            let init = vp_start(&sigmas);
+            RunSchedule {
+                sigmas,
+                timesteps: ts,
+                init_noise_sigma: init,
+            }
+        }
+    }
+}
+
 impl RunSchedule {
     /// Euler-family schedule as diffusers' `EulerDiscreteScheduler` builds it.
     pub fn discrete(model: &ModelSchedule, spacing: Spacing, n: usize) -> Self {
         let ts = timesteps(spacing, n, model.len());
-        let mut sigmas: Vec<f64> = ts
-            .iter()
-            .map(|&t| model.sigma_at(t) as f32 as f64)
-            .collect();
+        let mut sigmas: Vec<f64> = ts.iter().map(|&t| model.sigma_at(t) as f32 as f64).collect();
         sigmas.push(0.0);
         // diffusers starts linspace/trailing runs at sigma_max and leading runs at
         // sqrt(sigma_max^2 + 1); keep its quirk so seeds reproduce.
@@ -212,14 +463,9 @@ mod tests {
     fn spacings() {
         assert_eq!(
             timesteps(Spacing::Leading, 10, 1000),
-            vec![
-                901.0, 801.0, 701.0, 601.0, 501.0, 401.0, 301.0, 201.0, 101.0, 1.0
-            ]
+            vec![901.0, 801.0, 701.0, 601.0, 501.0, 401.0, 301.0, 201.0, 101.0, 1.0]
         );
-        assert_eq!(
-            timesteps(Spacing::Trailing, 4, 1000),
-            vec![999.0, 749.0, 499.0, 249.0]
-        );
+        assert_eq!(timesteps(Spacing::Trailing, 4, 1000), vec![999.0, 749.0, 499.0, 249.0]);
         let l = timesteps(Spacing::Linspace, 3, 1000);
         assert_eq!(l, vec![999.0, 499.5, 0.0]);
     }
