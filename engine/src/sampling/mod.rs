@@ -10,6 +10,7 @@ pub mod euler_ancestral;
 pub mod heun;
 pub mod lcm;
 pub mod lms;
+pub mod oracle;
 pub mod schedule;
 pub mod unipc;
 
@@ -39,6 +40,7 @@ pub struct SolverInfo {
     pub name: &'static str,
     /// Name A1111 writes in its `Sampler:` field.
     pub a1111: &'static str,
+    /// Order of accuracy (UniPC: its second-order predictor plus corrector give order 3).
     pub order: u32,
     /// Network evaluations per step (before CFG doubles them).
     pub evals_per_step: u32,
@@ -153,8 +155,8 @@ pub const SOLVERS: &[SolverInfo] = &[
         "DPMSolverMultistepScheduler(sde-dpmsolver++)",
         MULTI,
     ),
-    info("unipc", "UniPC", 2, 1, false, 0.0, "UniPCMultistepScheduler(bh2)", MULTI),
-    info("unipc-bh1", "UniPC", 2, 1, false, 0.0, "UniPCMultistepScheduler(bh1)", MULTI),
+    info("unipc", "UniPC", 3, 1, false, 0.0, "UniPCMultistepScheduler(bh2)", MULTI),
+    info("unipc-bh1", "UniPC", 3, 1, false, 0.0, "UniPCMultistepScheduler(bh1)", MULTI),
     info("lcm", "LCM", 1, 1, true, 1.0, "LCMScheduler", Convention::Lcm),
 ];
 
