@@ -169,6 +169,33 @@ fn check_family(family: &str) {
             assert!(worst <= 1.0, "{}: image differs by {worst} levels", what(solver));
             assert_eq!(out.timings.nfe, 20, "10 steps with CFG are 20 evaluations");
         }
+        // More solvers (stochastic ones included: their noise continues the seed's stream as
+        // in diffusers), and guidance rescale.
+        for (name, solver, schedule, steps, rescale) in [
+            ("euler-a", "euler-a", "default", 10, 0.0),
+            ("dpm++2m-karras", "dpm++2m", "karras", 10, 0.0),
+            ("unipc", "unipc", "default", 10, 0.0),
+            ("lcm", "lcm", "default", 4, 0.0),
+            ("ddim-rescale", "ddim", "default", 10, 0.7),
+        ] {
+            let req = GenerateRequest {
+                prompt: prompt.into(),
+                negative: negative.into(),
+                width: 64,
+                height: 64,
+                steps,
+                cfg_scale: j["guidance"].as_f64().expect("guidance"),
+                seed: j["seed"].as_u64().expect("seed"),
+                solver: solver.into(),
+                schedule: schedule.into(),
+                cfg_rescale: rescale,
+                preview_every: 0,
+                ..Default::default()
+            };
+            let out = pipe.generate(&pipe.validate(&req).expect("valid"), &mut Quiet).expect("generate");
+            let lat = Tensor::from_vec(out.latents.data.clone(), out.latents.shape.clone(), x.device()).expect("latents");
+            report(&what(&format!("{name} latents")), rel_l2(&lat, &r[&format!("run.{name}.latents")]));
+        }
         let _ = DType::F32;
     }
 }
@@ -219,4 +246,40 @@ fn half_precision_runs_stay_close_to_f32() {
         println!("{dtype:?}: rel L2 vs diffusers f32 {err:.2e}");
         assert!(err < tol, "{dtype:?}: {err}");
     }
+}
+
+/// CFG truncation: after the chosen fraction only the conditional pass runs. `cfg_until = 0`
+/// is exactly guidance off; 0.5 of 10 steps costs 5 x 2 + 5 x 1 evaluations, as planned.
+#[test]
+fn cfg_truncation_spends_what_it_plans() {
+    let pipe = Pipeline::load(&ModelSpec::new(&layouts("sd1")[0].1)).expect("load");
+    let run = |cfg: f64, until: f64| {
+        let req = GenerateRequest {
+            prompt: "a red cat".into(),
+            negative: "blue".into(),
+            width: 64,
+            height: 64,
+            steps: 10,
+            cfg_scale: cfg,
+            cfg_until: until,
+            seed: 3,
+            solver: "dpm++2m".into(),
+            preview_every: 0,
+            ..Default::default()
+        };
+        let job = pipe.validate(&req).expect("valid");
+        let planned = pipe.nfe(&job);
+        let out = pipe.generate(&job, &mut Quiet).expect("generate");
+        assert_eq!(out.timings.nfe, planned, "planned and spent NFE agree");
+        out
+    };
+    let off = run(1.0, 1.0);
+    let truncated_at_start = run(3.0, 0.0);
+    assert_eq!(off.timings.nfe, 10);
+    assert_eq!(truncated_at_start.image, off.image);
+    let half = run(3.0, 0.5);
+    assert_eq!(half.timings.nfe, 15);
+    let full = run(3.0, 1.0);
+    assert_eq!(full.timings.nfe, 20);
+    assert_ne!(half.image, full.image);
 }
