@@ -14,16 +14,23 @@ fn deterministic_solvers_converge_at_their_order() {
             .iter()
             .map(|&nfe| {
                 let steps = steps_for_nfe(info, nfe);
-                (latent_engine::sampling::evaluations(info, steps), endpoint_error(info, steps).expect("solve"))
+                (
+                    latent_engine::sampling::evaluations(info, steps),
+                    endpoint_error(info, steps).expect("solve"),
+                )
             })
             .collect();
         let order = observed_order(&points);
-        report.push(format!("{:14} order {} observed {order:.2} errors {:?}", info.name, info.order, points));
+        report.push(format!(
+            "{:14} order {} observed {order:.2} errors {:?}",
+            info.name, info.order, points
+        ));
         // Multistep methods start with a first-order step whose O(h^2) local error caps the
         // global order at 2 (diffusers and k-diffusion behave the same): third-order
         // multistep DPM-Solvers and LMS are held to 2 here; UniPC's corrector lifts its start.
+        // PLMS's fixed Adams-Bashforth weights assume equal steps, which Karras steps are not.
         let expected = match info.name {
-            "dpm-solver-3" | "dpm++3m" | "lms" => info.order.min(2),
+            "dpm-solver-3" | "dpm++3m" | "lms" | "plms" => info.order.min(2),
             _ => info.order,
         } as f64;
         if order < expected - 0.2 {

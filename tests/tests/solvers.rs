@@ -119,6 +119,10 @@ fn solvers_match_diffusers_schedulers() {
             convention: min,
             ..case("unipc-bh1", "unipc-bh1", 10)
         },
+        case("dpm2", "dpm2", 10),
+        case("dpm2-a", "dpm2-a", 10),
+        case("plms", "plms", 10),
+        case("deis", "deis", 10),
         case("lcm", "lcm", 4),
         case("ddpm", "ddpm", 10),
     ];

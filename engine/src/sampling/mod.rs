@@ -3,7 +3,9 @@
 
 pub mod ddim;
 pub mod ddpm;
+pub mod deis;
 pub mod denoiser;
+pub mod dpm2;
 pub mod dpm_multistep;
 pub mod euler;
 pub mod euler_ancestral;
@@ -11,6 +13,7 @@ pub mod heun;
 pub mod lcm;
 pub mod lms;
 pub mod oracle;
+pub mod plms;
 pub mod schedule;
 pub mod unipc;
 
@@ -157,6 +160,10 @@ pub const SOLVERS: &[SolverInfo] = &[
     ),
     info("unipc", "UniPC", 3, 1, false, 0.0, "UniPCMultistepScheduler(bh2)", MULTI),
     info("unipc-bh1", "UniPC", 3, 1, false, 0.0, "UniPCMultistepScheduler(bh1)", MULTI),
+    info("dpm2", "DPM2", 2, 2, false, 0.0, "KDPM2DiscreteScheduler", KARRAS),
+    info("dpm2-a", "DPM2 a", 2, 2, true, 1.0, "KDPM2AncestralDiscreteScheduler", KARRAS),
+    info("plms", "PLMS", 4, 1, false, 0.0, "PNDMScheduler(skip_prk_steps)", Convention::Ddim),
+    info("deis", "DEIS", 2, 1, false, 0.0, "DEISMultistepScheduler(order 2)", MULTI_MIN),
     info("lcm", "LCM", 1, 1, true, 1.0, "LCMScheduler", Convention::Lcm),
 ];
 
@@ -176,6 +183,9 @@ pub fn solver_fn(name: &str) -> Result<SolverFn> {
         "euler-a" => euler_ancestral::sample,
         "heun" => heun::sample,
         "lms" => lms::sample,
+        "dpm2" => dpm2::sample,
+        "dpm2-a" => dpm2::sample_ancestral,
+        "plms" => plms::sample,
         "ddim" => ddim::sample,
         "ddpm" => ddpm::sample,
         "dpm-solver-1" => dpm_multistep::dpm_solver_1,
@@ -185,6 +195,7 @@ pub fn solver_fn(name: &str) -> Result<SolverFn> {
         "dpm++3m" => dpm_multistep::dpmpp_3m,
         "dpm++2m-sde" => dpm_multistep::dpmpp_2m_sde,
         "unipc" | "unipc-bh1" => unipc::sample,
+        "deis" => deis::sample,
         "lcm" => lcm::sample,
         other => {
             return Err(EngineError::InvalidRequest(format!(
@@ -206,7 +217,9 @@ pub fn default_params(info: &SolverInfo) -> SolverParams {
 pub fn evaluations(info: &SolverInfo, n: u32) -> u32 {
     match info.name {
         // The last step of a second-order single-step method has no corrector (sigma = 0).
-        "heun" => (2 * n).saturating_sub(1),
+        "heun" | "dpm2" | "dpm2-a" => (2 * n).saturating_sub(1),
+        // PLMS takes its first step twice.
+        "plms" if n > 0 => n + 1,
         _ => n * info.evals_per_step,
     }
 }

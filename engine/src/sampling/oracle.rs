@@ -47,7 +47,13 @@ pub fn endpoint_error(info: &SolverInfo, steps: u32) -> Result<f64> {
     let s: Vec<f64> = (0..DIM).map(|i| 0.2 + 1.3 * (i as f64 / (DIM - 1) as f64)).collect();
     let s2: Vec<f64> = s.iter().map(|v| v * v).collect();
     let model = ModelSchedule::stable_diffusion();
-    let run = super::schedule::build(&model, super::schedule::Convention::Karras, ScheduleKind::Karras, steps as usize, false);
+    let run = super::schedule::build(
+        &model,
+        super::schedule::Convention::Karras,
+        ScheduleKind::Karras,
+        steps as usize,
+        false,
+    );
     // Integrate to sigma_min, not 0: keep every solver's final step a regular one.
     let mut sigmas = run.sigmas.clone();
     let last = sigmas.len() - 1;
@@ -55,8 +61,14 @@ pub fn endpoint_error(info: &SolverInfo, steps: u32) -> Result<f64> {
     let (s_start, s_end) = (sigmas[0], *sigmas.last().unwrap_or(&sigmas[0]));
     let z = TorchRng::new(7).randn_f64(DIM);
     let start: Vec<f64> = (0..DIM).map(|i| mu[i] + (s2[i] + s_start * s_start).sqrt() * z[i]).collect();
-    let exact: Vec<f64> = (0..DIM).map(|i| mu[i] + (start[i] - mu[i]) * ((s2[i] + s_end * s_end) / (s2[i] + s_start * s_start)).sqrt()).collect();
-    let mut d = Gaussian { mu: Tensor::from_vec(mu, DIM, &dev)?, s2: Tensor::from_vec(s2, DIM, &dev)?, model };
+    let exact: Vec<f64> = (0..DIM)
+        .map(|i| mu[i] + (start[i] - mu[i]) * ((s2[i] + s_end * s_end) / (s2[i] + s_start * s_start)).sqrt())
+        .collect();
+    let mut d = Gaussian {
+        mu: Tensor::from_vec(mu, DIM, &dev)?,
+        s2: Tensor::from_vec(s2, DIM, &dev)?,
+        model,
+    };
     let x = Tensor::from_vec(start, DIM, &dev)?;
     let mut params = default_params(info);
     params.eta = 0.0;
