@@ -639,6 +639,10 @@ impl Denoise for Guided<'_> {
         self.lookup_timestep(sigma)
     }
 
+    fn sigma_for_timestep(&self, t: f64) -> f64 {
+        self.pipe.schedule.sigma_at(t)
+    }
+
     fn step_done(&mut self, step: usize, _x: &Tensor, x0: &Tensor) -> Result<()> {
         self.step = step as u32;
         let now = Instant::now();

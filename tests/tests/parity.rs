@@ -283,3 +283,37 @@ fn cfg_truncation_spends_what_it_plans() {
     assert_eq!(full.timings.nfe, 20);
     assert_ne!(half.image, full.image);
 }
+
+/// Every solver with its default schedule, and every schedule with two solvers, run through
+/// the real pipeline: finite output, and the network evaluations spent are the ones planned.
+#[test]
+fn every_solver_and_schedule_runs_in_the_pipeline() {
+    use latent_engine::sampling::SOLVERS;
+    use latent_engine::sampling::schedule::SCHEDULES;
+    let pipe = Pipeline::load(&ModelSpec::new(&layouts("sd1")[0].1)).expect("load");
+    let mut combos: Vec<(&str, &str)> = SOLVERS.iter().map(|s| (s.name, "default")).collect();
+    for (schedule, _) in SCHEDULES {
+        combos.push(("euler", schedule));
+        combos.push(("dpm++2m", schedule));
+    }
+    for (solver, schedule) in combos {
+        let req = GenerateRequest {
+            prompt: "a red cat".into(),
+            width: 64,
+            height: 64,
+            steps: 3,
+            cfg_scale: 1.0,
+            seed: 5,
+            solver: solver.into(),
+            schedule: schedule.into(),
+            preview_every: 0,
+            ..Default::default()
+        };
+        let job = pipe.validate(&req).unwrap_or_else(|e| panic!("{solver}/{schedule}: {e}"));
+        let out = pipe
+            .generate(&job, &mut Quiet)
+            .unwrap_or_else(|e| panic!("{solver}/{schedule}: {e}"));
+        assert!(out.latents.data.iter().all(|v| v.is_finite()), "{solver}/{schedule}");
+        assert_eq!(out.timings.nfe, pipe.nfe(&job), "{solver}/{schedule}");
+    }
+}

@@ -35,6 +35,9 @@ impl Denoise for Analytic<'_> {
             .map(|(_, t)| *t)
             .unwrap_or_else(|| self.model.sigma_to_t_diffusers(sigma))
     }
+    fn sigma_for_timestep(&self, t: f64) -> f64 {
+        self.model.sigma_at(t)
+    }
     fn step_done(&mut self, _: usize, _: &Tensor, _: &Tensor) -> Result<()> {
         Ok(())
     }
@@ -100,6 +103,18 @@ fn solvers_match_diffusers_schedulers() {
             kind: ScheduleKind::Karras,
             ..case("euler-karras", "euler", 10)
         },
+        Case {
+            kind: ScheduleKind::Exponential,
+            ..case("euler-exponential", "euler", 10)
+        },
+        Case {
+            kind: ScheduleKind::Beta,
+            ..case("euler-beta", "euler", 10)
+        },
+        Case {
+            kind: ScheduleKind::Discrete(schedule::Spacing::Trailing),
+            ..case("euler-trailing", "euler", 10)
+        },
         case("euler-a", "euler-a", 10),
         case("heun", "heun", 10),
         case("lms", "lms", 10),
@@ -114,6 +129,10 @@ fn solvers_match_diffusers_schedulers() {
         },
         case("dpm++3m", "dpm++3m", 10),
         case("dpm++2m-sde", "dpm++2m-sde", 10),
+        Case {
+            kind: ScheduleKind::Karras,
+            ..case("dpm++2m-sde-karras", "dpm++2m-sde", 10)
+        },
         case("unipc", "unipc", 10),
         Case {
             convention: min,
@@ -123,7 +142,9 @@ fn solvers_match_diffusers_schedulers() {
         case("dpm2-a", "dpm2-a", 10),
         case("plms", "plms", 10),
         case("deis", "deis", 10),
+        case("dpm++2s", "dpm++2s", 10),
         case("lcm", "lcm", 4),
+        case("tcd", "tcd", 4),
         case("ddpm", "ddpm", 10),
     ];
     let failures: Vec<String> = cases

@@ -16,6 +16,8 @@ pub trait Denoise {
     fn x0(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor>;
     /// The network timestep used at `sigma` (consistency models scale by it).
     fn timestep(&self, sigma: f64) -> f64;
+    /// The model's sigma at a (training) timestep (TCD jumps to such levels).
+    fn sigma_for_timestep(&self, t: f64) -> f64;
     /// Called by the solver when step `step` (1-based) of the run is complete, with the
     /// current sample and the latest clean estimate (for previews).
     fn step_done(&mut self, step: usize, x: &Tensor, x0: &Tensor) -> Result<()>;

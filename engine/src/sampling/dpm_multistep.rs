@@ -79,9 +79,12 @@ fn update(
 ) -> Result<Tensor> {
     let k = outs.len();
     let (m0, s0) = (&outs[k - 1].0, outs[k - 1].1);
-    if t == 0.0 && variant != Variant::Noise {
-        // h is infinite: every data-prediction update lands on the newest clean estimate.
-        return Ok(m0.clone());
+    if t == 0.0 {
+        // h is infinite: every update lands on the newest clean estimate.
+        return Ok(match variant {
+            Variant::Noise => (x - (m0 * s0)?)?,
+            _ => m0.clone(),
+        });
     }
     let h = lam(t) - lam(s0);
     // First-difference term D1 (and second difference D2 for order 3).

@@ -7,6 +7,7 @@ pub mod deis;
 pub mod denoiser;
 pub mod dpm2;
 pub mod dpm_multistep;
+pub mod dpmpp_2s;
 pub mod euler;
 pub mod euler_ancestral;
 pub mod heun;
@@ -15,6 +16,7 @@ pub mod lms;
 pub mod oracle;
 pub mod plms;
 pub mod schedule;
+pub mod tcd;
 pub mod unipc;
 
 use candle_core::Tensor;
@@ -158,6 +160,26 @@ pub const SOLVERS: &[SolverInfo] = &[
         "DPMSolverMultistepScheduler(sde-dpmsolver++)",
         MULTI,
     ),
+    info(
+        "dpm++2s",
+        "DPM++ 2S",
+        2,
+        1,
+        false,
+        0.0,
+        "DPMSolverSinglestepScheduler(dpmsolver++, order 2)",
+        MULTI,
+    ),
+    info(
+        "dpm++2s-a",
+        "DPM++ 2S a",
+        2,
+        2,
+        true,
+        1.0,
+        "none (k-diffusion sample_dpmpp_2s_ancestral)",
+        KARRAS,
+    ),
     info("unipc", "UniPC", 3, 1, false, 0.0, "UniPCMultistepScheduler(bh2)", MULTI),
     info("unipc-bh1", "UniPC", 3, 1, false, 0.0, "UniPCMultistepScheduler(bh1)", MULTI),
     info("dpm2", "DPM2", 2, 2, false, 0.0, "KDPM2DiscreteScheduler", KARRAS),
@@ -165,6 +187,7 @@ pub const SOLVERS: &[SolverInfo] = &[
     info("plms", "PLMS", 4, 1, false, 0.0, "PNDMScheduler(skip_prk_steps)", Convention::Ddim),
     info("deis", "DEIS", 2, 1, false, 0.0, "DEISMultistepScheduler(order 2)", MULTI_MIN),
     info("lcm", "LCM", 1, 1, true, 1.0, "LCMScheduler", Convention::Lcm),
+    info("tcd", "TCD", 1, 1, true, 0.3, "TCDScheduler (gamma = --eta, 0.3)", Convention::Tcd),
 ];
 
 /// Looks a solver up by its CLI name (case-insensitive).
@@ -196,6 +219,9 @@ pub fn solver_fn(name: &str) -> Result<SolverFn> {
         "dpm++2m-sde" => dpm_multistep::dpmpp_2m_sde,
         "unipc" | "unipc-bh1" => unipc::sample,
         "deis" => deis::sample,
+        "dpm++2s" => dpmpp_2s::sample,
+        "dpm++2s-a" => dpmpp_2s::sample_ancestral,
+        "tcd" => tcd::sample,
         "lcm" => lcm::sample,
         other => {
             return Err(EngineError::InvalidRequest(format!(
@@ -217,7 +243,7 @@ pub fn default_params(info: &SolverInfo) -> SolverParams {
 pub fn evaluations(info: &SolverInfo, n: u32) -> u32 {
     match info.name {
         // The last step of a second-order single-step method has no corrector (sigma = 0).
-        "heun" | "dpm2" | "dpm2-a" => (2 * n).saturating_sub(1),
+        "heun" | "dpm2" | "dpm2-a" | "dpm++2s-a" => (2 * n).saturating_sub(1),
         // PLMS takes its first step twice.
         "plms" if n > 0 => n + 1,
         _ => n * info.evals_per_step,

@@ -29,6 +29,9 @@ impl Denoise for Gaussian {
     fn timestep(&self, sigma: f64) -> f64 {
         self.model.sigma_to_t_diffusers(sigma)
     }
+    fn sigma_for_timestep(&self, t: f64) -> f64 {
+        self.model.sigma_at(t)
+    }
     fn step_done(&mut self, _: usize, _: &Tensor, _: &Tensor) -> Result<()> {
         Ok(())
     }

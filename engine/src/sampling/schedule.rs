@@ -113,6 +113,9 @@ pub fn timesteps(spacing: Spacing, n: usize, train_steps: usize) -> Vec<f64> {
             let ratio = train_steps / n.max(1);
             (0..n).rev().map(|i| (i * ratio + 1) as f64).collect()
         }
+        // diffusers' linspace with one step lands on t = 0 (pure noise comes out); a single
+        // step starts at the top, as trailing spacing does.
+        Spacing::Linspace if n == 1 => vec![(train_steps - 1) as f64],
         Spacing::Linspace => {
             let lin = torch_np_linspace_f32(0.0, (train_steps - 1) as f64, n);
             lin.into_iter().rev().collect()
@@ -164,6 +167,9 @@ pub enum ScheduleKind {
     SgmUniform,
     /// ComfyUI's "simple": every (T/n)-th training sigma from the top.
     Simple,
+    /// Beta-distribution spacing (Lee et al. 2024, alpha = beta = 0.6), as diffusers'
+    /// `use_beta_sigmas` and ComfyUI's "beta".
+    Beta,
     /// Align Your Steps (Sabour et al. 2024): NVIDIA's published 10-step tables for SD 1.5 and
     /// SDXL, log-linearly interpolated to the step count.
     AlignYourSteps,
@@ -180,6 +186,7 @@ pub const SCHEDULES: &[(&str, &str)] = &[
     ),
     ("karras", "Karras et al. rho=7"),
     ("exponential", "evenly spaced in log sigma"),
+    ("beta", "beta-distribution quantiles, alpha = beta = 0.6 (more steps at both ends)"),
     ("sgm-uniform", "evenly spaced timesteps, end excluded (ComfyUI sgm_uniform)"),
     ("simple", "every (T/n)-th training sigma (ComfyUI simple)"),
     ("ays", "Align Your Steps tables (SD 1.x/2.x and SDXL), interpolated"),
@@ -195,6 +202,7 @@ impl ScheduleKind {
             "trailing" => Self::Discrete(Spacing::Trailing),
             "karras" => Self::Karras,
             "exponential" => Self::Exponential,
+            "beta" => Self::Beta,
             "sgm-uniform" | "sgm_uniform" => Self::SgmUniform,
             "simple" => Self::Simple,
             "ays" | "align-your-steps" => Self::AlignYourSteps,
@@ -208,6 +216,7 @@ impl ScheduleKind {
             Self::Discrete(_) => "Normal",
             Self::Karras => "Karras",
             Self::Exponential => "Exponential",
+            Self::Beta => "Beta",
             Self::SgmUniform => "SGM Uniform",
             Self::Simple => "Simple",
             Self::AlignYourSteps => "Align Your Steps",
@@ -227,8 +236,10 @@ pub enum Convention {
     Ddim,
     /// DDPM: leading spacing without offset, ends at 0.
     Ddpm,
-    /// LCM/TCD: every (T/50)-th timestep subsampled, ends at 0.
+    /// LCM: every (T/50)-th timestep subsampled, ends at 0.
     Lcm,
+    /// TCD: LCM's timesteps, ends at the first training sigma.
+    Tcd,
 }
 
 fn karras(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
@@ -240,6 +251,82 @@ fn karras(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
             (max_inv + ramp * (min_inv - max_inv)).powf(rho)
         })
         .collect()
+}
+
+/// ln Gamma by Lanczos (g = 7), accurate to ~1e-15 for positive arguments.
+fn ln_gamma(x: f64) -> f64 {
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let t = x + 7.5;
+    let sum: f64 = C[0] + C.iter().skip(1).enumerate().map(|(i, c)| c / (x + i as f64 + 1.0)).sum::<f64>();
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
+}
+
+/// Regularised incomplete beta I_x(a, b) (continued fraction, Lentz's method).
+fn beta_cdf(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    if x > (a + 1.0) / (a + b + 2.0) {
+        return 1.0 - beta_cdf(1.0 - x, b, a);
+    }
+    let front = (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp() / a;
+    let tiny = 1e-300;
+    let (mut f, mut c, mut d) = (1.0, 1.0, 0.0);
+    for i in 0..400 {
+        let m = (i / 2) as f64;
+        let num = if i == 0 {
+            1.0
+        } else if i % 2 == 0 {
+            m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m))
+        } else {
+            -((a + m) * (a + b + m) * x) / ((a + 2.0 * m) * (a + 2.0 * m + 1.0))
+        };
+        d = 1.0 + num * d;
+        d = if d.abs() < tiny { tiny } else { d };
+        d = 1.0 / d;
+        c = 1.0 + num / c;
+        c = if c.abs() < tiny { tiny } else { c };
+        let cd = c * d;
+        f *= cd;
+        if (1.0 - cd).abs() < 1e-15 {
+            break;
+        }
+    }
+    front * (f - 1.0)
+}
+
+/// Quantile of the Beta(a, b) distribution (bisection on the CDF to double precision).
+pub fn beta_ppf(q: f64, a: f64, b: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if beta_cdf(mid, a, b) < q {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        if hi - lo < 1e-16 {
+            break;
+        }
+    }
+    0.5 * (lo + hi)
 }
 
 fn exponential(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
@@ -309,6 +396,14 @@ pub fn build(model: &ModelSchedule, convention: Convention, kind: ScheduleKind, 
             _ => karras(smin, smax, n),
         }),
         ScheduleKind::Exponential => Some(exponential(smin, smax, n)),
+        ScheduleKind::Beta => Some(
+            (0..n)
+                .map(|i| {
+                    let q = 1.0 - if n == 1 { 0.0 } else { i as f64 / (n - 1) as f64 };
+                    smin + beta_ppf(q, 0.6, 0.6) * (smax - smin)
+                })
+                .collect(),
+        ),
         ScheduleKind::SgmUniform => {
             let (a, b) = (model.sigma_to_t_diffusers(smax), model.sigma_to_t_diffusers(smin));
             Some((0..n).map(|i| model.sigma_at(a + (b - a) * i as f64 / n as f64)).collect())
@@ -334,8 +429,10 @@ pub fn build(model: &ModelSchedule, convention: Convention, kind: ScheduleKind, 
                 if round_t { round_half_even(t) } else { f32r(t) }
             })
             .collect();
+        let ends_above_min = sigmas.last().is_some_and(|&l| l > smin * 1.0001);
         let last = match convention {
-            Convention::Ddim | Convention::Multistep { final_zero: false } => f32r(smin),
+            Convention::Ddim | Convention::Tcd | Convention::Multistep { final_zero: false } if ends_above_min => f32r(smin),
+            // Lists that already end at sigma_min finish at 0 rather than repeat it.
             _ => 0.0,
         };
         let mut all = sigmas;
@@ -393,7 +490,7 @@ pub fn build(model: &ModelSchedule, convention: Convention, kind: ScheduleKind, 
                 init_noise_sigma: init,
             }
         }
-        Convention::Lcm => {
+        Convention::Lcm | Convention::Tcd => {
             let origin_steps = 50usize;
             let k = t_train / origin_steps;
             let origin: Vec<usize> = (1..=origin_steps).map(|i| i * k - 1).rev().collect();
@@ -401,7 +498,7 @@ pub fn build(model: &ModelSchedule, convention: Convention, kind: ScheduleKind, 
                 .map(|i| origin[((i as f64 * origin.len() as f64 / n as f64).floor() as usize).min(origin.len() - 1)] as f64)
                 .collect();
             let mut sigmas: Vec<f64> = ts.iter().map(|&t| model.sigma_at(t)).collect();
-            sigmas.push(0.0);
+            sigmas.push(if convention == Convention::Tcd { smin } else { 0.0 });
             let init = vp_start(&sigmas);
             RunSchedule {
                 sigmas,
@@ -437,7 +534,9 @@ impl RunSchedule {
     pub fn ddim(model: &ModelSchedule, spacing: Spacing, n: usize) -> Self {
         let ts = timesteps(spacing, n, model.len());
         let mut sigmas: Vec<f64> = ts.iter().map(|&t| model.sigma_at(t)).collect();
-        sigmas.push(model.sigmas[0]);
+        // A schedule that already visits t = 0 (linspace) finishes at sigma 0 instead of
+        // repeating the first training sigma.
+        sigmas.push(if ts.last() == Some(&0.0) { 0.0 } else { model.sigmas[0] });
         let init_noise_sigma = (sigmas[0] * sigmas[0] + 1.0).sqrt();
         Self {
             sigmas,
@@ -468,6 +567,67 @@ mod tests {
         assert_eq!(timesteps(Spacing::Trailing, 4, 1000), vec![999.0, 749.0, 499.0, 249.0]);
         let l = timesteps(Spacing::Linspace, 3, 1000);
         assert_eq!(l, vec![999.0, 499.5, 0.0]);
+    }
+
+    #[test]
+    fn every_kind_gives_a_decreasing_schedule() {
+        let m = ModelSchedule::stable_diffusion();
+        let kinds = [
+            ScheduleKind::Default,
+            ScheduleKind::Discrete(Spacing::Leading),
+            ScheduleKind::Discrete(Spacing::Linspace),
+            ScheduleKind::Discrete(Spacing::Trailing),
+            ScheduleKind::Karras,
+            ScheduleKind::Exponential,
+            ScheduleKind::Beta,
+            ScheduleKind::SgmUniform,
+            ScheduleKind::Simple,
+            ScheduleKind::AlignYourSteps,
+        ];
+        let conventions = [
+            Convention::Karras,
+            Convention::Multistep { final_zero: true },
+            Convention::Multistep { final_zero: false },
+            Convention::Ddim,
+            Convention::Ddpm,
+            Convention::Lcm,
+            Convention::Tcd,
+        ];
+        for kind in kinds {
+            for conv in conventions {
+                for n in [1usize, 2, 4, 10, 25] {
+                    let r = build(&m, conv, kind, n, false);
+                    assert_eq!(r.sigmas.len(), n + 1, "{kind:?} {conv:?} {n}");
+                    assert_eq!(r.timesteps.len(), n, "{kind:?} {conv:?} {n}");
+                    assert!(
+                        r.sigmas.windows(2).all(|w| w[0] > w[1] || (w[1] == 0.0 && w[0] > 0.0)),
+                        "{kind:?} {conv:?} {n}: {:?}",
+                        r.sigmas
+                    );
+                    assert!(r.sigmas[0] <= 14.62 && r.sigmas[0] > 0.02 && r.init_noise_sigma >= r.sigmas[0] * 0.999);
+                    assert!(r.timesteps.iter().all(|t| (0.0..=999.0).contains(t)));
+                }
+            }
+        }
+        let ays = build(&m, Convention::Karras, ScheduleKind::AlignYourSteps, 10, false);
+        assert_eq!(
+            &ays.sigmas[..10],
+            &AYS_SD1[..10].iter().map(|s| *s as f32 as f64).collect::<Vec<_>>()[..]
+        );
+    }
+
+    #[test]
+    fn beta_quantiles_match_scipy() {
+        // scipy.stats.beta.ppf(q, 0.6, 0.6)
+        for (q, want) in [
+            (0.1, 0.039_584_405_588_780_85),
+            (0.25, 0.175_680_378_652_694_98),
+            (0.75, 0.824_319_621_347_305),
+            (0.9, 0.960_415_594_411_219_2),
+        ] {
+            let got = beta_ppf(q, 0.6, 0.6);
+            assert!((got - want).abs() < 1e-12, "{q}: {got} vs {want}");
+        }
     }
 
     #[test]
