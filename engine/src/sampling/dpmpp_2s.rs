@@ -16,7 +16,7 @@ pub fn sample(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], _p: &SolverPar
     let n = sigmas.len() - 1;
     let lam = |s: f64| -s.ln();
     let mut orders: Vec<usize> = (0..n).map(|k| if k % 2 == 0 { 1 } else { 2 }).collect();
-    if n % 2 == 0 && n >= 2 {
+    if n.is_multiple_of(2) && n >= 2 {
         orders[n - 1] = 1;
     }
     if sigmas[n] == 0.0 && n > 0 {

@@ -61,6 +61,7 @@ const KARRAS: Convention = Convention::Karras;
 const MULTI: Convention = Convention::Multistep { final_zero: true };
 const MULTI_MIN: Convention = Convention::Multistep { final_zero: false };
 
+#[allow(clippy::too_many_arguments)] // a table row constructor
 const fn info(
     name: &'static str,
     a1111: &'static str,

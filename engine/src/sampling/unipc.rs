@@ -12,6 +12,7 @@ use crate::rng::TorchRng;
 const ORDER: usize = 2;
 
 /// Solves the small dense system `a x = b` (Gaussian elimination with partial pivoting).
+#[allow(clippy::needless_range_loop)] // row operations read one row while writing another
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
     let n = b.len();
     for c in 0..n {
