@@ -33,8 +33,26 @@ enum Cmd {
         /// A .safetensors checkpoint or a diffusers folder.
         path: PathBuf,
     },
-    /// List the solvers with their order and cost.
+    /// List the solvers with their order and cost, and the schedules.
     Solvers,
+    /// Benchmarks that print figures (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Solver error vs NFE against the exact solution for Gaussian data.
+    Oracle {
+        /// Also draw the log-log plot to this PNG (replaced if it exists: it is a figure, not
+        /// an image of yours).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -105,6 +123,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         Some(Cmd::Generate(g)) => generate(*g),
         Some(Cmd::Info { path }) => info(&path),
+        Some(Cmd::Bench {
+            what: BenchCmd::Oracle { plot, json },
+        }) => crate::bench::oracle(plot, json),
         Some(Cmd::Solvers) => {
             println!(
                 "{:<13} {:>5} {:>9} {:>10}  reference (diffusers)",

@@ -1,6 +1,8 @@
 //! `latent-studio`: the desktop studio (window) and its headless command line.
 
+mod bench;
 mod cli;
+mod plot;
 
 use std::process::ExitCode;
 
