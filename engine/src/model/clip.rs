@@ -4,7 +4,7 @@
 //! (candle's mask broadcast failed with batch 2), hidden states of any layer (clip skip, SDXL's
 //! penultimate layer), and the pooled output of `CLIPTextModelWithProjection`.
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_core::{DType, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
 use super::checkpoint::Weights;
@@ -77,13 +77,6 @@ impl ClipText {
         })
     }
 
-    fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
-        let mask: Vec<f32> = (0..t)
-            .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        Ok(Tensor::from_vec(mask, (t, t), device)?)
-    }
-
     /// Encodes `ids` (`[batch][tokens]`); returns the requested hidden state `[b, t, hidden]`
     /// and, if asked, the pooled projection `[b, proj]` taken at each row's first end token.
     pub fn forward(&self, ids: &[Vec<u32>], req: TextRequest) -> Result<(Tensor, Option<Tensor>)> {
@@ -106,7 +99,6 @@ impl ClipText {
         let ids_t = Tensor::from_vec(flat, (b * t,), &device)?;
         let x = self.token_embedding.index_select(&ids_t, 0)?.reshape((b, t, self.config.hidden))?;
         let mut x = x.broadcast_add(&self.position_embedding.i(0..t)?)?;
-        let mask = Self::causal_mask(t, &device)?;
         let total = self.layers.len();
         let keep = total + 1 - req.layer_from_end.clamp(1, total + 1);
         let run = if req.pooled { total } else { keep };
@@ -114,7 +106,7 @@ impl ClipText {
         for (i, l) in self.layers.iter().take(run).enumerate() {
             let h = l.ln1.forward(&x)?;
             let (q, k, v) = (l.q.forward(&h)?, l.k.forward(&h)?, l.v.forward(&h)?);
-            let a = attention(&q, &k, &v, self.config.heads, Some(&mask))?;
+            let a = attention(&q, &k, &v, self.config.heads, true)?;
             x = (x + l.out.forward(&a)?)?;
             let h = l.fc1.forward(&l.ln2.forward(&x)?)?;
             let h = match self.config.activation {

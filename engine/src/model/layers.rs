@@ -64,24 +64,64 @@ pub fn layer_norm(w: &Weights, prefix: &str, eps: f64) -> Result<LayerNorm> {
     Ok(LayerNorm::new(weight, bias, eps))
 }
 
-/// Scaled dot-product attention over `[batch, tokens, heads * head_dim]` inputs.
+/// Score elements one chunk of queries may hold at once (64 MiB of f32): bounds the memory
+/// of large attentions (a 512x512 SD 1.5 image has 4096 tokens: 1 GiB of scores at once).
+const SCORE_BUDGET: usize = 16 << 20;
+
+/// Scaled dot-product attention over `[batch, tokens, heads * head_dim]` inputs; `causal`
+/// masks keys after each query (CLIP).
 ///
-/// Softmax runs in f32 whatever the model dtype: f16 scores overflow on large token counts.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+/// On the CPU, narrow heads (up to 32 wide: the small models this studio ships and tests
+/// with) run the fused row-wise kernel of [`super::attention`]; wide heads use candle's
+/// matmul/softmax in query chunks, so the full score matrix never exists either way. The
+/// softmax runs in f32 whatever the model dtype (f16 scores overflow on large token counts).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    attention_with_budget(q, k, v, heads, causal, SCORE_BUDGET)
+}
+
+fn attention_with_budget(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool, budget: usize) -> Result<Tensor> {
     let (b, n, c) = q.dims3()?;
     let m = k.dim(1)?;
     let d = c / heads;
+    if q.device().is_cpu() && d <= 32 {
+        let dtype = q.dtype();
+        let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?) };
+        let dims = super::attention::Dims {
+            batch: b,
+            queries: n,
+            keys: m,
+            heads,
+            dim: d,
+            causal,
+        };
+        let out = super::attention::attention(&flat(q)?, &flat(k)?, &flat(v)?, dims);
+        return Ok(Tensor::from_vec(out, (b, n, c), q.device())?.to_dtype(dtype)?);
+    }
     let split = |t: &Tensor, len: usize| -> Result<Tensor> { Ok(t.reshape((b, len, heads, d))?.transpose(1, 2)?.contiguous()?) };
-    let (q, k, v) = (split(q, n)?, split(k, m)?, split(v, m)?);
+    let (qh, kh, vh) = (split(q, n)?, split(k, m)?, split(v, m)?);
+    let kt = kh.t()?.contiguous()?;
     let dtype = q.dtype();
     let scale = 1.0 / (d as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(candle_core::DType::F32)?;
-    let scores = match mask {
-        Some(mask) => scores.broadcast_add(mask)?,
-        None => scores,
-    };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-    let out = probs.matmul(&v)?;
+    let chunk = (budget / (b * heads * m).max(1)).clamp(1, n);
+    let mut outs = vec![];
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let qc = qh.narrow(2, start, len)?;
+        let scores = (qc.matmul(&kt)? * scale)?.to_dtype(candle_core::DType::F32)?;
+        let scores = if causal {
+            let mask: Vec<f32> = (start..start + len)
+                .flat_map(|i| (0..m).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            scores.broadcast_add(&Tensor::from_vec(mask, (len, m), scores.device())?)?
+        } else {
+            scores
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        outs.push(probs.matmul(&vh)?);
+        start += len;
+    }
+    let out = if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 2)? };
     Ok(out.transpose(1, 2)?.reshape((b, n, c))?)
 }
 
@@ -98,4 +138,40 @@ pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
 /// Mean over the last dimension (used by tests and previews).
 pub fn mean_last(x: &Tensor) -> Result<Tensor> {
     Ok(x.mean_keepdim(D::Minus1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The chunked matmul path (wide heads) and the fused kernel agree, masks included.
+    #[test]
+    fn chunked_attention_matches_the_fused_kernel() {
+        let dev = Device::Cpu;
+        for (heads, d, n, m, causal) in [
+            (1usize, 40usize, 300usize, 300usize, false),
+            (2, 40, 77, 77, true),
+            (2, 48, 120, 77, false),
+        ] {
+            let mut rng = crate::rng::TorchRng::new(9);
+            let mk = |len: usize, rng: &mut crate::rng::TorchRng| {
+                Tensor::from_vec(rng.randn_f32(2 * len * heads * d), (2, len, heads * d), &dev).expect("t")
+            };
+            let (q, k, v) = (mk(n, &mut rng), mk(m, &mut rng), mk(m, &mut rng));
+            let chunked = attention_with_budget(&q, &k, &v, heads, causal, 2 * heads * m * 7).expect("chunked");
+            let flat = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("vec");
+            let dims = crate::model::attention::Dims {
+                batch: 2,
+                queries: n,
+                keys: m,
+                heads,
+                dim: d,
+                causal,
+            };
+            let fused = crate::model::attention::attention(&flat(&q), &flat(&k), &flat(&v), dims);
+            let worst = flat(&chunked).iter().zip(&fused).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{heads}x{d} {n}->{m}: {worst}");
+        }
+    }
 }

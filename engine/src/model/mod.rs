@@ -1,5 +1,6 @@
 //! Checkpoint reading, architecture inference, name conversion and the three networks.
 
+pub mod attention;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;

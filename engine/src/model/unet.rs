@@ -108,7 +108,7 @@ impl CrossAttention {
         let q = self.q.forward(x)?;
         let k = self.k.forward(context)?;
         let v = self.v.forward(context)?;
-        Ok(self.out.forward(&attention(&q, &k, &v, self.heads, None)?)?)
+        Ok(self.out.forward(&attention(&q, &k, &v, self.heads, false)?)?)
     }
 }
 

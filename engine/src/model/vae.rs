@@ -22,7 +22,7 @@ impl MidAttention {
         let (b, c, h, w) = x.dims4()?;
         let y = self.norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
         let (q, k, v) = (self.q.forward(&y)?, self.k.forward(&y)?, self.v.forward(&y)?);
-        let a = self.out.forward(&attention(&q, &k, &v, 1, None)?)?;
+        let a = self.out.forward(&attention(&q, &k, &v, 1, false)?)?;
         let a = a.transpose(1, 2)?.reshape((b, c, h, w))?;
         Ok((a + x)?)
     }
