@@ -7,6 +7,7 @@
 pub mod error;
 pub mod handle;
 pub mod image_io;
+pub mod lora;
 pub mod metadata;
 pub mod model;
 pub mod pipeline;

@@ -122,6 +122,12 @@ pub struct Pipeline {
     text: Vec<ClipText>,
     unet: Unet,
     vae: VaeDecoder,
+    /// The checkpoint's own weights (W0), kept so LoRA changes always start from them; they
+    /// share storage with the networks, so keeping them costs nothing until a LoRA is merged.
+    base: Weights,
+    lora_table: Option<std::collections::HashMap<String, String>>,
+    /// Short hashes of the LoRA files merged now, for the metadata.
+    lora_hashes: Vec<(String, String)>,
     device: Device,
     dtype: DType,
     schedule: ModelSchedule,
@@ -172,7 +178,6 @@ impl Pipeline {
         let unet = Unet::new(&w, &cfg.unet)?;
         let vae = VaeDecoder::new(&w, &cfg.vae)?;
         let report = report(&w);
-        drop(w);
         let hash = if spec.path.is_file() { file_hash(&spec.path) } else { None };
         let preview = if cfg.family == Family::Sdxl {
             LatentRgb::SDXL
@@ -188,6 +193,9 @@ impl Pipeline {
             text,
             unet,
             vae,
+            base: w,
+            lora_table: None,
+            lora_hashes: vec![],
             device,
             dtype: spec.dtype,
             schedule: ModelSchedule::stable_diffusion(),
@@ -299,6 +307,49 @@ impl Pipeline {
         Ok((c.context, c.pooled))
     }
 
+    /// Replaces the merged LoRA set (empty: back to the checkpoint's own weights). Every merge
+    /// starts from the kept originals, so strengths can change any number of times without
+    /// drift or disk access. On error the model is left exactly as it was.
+    pub fn apply_loras(&mut self, loras: &[(&crate::lora::LoraFile, f32, f32)]) -> Result<Vec<crate::lora::LoraReport>> {
+        if self.lora_table.is_none() {
+            let cfg = &self.config.unet;
+            let up_attn: Vec<bool> = cfg.up_attention.iter().map(Option::is_some).collect();
+            let lpb = cfg.layers_per_block;
+            let names = self.base.tensors.keys().filter(|k| k.ends_with(".weight")).map(|k| {
+                let ldm = k
+                    .strip_prefix("unet.")
+                    .and_then(|p| p.strip_suffix(".weight"))
+                    .and_then(|p| crate::model::convert::unet_module_to_ldm(p, lpb, &up_attn));
+                (k.as_str(), ldm)
+            });
+            self.lora_table = Some(crate::lora::keys::table(names));
+        }
+        let table = self
+            .lora_table
+            .as_ref()
+            .ok_or_else(|| EngineError::Other("LoRA table missing".into()))?;
+        let (replacements, reports) = if loras.is_empty() {
+            (Default::default(), vec![])
+        } else {
+            crate::lora::merge_into(&self.base.tensors, table, loras)?
+        };
+        let mut merged = self.base.clone();
+        for (k, t) in replacements {
+            merged.tensors.insert(k, t);
+        }
+        let text = self
+            .config
+            .text
+            .iter()
+            .map(|t| ClipText::new(&merged, t))
+            .collect::<Result<Vec<_>>>()?;
+        let unet = Unet::new(&merged, &self.config.unet)?;
+        self.text = text;
+        self.unet = unet;
+        self.lora_hashes = loras.iter().map(|(f, _, _)| (f.name.clone(), f.hash.clone())).collect();
+        Ok(reports)
+    }
+
     /// The UNet (for tests and benchmarks).
     pub fn unet(&self) -> &Unet {
         &self.unet
@@ -316,6 +367,10 @@ impl Pipeline {
 
     fn encode(&self, prompt: &str, negative: &str, clip_skip: u32, with_uncond: bool) -> Result<Conditioning> {
         let tok = ClipTokenizer::shared()?;
+        // `<lora:name:w>` tags are resolved by the engine before a job runs; never encode them.
+        let (prompt, _) = crate::lora::extract_prompt_tags(prompt);
+        let (negative, _) = crate::lora::extract_prompt_tags(negative);
+        let (prompt, negative) = (prompt.as_str(), negative.as_str());
         let sdxl = self.config.family == Family::Sdxl;
         let mut contexts = vec![];
         let mut pooled = None;
@@ -475,6 +530,10 @@ impl Pipeline {
         p.push("Model", &self.name);
         if r.clip_skip > 1 {
             p.push("Clip skip", r.clip_skip);
+        }
+        if !self.lora_hashes.is_empty() {
+            let list: Vec<String> = self.lora_hashes.iter().map(|(n, h)| format!("{n}: {h}")).collect();
+            p.push("Lora hashes", list.join(", "));
         }
         if r.cfg_rescale > 0.0 {
             p.push("CFG rescale", r.cfg_rescale);

@@ -92,11 +92,24 @@ impl ModelSpec {
     }
 }
 
-/// A LoRA to apply (the LoRA issue fills this in; the protocol carries it already).
+/// A LoRA to apply with its strength (negative strengths subtract the style).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraSpec {
     pub path: PathBuf,
     pub strength: f32,
+    /// A separate strength for the text encoder(s); None = `strength`.
+    pub text_strength: Option<f32>,
+}
+
+impl LoraSpec {
+    /// A LoRA at `strength` for every part of the model.
+    pub fn new(path: impl Into<PathBuf>, strength: f32) -> Self {
+        Self {
+            path: path.into(),
+            strength,
+            text_strength: None,
+        }
+    }
 }
 
 /// One image to make. Validated into a typed job by the engine before any work starts.
@@ -200,6 +213,10 @@ pub enum Event {
     ModelLoaded {
         info: ModelInfo,
     },
+    /// The LoRA set changed: one report per file (layers applied / total, unmatched keys).
+    LorasApplied {
+        reports: Vec<crate::lora::LoraReport>,
+    },
     Started {
         id: JobId,
         total_steps: u32,
@@ -247,7 +264,7 @@ impl Event {
             | Event::Finished { id, .. }
             | Event::Cancelled { id, .. } => Some(*id),
             Event::Failed { id, .. } | Event::Warning { id, .. } => *id,
-            Event::ModelLoaded { .. } => None,
+            Event::ModelLoaded { .. } | Event::LorasApplied { .. } => None,
         }
     }
     /// True for the events that end a job.

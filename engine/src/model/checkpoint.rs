@@ -20,7 +20,8 @@ pub enum Layout {
 }
 
 /// All tensors of a checkpoint under canonical names, plus what the files say about themselves.
-#[derive(Debug)]
+/// Cloning is cheap: tensors share their storage.
+#[derive(Clone, Debug)]
 pub struct Weights {
     pub tensors: HashMap<String, Tensor>,
     /// Shape of every canonical tensor (also filled when only shapes were read).

@@ -323,6 +323,89 @@ pub fn resolve_decoder_index(name: &str, num_up_blocks: usize) -> String {
     name.to_string()
 }
 
+/// The LDM path of a diffusers UNet module path (`down_blocks.1.attentions.0.proj_in` ->
+/// `input_blocks.4.1.proj_in`), for LoRA files named after LDM checkpoints. `up_attention[i]`
+/// says whether up block `i` has attentions (its upsampler then sits at index 2, not 1).
+pub fn unet_module_to_ldm(path: &str, lpb: usize, up_attention: &[bool]) -> Option<String> {
+    let simple = [
+        ("conv_in", "input_blocks.0.0"),
+        ("time_embedding.linear_1", "time_embed.0"),
+        ("time_embedding.linear_2", "time_embed.2"),
+        ("add_embedding.linear_1", "label_emb.0.0"),
+        ("add_embedding.linear_2", "label_emb.0.2"),
+        ("conv_norm_out", "out.0"),
+        ("conv_out", "out.2"),
+    ];
+    if let Some((_, l)) = simple.iter().find(|(d, _)| *d == path) {
+        return Some(l.to_string());
+    }
+    let resnet = |tail: &str| -> Option<String> {
+        let pairs = [
+            ("norm1", "in_layers.0"),
+            ("conv1", "in_layers.2"),
+            ("time_emb_proj", "emb_layers.1"),
+            ("norm2", "out_layers.0"),
+            ("conv2", "out_layers.3"),
+            ("conv_shortcut", "skip_connection"),
+        ];
+        let (head, rest) = tail.split_once('.').map_or((tail, ""), |(h, r)| (h, r));
+        let mapped = pairs.iter().find(|(d, _)| *d == head)?.1;
+        Some(if rest.is_empty() {
+            mapped.to_string()
+        } else {
+            format!("{mapped}.{rest}")
+        })
+    };
+    let parts: Vec<&str> = path.splitn(5, '.').collect();
+    match parts.as_slice() {
+        ["down_blocks", i, "downsamplers", "0", rest] => {
+            let i: usize = i.parse().ok()?;
+            Some(format!(
+                "input_blocks.{}.0.op{}",
+                (i + 1) * (lpb + 1),
+                rest.strip_prefix("conv").unwrap_or(rest)
+            ))
+        }
+        ["down_blocks", i, kind, j, rest] => {
+            let (i, j): (usize, usize) = (i.parse().ok()?, j.parse().ok()?);
+            let idx = 1 + i * (lpb + 1) + j;
+            match *kind {
+                "resnets" => Some(format!("input_blocks.{idx}.0.{}", resnet(rest)?)),
+                "attentions" => Some(format!("input_blocks.{idx}.1.{rest}")),
+                _ => None,
+            }
+        }
+        ["up_blocks", i, "upsamplers", "0", rest] => {
+            let i: usize = i.parse().ok()?;
+            let slot = if *up_attention.get(i)? { 2 } else { 1 };
+            Some(format!("output_blocks.{}.{slot}.{rest}", i * (lpb + 1) + lpb))
+        }
+        ["up_blocks", i, kind, j, rest] => {
+            let (i, j): (usize, usize) = (i.parse().ok()?, j.parse().ok()?);
+            let idx = i * (lpb + 1) + j;
+            match *kind {
+                "resnets" => Some(format!("output_blocks.{idx}.0.{}", resnet(rest)?)),
+                "attentions" => Some(format!("output_blocks.{idx}.1.{rest}")),
+                _ => None,
+            }
+        }
+        _ => {
+            let (head, rest) = path.split_once('.')?;
+            if head != "mid_block" {
+                return None;
+            }
+            let (kind, r2) = rest.split_once('.')?;
+            let (j, tail) = r2.split_once('.')?;
+            match (kind, j) {
+                ("resnets", "0") => Some(format!("middle_block.0.{}", resnet(tail)?)),
+                ("attentions", "0") => Some(format!("middle_block.1.{tail}")),
+                ("resnets", "1") => Some(format!("middle_block.2.{}", resnet(tail)?)),
+                _ => None,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,6 +553,31 @@ mod tests {
         ];
         for (key, lpb, expected) in cases {
             check(key, *lpb, expected);
+        }
+    }
+
+    /// The LDM path of every module round-trips through the LDM -> canonical conversion.
+    #[test]
+    fn unet_modules_map_back_to_ldm() {
+        let cases = [
+            (
+                "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+                "input_blocks.4.1.transformer_blocks.0.attn1.to_q",
+            ),
+            ("down_blocks.0.resnets.1.conv1", "input_blocks.2.0.in_layers.2"),
+            ("down_blocks.0.downsamplers.0.conv", "input_blocks.3.0.op"),
+            ("mid_block.attentions.0.proj_in", "middle_block.1.proj_in"),
+            ("mid_block.resnets.1.conv2", "middle_block.2.out_layers.3"),
+            ("up_blocks.1.attentions.2.proj_out", "output_blocks.5.1.proj_out"),
+            ("up_blocks.0.upsamplers.0.conv", "output_blocks.2.1.conv"),
+            ("up_blocks.1.upsamplers.0.conv", "output_blocks.5.2.conv"),
+            ("time_embedding.linear_1", "time_embed.0"),
+        ];
+        for (d, l) in cases {
+            let got = unet_module_to_ldm(d, 2, &[false, true, true]);
+            assert_eq!(got.as_deref(), Some(l), "{d}");
+            let back = ldm_key(&format!("model.diffusion_model.{l}.weight"), 2).expect("known");
+            assert_eq!(back[0].name, format!("unet.{d}.weight"), "{l}");
         }
     }
 
