@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use latent_engine::image_io::{encode_png, latents_safetensors, next_free_name, write_new_file};
+use latent_engine::lora::LoraFile;
 use latent_engine::pipeline::inspect;
-use latent_engine::protocol::{DType, DeviceKind, Event, GenerateRequest, ModelSpec, Prediction};
+use latent_engine::protocol::{DType, DeviceKind, Event, GenerateRequest, LoraSpec, ModelSpec, Prediction};
 use latent_engine::sampling::SOLVERS;
 use latent_engine::sampling::schedule::SCHEDULES;
 use latent_engine::{EngineConfig, EngineHandle};
@@ -35,6 +36,11 @@ enum Cmd {
     },
     /// List the solvers with their order and cost, and the schedules.
     Solvers,
+    /// Show what a LoRA file is: format, target family, rank, alpha, tensors, trigger words.
+    LoraInfo {
+        /// A LoRA .safetensors file.
+        path: PathBuf,
+    },
     /// Benchmarks that print figures (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -109,6 +115,27 @@ struct GenerateArgs {
     /// Also write the final latents (before VAE decode) as tensor `latents`.
     #[arg(long)]
     latents_out: Option<PathBuf>,
+    /// A LoRA to apply, with an optional strength (default 1): FILE or FILE:0.8. Repeatable.
+    #[arg(long = "lora", value_name = "FILE[:STRENGTH]")]
+    loras: Vec<String>,
+    /// A folder searched for `<lora:name:weight>` tags in the prompt. Repeatable; the folders
+    /// of --lora files are searched too.
+    #[arg(long = "lora-dir", value_name = "DIR")]
+    lora_dirs: Vec<PathBuf>,
+}
+
+/// `FILE[:STRENGTH]`: the strength is the part after the last colon when it is a number (so
+/// Windows paths like `C:\x.safetensors` keep their drive letter).
+fn parse_lora_arg(arg: &str) -> Result<LoraSpec> {
+    if let Some((path, s)) = arg.rsplit_once(':')
+        && let Ok(strength) = s.trim().parse::<f32>()
+    {
+        if !strength.is_finite() {
+            bail!("LoRA strength must be a number, got '{s}'");
+        }
+        return Ok(LoraSpec::new(path, strength));
+    }
+    Ok(LoraSpec::new(arg, 1.0))
 }
 
 /// Runs the parsed command line.
@@ -123,6 +150,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         Some(Cmd::Generate(g)) => generate(*g),
         Some(Cmd::Info { path }) => info(&path),
+        Some(Cmd::LoraInfo { path }) => lora_info(&path),
         Some(Cmd::Bench {
             what: BenchCmd::Oracle { plot, json },
         }) => crate::bench::oracle(plot, json),
@@ -176,7 +204,17 @@ fn generate(g: GenerateArgs) -> Result<()> {
     if !g.model.exists() {
         bail!("model {} not found", g.model.display());
     }
-    let engine = EngineHandle::spawn(EngineConfig::default(), || {})?;
+    let loras = g.loras.iter().map(|a| parse_lora_arg(a)).collect::<Result<Vec<_>>>()?;
+    for l in &loras {
+        if !l.path.is_file() {
+            bail!("LoRA {} not found", l.path.display());
+        }
+    }
+    let config = EngineConfig {
+        lora_dirs: g.lora_dirs.clone(),
+        ..EngineConfig::default()
+    };
+    let engine = EngineHandle::spawn(config, || {})?;
     engine.load_model(ModelSpec {
         path: g.model.clone(),
         dtype,
@@ -193,6 +231,23 @@ fn generate(g: GenerateArgs) -> Result<()> {
         }
     };
     eprintln!("model: {} ({})", info.name, info.summary);
+    if !loras.is_empty() {
+        engine.set_loras(loras)?;
+        loop {
+            match engine.recv_timeout(Duration::from_secs(3600)) {
+                Some(Event::LorasApplied { reports }) => {
+                    for r in reports {
+                        eprintln!("lora {}", r.summary());
+                    }
+                    break;
+                }
+                Some(Event::Failed { error, .. }) => bail!("{error}"),
+                Some(Event::Warning { .. }) => {}
+                Some(_) => {}
+                None => bail!("the engine stopped while applying LoRAs"),
+            }
+        }
+    }
     let seed = g.seed.unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -262,6 +317,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
                 );
                 return Ok(());
             }
+            Event::Warning { message, .. } => eprintln!("\nwarning: {message}"),
             Event::Cancelled { at_step, .. } => bail!("cancelled at step {at_step}"),
             Event::Failed { error, .. } => {
                 eprintln!();
@@ -333,5 +389,47 @@ fn info(path: &Path) -> Result<()> {
             println!("  ... and {} more", report.unrecognised.len() - 20);
         }
     }
+    Ok(())
+}
+
+fn lora_info(path: &Path) -> Result<()> {
+    let f = LoraFile::open(path)?;
+    let formats: Vec<String> = f.formats().iter().map(|(fmt, n)| format!("{} ({n} layers)", fmt.name())).collect();
+    println!("path:        {}", path.display());
+    println!("format:      {}", formats.join(", "));
+    println!("made for:    {}", f.target_family());
+    let mut by_part: std::collections::BTreeMap<&str, usize> = Default::default();
+    for m in f.modules.values() {
+        *by_part.entry(m.component()).or_insert(0) += 1;
+    }
+    let parts: Vec<String> = by_part.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    println!("layers:      {} ({})", f.modules.len(), parts.join(", "));
+    let ranks: std::collections::BTreeSet<usize> = f.modules.values().filter_map(|m| m.rank()).collect();
+    let alphas: std::collections::BTreeSet<String> = f.modules.values().filter_map(|m| m.alpha()).map(|a| format!("{a}")).collect();
+    println!(
+        "rank:        {}",
+        ranks.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    let alpha_text = if alphas.is_empty() {
+        f.peft_alpha
+            .map_or("not stored (scale 1)".to_string(), |a| format!("{a} (adapter metadata)"))
+    } else {
+        alphas.into_iter().collect::<Vec<_>>().join(", ")
+    };
+    println!("alpha:       {alpha_text}");
+    println!("tensors:     {} ({} not part of any LoRA layer)", f.tensors, f.stray.len());
+    if let Some(m) = f
+        .metadata
+        .get("ss_sd_model_name")
+        .or_else(|| f.metadata.get("ss_base_model_version"))
+    {
+        println!("trained on:  {m}");
+    }
+    let words = f.trigger_words(10);
+    if !words.is_empty() {
+        let w: Vec<String> = words.iter().map(|(t, c)| format!("{t} ({c})")).collect();
+        println!("trigger words (training tag counts): {}", w.join(", "));
+    }
+    println!("short hash:  {}", f.hash);
     Ok(())
 }

@@ -216,3 +216,37 @@ fn unknown_solver_and_dtype() {
         "dtype",
     );
 }
+
+#[test]
+fn lora_info_and_generate_with_loras() {
+    let o = bin()
+        .arg("lora-info")
+        .arg(fixture("lora/sd1-kohya.safetensors"))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("format:      LoRA (84 layers)"), "{stdout}");
+    assert!(stdout.contains("red (12)"), "{stdout}");
+    let out = scratch("lora.png");
+    let lora = format!("{}:0.8", fixture("lora/sd1-kohya.safetensors").display());
+    let o = generate(&fixture("sd1/sd1-tiny.safetensors"), &["--lora", &lora], &out);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("84/84 layers applied"), "{stderr}");
+    let text = latent_engine::image_io::read_png_parameters(&out)
+        .expect("png")
+        .expect("parameters");
+    assert!(text.contains("Lora hashes: \"sd1-kohya: "), "{text}");
+}
+
+#[test]
+fn a_lora_for_another_family_is_a_clear_error() {
+    let lora = fixture("lora/sdxl-kohya.safetensors");
+    let o = generate(
+        &fixture("sd1/sd1-tiny.safetensors"),
+        &["--lora", lora.to_str().expect("utf8")],
+        &scratch("f.png"),
+    );
+    assert_clean_failure(&o, "another model family");
+}

@@ -17,6 +17,9 @@ pub struct EngineConfig {
     pub thread_name: String,
     pub command_capacity: usize,
     pub event_capacity: usize,
+    /// Folders searched for `<lora:name>` prompt tags (A1111 `models/Lora`, ComfyUI
+    /// `models/loras`, ...); the folders of the panel's LoRAs are searched too.
+    pub lora_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -25,6 +28,7 @@ impl Default for EngineConfig {
             thread_name: "latent-engine".into(),
             command_capacity: 64,
             event_capacity: 256,
+            lora_dirs: vec![],
         }
     }
 }
@@ -42,7 +46,8 @@ impl EngineHandle {
     /// Spawns the engine with the real pipeline. `waker` is called after every event (a
     /// window passes `ctx.request_repaint()`); it must not block.
     pub fn spawn(config: EngineConfig, waker: impl Fn() + Send + Sync + 'static) -> Result<Self> {
-        Self::spawn_with_backend(config, Box::new(PipelineBackend::default()), waker)
+        let backend = PipelineBackend::new(config.lora_dirs.clone());
+        Self::spawn_with_backend(config, Box::new(backend), waker)
     }
 
     /// Spawns the engine around any backend (tests and UI work use stand-ins).
@@ -86,6 +91,11 @@ impl EngineHandle {
     /// Loads a model (answered by `ModelLoaded` or `Failed { id: None }`).
     pub fn load_model(&self, spec: ModelSpec) -> Result<()> {
         self.send(Command::LoadModel(spec))
+    }
+
+    /// Replaces the LoRA set (answered by `LorasApplied` or `Failed { id: None }`).
+    pub fn set_loras(&self, loras: Vec<crate::protocol::LoraSpec>) -> Result<()> {
+        self.send(Command::SetLoras(loras))
     }
 
     /// Queues a generation and returns its id.

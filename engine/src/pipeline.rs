@@ -95,6 +95,8 @@ pub trait Hooks {
     fn wants_preview(&self, step: u32) -> bool;
     /// A preview of the clean estimate at `step`.
     fn preview(&mut self, step: u32, image: ImageRgb8);
+    /// Something the user should know that does not stop the job (unmatched LoRA layers).
+    fn warning(&mut self, _message: String) {}
 }
 
 /// The result of one generation.

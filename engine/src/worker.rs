@@ -8,9 +8,13 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
 use crate::error::{EngineError, Result};
+use crate::lora::{LoraFile, LoraReport, extract_prompt_tags};
 use crate::pipeline::{Hooks, Output, Pipeline};
-use crate::protocol::{Command, Event, GenerateRequest, ImageRgb8, JobId, ModelInfo, ModelSpec};
+use crate::protocol::{Command, Event, GenerateRequest, ImageRgb8, JobId, LoraSpec, ModelInfo, ModelSpec};
 
 /// What the worker drives: the real pipeline, or a stand-in in tests and UI development.
 pub trait Backend: Send {
@@ -20,12 +24,107 @@ pub trait Backend: Send {
     fn prepare(&self, request: &GenerateRequest) -> Result<(u32, u32)>;
     /// Runs a prepared request.
     fn generate(&mut self, request: &GenerateRequest, hooks: &mut dyn Hooks) -> Result<Output>;
+    /// Replaces the LoRA set of the panel; returns one report per file.
+    fn set_loras(&mut self, _loras: &[LoraSpec]) -> Result<Vec<LoraReport>> {
+        Err(EngineError::Other("this engine has no LoRA support".into()))
+    }
 }
 
-/// The real backend: at most one loaded [`Pipeline`].
+/// One LoRA in effect: file, UNet strength, text-encoder strength.
+type Applied = (PathBuf, f32, f32);
+
+/// The real backend: at most one loaded [`Pipeline`], the LoRA panel, and LoRA files read so
+/// far (kept in memory: strength changes never touch the disk).
 #[derive(Default)]
 pub struct PipelineBackend {
     pipeline: Option<Pipeline>,
+    panel: Vec<LoraSpec>,
+    cache: HashMap<PathBuf, LoraFile>,
+    applied: Vec<Applied>,
+    lora_dirs: Vec<PathBuf>,
+}
+
+/// Finds `<name>.safetensors` (case-insensitive) in `dirs` and their subfolders.
+fn find_lora(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+    fn walk(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
+        let entries = std::fs::read_dir(dir).ok()?;
+        let mut subdirs = vec![];
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                subdirs.push(p);
+            } else if p
+                .extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| x.eq_ignore_ascii_case("safetensors"))
+                && p.file_stem().and_then(|x| x.to_str()).is_some_and(|s| s.eq_ignore_ascii_case(name))
+            {
+                return Some(p);
+            }
+        }
+        if depth == 0 {
+            return None;
+        }
+        subdirs.sort();
+        subdirs.iter().find_map(|d| walk(d, name, depth - 1))
+    }
+    dirs.iter().find_map(|d| walk(d, name, 3))
+}
+
+impl PipelineBackend {
+    /// A backend that resolves `<lora:name>` prompt tags in `lora_dirs`.
+    pub fn new(lora_dirs: Vec<PathBuf>) -> Self {
+        Self {
+            lora_dirs,
+            ..Default::default()
+        }
+    }
+
+    /// Panel LoRAs plus the prompt's tags (a tag overrides the panel's strength for its file).
+    fn effective(&self, prompt: &str) -> Result<Vec<Applied>> {
+        let mut set: Vec<Applied> = self
+            .panel
+            .iter()
+            .map(|l| (l.path.clone(), l.strength, l.text_strength.unwrap_or(l.strength)))
+            .collect();
+        let (_, tags) = extract_prompt_tags(prompt);
+        let mut dirs = self.lora_dirs.clone();
+        dirs.extend(self.panel.iter().filter_map(|l| l.path.parent().map(Path::to_path_buf)));
+        for (name, w) in tags {
+            let path = find_lora(&name, &dirs).ok_or_else(|| {
+                let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+                EngineError::InvalidRequest(format!(
+                    "LoRA '{name}' from the prompt was not found (looked in: {})",
+                    if shown.is_empty() {
+                        "no LoRA folders configured".into()
+                    } else {
+                        shown.join(", ")
+                    }
+                ))
+            })?;
+            set.retain(|(p, _, _)| *p != path);
+            set.push((path, w, w));
+        }
+        Ok(set)
+    }
+
+    /// Merges `set` if it differs from what is merged now.
+    fn ensure(&mut self, set: Vec<Applied>) -> Result<Option<Vec<LoraReport>>> {
+        if set == self.applied {
+            return Ok(None);
+        }
+        for (path, _, _) in &set {
+            if !self.cache.contains_key(path) {
+                let f = LoraFile::open(path)?;
+                self.cache.insert(path.clone(), f);
+            }
+        }
+        let pipe = self.pipeline.as_mut().ok_or(EngineError::NoModel)?;
+        let loras: Vec<(&LoraFile, f32, f32)> = set.iter().filter_map(|(p, u, t)| self.cache.get(p).map(|f| (f, *u, *t))).collect();
+        let reports = pipe.apply_loras(&loras)?;
+        self.applied = set;
+        Ok(Some(reports))
+    }
 }
 
 impl Backend for PipelineBackend {
@@ -34,17 +133,40 @@ impl Backend for PipelineBackend {
         let p = Pipeline::load(spec)?;
         let info = p.info();
         self.pipeline = Some(p);
+        // The new model starts without LoRAs; the panel's set is merged at the next job.
+        self.applied.clear();
         Ok(info)
     }
     fn prepare(&self, request: &GenerateRequest) -> Result<(u32, u32)> {
         let p = self.pipeline.as_ref().ok_or(EngineError::NoModel)?;
         let job = p.validate(request)?;
+        self.effective(&request.prompt)?;
         Ok((request.steps, p.nfe(&job)))
     }
     fn generate(&mut self, request: &GenerateRequest, hooks: &mut dyn Hooks) -> Result<Output> {
+        let set = self.effective(&request.prompt)?;
+        if let Some(reports) = self.ensure(set)? {
+            for r in reports.iter().filter(|r| !r.unmatched.is_empty()) {
+                hooks.warning(r.summary());
+            }
+        }
         let p = self.pipeline.as_ref().ok_or(EngineError::NoModel)?;
         let job = p.validate(request)?;
         p.generate(&job, hooks)
+    }
+    fn set_loras(&mut self, loras: &[LoraSpec]) -> Result<Vec<LoraReport>> {
+        let previous = std::mem::replace(&mut self.panel, loras.to_vec());
+        let set = self.effective("")?;
+        if self.pipeline.is_none() {
+            return Ok(vec![]);
+        }
+        match self.ensure(set) {
+            Ok(reports) => Ok(reports.unwrap_or_default()),
+            Err(e) => {
+                self.panel = previous;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -132,11 +254,7 @@ impl Worker {
             let r = match cmd {
                 Command::LoadModel(spec) => self.load(&spec),
                 Command::Generate { id, request } => self.job(id, &request),
-                Command::SetLoras(list) if list.is_empty() => Ok(()),
-                Command::SetLoras(_) => self.emit(Event::Warning {
-                    id: None,
-                    message: "LoRA support is not in this build yet; the LoRA list was ignored".into(),
-                }),
+                Command::SetLoras(list) => self.set_loras(&list),
                 Command::Cancel(id) => {
                     self.board.cancel(id);
                     Ok(())
@@ -160,6 +278,28 @@ impl Worker {
             Err(p) => self.emit(Event::Failed {
                 id: None,
                 error: format!("internal error while loading (the engine recovered): {}", panic_message(&*p)),
+            }),
+        }
+    }
+
+    fn set_loras(&mut self, list: &[LoraSpec]) -> std::result::Result<(), Disconnected> {
+        match catch_unwind(AssertUnwindSafe(|| self.backend.set_loras(list))) {
+            Ok(Ok(reports)) => {
+                for r in reports.iter().filter(|r| !r.unmatched.is_empty()) {
+                    self.emit(Event::Warning {
+                        id: None,
+                        message: r.summary(),
+                    })?;
+                }
+                self.emit(Event::LorasApplied { reports })
+            }
+            Ok(Err(e)) => self.emit(Event::Failed {
+                id: None,
+                error: e.to_string(),
+            }),
+            Err(p) => self.emit(Event::Failed {
+                id: None,
+                error: format!("internal error while applying LoRAs (the engine recovered): {}", panic_message(&*p)),
             }),
         }
     }
@@ -246,6 +386,20 @@ impl Hooks for EventHooks<'_> {
                 step,
                 total_steps,
                 step_time,
+            })
+            .is_err()
+        {
+            self.disconnected = true;
+            return;
+        }
+        (self.waker)();
+    }
+    fn warning(&mut self, message: String) {
+        if self
+            .worker_events
+            .send(Event::Warning {
+                id: Some(self.id),
+                message,
             })
             .is_err()
         {

@@ -377,3 +377,55 @@ fn the_engine_thread_is_named() {
     assert!(matches!(next(&engine), Event::ModelLoaded { .. }));
     assert_eq!(name.lock().expect("lock").as_deref(), Some("latent-engine"));
 }
+
+fn finished_pixels(engine: &EngineHandle, request: GenerateRequest) -> Vec<u8> {
+    let id = engine.generate(request).expect("send");
+    match job_events(engine, id).pop() {
+        Some(Event::Finished { image, .. }) => image.pixels,
+        other => panic!("expected Finished, got {other:?}"),
+    }
+}
+
+#[test]
+fn loras_through_the_protocol_panel_and_prompt_tags() {
+    use latent_engine::protocol::LoraSpec;
+    let lora = fixture("lora/sd1-kohya.safetensors");
+    let config = EngineConfig {
+        lora_dirs: vec![fixture("lora")],
+        ..EngineConfig::default()
+    };
+    let engine = EngineHandle::spawn(config, || {}).expect("spawn");
+    engine.load_model(tiny()).expect("send");
+    assert!(matches!(next(&engine), Event::ModelLoaded { .. }));
+    let base = finished_pixels(&engine, request(3, 1));
+    // Panel: a report per file, and the picture changes.
+    engine.set_loras(vec![LoraSpec::new(&lora, 0.8)]).expect("send");
+    match next(&engine) {
+        Event::LorasApplied { reports } => assert_eq!((reports[0].applied, reports[0].total), (84, 84)),
+        other => panic!("{other:?}"),
+    }
+    let panel = finished_pixels(&engine, request(3, 1));
+    assert_ne!(panel, base);
+    // The same LoRA from a prompt tag gives the same picture; the tag is not encoded as text.
+    engine.set_loras(vec![]).expect("send");
+    assert!(matches!(next(&engine), Event::LorasApplied { .. }));
+    let mut tagged = request(3, 1);
+    tagged.prompt = "a red cat <lora:sd1-kohya:0.8>".into();
+    assert_eq!(finished_pixels(&engine, tagged), panel);
+    // Unknown tag: the job fails clearly; a LoRA for another family: Failed, model untouched.
+    let mut missing = request(3, 1);
+    missing.prompt = "a red cat <lora:no-such-lora>".into();
+    let id = engine.generate(missing).expect("send");
+    match job_events(&engine, id).as_slice() {
+        [Event::Failed { error, .. }] => assert!(error.contains("no-such-lora"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    engine
+        .set_loras(vec![LoraSpec::new(fixture("lora/sdxl-kohya.safetensors"), 1.0)])
+        .expect("send");
+    match next(&engine) {
+        Event::Failed { id: None, error } => assert!(error.contains("does not fit"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(finished_pixels(&engine, request(3, 1)), base);
+}
