@@ -36,7 +36,7 @@ impl LoraReport {
     }
 }
 
-fn part<'a>(m: &'a Module, p: Part) -> Result<&'a Tensor> {
+fn part(m: &Module, p: Part) -> Result<&Tensor> {
     m.parts
         .get(&p)
         .ok_or_else(|| EngineError::Other(format!("LoRA module {} lacks its {p:?} tensor", m.key)))

@@ -40,7 +40,8 @@ mod tests {
 
     #[test]
     fn prompt_tags() {
-        let cases: &[(&str, &str, &[(&str, f32)])] = &[
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, f32)]);
+        let cases: &[Case] = &[
             ("a cat <lora:ink:0.8>, detailed", "a cat , detailed", &[("ink", 0.8)]),
             ("<lora:style> a dog", "a dog", &[("style", 1.0)]),
             ("a <lora:a:0.5> b <lora:b:-1>", "a b", &[("a", 0.5), ("b", -1.0)]),
