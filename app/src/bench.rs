@@ -9,6 +9,103 @@ use latent_engine::sampling::{SOLVERS, evaluations};
 
 use crate::plot::{Series, log_log};
 
+/// Resident memory of this process in bytes (Linux; 0 elsewhere).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Time to merge, re-weight and remove a LoRA on a random-weight model of a real size.
+pub fn lora(config: &str, rank: usize) -> Result<()> {
+    use latent_engine::lora::LoraFile;
+    use latent_engine::lora::file::Module;
+    use latent_engine::lora::keys::Part;
+    use latent_engine::model::synthetic;
+    use latent_engine::pipeline::Pipeline;
+    use std::time::Instant;
+    let cfg = synthetic::preset(config).ok_or_else(|| anyhow::anyhow!("unknown --config '{config}' (sd15, sd21, sdxl)"))?;
+    let t0 = Instant::now();
+    let w = synthetic::random_weights(&cfg, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    let mut pipe = Pipeline::from_weights(w, cfg, config, latent_engine::DType::F32, candle_core::Device::Cpu)?;
+    eprintln!("built random {config} in {:.1} s", t0.elapsed().as_secs_f64());
+    // A rank-`rank` LoRA on every attention projection and feed-forward layer of the UNet.
+    let mut modules = std::collections::BTreeMap::new();
+    let targets: Vec<(String, Vec<usize>)> = pipe
+        .base_weights()
+        .shapes
+        .iter()
+        .filter(|(k, s)| {
+            k.starts_with("unet.")
+                && s.len() == 2
+                && (k.contains(".attn1.") || k.contains(".attn2.") || k.contains(".ff.net."))
+                && k.ends_with(".weight")
+        })
+        .map(|(k, s)| (k.clone(), s.clone()))
+        .collect();
+    let mut lora_params = 0usize;
+    for (name, shape) in &targets {
+        let key = format!(
+            "lora_unet_{}",
+            name.trim_start_matches("unet.").trim_end_matches(".weight").replace('.', "_")
+        );
+        let dev = candle_core::Device::Cpu;
+        let down = candle_core::Tensor::randn(0f32, 0.01, (rank, shape[1]), &dev)?;
+        let up = candle_core::Tensor::randn(0f32, 0.01, (shape[0], rank), &dev)?;
+        lora_params += down.elem_count() + up.elem_count();
+        let parts = std::collections::HashMap::from([
+            (Part::Down, down),
+            (Part::Up, up),
+            (Part::Alpha, candle_core::Tensor::new(&[rank as f32 / 2.0], &dev)?),
+        ]);
+        modules.insert(key.clone(), Module { key, parts });
+    }
+    let file = LoraFile {
+        path: "synthetic".into(),
+        name: format!("rank{rank}"),
+        modules,
+        stray: vec![],
+        metadata: Default::default(),
+        peft_alpha: None,
+        tensors: targets.len() * 3,
+        hash: "synthetic".into(),
+    };
+    let touched: usize = targets.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    let rss0 = rss_bytes();
+    let t = Instant::now();
+    let reports = pipe.apply_loras(&[(&file, 1.0, 1.0)])?;
+    let first = t.elapsed();
+    let rss1 = rss_bytes();
+    let mut changes = vec![];
+    for s in [0.5f32, 0.8, 1.2] {
+        let t = Instant::now();
+        pipe.apply_loras(&[(&file, s, s)])?;
+        changes.push(t.elapsed().as_secs_f64());
+    }
+    let t = Instant::now();
+    pipe.apply_loras(&[])?;
+    let removal = t.elapsed();
+    changes.sort_by(f64::total_cmp);
+    println!("| model | LoRA | layers | apply | strength change (median of 3) | remove | extra memory held |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| {config} (random, f32) | rank {rank}, {:.1} M params | {} | {:.2} s | {:.2} s | {:.2} s | {:.0} MiB merged weights (RSS +{:.0} MiB) |",
+        lora_params as f64 / 1e6,
+        reports[0].applied,
+        first.as_secs_f64(),
+        changes[1],
+        removal.as_secs_f64(),
+        touched as f64 * 4.0 / (1 << 20) as f64,
+        (rss1.saturating_sub(rss0)) as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
 /// NFE budgets of the table.
 const NFES: [u32; 6] = [5, 10, 20, 50, 100, 200];
 

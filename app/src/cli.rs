@@ -59,6 +59,14 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Time to merge, change and remove a LoRA on a random-weight model (no download).
+    Lora {
+        /// sd15, sd21 or sdxl.
+        #[arg(long, default_value = "sd15")]
+        config: String,
+        #[arg(long, default_value_t = 32)]
+        rank: usize,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -154,6 +162,9 @@ pub fn run(args: Args) -> Result<()> {
         Some(Cmd::Bench {
             what: BenchCmd::Oracle { plot, json },
         }) => crate::bench::oracle(plot, json),
+        Some(Cmd::Bench {
+            what: BenchCmd::Lora { config, rank },
+        }) => crate::bench::lora(&config, rank),
         Some(Cmd::Solvers) => {
             println!(
                 "{:<13} {:>5} {:>9} {:>10}  reference (diffusers)",

@@ -158,14 +158,7 @@ impl Pipeline {
     /// Loads a checkpoint (single file or diffusers folder) and builds the networks.
     pub fn load(spec: &ModelSpec) -> Result<Self> {
         let device = open_device(spec.device)?;
-        let mut w = checkpoint::load(&spec.path, candle_dtype(spec.dtype), &device)?;
-        if spec.dtype == DType::BF16 && device.is_cpu() {
-            // candle 0.11 has no bf16 matrix multiply on CPU: keep bf16's rounding of the
-            // weights but compute in f32.
-            for t in w.tensors.values_mut() {
-                *t = t.to_dtype(CDType::F32)?;
-            }
-        }
+        let w = checkpoint::load(&spec.path, candle_dtype(spec.dtype), &device)?;
         let name = spec
             .path
             .file_stem()
@@ -176,11 +169,26 @@ impl Pipeline {
         if let Some(p) = spec.prediction {
             cfg.prediction = p;
         }
+        let hash = if spec.path.is_file() { file_hash(&spec.path) } else { None };
+        let mut pipe = Self::from_weights(w, cfg, &name, spec.dtype, device)?;
+        pipe.path = spec.path.clone();
+        pipe.hash = hash;
+        Ok(pipe)
+    }
+
+    /// Builds the networks from weights already in memory (checkpoints, synthetic models).
+    pub fn from_weights(mut w: Weights, cfg: ModelConfig, name: &str, dtype: DType, device: Device) -> Result<Self> {
+        if dtype == DType::BF16 && device.is_cpu() {
+            // candle 0.11 has no bf16 matrix multiply on CPU: keep bf16's rounding of the
+            // weights but compute in f32.
+            for t in w.tensors.values_mut() {
+                *t = t.to_dtype(CDType::F32)?;
+            }
+        }
         let text = cfg.text.iter().map(|t| ClipText::new(&w, t)).collect::<Result<Vec<_>>>()?;
         let unet = Unet::new(&w, &cfg.unet)?;
         let vae = VaeDecoder::new(&w, &cfg.vae)?;
         let report = report(&w);
-        let hash = if spec.path.is_file() { file_hash(&spec.path) } else { None };
         let preview = if cfg.family == Family::Sdxl {
             LatentRgb::SDXL
         } else {
@@ -188,10 +196,10 @@ impl Pipeline {
         };
         Ok(Self {
             config: cfg,
-            name,
-            path: spec.path.clone(),
+            name: name.to_string(),
+            path: PathBuf::new(),
             report,
-            hash,
+            hash: None,
             text,
             unet,
             vae,
@@ -199,10 +207,15 @@ impl Pipeline {
             lora_table: None,
             lora_hashes: vec![],
             device,
-            dtype: spec.dtype,
+            dtype,
             schedule: ModelSchedule::stable_diffusion(),
             preview,
         })
+    }
+
+    /// The checkpoint's own weights (what LoRA merges start from).
+    pub fn base_weights(&self) -> &Weights {
+        &self.base
     }
 
     /// Summary for the window and the CLI.

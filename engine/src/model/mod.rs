@@ -6,5 +6,6 @@ pub mod clip;
 pub mod config;
 pub mod convert;
 pub mod layers;
+pub mod synthetic;
 pub mod unet;
 pub mod vae;
