@@ -224,6 +224,7 @@ pub fn shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         linear(&mut add, "unet.add_embedding.linear_2".into(), temb, temb, true);
     }
     let mut prev = ch[0];
+    #[allow(clippy::needless_range_loop)] // i also names the block
     for i in 0..n {
         for j in 0..u.layers_per_block {
             let input = if j == 0 { prev } else { ch[i] };
