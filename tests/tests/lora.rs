@@ -84,6 +84,7 @@ fn sd1_formats_match_the_reference_in_both_layouts() {
             ("sd1-lokr.safetensors", "sd1.lokr"),
             ("sd1-dora.safetensors", "sd1.dora"),
             ("sd1-attnproc.safetensors", "sd1.attnproc"),
+            ("sd1-tucker.safetensors", "sd1.tucker"),
         ] {
             check(&mut pipe, "sd1", file, tag, &r, false);
         }
@@ -167,4 +168,44 @@ fn lora_info_reads_format_rank_and_trigger_words() {
     assert_eq!(xl.target_family(), "SDXL");
     let loha = LoraFile::open(&fixture("lora/sd1-loha.safetensors")).expect("open");
     assert!(loha.formats().contains_key(&latent_engine::lora::LoraFormat::LoHa));
+}
+
+/// Several LoRAs at once add their deltas: merging A and B equals A's change plus B's change.
+#[test]
+fn stacked_loras_add_up() {
+    let pipe = Pipeline::load(&ModelSpec::new(&layouts("sd1")[0].1)).expect("load");
+    let base = &pipe.base_weights().tensors;
+    let table = latent_engine::lora::keys::table(base.keys().map(|k| (k.as_str(), None)));
+    let a = LoraFile::open(&fixture("lora/sd1-kohya.safetensors")).expect("open");
+    let b = LoraFile::open(&fixture("lora/sd1-locon.safetensors")).expect("open");
+    let (ab, reports) = latent_engine::lora::merge_into(base, &table, &[(&a, 0.8, 0.6), (&b, 0.5, 0.5)]).expect("merge");
+    assert_eq!(reports.len(), 2);
+    let (only_a, _) = latent_engine::lora::merge_into(base, &table, &[(&a, 0.8, 0.6)]).expect("merge");
+    let (only_b, _) = latent_engine::lora::merge_into(base, &table, &[(&b, 0.5, 0.5)]).expect("merge");
+    let mut checked = 0;
+    for (k, merged) in &ab {
+        let w0 = &base[k];
+        let da = only_a
+            .get(k)
+            .map(|t| (t - w0).expect("sub"))
+            .unwrap_or_else(|| w0.zeros_like().expect("zeros"));
+        let db = only_b
+            .get(k)
+            .map(|t| (t - w0).expect("sub"))
+            .unwrap_or_else(|| w0.zeros_like().expect("zeros"));
+        let want = ((w0 + da).expect("add") + db).expect("add");
+        let diff: f32 = (merged - want)
+            .expect("sub")
+            .abs()
+            .expect("abs")
+            .flatten_all()
+            .expect("flat")
+            .max(0)
+            .expect("max")
+            .to_scalar()
+            .expect("scalar");
+        assert!(diff < 1e-5, "{k}: {diff}");
+        checked += 1;
+    }
+    assert!(checked > only_a.len().max(only_b.len()), "both LoRAs touched layers ({checked})");
 }

@@ -64,6 +64,18 @@ fn kron(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(prod.reshape(out)?)
 }
 
+/// LyCORIS' Tucker rebuild `einsum("i j k l, j r, i p -> p r k l", t, b, a)`: a core
+/// `t [rank, rank, kh, kw]` with factors `a [rank, out]`, `b [rank, in]` -> `[out, in, kh, kw]`.
+fn tucker(t: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (r1, r2, kh, kw) = t.dims4()?;
+    let out = a.dim(1)?;
+    let inn = b.dim(1)?;
+    let x = a.t()?.matmul(&t.reshape((r1, r2 * kh * kw))?)?; // [out, r2*kh*kw]
+    let x = x.reshape((out, r2, kh, kw))?.permute((0, 2, 3, 1))?.reshape((out * kh * kw, r2))?;
+    let y = x.matmul(b)?; // [out*kh*kw, in]
+    Ok(y.reshape((out, kh, kw, inn))?.permute((0, 3, 1, 2))?.contiguous()?)
+}
+
 /// The scaled weight delta of one module, shaped like `target` (f32, on `device`).
 pub fn delta(m: &Module, target: &[usize], default_alpha: Option<f32>, device: &Device) -> Result<Tensor> {
     let on = |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(device)?.to_dtype(DType::F32)?) };
@@ -94,31 +106,27 @@ pub fn delta(m: &Module, target: &[usize], default_alpha: Option<f32>, device: &
             (d, alpha.map_or(1.0, |a| a / rank))
         }
         LoraFormat::LoHa => {
-            if m.parts.contains_key(&Part::HadaT1) {
-                return Err(EngineError::Other(format!(
-                    "LoHa with Tucker factors (hada_t1) is not supported yet ({})",
-                    m.key
-                )));
-            }
-            let w1 = on(part(m, Part::HadaW1A)?)?.matmul(&on(part(m, Part::HadaW1B)?)?)?;
-            let w2 = on(part(m, Part::HadaW2A)?)?.matmul(&on(part(m, Part::HadaW2B)?)?)?;
+            let (w1a, w1b) = (on(part(m, Part::HadaW1A)?)?, on(part(m, Part::HadaW1B)?)?);
+            let (w2a, w2b) = (on(part(m, Part::HadaW2A)?)?, on(part(m, Part::HadaW2B)?)?);
+            let (w1, w2) = match (m.parts.get(&Part::HadaT1), m.parts.get(&Part::HadaT2)) {
+                (Some(t1), Some(t2)) => (
+                    tucker(&on(t1)?, &w1a, &as_matrix(&w1b)?)?,
+                    tucker(&on(t2)?, &w2a, &as_matrix(&w2b)?)?,
+                ),
+                _ => (w1a.matmul(&as_matrix(&w1b)?)?, w2a.matmul(&as_matrix(&w2b)?)?),
+            };
             ((w1 * w2)?, alpha.map_or(1.0, |a| a / rank))
         }
         LoraFormat::LoKr => {
-            if m.parts.contains_key(&Part::LokrT2) {
-                return Err(EngineError::Other(format!(
-                    "LoKr with a Tucker factor (lokr_t2) is not supported yet ({})",
-                    m.key
-                )));
-            }
             let factored = m.parts.contains_key(&Part::LokrW1A) || m.parts.contains_key(&Part::LokrW2A);
             let w1 = match m.parts.get(&Part::LokrW1) {
                 Some(w) => on(w)?,
                 None => on(part(m, Part::LokrW1A)?)?.matmul(&on(part(m, Part::LokrW1B)?)?)?,
             };
-            let w2 = match m.parts.get(&Part::LokrW2) {
-                Some(w) => on(w)?,
-                None => {
+            let w2 = match (m.parts.get(&Part::LokrW2), m.parts.get(&Part::LokrT2)) {
+                (Some(w), _) => on(w)?,
+                (None, Some(t2)) => tucker(&on(t2)?, &on(part(m, Part::LokrW2A)?)?, &as_matrix(&on(part(m, Part::LokrW2B)?)?)?)?,
+                (None, None) => {
                     let (a, b) = (on(part(m, Part::LokrW2A)?)?, on(part(m, Part::LokrW2B)?)?);
                     let (out2, in2) = (a.dim(0)?, target.get(1).copied().unwrap_or(1) / w1.dim(1)?);
                     let prod = a.matmul(&as_matrix(&b)?)?;
