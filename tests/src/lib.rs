@@ -49,3 +49,33 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den.max(1e-30)).sqrt()
 }
+
+/// Hooks that never cancel and want no previews (for driving a `Pipeline` directly).
+pub struct Quiet;
+
+impl latent_engine::pipeline::Hooks for Quiet {
+    fn cancelled(&self) -> bool {
+        false
+    }
+    fn progress(&mut self, _: u32, _: u32, _: std::time::Duration) {}
+    fn wants_preview(&self, _: u32) -> bool {
+        false
+    }
+    fn preview(&mut self, _: u32, _: latent_engine::protocol::ImageRgb8) {}
+}
+
+/// The tiny-model request the end-to-end tests share: 64x64, "a red cat" vs "blue".
+pub fn tiny_request(solver: &str, steps: u32, cfg_scale: f64, seed: u64) -> latent_engine::protocol::GenerateRequest {
+    latent_engine::protocol::GenerateRequest {
+        prompt: "a red cat".into(),
+        negative: "blue".into(),
+        width: 64,
+        height: 64,
+        steps,
+        cfg_scale,
+        seed,
+        solver: solver.into(),
+        preview_every: 0,
+        ..Default::default()
+    }
+}

@@ -5,23 +5,11 @@
 use candle_core::{Device, Tensor};
 use latent_engine::lora::LoraFile;
 use latent_engine::model::unet::UnetInput;
-use latent_engine::pipeline::{Hooks, Pipeline};
-use latent_engine::protocol::{GenerateRequest, ImageRgb8, ModelSpec};
-use latent_tests::{fixture, layouts, rel_l2};
+use latent_engine::pipeline::Pipeline;
+use latent_engine::protocol::ModelSpec;
+use latent_tests::{Quiet, fixture, layouts, rel_l2};
 
 const TOL: f64 = 1e-4;
-
-struct Quiet;
-impl Hooks for Quiet {
-    fn cancelled(&self) -> bool {
-        false
-    }
-    fn progress(&mut self, _: u32, _: u32, _: std::time::Duration) {}
-    fn wants_preview(&self, _: u32) -> bool {
-        false
-    }
-    fn preview(&mut self, _: u32, _: ImageRgb8) {}
-}
 
 fn reference() -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("lora/reference.safetensors"), &Device::Cpu).expect("lora reference")
@@ -101,18 +89,7 @@ fn sdxl_kohya_with_both_text_encoders_matches_the_reference() {
 }
 
 fn run(pipe: &Pipeline) -> Vec<f32> {
-    let req = GenerateRequest {
-        prompt: "a red cat".into(),
-        negative: "blue".into(),
-        width: 64,
-        height: 64,
-        steps: 10,
-        cfg_scale: 3.0,
-        seed: 1,
-        solver: "ddim".into(),
-        preview_every: 0,
-        ..Default::default()
-    };
+    let req = latent_tests::tiny_request("ddim", 10, 3.0, 1);
     pipe.generate(&pipe.validate(&req).expect("valid"), &mut Quiet)
         .expect("generate")
         .latents

@@ -3,25 +3,13 @@
 
 use candle_core::{DType, Tensor};
 use latent_engine::model::unet::UnetInput;
-use latent_engine::pipeline::{Hooks, Pipeline};
-use latent_engine::protocol::{GenerateRequest, ImageRgb8, ModelSpec};
+use latent_engine::pipeline::Pipeline;
+use latent_engine::protocol::{GenerateRequest, ModelSpec};
 use latent_engine::rng::TorchRng;
 use latent_engine::tokenizer::ClipTokenizer;
-use latent_tests::{FAMILIES, layouts, reference, reference_json, rel_l2};
+use latent_tests::{FAMILIES, Quiet, layouts, reference, reference_json, rel_l2};
 
 const TOL: f64 = 1e-4;
-
-struct Quiet;
-impl Hooks for Quiet {
-    fn cancelled(&self) -> bool {
-        false
-    }
-    fn progress(&mut self, _: u32, _: u32, _: std::time::Duration) {}
-    fn wants_preview(&self, _: u32) -> bool {
-        false
-    }
-    fn preview(&mut self, _: u32, _: ImageRgb8) {}
-}
 
 fn report(what: &str, err: f64) {
     println!("{what}: rel L2 {err:.2e}");

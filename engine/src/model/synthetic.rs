@@ -58,38 +58,30 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
             few_step: false,
             default_size: (512, 512),
         },
-        "sd21" => ModelConfig {
-            family: Family::Sd2,
-            text: vec![TextConfig {
-                hidden: 1024,
-                layers: 23,
-                heads: 16,
-                intermediate: 4096,
-                activation: Activation::Gelu,
-                pad_token: 0,
-                ..clip_l
-            }],
-            unet: UnetConfig {
-                in_channels: 4,
-                out_channels: 4,
-                block_out_channels: vec![320, 640, 1280, 1280],
-                layers_per_block: 2,
-                down_attention: vec![Some(1), Some(1), Some(1), None],
-                up_attention: vec![None, Some(1), Some(1), Some(1)],
-                mid_attention: Some(1),
-                heads: vec![5, 10, 20, 20],
-                context_dim: 1024,
-                linear_projection: true,
-                groups: 32,
-                time_embed_dim: 1280,
-                addition: None,
-            },
-            vae,
-            prediction: Prediction::V,
-            text_layer_base: 1,
-            few_step: false,
-            default_size: (768, 768),
-        },
+        "sd21" => {
+            let sd15 = preset("sd15")?;
+            ModelConfig {
+                family: Family::Sd2,
+                text: vec![TextConfig {
+                    hidden: 1024,
+                    layers: 23,
+                    heads: 16,
+                    intermediate: 4096,
+                    activation: Activation::Gelu,
+                    pad_token: 0,
+                    ..clip_l
+                }],
+                unet: UnetConfig {
+                    heads: vec![5, 10, 20, 20],
+                    context_dim: 1024,
+                    linear_projection: true,
+                    ..sd15.unet
+                },
+                prediction: Prediction::V,
+                default_size: (768, 768),
+                ..sd15
+            }
+        }
         "sdxl" => ModelConfig {
             family: Family::Sdxl,
             text: vec![
