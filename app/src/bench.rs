@@ -201,3 +201,125 @@ pub fn oracle(plot: Option<PathBuf>, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// What `bench stage` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    Text,
+    Unet,
+    Vae,
+}
+
+/// Options of `bench text|unet|vae`.
+pub struct StageArgs {
+    pub stage: Stage,
+    pub config: String,
+    pub width: u32,
+    pub height: u32,
+    pub batch: usize,
+    pub dtype: latent_engine::DType,
+    pub iters: usize,
+    pub json: bool,
+}
+
+/// Times one network on random inputs: random-weight presets (sd15, sd21, sdxl) or a
+/// checkpoint path. Prints median and min seconds per iteration and peak resident memory.
+pub fn stage(a: StageArgs) -> Result<()> {
+    use candle_core::{Device, Tensor};
+    use latent_engine::model::synthetic;
+    use latent_engine::model::unet::UnetInput;
+    use latent_engine::pipeline::Pipeline;
+    use std::time::Instant;
+    let cdt = match a.dtype {
+        latent_engine::DType::F32 => candle_core::DType::F32,
+        latent_engine::DType::F16 => candle_core::DType::F16,
+        latent_engine::DType::BF16 => candle_core::DType::BF16,
+    };
+    let t0 = Instant::now();
+    let pipe = match synthetic::preset(&a.config) {
+        Some(cfg) => Pipeline::from_weights(
+            synthetic::random_weights(&cfg, cdt, &Device::Cpu)?,
+            cfg,
+            &a.config,
+            a.dtype,
+            Device::Cpu,
+        )?,
+        None => Pipeline::load(&latent_engine::ModelSpec {
+            dtype: a.dtype,
+            ..latent_engine::ModelSpec::new(&a.config)
+        })?,
+    };
+    eprintln!("model ready in {:.1} s", t0.elapsed().as_secs_f64());
+    let scale = pipe.config.vae.scale() as u32;
+    let (h, w) = ((a.height / scale) as usize, (a.width / scale) as usize);
+    let dev = Device::Cpu;
+    let mut times = vec![];
+    for _ in 0..a.iters.max(1) {
+        let t = Instant::now();
+        match a.stage {
+            Stage::Text => {
+                pipe.encode_prompt("a photograph of an astronaut riding a horse", "", 1, true)?;
+            }
+            Stage::Unet => {
+                let c = pipe.config.unet.in_channels;
+                let x = Tensor::randn(0f32, 1.0, (a.batch, c, h, w), &dev)?;
+                let ctx = Tensor::randn(0f32, 1.0, (a.batch, 77, pipe.config.unet.context_dim), &dev)?;
+                let pooled = pipe
+                    .config
+                    .unet
+                    .addition
+                    .map(|(d, input)| Tensor::randn(0f32, 1.0, (a.batch, input - 6 * d), &dev))
+                    .transpose()?;
+                let ids = Tensor::from_vec(
+                    [a.height as f32, a.width as f32, 0.0, 0.0, a.height as f32, a.width as f32].repeat(a.batch),
+                    (a.batch, 6),
+                    &dev,
+                )?;
+                let added = pooled.as_ref().map(|p| (p, &ids));
+                pipe.unet().forward(&UnetInput {
+                    sample: &x,
+                    timesteps: &vec![500.0; a.batch],
+                    context: &ctx,
+                    added,
+                })?;
+            }
+            Stage::Vae => {
+                let z = Tensor::randn(0f32, 1.0, (a.batch, pipe.config.vae.latent_channels, h, w), &dev)?;
+                pipe.vae().decode(&z)?;
+            }
+        }
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0) as f64
+        / (1 << 20) as f64;
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let (median, min) = (sorted[sorted.len() / 2], sorted[0]);
+    let what = format!("{:?}", a.stage).to_lowercase();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"stage": what, "config": a.config, "width": a.width, "height": a.height, "batch": a.batch,
+                "dtype": a.dtype.name(), "iters": times.len(), "median_s": median, "min_s": min, "peak_rss_gib": peak})
+        );
+    } else {
+        println!("| stage | config | size | batch | dtype | median s | min s | peak RSS GiB |");
+        println!("|---|---|---|---|---|---|---|---|");
+        println!(
+            "| {what} | {} | {}x{} | {} | {} | {median:.2} | {min:.2} | {peak:.1} |",
+            a.config,
+            a.width,
+            a.height,
+            a.batch,
+            a.dtype.name()
+        );
+    }
+    Ok(())
+}

@@ -59,6 +59,27 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Time one network (text, unet, vae) on a random-weight preset or a checkpoint.
+    Stage {
+        #[arg(value_enum)]
+        stage: crate::bench::Stage,
+        /// sd15, sd21, sdxl (random weights, no download) or a checkpoint path.
+        #[arg(long, default_value = "sd15")]
+        config: String,
+        #[arg(long, default_value_t = 512)]
+        width: u32,
+        #[arg(long, default_value_t = 512)]
+        height: u32,
+        /// Batch (2 = one CFG step).
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Time to merge, change and remove a LoRA on a random-weight model (no download).
     Lora {
         /// sd15, sd21 or sdxl.
@@ -165,6 +186,31 @@ pub fn run(args: Args) -> Result<()> {
         Some(Cmd::Bench {
             what: BenchCmd::Lora { config, rank },
         }) => crate::bench::lora(&config, rank),
+        Some(Cmd::Bench {
+            what:
+                BenchCmd::Stage {
+                    stage,
+                    config,
+                    width,
+                    height,
+                    batch,
+                    dtype,
+                    iters,
+                    json,
+                },
+        }) => {
+            let dtype = DType::parse(&dtype).with_context(|| format!("unknown --dtype '{dtype}' (f32, f16, bf16)"))?;
+            crate::bench::stage(crate::bench::StageArgs {
+                stage,
+                config,
+                width,
+                height,
+                batch,
+                dtype,
+                iters,
+                json,
+            })
+        }
         Some(Cmd::Solvers) => {
             println!(
                 "{:<13} {:>5} {:>9} {:>10}  reference (diffusers)",
