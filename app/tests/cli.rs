@@ -250,3 +250,25 @@ fn a_lora_for_another_family_is_a_clear_error() {
     );
     assert_clean_failure(&o, "another model family");
 }
+
+#[test]
+fn bench_commands_print_their_tables() {
+    let model = fixture("sd1/sd1-tiny.safetensors");
+    for stage in ["text", "unet", "vae"] {
+        let o = bin()
+            .args(["bench", "stage", stage, "--config"])
+            .arg(&model)
+            .args(["--width", "64", "--height", "64", "--iters", "1", "--json"])
+            .output()
+            .expect("run");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        assert_eq!(v["stage"], stage);
+        assert!(v["median_s"].as_f64().expect("median") > 0.0);
+    }
+    let o = bin().args(["bench", "oracle", "--json"]).output().expect("run");
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let rows = v.as_array().expect("rows");
+    assert!(rows.iter().any(|r| r["solver"] == "unipc"));
+}
