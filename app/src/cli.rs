@@ -1,4 +1,4 @@
-//! Subcommands: `generate`, `info`, `solvers`. No subcommand opens the window.
+//! Subcommands: `generate`, `info`, `solvers`, `lora-info`, `bench`. No subcommand opens the window.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,16 @@ use latent_engine::{EngineConfig, EngineHandle};
 pub struct Args {
     #[command(subcommand)]
     command: Option<Cmd>,
+    /// Window: open this model (a .safetensors file or diffusers folder) instead of the
+    /// remembered one.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Window: save finished images here instead of the remembered output folder.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Window: renderer to use.
+    #[arg(long, value_enum, default_value = "auto")]
+    renderer: crate::gui::RendererChoice,
 }
 
 #[derive(Subcommand, Debug)]
@@ -170,13 +180,11 @@ fn parse_lora_arg(arg: &str) -> Result<LoraSpec> {
 /// Runs the parsed command line.
 pub fn run(args: Args) -> Result<()> {
     match args.command {
-        None => {
-            println!(
-                "Latent Studio {}\nThe studio window is not in this build yet. Headless use:\n  latent-studio generate --model MODEL.safetensors --prompt \"a cat\" --out cat.png\n  latent-studio info MODEL.safetensors\n  latent-studio --help",
-                env!("CARGO_PKG_VERSION")
-            );
-            Ok(())
-        }
+        None => crate::gui::run(crate::gui::WindowArgs {
+            model: args.model,
+            output: args.output,
+            renderer: args.renderer,
+        }),
         Some(Cmd::Generate(g)) => generate(*g),
         Some(Cmd::Info { path }) => info(&path),
         Some(Cmd::LoraInfo { path }) => lora_info(&path),

@@ -1,12 +1,9 @@
 //! `latent-studio`: the desktop studio (window) and its headless command line.
 
-mod bench;
-mod cli;
-mod plot;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use latent_studio::cli;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();

@@ -581,11 +581,21 @@ fn guided_steps(r: &GenerateRequest) -> u32 {
 
 /// Network evaluations a job will spend, CFG's passes and truncation included.
 pub fn planned_nfe(job: &Job) -> u32 {
-    let n = job.request.steps;
-    let guided = guided_steps(&job.request);
-    (0..n)
+    nfe_of(job.solver, &job.request)
+}
+
+/// The NFE a request will spend, known before any model is loaded (the window shows it
+/// beside the sliders); `None` for an unknown solver.
+pub fn request_nfe(request: &GenerateRequest) -> Option<u32> {
+    let solver = sampling::SOLVERS.iter().find(|s| s.name == request.solver)?;
+    Some(nfe_of(solver, request))
+}
+
+fn nfe_of(solver: &sampling::SolverInfo, request: &GenerateRequest) -> u32 {
+    let guided = guided_steps(request);
+    (0..request.steps)
         .map(|k| {
-            let evals = sampling::evaluations(job.solver, k + 1) - sampling::evaluations(job.solver, k);
+            let evals = sampling::evaluations(solver, k + 1) - sampling::evaluations(solver, k);
             evals * if k < guided { 2 } else { 1 }
         })
         .sum()

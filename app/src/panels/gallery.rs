@@ -1,0 +1,66 @@
+//! History: every finished image (saved automatically), newest first; a click shows it and
+//! restores its settings.
+
+use eframe::egui;
+
+use crate::app::StudioApp;
+use crate::state::{Level, Shown};
+
+pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
+    ui.heading("History");
+    ui.horizontal(|ui| {
+        if ui
+            .button("Copy")
+            .on_hover_text("Copy the image on the canvas to the clipboard")
+            .clicked()
+        {
+            app.copy_shown(ui.ctx());
+        }
+        let selected_path = match app.session.shown {
+            Shown::History(i) => app.session.history.get(i).and_then(|h| h.path.clone()),
+            _ => app.session.history.first().and_then(|h| h.path.clone()),
+        };
+        if ui.button("Show in folder").clicked() {
+            let target = selected_path.unwrap_or_else(|| app.settings.output_dir.clone());
+            if let Err(e) = crate::files::reveal(&target) {
+                app.session.say(Level::Error, e);
+            }
+        }
+    });
+    ui.weak(format!("Saved to: {}", crate::app::file_name(&app.settings.output_dir)))
+        .on_hover_text(app.settings.output_dir.display().to_string());
+    if app.session.history.is_empty() {
+        ui.weak("Finished images appear here.");
+        return;
+    }
+    let mut clicked = None;
+    egui::ScrollArea::vertical().id_salt("history-scroll").show(ui, |ui| {
+        let width = ui.available_width();
+        let per_row = ((width / 100.0).floor() as usize).max(1);
+        let side = (width / per_row as f32 - 6.0).max(40.0);
+        for (row, chunk) in app.session.history.chunks(per_row).enumerate() {
+            ui.horizontal(|ui| {
+                for (k, h) in chunk.iter().enumerate() {
+                    let i = row * per_row + k;
+                    let [w, hh] = h.size;
+                    let s = side / w.max(hh).max(1) as f32;
+                    let size = egui::vec2(w as f32 * s, hh as f32 * s);
+                    let selected = app.session.shown == Shown::History(i);
+                    let mut tip = h.parameters.clone();
+                    if let Some(p) = &h.path {
+                        tip.push_str(&format!("\n\n{}", p.display()));
+                    }
+                    let r = ui
+                        .add(egui::Button::image((h.texture.id(), size)).selected(selected))
+                        .on_hover_text(tip);
+                    if r.clicked() {
+                        clicked = Some(i);
+                    }
+                }
+            });
+        }
+    });
+    if let Some(i) = clicked {
+        app.select_history(i);
+    }
+}

@@ -1,0 +1,518 @@
+//! The real window, driven by egui_kittest, with a stand-in engine behind the same protocol:
+//! what the user does becomes the right commands, and what the engine says shows up.
+//! Snapshot images of the main states live in `app/tests/snapshots/`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use egui_kittest::Harness;
+use egui_kittest::kittest::{NodeT, Queryable};
+use latent_engine::error::EngineError;
+use latent_engine::metadata::Parameters;
+use latent_engine::pipeline::{Hooks, Output};
+use latent_engine::protocol::{DType, GenerateRequest, ImageRgb8, LatentsOut, LoraSpec, ModelInfo, ModelSpec, Timings};
+use latent_engine::worker::Backend;
+use latent_studio::app::{Launch, StudioApp};
+use latent_studio::state::{LoraEntry, ModelState, SeedMode, Settings};
+
+/// What the stand-in engine does with a generation.
+#[derive(Clone, Debug, PartialEq)]
+enum Mode {
+    /// Runs all steps and finishes.
+    Finish,
+    /// Stops after step 1 until the test opens the gate (or the job is cancelled).
+    Hold,
+    /// Fails with this message.
+    Fail(String),
+}
+
+#[derive(Default)]
+struct Log {
+    loads: Vec<ModelSpec>,
+    requests: Vec<GenerateRequest>,
+    loras: Vec<Vec<LoraSpec>>,
+    cancelled_at: Vec<u32>,
+}
+
+struct Fake {
+    log: Arc<Mutex<Log>>,
+    mode: Arc<Mutex<Mode>>,
+    gate: crossbeam_channel::Receiver<()>,
+}
+
+fn solid(w: u32, h: u32, rgb: [u8; 3]) -> ImageRgb8 {
+    ImageRgb8 {
+        width: w,
+        height: h,
+        pixels: rgb.iter().copied().cycle().take((w * h * 3) as usize).collect(),
+    }
+}
+
+/// A gradient so the snapshots show something recognisable.
+fn picture(w: u32, h: u32, step: u32) -> ImageRgb8 {
+    let mut pixels = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            pixels.extend([(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, (step * 40).min(255) as u8]);
+        }
+    }
+    ImageRgb8 {
+        width: w,
+        height: h,
+        pixels,
+    }
+}
+
+impl Backend for Fake {
+    fn load_model(&mut self, spec: &ModelSpec) -> latent_engine::Result<ModelInfo> {
+        self.log.lock().expect("log").loads.push(spec.clone());
+        if spec.path.to_string_lossy().contains("broken") {
+            return Err(EngineError::BadSafetensors {
+                path: spec.path.clone(),
+                reason: "the file is truncated".into(),
+            });
+        }
+        Ok(ModelInfo {
+            name: "fake-sd15".into(),
+            family: "SD 1.x".into(),
+            summary: "a stand-in".into(),
+            dtype: DType::F32,
+            device: "cpu".into(),
+            default_size: (512, 512),
+        })
+    }
+    fn prepare(&self, request: &GenerateRequest) -> latent_engine::Result<(u32, u32)> {
+        Ok((request.steps, request.steps * 2))
+    }
+    fn generate(&mut self, request: &GenerateRequest, hooks: &mut dyn Hooks) -> latent_engine::Result<Output> {
+        self.log.lock().expect("log").requests.push(request.clone());
+        let mode = self.mode.lock().expect("mode").clone();
+        if let Mode::Fail(m) = mode {
+            return Err(EngineError::InvalidRequest(m));
+        }
+        let cancelled = |log: &Arc<Mutex<Log>>, at: u32| {
+            log.lock().expect("log").cancelled_at.push(at);
+            Err(EngineError::Cancelled { at_step: at })
+        };
+        for step in 1..=request.steps {
+            if hooks.cancelled() {
+                return cancelled(&self.log, step - 1);
+            }
+            hooks.progress(step, request.steps, Duration::from_millis(250));
+            if hooks.wants_preview(step) {
+                hooks.preview(step, picture(16, 16, step));
+            }
+            if mode == Mode::Hold && step == 1 {
+                loop {
+                    if hooks.cancelled() {
+                        return cancelled(&self.log, step);
+                    }
+                    if self.gate.recv_timeout(Duration::from_millis(2)).is_ok() {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut p = Parameters {
+            prompt: request.prompt.clone(),
+            negative: request.negative.clone(),
+            pairs: vec![],
+        };
+        p.push("Steps", request.steps)
+            .push("Sampler", "Euler")
+            .push("CFG scale", request.cfg_scale)
+            .push("Seed", request.seed)
+            .push("Size", format!("{}x{}", request.width, request.height))
+            .push("Solver", &request.solver)
+            .push("Schedule", &request.schedule);
+        Ok(Output {
+            image: picture(request.width, request.height, request.steps),
+            latents: LatentsOut {
+                shape: vec![1],
+                data: vec![0.0],
+            },
+            metadata: p.to_text(),
+            timings: Timings {
+                total: Duration::from_millis(1500),
+                nfe: request.steps * 2,
+                ..Timings::default()
+            },
+        })
+    }
+    fn set_loras(&mut self, loras: &[LoraSpec]) -> latent_engine::Result<Vec<latent_engine::lora::LoraReport>> {
+        self.log.lock().expect("log").loras.push(loras.to_vec());
+        Ok(loras
+            .iter()
+            .map(|l| latent_engine::lora::LoraReport {
+                name: l.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                applied: 12,
+                total: 12,
+                unmatched: vec![],
+            })
+            .collect())
+    }
+}
+
+/// A file dropped on the window.
+#[derive(Debug)]
+struct Dropped(PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+struct Studio {
+    harness: Harness<'static, StudioApp>,
+    log: Arc<Mutex<Log>>,
+    mode: Arc<Mutex<Mode>>,
+    gate: crossbeam_channel::Sender<()>,
+    out: PathBuf,
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    // A fixed name: the output folder's name is on screen in the snapshots.
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("window-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("tmp dir");
+    d
+}
+
+/// Settings every test starts from: fixed seed, small images, a prompt.
+fn settings() -> Settings {
+    let mut s = Settings::default();
+    s.params.seed = 42;
+    s.params.seed_mode = SeedMode::Fixed;
+    s.params.steps = 6;
+    s.params.width = 64;
+    s.params.height = 64;
+    s.params.solver = "euler".into();
+    s.params.schedule = "default".into();
+    s.theme = latent_studio::state::ThemeChoice::Dark;
+    s
+}
+
+fn studio(name: &str, settings: Settings, model: Option<&str>) -> Studio {
+    let log = Arc::new(Mutex::new(Log::default()));
+    let mode = Arc::new(Mutex::new(Mode::Finish));
+    let (gate_tx, gate_rx) = crossbeam_channel::unbounded();
+    let out = temp_dir(name);
+    let backend = Fake {
+        log: log.clone(),
+        mode: mode.clone(),
+        gate: gate_rx,
+    };
+    let launch = Launch {
+        settings: Some(settings),
+        backend: Some(Box::new(backend)),
+        model: model.map(PathBuf::from),
+        default_model: None,
+        output_dir: Some(out.clone()),
+        load_history: false,
+        dialogs: false,
+    };
+    let harness = Harness::builder()
+        .with_size([1200.0, 760.0])
+        .with_max_steps(8)
+        .build_eframe(move |cc| {
+            let mut app = StudioApp::new(cc, launch).expect("the app starts");
+            app.session.renderer = "test".into();
+            app
+        });
+    let mut s = Studio {
+        harness,
+        log,
+        mode,
+        gate: gate_tx,
+        out,
+    };
+    s.harness.state_mut().set_memory_display(false);
+    s
+}
+
+impl Studio {
+    /// Steps frames until `done` holds (the engine answers on its own thread).
+    fn until(&mut self, what: &str, done: impl Fn(&StudioApp, &Log) -> bool) {
+        let start = Instant::now();
+        loop {
+            self.harness.step();
+            if done(self.harness.state(), &self.log.lock().expect("log")) {
+                // One more frame so the UI shows what just arrived.
+                self.harness.step();
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for: {what}");
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+
+    fn loaded(&mut self) {
+        self.until("model loaded", |a, _| matches!(a.session.model, ModelState::Loaded { .. }));
+    }
+
+    fn type_prompt(&mut self, text: &str) {
+        let node = self
+            .harness
+            .get_by_role_and_label(egui::accesskit::Role::MultilineTextInput, "Prompt");
+        node.focus();
+        node.type_text(text);
+        self.harness.step();
+    }
+}
+
+#[test]
+fn ctrl_enter_sends_the_request_the_sliders_show() {
+    let mut s = studio("ctrl-enter", settings(), Some("/models/fake.safetensors"));
+    s.loaded();
+    s.type_prompt("a red apple");
+    s.harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    s.until("the engine received the request", |_, log| !log.requests.is_empty());
+    let r = s.log.lock().expect("log").requests[0].clone();
+    assert_eq!(r.prompt, "a red apple");
+    assert_eq!((r.seed, r.steps, r.width, r.height), (42, 6, 64, 64));
+    assert_eq!((r.solver.as_str(), r.schedule.as_str(), r.cfg_scale), ("euler", "default", 7.0));
+    assert_eq!(s.log.lock().expect("log").loads[0].path, Path::new("/models/fake.safetensors"));
+    // Ctrl+Enter did not put a newline into the prompt.
+    assert_eq!(s.harness.state().settings.params.prompt, "a red apple");
+    s.until("finished and saved", |a, _| {
+        a.session.history.first().is_some_and(|h| h.path.is_some())
+    });
+    let saved = s.harness.state().session.history[0].path.clone().expect("saved");
+    assert!(saved.starts_with(&s.out));
+    let text = latent_engine::image_io::read_png_parameters(&saved)
+        .expect("reads")
+        .expect("has parameters");
+    assert!(text.starts_with("a red apple\n") && text.contains("Seed: 42"), "{text}");
+}
+
+#[test]
+fn previews_fill_the_canvas_and_the_step_strip() {
+    let mut st = settings();
+    st.params.prompt = "a blue square".into();
+    let mut s = studio("preview", st, Some("/models/fake.safetensors"));
+    *s.mode.lock().expect("mode") = Mode::Hold;
+    s.loaded();
+    s.harness.get_by_label("Generate").click();
+    s.until("first preview", |a, _| a.session.canvas.is_some());
+    {
+        let app = s.harness.state();
+        assert_eq!(
+            app.session.canvas.as_ref().map(|(_, size)| *size),
+            Some([16, 16]),
+            "the preview is on the canvas"
+        );
+        assert_eq!(app.session.strip.len(), 1);
+        assert_eq!(app.session.jobs.front().map(|j| (j.step, j.total_steps, j.nfe)), Some((1, 6, 12)));
+    }
+    // The progress bar says where the job is.
+    assert!(s.harness.query_by_label_contains("step 1/6").is_some());
+    s.harness.snapshot("generating");
+    s.gate.send(()).expect("gate");
+    s.until("finished", |a, _| a.session.jobs.is_empty() && !a.session.history.is_empty());
+    let app = s.harness.state();
+    assert_eq!(app.session.strip.len(), 6, "one preview per step");
+    assert_eq!(
+        app.session.canvas.as_ref().map(|(_, size)| *size),
+        Some([64, 64]),
+        "the decoded image replaced the preview"
+    );
+    assert_eq!(app.session.last.as_ref().map(|t| t.nfe), Some(12));
+    // Scrubbing back shows an earlier preview.
+    s.until("saved", |a, _| a.session.history[0].path.is_some());
+    s.harness.snapshot("finished");
+}
+
+#[test]
+fn cancel_by_button_and_by_escape() {
+    let mut s = studio("cancel", settings(), Some("/models/fake.safetensors"));
+    *s.mode.lock().expect("mode") = Mode::Hold;
+    s.loaded();
+    s.harness.get_by_label("Generate").click();
+    s.until("running", |a, _| a.session.running().is_some_and(|j| j.step == 1));
+    s.harness.get_all_by_label("Cancel").next().expect("a Cancel button").click();
+    s.until("cancelled", |a, _| a.session.jobs.is_empty());
+    assert_eq!(s.log.lock().expect("log").cancelled_at, vec![1]);
+    assert!(s.harness.query_by_label_contains("Cancelled at step 1").is_some());
+    assert!(s.harness.state().session.history.is_empty());
+
+    s.harness.get_by_label("Generate").click();
+    s.until("running again", |a, _| a.session.running().is_some_and(|j| j.step == 1));
+    s.harness.key_press(egui::Key::Escape);
+    s.until("cancelled by Esc", |a, _| a.session.jobs.is_empty());
+    assert_eq!(s.log.lock().expect("log").cancelled_at, vec![1, 1]);
+}
+
+#[test]
+fn engine_errors_are_shown_and_the_window_keeps_working() {
+    let mut s = studio("failed", settings(), Some("/models/broken.safetensors"));
+    s.until("load failed", |a, _| {
+        matches!(a.session.model, ModelState::None) && !a.session.messages.is_empty()
+    });
+    assert!(s.harness.query_by_label_contains("the file is truncated").is_some());
+    // Generating without a model says what to do instead of failing.
+    s.harness.get_by_label("Generate").click();
+    s.harness.step();
+    assert!(s.harness.query_by_label_contains("Open a model first").is_some());
+    assert!(s.log.lock().expect("log").requests.is_empty());
+
+    s.harness.state_mut().open_model(Path::new("/models/fake.safetensors"));
+    s.loaded();
+    *s.mode.lock().expect("mode") = Mode::Fail("width must be a multiple of 8 (got 65)".into());
+    s.harness.get_by_label("Generate").click();
+    s.until("failed", |a, _| {
+        a.session.jobs.is_empty() && a.session.messages.iter().any(|m| m.text.contains("multiple of 8"))
+    });
+    s.harness.snapshot("error");
+    *s.mode.lock().expect("mode") = Mode::Finish;
+    s.harness.get_by_label("Generate").click();
+    s.until("the next job works", |a, _| !a.session.history.is_empty());
+}
+
+#[test]
+fn dropping_a_png_restores_its_settings() {
+    let mut s = studio("restore", settings(), Some("/models/fake.safetensors"));
+    s.loaded();
+    let png = s.out.join("from-a1111.png");
+    let text = "a green circle\nNegative prompt: blurry\nSteps: 12, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 4.5, Seed: 1234, Size: 96x128, Model: x";
+    std::fs::write(
+        &png,
+        latent_engine::image_io::encode_png(&solid(8, 8, [0, 200, 0]), text).expect("png"),
+    )
+    .expect("write");
+    s.harness.input_mut().dropped_files.push(Arc::new(Dropped(png.clone())));
+    s.harness.step();
+    s.harness.step();
+    let p = s.harness.state().settings.params.clone();
+    assert_eq!((p.prompt.as_str(), p.negative.as_str()), ("a green circle", "blurry"));
+    assert_eq!((p.steps, p.cfg_scale, p.seed, p.width, p.height), (12, 4.5, 1234, 96, 128));
+    assert_eq!(
+        (p.solver.as_str(), p.schedule.as_str(), p.seed_mode),
+        ("dpm++2m", "karras", SeedMode::Fixed)
+    );
+    // The sliders show the restored values.
+    let slider = |s: &Studio, name: &str| {
+        s.harness
+            .get_by_role_and_label(egui::accesskit::Role::Slider, name)
+            .accesskit_node()
+            .numeric_value()
+    };
+    assert_eq!(slider(&s, "Steps"), Some(12.0));
+    assert_eq!(slider(&s, "Height"), Some(128.0));
+    assert_eq!(slider(&s, "CFG scale"), Some(4.5));
+    // Generating now uses them.
+    s.harness.get_by_label("Generate").click();
+    s.until("sent", |_, log| !log.requests.is_empty());
+    let r = s.log.lock().expect("log").requests[0].clone();
+    assert_eq!(
+        (r.seed, r.steps, r.width, r.height, r.solver.as_str()),
+        (1234, 12, 96, 128, "dpm++2m")
+    );
+    // The image shows in the history; clicking another history item restores that one.
+    s.until("both in history", |a, _| {
+        a.session.history.len() == 2 && a.session.history.iter().all(|h| h.path.is_some())
+    });
+    s.harness.state_mut().select_history(1);
+    assert_eq!(s.harness.state().settings.params.prompt, "a green circle");
+}
+
+#[test]
+fn lora_panel_and_prompt_tags_stay_in_sync() {
+    let mut st = settings();
+    st.loras.push(LoraEntry {
+        path: PathBuf::from("/loras/ink.safetensors"),
+        strength: 1.0,
+        enabled: true,
+    });
+    let mut s = studio("lora", st, Some("/models/fake.safetensors"));
+    s.loaded();
+    s.harness.state_mut().session.found_loras = vec![PathBuf::from("/loras/pastel.safetensors")];
+    s.until("panel applied at start", |_, log| !log.loras.is_empty());
+    assert!(s.harness.query_by_label_contains("12/12 layers").is_some());
+    // A tag typed in the prompt adds its LoRA to the panel.
+    s.type_prompt("a cat <lora:pastel:0.4>");
+    s.until("tag applied", |_, log| log.loras.len() >= 2);
+    let last = s.log.lock().expect("log").loras.last().cloned().expect("a set");
+    assert_eq!(last.len(), 2);
+    assert_eq!(
+        (last[1].path.as_path(), last[1].strength),
+        (Path::new("/loras/pastel.safetensors"), 0.4)
+    );
+    // Disabling it in the panel removes the tag and the LoRA.
+    let before = s.log.lock().expect("log").loras.len();
+    s.harness.state_mut().settings.loras[1].enabled = false;
+    let entry = s.harness.state().settings.loras[1].clone();
+    {
+        let app = s.harness.state_mut();
+        app.settings.params.prompt = latent_studio::state::prompt_from_panel(&app.settings.params.prompt, &entry.name(), Some(&entry));
+        app.push_loras();
+    }
+    s.until("applied", |_, log| log.loras.len() > before);
+    assert_eq!(s.harness.state().settings.params.prompt, "a cat");
+    assert_eq!(s.log.lock().expect("log").loras.last().map(Vec::len), Some(1));
+}
+
+#[test]
+fn live_mode_follows_the_sliders() {
+    let mut st = settings();
+    st.live = true;
+    st.params.prompt = "live".into();
+    let mut s = studio("live", st, Some("/models/fake.safetensors"));
+    *s.mode.lock().expect("mode") = Mode::Hold;
+    s.loaded();
+    s.until("first live job", |_, log| log.requests.len() == 1);
+    s.until("running", |a, _| a.session.running().is_some());
+    // Several quick changes become one new job, and the stale one is cancelled.
+    for steps in [7, 8, 9] {
+        s.harness.state_mut().settings.params.steps = steps;
+        s.harness.step();
+    }
+    s.until("second live job", |_, log| log.requests.len() == 2);
+    let log = s.log.lock().expect("log");
+    assert_eq!(log.requests[1].steps, 9);
+    assert_eq!(log.cancelled_at, vec![1]);
+}
+
+#[test]
+fn settings_persist_through_eframe_storage() {
+    struct Memory(std::collections::HashMap<String, String>);
+    impl eframe::Storage for Memory {
+        fn get_string(&self, key: &str) -> Option<String> {
+            self.0.get(key).cloned()
+        }
+        fn set_string(&mut self, key: &str, value: String) {
+            self.0.insert(key.into(), value);
+        }
+        fn remove_string(&mut self, key: &str) {
+            self.0.remove(key);
+        }
+        fn flush(&mut self) {}
+    }
+    let mut st = settings();
+    st.params.prompt = "kept".into();
+    st.params.cfg_scale = 3.5;
+    let mut s = studio("persist", st.clone(), Some("/models/fake.safetensors"));
+    s.loaded();
+    let mut storage = Memory(Default::default());
+    eframe::App::save(s.harness.state_mut(), &mut storage);
+    let back: Settings = eframe::get_value(&storage, eframe::APP_KEY).expect("stored");
+    assert_eq!(back.params, st.params);
+    assert_eq!(
+        back.model.as_deref(),
+        Some(Path::new("/models/fake.safetensors")),
+        "the loaded model is remembered"
+    );
+}
+
+#[test]
+fn first_start_without_a_model_says_how_to_open_one() {
+    let mut s = studio("empty", settings(), None);
+    s.harness.run_steps(3);
+    assert!(s.harness.query_by_label_contains("Open a model to start").is_some());
+    s.harness.snapshot("empty");
+}
