@@ -238,7 +238,11 @@ impl Pipeline {
                 pred
             ) + if cpu_bf16 { " (bf16 weights, f32 compute on CPU)" } else { "" },
             dtype: self.dtype,
-            device: format!("{:?}", self.device.location()),
+            device: match self.device.location() {
+                candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+                candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+            },
             default_size: c.default_size,
         }
     }

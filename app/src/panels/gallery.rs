@@ -37,7 +37,8 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
     egui::ScrollArea::vertical().id_salt("history-scroll").show(ui, |ui| {
         let width = ui.available_width();
         let per_row = ((width / 100.0).floor() as usize).max(1);
-        let side = (width / per_row as f32 - 6.0).max(40.0);
+        let pad = 2.0 * (ui.spacing().button_padding.x + ui.spacing().item_spacing.x) + 2.0;
+        let side = (width / per_row as f32 - pad).max(40.0);
         for (row, chunk) in app.session.history.chunks(per_row).enumerate() {
             ui.horizontal(|ui| {
                 for (k, h) in chunk.iter().enumerate() {
