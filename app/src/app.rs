@@ -477,6 +477,15 @@ impl StudioApp {
                 timings,
                 ..
             } => {
+                if let Some(j) = s.jobs.iter().find(|j| j.id == id) {
+                    s.timing_log.push(crate::state::TimingEntry {
+                        request: j.request.clone(),
+                        timings: timings.clone(),
+                    });
+                    if s.timing_log.len() > 200 {
+                        s.timing_log.remove(0);
+                    }
+                }
                 s.jobs.retain(|j| j.id != id);
                 let image = Arc::new(image);
                 let tex = ctx.load_texture(format!("image-{id}"), to_color_image(&image), egui::TextureOptions::LINEAR);
@@ -693,6 +702,7 @@ impl StudioApp {
             panels::gallery::show(self, ui);
         });
         egui::CentralPanel::default().show(ui, |ui| panels::canvas::show(self, ui));
+        panels::windows::show(self, &ctx);
         self.live_tick(&ctx);
         if let ModelState::Loading { .. } = self.session.model {
             // The spinner animates while the model loads.

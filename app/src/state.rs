@@ -319,6 +319,13 @@ pub struct HistoryItem {
     pub timings: Option<Timings>,
 }
 
+/// One line of the timing log.
+#[derive(Clone, Debug)]
+pub struct TimingEntry {
+    pub request: GenerateRequest,
+    pub timings: Timings,
+}
+
 /// How serious a message is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -374,6 +381,10 @@ pub struct Session {
     pub last_image: Option<Arc<ImageRgb8>>,
     /// LoRA name -> "applied/total layers" from the engine's last report.
     pub lora_reports: HashMap<String, String>,
+    /// Per-stage times of this session's images, oldest first (View > Timing log).
+    pub timing_log: Vec<TimingEntry>,
+    pub show_timing_log: bool,
+    pub show_settings: bool,
     /// Renderer the window runs on ("wgpu (Vulkan)", "glow", "test").
     pub renderer: String,
 }

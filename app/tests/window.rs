@@ -326,6 +326,13 @@ fn previews_fill_the_canvas_and_the_step_strip() {
     // Scrubbing back shows an earlier preview.
     s.until("saved", |a, _| a.session.history[0].path.is_some());
     s.harness.snapshot("finished");
+    // View > Timing log lists the image's per-stage split.
+    s.harness.get_by_label("View").click();
+    s.harness.run_steps(3);
+    s.harness.get_by_label("Timing log").click();
+    s.harness.run_steps(3);
+    assert_eq!(s.harness.state().session.timing_log.len(), 1);
+    assert!(s.harness.query_by_label("1.50").is_some(), "the total time is in the log");
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod model;
 pub mod prompt;
 pub mod sampler;
 pub mod status;
+pub mod windows;
 
 use eframe::egui;
 
@@ -73,6 +74,9 @@ pub fn top_bar(app: &mut StudioApp, ui: &mut egui::Ui) {
                 }
             });
             ui.menu_button("View", |ui| {
+                ui.checkbox(&mut app.session.show_timing_log, "Timing log");
+                ui.checkbox(&mut app.session.show_settings, "Folders and model options");
+                ui.separator();
                 let before = app.settings.theme;
                 ui.radio_value(&mut app.settings.theme, ThemeChoice::System, "System theme");
                 ui.radio_value(&mut app.settings.theme, ThemeChoice::Light, "Light");
