@@ -220,6 +220,7 @@ pub struct StageArgs {
     pub dtype: latent_engine::DType,
     pub iters: usize,
     pub json: bool,
+    pub vae_tiling: latent_engine::VaeTiling,
 }
 
 /// Times one network on random inputs: random-weight presets (sd15, sd21, sdxl) or a
@@ -236,31 +237,46 @@ pub fn stage(a: StageArgs) -> Result<()> {
         latent_engine::DType::BF16 => candle_core::DType::BF16,
     };
     let t0 = Instant::now();
-    let pipe = match synthetic::preset(&a.config) {
-        Some(cfg) => Pipeline::from_weights(
-            synthetic::random_weights(&cfg, cdt, &Device::Cpu)?,
+    let dev = Device::Cpu;
+    // A VAE benchmark on a preset builds the VAE alone, so peak memory is the decode's.
+    let vae_only = match (a.stage, synthetic::preset(&a.config)) {
+        (Stage::Vae, Some(cfg)) => {
+            let w = synthetic::random_weights_where(&cfg, cdt, &dev, |n| n.starts_with("vae."))?;
+            Some(latent_engine::model::vae::VaeDecoder::new(&w, &cfg.vae)?)
+        }
+        _ => None,
+    };
+    let pipe = match (&vae_only, synthetic::preset(&a.config)) {
+        (Some(_), _) => None,
+        (None, Some(cfg)) => Some(Pipeline::from_weights(
+            synthetic::random_weights(&cfg, cdt, &dev)?,
             cfg,
             &a.config,
             a.dtype,
             Device::Cpu,
-        )?,
-        None => Pipeline::load(&latent_engine::ModelSpec {
+        )?),
+        (None, None) => Some(Pipeline::load(&latent_engine::ModelSpec {
             dtype: a.dtype,
             ..latent_engine::ModelSpec::new(&a.config)
-        })?,
+        })?),
     };
     eprintln!("model ready in {:.1} s", t0.elapsed().as_secs_f64());
-    let scale = pipe.config.vae.scale() as u32;
+    let vae = match (&vae_only, &pipe) {
+        (Some(v), _) => v,
+        (None, Some(p)) => p.vae(),
+        (None, None) => anyhow::bail!("no model"),
+    };
+    let scale = vae.config.scale() as u32;
     let (h, w) = ((a.height / scale) as usize, (a.width / scale) as usize);
-    let dev = Device::Cpu;
     let mut times = vec![];
+    let mut tiles = String::from("-");
     for _ in 0..a.iters.max(1) {
         let t = Instant::now();
-        match a.stage {
-            Stage::Text => {
+        match (a.stage, &pipe) {
+            (Stage::Text, Some(pipe)) => {
                 pipe.encode_prompt("a photograph of an astronaut riding a horse", "", 1, true)?;
             }
-            Stage::Unet => {
+            (Stage::Unet, Some(pipe)) => {
                 let c = pipe.config.unet.in_channels;
                 let x = Tensor::randn(0f32, 1.0, (a.batch, c, h, w), &dev)?;
                 let ctx = Tensor::randn(0f32, 1.0, (a.batch, 77, pipe.config.unet.context_dim), &dev)?;
@@ -283,10 +299,16 @@ pub fn stage(a: StageArgs) -> Result<()> {
                     added,
                 })?;
             }
-            Stage::Vae => {
-                let z = Tensor::randn(0f32, 1.0, (a.batch, pipe.config.vae.latent_channels, h, w), &dev)?;
-                pipe.vae().decode(&z)?;
+            (Stage::Vae, _) => {
+                let z = Tensor::randn(0f32, 1.0, (a.batch, vae.config.latent_channels, h, w), &dev)?;
+                let budget = latent_engine::pipeline::decode_budget();
+                tiles = vae
+                    .tile_for(a.vae_tiling, a.batch, h, w, budget)
+                    .map(|t| format!("{t}x{t} latent"))
+                    .unwrap_or_else(|| "whole".into());
+                vae.decode_with(&z, a.vae_tiling, budget)?;
             }
+            _ => anyhow::bail!("no model"),
         }
         times.push(t.elapsed().as_secs_f64());
     }
@@ -307,13 +329,13 @@ pub fn stage(a: StageArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({"stage": what, "config": a.config, "width": a.width, "height": a.height, "batch": a.batch,
-                "dtype": a.dtype.name(), "iters": times.len(), "median_s": median, "min_s": min, "peak_rss_gib": peak})
+                "dtype": a.dtype.name(), "iters": times.len(), "median_s": median, "min_s": min, "peak_rss_gib": peak, "vae_tiles": tiles})
         );
     } else {
-        println!("| stage | config | size | batch | dtype | median s | min s | peak RSS GiB |");
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("| stage | config | size | batch | dtype | median s | min s | peak RSS GiB | VAE tiles |");
+        println!("|---|---|---|---|---|---|---|---|---|");
         println!(
-            "| {what} | {} | {}x{} | {} | {} | {median:.2} | {min:.2} | {peak:.1} |",
+            "| {what} | {} | {}x{} | {} | {} | {median:.2} | {min:.2} | {peak:.2} | {tiles} |",
             a.config,
             a.width,
             a.height,

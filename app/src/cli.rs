@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use latent_engine::image_io::{encode_png, latents_safetensors, next_free_name, write_new_file};
 use latent_engine::lora::LoraFile;
 use latent_engine::pipeline::inspect;
-use latent_engine::protocol::{DType, DeviceKind, Event, GenerateRequest, LoraSpec, ModelSpec, Prediction};
+use latent_engine::protocol::{DType, DeviceKind, Event, GenerateRequest, LoraSpec, ModelSpec, Prediction, VaeTiling};
 use latent_engine::sampling::SOLVERS;
 use latent_engine::sampling::schedule::SCHEDULES;
 use latent_engine::{EngineConfig, EngineHandle};
@@ -89,6 +89,10 @@ enum BenchCmd {
         iters: usize,
         #[arg(long)]
         json: bool,
+        /// vae: `auto` (tile when the whole decode would not fit), `off`, or a tile size in
+        /// latent pixels.
+        #[arg(long, default_value = "auto")]
+        vae_tile: String,
     },
     /// Time to merge, change and remove a LoRA on a random-weight model (no download).
     Lora {
@@ -154,6 +158,10 @@ struct GenerateArgs {
     /// Also write the final latents (before VAE decode) as tensor `latents`.
     #[arg(long)]
     latents_out: Option<PathBuf>,
+    /// VAE tiling: `auto` (tile only when the whole decode would not fit in half the free
+    /// memory), `off`, or a tile size in latent pixels (8 latent pixels overlap).
+    #[arg(long, default_value = "auto")]
+    vae_tile: String,
     /// A LoRA to apply, with an optional strength (default 1): FILE or FILE:0.8. Repeatable.
     #[arg(long = "lora", value_name = "FILE[:STRENGTH]")]
     loras: Vec<String>,
@@ -205,9 +213,12 @@ pub fn run(args: Args) -> Result<()> {
                     dtype,
                     iters,
                     json,
+                    vae_tile,
                 },
         }) => {
             let dtype = DType::parse(&dtype).with_context(|| format!("unknown --dtype '{dtype}' (f32, f16, bf16)"))?;
+            let vae_tiling =
+                VaeTiling::parse(&vae_tile).with_context(|| format!("--vae-tile: '{vae_tile}' is not auto, off or a tile size"))?;
             crate::bench::stage(crate::bench::StageArgs {
                 stage,
                 config,
@@ -217,6 +228,7 @@ pub fn run(args: Args) -> Result<()> {
                 dtype,
                 iters,
                 json,
+                vae_tiling,
             })
         }
         Some(Cmd::Solvers) => {
@@ -280,11 +292,14 @@ fn generate(g: GenerateArgs) -> Result<()> {
         ..EngineConfig::default()
     };
     let engine = EngineHandle::spawn(config, || {})?;
+    let vae_tiling =
+        VaeTiling::parse(&g.vae_tile).with_context(|| format!("--vae-tile: '{}' is not auto, off or a tile size", g.vae_tile))?;
     engine.load_model(ModelSpec {
         path: g.model.clone(),
         dtype,
         device,
         prediction,
+        vae_tiling,
     })?;
     let info = loop {
         match engine.recv_timeout(Duration::from_secs(3600)) {

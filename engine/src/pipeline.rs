@@ -11,7 +11,7 @@ use crate::model::checkpoint::{self, Weights};
 use crate::model::clip::{ClipText, TextRequest};
 use crate::model::config::{self, Family, ModelConfig};
 use crate::model::unet::{Unet, UnetInput};
-use crate::model::vae::VaeDecoder;
+use crate::model::vae::{VaeDecoder, VaeTiling};
 use crate::preview::{LatentRgb, to_u8};
 use crate::protocol::{DType, DeviceKind, GenerateRequest, ImageRgb8, LatentsOut, ModelInfo, ModelSpec, Prediction, Timings};
 use crate::rng::TorchRng;
@@ -134,6 +134,21 @@ pub struct Pipeline {
     dtype: DType,
     schedule: ModelSchedule,
     preview: LatentRgb,
+    /// Whether the VAE decodes big images in tiles (default: when memory would not fit).
+    pub vae_tiling: VaeTiling,
+}
+
+/// Memory one VAE decode may use: half of what the system has available now (Linux's
+/// `MemAvailable`), or 4 GiB where that is unknown.
+pub fn decode_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map(|kib| kib * 1024 / 2)
+        .unwrap_or(4 << 30)
 }
 
 /// A1111's short model hash: the first 10 hex digits of the file's SHA-256.
@@ -173,6 +188,7 @@ impl Pipeline {
         let mut pipe = Self::from_weights(w, cfg, &name, spec.dtype, device)?;
         pipe.path = spec.path.clone();
         pipe.hash = hash;
+        pipe.vae_tiling = spec.vae_tiling;
         Ok(pipe)
     }
 
@@ -210,6 +226,7 @@ impl Pipeline {
             dtype,
             schedule: ModelSchedule::stable_diffusion(),
             preview,
+            vae_tiling: VaeTiling::Auto,
         })
     }
 
@@ -506,7 +523,9 @@ impl Pipeline {
         if flat.iter().any(|v| !v.is_finite()) {
             return Err(EngineError::NonFinite("latents after denoising"));
         }
-        let decoded = self.vae.decode(&(&latents / self.config.vae.scaling_factor)?)?;
+        let decoded = self
+            .vae
+            .decode_with(&(&latents / self.config.vae.scaling_factor)?, self.vae_tiling, decode_budget())?;
         let image = to_image(&decoded)?;
         let t_vae = t_vae0.elapsed();
 

@@ -70,6 +70,29 @@ pub enum Prediction {
 }
 
 /// What to load.
+/// Whether the VAE decodes big images in overlapping tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum VaeTiling {
+    /// Tile only when decoding the whole image would not fit in memory.
+    #[default]
+    Auto,
+    /// Never tile (exact, but memory grows with the image).
+    Off,
+    /// Always tile, with square tiles of this many latent pixels.
+    Tile(usize),
+}
+
+impl VaeTiling {
+    /// Parses `auto`, `off` or a tile size in latent pixels.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(Self::Auto),
+            "off" | "none" => Some(Self::Off),
+            n => n.parse().ok().filter(|v| *v > 0).map(Self::Tile),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSpec {
     /// A single `.safetensors` file or a diffusers folder.
@@ -78,6 +101,7 @@ pub struct ModelSpec {
     pub device: DeviceKind,
     /// Overrides what the checkpoint says or what is inferred.
     pub prediction: Option<Prediction>,
+    pub vae_tiling: VaeTiling,
 }
 
 impl ModelSpec {
@@ -88,6 +112,7 @@ impl ModelSpec {
             dtype: DType::F32,
             device: DeviceKind::Cpu,
             prediction: None,
+            vae_tiling: VaeTiling::Auto,
         }
     }
 }

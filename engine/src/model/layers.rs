@@ -1,7 +1,7 @@
 //! Building blocks shared by the networks, built from canonical weight names.
 
 use candle_core::{D, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear};
+use candle_nn::{Conv2dConfig, GroupNorm, LayerNorm, Linear};
 
 use super::checkpoint::Weights;
 use crate::error::{EngineError, Result};
@@ -41,7 +41,71 @@ pub fn conv2d(w: &Weights, prefix: &str, stride: usize) -> Result<Conv2d> {
         stride,
         ..Default::default()
     };
-    Ok(Conv2d::new(weight, bias, config))
+    Ok(Conv2d {
+        inner: candle_nn::Conv2d::new(weight, bias, config),
+    })
+}
+
+/// Bytes of unfolded input one convolution may build at once (candle convolves through
+/// im2col: output pixels x kernel area x input channels). Bigger inputs run in bands of rows.
+pub const CONV_UNFOLD_BUDGET: usize = 128 << 20;
+
+/// A 2-D convolution that bounds its working memory: when the unfolded input would exceed
+/// [`CONV_UNFOLD_BUDGET`], it convolves bands of output rows, each from its own rows of the
+/// padded input, and joins them. The result is the same as one convolution (each output
+/// pixel sums the same products); only the peak memory differs. A 512x512 SD VAE decode's
+/// largest convolution would otherwise unfold 2.4 GB.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    inner: candle_nn::Conv2d,
+}
+
+impl Conv2d {
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_within(x, CONV_UNFOLD_BUDGET)
+    }
+}
+
+impl Conv2d {
+    /// The convolution with at most `budget` bytes of unfolded input at a time.
+    pub fn forward_within(&self, x: &Tensor, budget: usize) -> candle_core::Result<Tensor> {
+        let cfg = self.inner.config();
+        let (b, c_in, h, w) = x.dims4()?;
+        let (k_h, k_w) = (self.inner.weight().dim(2)?, self.inner.weight().dim(3)?);
+        if k_h == 1 && k_w == 1 {
+            return self.inner.forward(x);
+        }
+        let (pad, stride) = (cfg.padding, cfg.stride.max(1));
+        let h_out = (h + 2 * pad).saturating_sub(k_h) / stride + 1;
+        let w_out = (w + 2 * pad).saturating_sub(k_w) / stride + 1;
+        let row_bytes = b * w_out * k_h * k_w * c_in * x.dtype().size_in_bytes();
+        let rows_per_band = (budget / row_bytes.max(1)).max(1);
+        if rows_per_band >= h_out || cfg.groups != 1 || cfg.dilation != 1 {
+            return self.inner.forward(x);
+        }
+        let padded = x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?;
+        let band_conv = candle_nn::Conv2d::new(
+            self.inner.weight().clone(),
+            self.inner.bias().cloned(),
+            Conv2dConfig { padding: 0, ..*cfg },
+        );
+        let mut bands = vec![];
+        let mut r0 = 0;
+        while r0 < h_out {
+            let r1 = (r0 + rows_per_band).min(h_out);
+            let first = r0 * stride;
+            let rows = (r1 - 1) * stride + k_h - first;
+            bands.push(band_conv.forward(&padded.narrow(2, first, rows)?)?);
+            r0 = r1;
+        }
+        Tensor::cat(&bands, 2)
+    }
 }
 
 /// Group normalisation over `channels` with `groups` groups.
@@ -144,6 +208,47 @@ pub fn mean_last(x: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// Banded convolution (bounded memory) gives the plain convolution's output.
+    #[test]
+    fn banded_convolution_matches_the_plain_one() {
+        let dev = Device::Cpu;
+        for (c_in, c_out, h, w, k, stride) in [
+            (5usize, 3usize, 23usize, 17usize, 3usize, 1usize),
+            (4, 6, 20, 20, 3, 2),
+            (3, 2, 9, 11, 3, 1),
+        ] {
+            let mut rng = crate::rng::TorchRng::new(3);
+            let x = Tensor::from_vec(rng.randn_f32(2 * c_in * h * w), (2, c_in, h, w), &dev).expect("x");
+            let wt = Tensor::from_vec(rng.randn_f32(c_out * c_in * k * k), (c_out, c_in, k, k), &dev).expect("w");
+            let bias = Tensor::from_vec(rng.randn_f32(c_out), c_out, &dev).expect("b");
+            let conv = Conv2d {
+                inner: candle_nn::Conv2d::new(
+                    wt,
+                    Some(bias),
+                    Conv2dConfig {
+                        padding: k / 2,
+                        stride,
+                        ..Default::default()
+                    },
+                ),
+            };
+            let plain = conv.inner.forward(&x).expect("plain");
+            for budget in [1, 2 * w * k * k * c_in * 4 * 3, usize::MAX] {
+                let banded = conv.forward_within(&x, budget).expect("banded");
+                assert_eq!(banded.dims(), plain.dims());
+                let diff = (&banded - &plain)
+                    .expect("sub")
+                    .abs()
+                    .expect("abs")
+                    .max_all()
+                    .expect("max")
+                    .to_scalar::<f32>()
+                    .expect("scalar");
+                assert!(diff <= 1e-5, "c_in {c_in} stride {stride} budget {budget}: max diff {diff}");
+            }
+        }
+    }
 
     /// The chunked matmul path (wide heads) and the fused kernel agree, masks included.
     #[test]

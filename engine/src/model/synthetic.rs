@@ -292,9 +292,15 @@ pub fn shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 
 /// Random weights for `cfg` (weights ~ N(0, 1/fan_in), norms 1, biases 0).
 pub fn random_weights(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<Weights> {
+    random_weights_where(cfg, dtype, device, |_| true)
+}
+
+/// Random weights for the tensors whose names `keep` accepts (e.g. only `vae.` for a VAE
+/// benchmark that should not hold the UNet in memory).
+pub fn random_weights_where(cfg: &ModelConfig, dtype: DType, device: &Device, keep: impl Fn(&str) -> bool) -> Result<Weights> {
     let mut tensors = HashMap::new();
     let mut shapes_map = HashMap::new();
-    for (name, shape) in shapes(cfg) {
+    for (name, shape) in shapes(cfg).into_iter().filter(|(n, _)| keep(n)) {
         let t = if shape.len() == 1 {
             let is_norm_weight = name.ends_with(".weight");
             if is_norm_weight {

@@ -1,11 +1,11 @@
 //! The KL autoencoder's decoder (latents -> pixels).
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Conv2d, GroupNorm, Linear};
+use candle_nn::{GroupNorm, Linear};
 
 use super::checkpoint::Weights;
 use super::config::VaeConfig;
-use super::layers::{attention, conv2d, group_norm, linear};
+use super::layers::{CONV_UNFOLD_BUDGET, Conv2d, attention, conv2d, group_norm, linear};
 use super::unet::PublicResnet;
 use crate::error::Result;
 
@@ -27,6 +27,13 @@ impl MidAttention {
         Ok((a + x)?)
     }
 }
+
+pub use crate::protocol::VaeTiling;
+
+/// Latent pixels shared by neighbouring tiles; blended with linear ramps.
+pub const TILE_OVERLAP: usize = 8;
+/// The smallest tile worth decoding (smaller tiles see too little context).
+pub const MIN_TILE: usize = 24;
 
 /// The decoder half of the autoencoder.
 pub struct VaeDecoder {
@@ -91,6 +98,125 @@ impl VaeDecoder {
             conv_out: conv2d(w, &format!("{p}.conv_out"), 1)?,
             dtype,
         })
+    }
+
+    /// Bytes one untiled decode of `batch` latents of `h` x `w` needs beyond the weights
+    /// (f32 compute): about six activations at the largest level (a resnet's input, its
+    /// normalised and convolved copies, the upsampled tensor) plus one convolution's
+    /// bounded unfold buffer ([`CONV_UNFOLD_BUDGET`]).
+    pub fn decode_bytes(&self, batch: usize, h: usize, w: usize) -> u64 {
+        let chans: Vec<usize> = self.config.block_out_channels.iter().rev().copied().collect();
+        let mut worst = 0u64;
+        let mut pixels = (h * w) as u64;
+        let mut c_in = chans.first().copied().unwrap_or(0) as u64;
+        for (i, &c) in chans.iter().enumerate() {
+            let c = c as u64;
+            worst = worst.max(6 * pixels * c_in.max(c) * 4);
+            if i + 1 < chans.len() {
+                pixels *= 4;
+                // The upsampled tensor and the upsampler's convolution on c channels.
+                worst = worst.max(6 * pixels * c * 4);
+            }
+            c_in = c;
+        }
+        worst * batch as u64 + CONV_UNFOLD_BUDGET as u64
+    }
+
+    /// The tile size (latent pixels) `tiling` asks for with this memory budget, or `None` to
+    /// decode the image whole.
+    pub fn tile_for(&self, tiling: VaeTiling, batch: usize, h: usize, w: usize, budget: u64) -> Option<usize> {
+        let tile = match tiling {
+            VaeTiling::Off => return None,
+            VaeTiling::Tile(t) => t.max(MIN_TILE),
+            VaeTiling::Auto => {
+                if self.decode_bytes(batch, h, w) <= budget {
+                    return None;
+                }
+                let mut t = h.max(w);
+                while t > MIN_TILE && self.decode_bytes(batch, t, t) > budget {
+                    t = (t * 3 / 4).max(MIN_TILE);
+                }
+                t
+            }
+        };
+        (tile < h || tile < w).then_some(tile)
+    }
+
+    /// Decodes with [`VaeTiling`] under a memory budget in bytes.
+    pub fn decode_with(&self, z: &Tensor, tiling: VaeTiling, budget: u64) -> Result<Tensor> {
+        let (b, _, h, w) = z.dims4()?;
+        match self.tile_for(tiling, b, h, w, budget) {
+            Some(tile) => self.decode_tiled(z, tile, TILE_OVERLAP),
+            None => self.decode(z),
+        }
+    }
+
+    /// Decodes overlapping square tiles of `tile` latent pixels (`overlap` shared with each
+    /// neighbour) and blends them with weights that ramp linearly across the shared band, so
+    /// no seam shows; memory is that of one tile. Each tile normalises over its own pixels,
+    /// so the result differs slightly from a whole decode (measured in the tests).
+    pub fn decode_tiled(&self, z: &Tensor, tile: usize, overlap: usize) -> Result<Tensor> {
+        let (b, _, h, w) = z.dims4()?;
+        let tile = tile.max(overlap + 1);
+        if tile >= h && tile >= w {
+            return self.decode(z);
+        }
+        let s = self.config.scale();
+        let (ph, pw) = (h * s, w * s);
+        let starts = |n: usize| -> Vec<usize> {
+            if n <= tile {
+                return vec![0];
+            }
+            let step = tile - overlap;
+            let mut v: Vec<usize> = (0..).map(|i| i * step).take_while(|&p| p + tile < n).collect();
+            v.push(n - tile);
+            v.dedup();
+            v
+        };
+        let mut acc = vec![0f32; b * 3 * ph * pw];
+        let mut wsum = vec![0f32; ph * pw];
+        // Weight of pixel p (of len) in a tile: ramps up over the overlap on sides that have a
+        // neighbour, 1 elsewhere; never 0, so every pixel is covered.
+        let ramp = |p: usize, len: usize, lead: bool, trail: bool| -> f32 {
+            let band = (overlap * s) as f32;
+            let mut v = 1f32;
+            if lead {
+                v = v.min((p as f32 + 0.5) / band);
+            }
+            if trail {
+                v = v.min(((len - p) as f32 - 0.5) / band);
+            }
+            v.max(1e-3)
+        };
+        for &y0 in &starts(h) {
+            for &x0 in &starts(w) {
+                let (th, tw) = (tile.min(h), tile.min(w));
+                let zt = z.narrow(2, y0, th)?.narrow(3, x0, tw)?.contiguous()?;
+                let img = self.decode(&zt)?.flatten_all()?.to_vec1::<f32>()?;
+                let (tph, tpw) = (th * s, tw * s);
+                let (lead_y, trail_y) = (y0 > 0, y0 + th < h);
+                let (lead_x, trail_x) = (x0 > 0, x0 + tw < w);
+                let wy: Vec<f32> = (0..tph).map(|p| ramp(p, tph, lead_y, trail_y)).collect();
+                let wx: Vec<f32> = (0..tpw).map(|p| ramp(p, tpw, lead_x, trail_x)).collect();
+                for py in 0..tph {
+                    let oy = y0 * s + py;
+                    for px in 0..tpw {
+                        let ox = x0 * s + px;
+                        let wt = wy[py] * wx[px];
+                        wsum[oy * pw + ox] += wt;
+                        for bc in 0..b * 3 {
+                            acc[(bc * ph + oy) * pw + ox] += wt * img[(bc * tph + py) * tpw + px];
+                        }
+                    }
+                }
+            }
+        }
+        for bc in 0..b * 3 {
+            for (a, ws) in acc[bc * ph * pw..(bc + 1) * ph * pw].iter_mut().zip(&wsum) {
+                *a /= ws;
+            }
+        }
+        Ok(Tensor::from_vec(acc, (b, 3, ph, pw), z.device())?)
     }
 
     /// Decodes latents (already divided by the scaling factor) to images in [-1, 1] (f32).
