@@ -58,6 +58,41 @@ enum Cmd {
     },
 }
 
+/// What every timing benchmark takes.
+#[derive(clap::Args, Debug, Clone)]
+struct StageOpts {
+    /// sd15, sd21, sdxl (random weights, no download), embedded, or a checkpoint path.
+    #[arg(long, default_value = "sd15")]
+    config: String,
+    /// Image width in pixels (default: the configuration's native size).
+    #[arg(long)]
+    width: Option<u32>,
+    #[arg(long)]
+    height: Option<u32>,
+    /// Batch (unet: default 2 = one CFG step; others: 1).
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    #[arg(long)]
+    json: bool,
+    /// vae/pipeline: `auto` (tile when the whole decode would not fit), `off`, or a tile
+    /// size in latent pixels.
+    #[arg(long, default_value = "auto")]
+    vae_tile: String,
+    /// pipeline: steps, guidance and solver of the timed generation.
+    #[arg(long, default_value_t = 20)]
+    steps: u32,
+    #[arg(long, default_value_t = 7.0)]
+    cfg: f64,
+    #[arg(long, default_value = "dpm++2m")]
+    solver: String,
+}
+
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
     /// Solver error vs NFE against the exact solution for Gaussian data.
@@ -69,31 +104,15 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Time one network (text, unet, vae) on a random-weight preset or a checkpoint.
-    Stage {
-        #[arg(value_enum)]
-        stage: crate::bench::Stage,
-        /// sd15, sd21, sdxl (random weights, no download) or a checkpoint path.
-        #[arg(long, default_value = "sd15")]
-        config: String,
-        #[arg(long, default_value_t = 512)]
-        width: u32,
-        #[arg(long, default_value_t = 512)]
-        height: u32,
-        /// Batch (2 = one CFG step).
-        #[arg(long, default_value_t = 2)]
-        batch: usize,
-        #[arg(long, default_value = "f32")]
-        dtype: String,
-        #[arg(long, default_value_t = 3)]
-        iters: usize,
-        #[arg(long)]
-        json: bool,
-        /// vae: `auto` (tile when the whole decode would not fit), `off`, or a tile size in
-        /// latent pixels.
-        #[arg(long, default_value = "auto")]
-        vae_tile: String,
-    },
+    /// Time the text encoders (random-weight preset, `embedded` or a checkpoint).
+    Text(StageOpts),
+    /// Time one UNet evaluation (batch 2 = one CFG step).
+    Unet(StageOpts),
+    /// Time one VAE decode (a preset builds the VAE alone, so the peak memory is its own).
+    Vae(StageOpts),
+    /// Time a whole generation, split into text, UNet (cond + uncond batched), VAE and
+    /// previews, with its NFE.
+    Pipeline(StageOpts),
     /// Time to merge, change and remove a LoRA on a random-weight model (no download).
     Lora {
         /// sd15, sd21 or sdxl.
@@ -185,6 +204,28 @@ fn parse_lora_arg(arg: &str) -> Result<LoraSpec> {
     Ok(LoraSpec::new(arg, 1.0))
 }
 
+fn stage(stage: crate::bench::Stage, o: StageOpts) -> Result<()> {
+    let dtype = DType::parse(&o.dtype).with_context(|| format!("unknown --dtype '{}' (f32, f16, bf16)", o.dtype))?;
+    let device = DeviceKind::parse(&o.device).with_context(|| format!("unknown --device '{}' (cpu, cuda, metal)", o.device))?;
+    let vae_tiling =
+        VaeTiling::parse(&o.vae_tile).with_context(|| format!("--vae-tile: '{}' is not auto, off or a tile size", o.vae_tile))?;
+    crate::bench::stage(crate::bench::StageArgs {
+        stage,
+        config: o.config,
+        width: o.width,
+        height: o.height,
+        batch: o.batch.unwrap_or(if stage == crate::bench::Stage::Unet { 2 } else { 1 }),
+        dtype,
+        device,
+        iters: o.iters,
+        json: o.json,
+        vae_tiling,
+        steps: o.steps,
+        cfg: o.cfg,
+        solver: o.solver,
+    })
+}
+
 /// Runs the parsed command line.
 pub fn run(args: Args) -> Result<()> {
     match args.command {
@@ -202,35 +243,12 @@ pub fn run(args: Args) -> Result<()> {
         Some(Cmd::Bench {
             what: BenchCmd::Lora { config, rank },
         }) => crate::bench::lora(&config, rank),
+        Some(Cmd::Bench { what: BenchCmd::Text(o) }) => stage(crate::bench::Stage::Text, o),
+        Some(Cmd::Bench { what: BenchCmd::Unet(o) }) => stage(crate::bench::Stage::Unet, o),
+        Some(Cmd::Bench { what: BenchCmd::Vae(o) }) => stage(crate::bench::Stage::Vae, o),
         Some(Cmd::Bench {
-            what:
-                BenchCmd::Stage {
-                    stage,
-                    config,
-                    width,
-                    height,
-                    batch,
-                    dtype,
-                    iters,
-                    json,
-                    vae_tile,
-                },
-        }) => {
-            let dtype = DType::parse(&dtype).with_context(|| format!("unknown --dtype '{dtype}' (f32, f16, bf16)"))?;
-            let vae_tiling =
-                VaeTiling::parse(&vae_tile).with_context(|| format!("--vae-tile: '{vae_tile}' is not auto, off or a tile size"))?;
-            crate::bench::stage(crate::bench::StageArgs {
-                stage,
-                config,
-                width,
-                height,
-                batch,
-                dtype,
-                iters,
-                json,
-                vae_tiling,
-            })
-        }
+            what: BenchCmd::Pipeline(o),
+        }) => stage(crate::bench::Stage::Pipeline, o),
         Some(Cmd::Solvers) => {
             println!(
                 "{:<13} {:>5} {:>9} {:>10}  reference (diffusers)",

@@ -254,18 +254,42 @@ fn a_lora_for_another_family_is_a_clear_error() {
 #[test]
 fn bench_commands_print_their_tables() {
     let model = fixture("sd1/sd1-tiny.safetensors");
-    for stage in ["text", "unet", "vae"] {
+    for stage in ["text", "unet", "vae", "pipeline"] {
         let o = bin()
-            .args(["bench", "stage", stage, "--config"])
+            .args(["bench", stage, "--config"])
             .arg(&model)
-            .args(["--width", "64", "--height", "64", "--iters", "1", "--json"])
+            .args(["--width", "64", "--height", "64", "--iters", "1", "--steps", "4", "--json"])
             .output()
             .expect("run");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
         assert_eq!(v["stage"], stage);
         assert!(v["median_s"].as_f64().expect("median") > 0.0);
+        assert!(v["peak_rss_gib"].as_f64().expect("peak") > 0.0);
+        if stage == "pipeline" {
+            // 4 steps of DPM++ 2M with guidance: 8 network evaluations, split by stage.
+            assert_eq!(v["nfe"], 8);
+            let split = &v["split_s"];
+            for k in ["text", "unet", "vae", "previews"] {
+                assert!(split[k].as_f64().expect("seconds") > 0.0, "{k}: {split}");
+            }
+        }
     }
+    // Tiled on request (a tile is at least the minimum size).
+    let o = bin()
+        .args(["bench", "vae", "--config"])
+        .arg(&model)
+        .args(["--width", "128", "--height", "128", "--iters", "1", "--vae-tile", "8", "--json"])
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["vae_tiles"], "24x24 latent");
+    let o = bin()
+        .args(["bench", "pipeline", "--config", "embedded-nonexistent"])
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
     let o = bin().args(["bench", "oracle", "--json"]).output().expect("run");
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""The diffusers side of `latent-studio bench stage`: the same network, config, random weights,
-input sizes, dtype and thread count, timed the same way (median and min of --iters runs, peak
-RSS). Usage: python packaging/bench/diffusers_bench.py unet --config sd15 [--width 512 --height 512
---batch 2 --dtype f32 --iters 3 --threads 2]"""
+"""The diffusers side of `latent-studio bench unet|vae|pipeline`: the same network, config,
+random weights, input sizes, dtype and thread count, timed the same way (median and min of
+--iters runs, peak RSS). Usage: python packaging/bench/diffusers_bench.py unet --config sd15
+[--width 512 --height 512 --batch 2 --dtype f32 --iters 3 --threads 2] (pipeline: --steps 20
+--cfg 7; DPMSolverMultistep = our dpm++2m; text encoder timed on random token ids, since no
+tokenizer files are available offline, then the pipeline runs from those embeddings).
+Compare both sides in one run with packaging/bench/compare.py."""
 import argparse, json, resource, time
 
 import torch
@@ -27,7 +30,7 @@ VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncod
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["unet", "vae"])
+    ap.add_argument("stage", choices=["unet", "vae", "pipeline"])
     ap.add_argument("--config", default="sd15")
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--height", type=int, default=512)
@@ -35,6 +38,8 @@ def main():
     ap.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"])
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--cfg", type=float, default=7.0)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
@@ -51,10 +56,12 @@ def main():
                 kw["added_cond_kwargs"] = {"text_embeds": torch.randn(a.batch, 1280, dtype=dt),
                                            "time_ids": torch.tensor([[a.height, a.width, 0, 0, a.height, a.width]] * a.batch, dtype=dt)}
             run = lambda: net(x, torch.tensor([500.0] * a.batch), encoder_hidden_states=ctx, **kw)
-        else:
+        elif a.stage == "vae":
             net = AutoencoderKL(**VAE).to(dt).eval()
             z = torch.randn(a.batch, 4, h, w, dtype=dt)
             run = lambda: net.decode(z)
+        else:
+            run, split = pipeline(a, dt, h, w)
         times = []
         for _ in range(a.iters):
             t = time.perf_counter()
@@ -62,9 +69,44 @@ def main():
             times.append(time.perf_counter() - t)
     times.sort()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
-    print(json.dumps({"stage": a.stage, "config": a.config, "width": a.width, "height": a.height, "batch": a.batch, "dtype": a.dtype,
-                      "iters": a.iters, "median_s": times[len(times) // 2], "min_s": times[0], "peak_rss_gib": peak,
-                      "torch": torch.__version__, "threads": a.threads}))
+    out = {"stage": a.stage, "config": a.config, "width": a.width, "height": a.height, "batch": a.batch, "dtype": a.dtype,
+           "iters": a.iters, "median_s": times[len(times) // 2], "min_s": times[0], "peak_rss_gib": peak,
+           "torch": torch.__version__, "threads": a.threads}
+    if a.stage == "pipeline":
+        out["split_s"] = dict(split)
+        out["nfe"] = a.steps * (2 if a.cfg > 1 else 1)
+    print(json.dumps(out))
+
+
+def pipeline(a, dt, h, w):
+    """A whole SD generation from random weights: CLIP text encoder (SD 1.x: 12 layers, width
+    768), UNet, VAE, DPM-Solver++ 2M; returns the runner and its last per-stage split."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+    assert a.config == "sd15", "pipeline: sd15 only"
+    te = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                                      max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu")).to(dt).eval()
+    unet = UNet2DConditionModel(**CONFIGS["sd15"]["unet"]).to(dt).eval()
+    vae = AutoencoderKL(**VAE).to(dt).eval()
+    sched = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=None, unet=unet, scheduler=sched, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    split = {}
+    ids = torch.randint(0, 49408, (2, 77))
+
+    def run():
+        t0 = time.perf_counter()
+        emb = te(ids)[0]
+        t1 = time.perf_counter()
+        lat = pipe(prompt_embeds=emb[1:], negative_prompt_embeds=emb[:1], height=a.height, width=a.width,
+                   num_inference_steps=a.steps, guidance_scale=a.cfg, output_type="latent",
+                   generator=torch.Generator().manual_seed(1)).images
+        t2 = time.perf_counter()
+        vae.decode(lat / vae.config.scaling_factor)
+        t3 = time.perf_counter()
+        split.update(text=t1 - t0, unet=t2 - t1, vae=t3 - t2, previews=0.0)
+    return run, split
 
 
 if __name__ == "__main__":
