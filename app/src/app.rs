@@ -178,6 +178,11 @@ impl StudioApp {
     pub fn open_model(&mut self, path: &Path) {
         let spec = ModelSpec {
             dtype: self.settings.dtype,
+            vae_tiling: if self.settings.vae_auto_tiling {
+                latent_engine::VaeTiling::Auto
+            } else {
+                latent_engine::VaeTiling::Off
+            },
             ..ModelSpec::new(path)
         };
         match self.engine.load_model(spec) {

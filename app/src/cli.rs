@@ -51,6 +51,22 @@ enum Cmd {
         /// A LoRA .safetensors file.
         path: PathBuf,
     },
+    /// Write the embedded model's procedural training set (PNG files + captions.jsonl) into a
+    /// new folder, and optionally a contact sheet of the first 64 images.
+    MakeDataset {
+        /// A folder that does not exist yet (or is empty).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        count: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 64)]
+        size: u32,
+        /// Also write an 8x8 grid of the first images here (a new file).
+        #[arg(long)]
+        sheet: Option<PathBuf>,
+    },
     /// Benchmarks that print figures (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -226,6 +242,46 @@ fn stage(stage: crate::bench::Stage, o: StageOpts) -> Result<()> {
     })
 }
 
+fn make_dataset(out: &Path, count: u64, seed: u64, size: u32, sheet: Option<&Path>) -> Result<()> {
+    use latent_engine::train::dataset::sample;
+    if !(16..=512).contains(&size) {
+        bail!("--size must be between 16 and 512");
+    }
+    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{} exists and is not empty; choose a new folder", out.display());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut captions = String::new();
+    let grid = 8u32;
+    let mut sheet_px = vec![0u8; (grid * size * grid * size * 3) as usize];
+    for i in 0..count {
+        let s = sample(seed, i, size);
+        let name = format!("{i:06}.png");
+        write_new_file(&out.join(&name), &encode_png(&s.image, &s.caption)?)?;
+        captions.push_str(&serde_json::json!({"file": name, "caption": s.caption}).to_string());
+        captions.push('\n');
+        if i < u64::from(grid * grid) {
+            let (gx, gy) = ((i as u32 % grid) * size, (i as u32 / grid) * size);
+            for y in 0..size {
+                let src = (y * size * 3) as usize;
+                let dst = (((gy + y) * grid * size + gx) * 3) as usize;
+                sheet_px[dst..dst + (size * 3) as usize].copy_from_slice(&s.image.pixels[src..src + (size * 3) as usize]);
+            }
+        }
+    }
+    write_new_file(&out.join("captions.jsonl"), captions.as_bytes())?;
+    if let Some(path) = sheet {
+        let img = latent_engine::ImageRgb8 {
+            width: grid * size,
+            height: grid * size,
+            pixels: sheet_px,
+        };
+        write_new_file(path, &encode_png(&img, "")?)?;
+    }
+    println!("wrote {count} images and captions.jsonl to {}", out.display());
+    Ok(())
+}
+
 /// Runs the parsed command line.
 pub fn run(args: Args) -> Result<()> {
     match args.command {
@@ -236,6 +292,13 @@ pub fn run(args: Args) -> Result<()> {
         }),
         Some(Cmd::Generate(g)) => generate(*g),
         Some(Cmd::Info { path }) => info(&path),
+        Some(Cmd::MakeDataset {
+            out,
+            count,
+            seed,
+            size,
+            sheet,
+        }) => make_dataset(&out, count, seed, size, sheet.as_deref()),
         Some(Cmd::LoraInfo { path }) => lora_info(&path),
         Some(Cmd::Bench {
             what: BenchCmd::Oracle { plot, json },

@@ -137,6 +137,8 @@ pub struct Settings {
     pub lora_dirs: Vec<PathBuf>,
     pub output_dir: PathBuf,
     pub dtype: DType,
+    /// VAE tiling at the next load: true = automatic (tile only when memory is short).
+    pub vae_auto_tiling: bool,
     pub params: Params,
     pub loras: Vec<LoraEntry>,
     /// Regenerate when a slider moves.
@@ -153,6 +155,7 @@ impl Default for Settings {
             lora_dirs: vec![],
             output_dir: default_output_dir(),
             dtype: DType::F32,
+            vae_auto_tiling: true,
             params: Params::default(),
             loras: vec![],
             live: false,

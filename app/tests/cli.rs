@@ -296,3 +296,31 @@ fn bench_commands_print_their_tables() {
     let rows = v.as_array().expect("rows");
     assert!(rows.iter().any(|r| r["solver"] == "unipc"));
 }
+
+#[test]
+fn make_dataset_writes_images_with_captions_and_never_into_a_used_folder() {
+    let dir = scratch("dataset");
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = bin()
+        .args(["make-dataset", "--count", "5", "--size", "32", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let captions = std::fs::read_to_string(dir.join("captions.jsonl")).expect("captions");
+    assert_eq!(captions.lines().count(), 5);
+    let first: serde_json::Value = serde_json::from_str(captions.lines().next().expect("line")).expect("json");
+    let png = dir.join(first["file"].as_str().expect("file"));
+    let text = latent_engine::image_io::read_png_parameters(&png)
+        .expect("read")
+        .expect("caption in the PNG");
+    assert_eq!(text, first["caption"].as_str().expect("caption"));
+    let before = std::fs::read(&png).expect("png");
+    let o = bin()
+        .args(["make-dataset", "--count", "5", "--seed", "9", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("run");
+    assert_clean_failure(&o, "not empty");
+    assert_eq!(std::fs::read(&png).expect("png"), before, "nothing was overwritten");
+}

@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod rng;
 pub mod sampling;
 pub mod tokenizer;
+pub mod train;
 pub mod worker;
 
 pub use error::{EngineError, Result};

@@ -118,6 +118,8 @@ fn settings(app: &mut StudioApp, ui: &mut egui::Ui) {
     })
     .response
     .on_hover_text("f16/bf16 halve the memory for weights; on CPU the arithmetic stays f32");
+    ui.checkbox(&mut app.settings.vae_auto_tiling, "Decode big images in tiles when memory is short")
+        .on_hover_text("Off: always decode whole (exact colours, memory grows with the image). Applies at the next model load.");
     let loaded = match &app.session.model {
         ModelState::Loaded { path, info } => Some((path.clone(), info.dtype)),
         _ => None,
