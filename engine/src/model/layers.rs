@@ -22,6 +22,12 @@ pub fn linear(w: &Weights, prefix: &str) -> Result<Linear> {
 
 /// A 2-D convolution; 1x1 kernels stored as matrices (linear `proj_in`) are reshaped.
 pub fn conv2d(w: &Weights, prefix: &str, stride: usize) -> Result<Conv2d> {
+    let k = w.get(&format!("{prefix}.weight"))?.dims().get(2).copied().unwrap_or(1);
+    conv2d_with(w, prefix, k / 2, stride)
+}
+
+/// A 2-D convolution with explicit padding.
+pub fn conv2d_with(w: &Weights, prefix: &str, padding: usize, stride: usize) -> Result<Conv2d> {
     let mut weight = w.get(&format!("{prefix}.weight"))?.clone();
     if weight.rank() == 2 {
         let (o, i) = weight.dims2()?;
@@ -34,10 +40,9 @@ pub fn conv2d(w: &Weights, prefix: &str, stride: usize) -> Result<Conv2d> {
             expected: vec![0, 0, 0, 0],
         });
     }
-    let k = weight.dim(2)?;
     let bias = w.tensors.get(&format!("{prefix}.bias")).cloned();
     let config = Conv2dConfig {
-        padding: k / 2,
+        padding,
         stride,
         ..Default::default()
     };

@@ -5,7 +5,7 @@ use candle_nn::{GroupNorm, Linear};
 
 use super::checkpoint::Weights;
 use super::config::VaeConfig;
-use super::layers::{CONV_UNFOLD_BUDGET, Conv2d, attention, conv2d, group_norm, linear};
+use super::layers::{CONV_UNFOLD_BUDGET, Conv2d, attention, conv2d, conv2d_with, group_norm, linear};
 use super::unet::PublicResnet;
 use crate::error::Result;
 
@@ -18,6 +18,16 @@ struct MidAttention {
 }
 
 impl MidAttention {
+    fn new(w: &Weights, a: &str, groups: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            norm: group_norm(w, &format!("{a}.group_norm"), groups, eps)?,
+            q: linear(w, &format!("{a}.to_q"))?,
+            k: linear(w, &format!("{a}.to_k"))?,
+            v: linear(w, &format!("{a}.to_v"))?,
+            out: linear(w, &format!("{a}.to_out.0"))?,
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let y = self.norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
@@ -54,14 +64,7 @@ impl VaeDecoder {
         let eps = 1e-6;
         let p = "vae.decoder";
         let mid_attn = if cfg.mid_attention {
-            let a = format!("{p}.mid_block.attentions.0");
-            Some(MidAttention {
-                norm: group_norm(w, &format!("{a}.group_norm"), g, eps)?,
-                q: linear(w, &format!("{a}.to_q"))?,
-                k: linear(w, &format!("{a}.to_k"))?,
-                v: linear(w, &format!("{a}.to_v"))?,
-                out: linear(w, &format!("{a}.to_out.0"))?,
-            })
+            Some(MidAttention::new(w, &format!("{p}.mid_block.attentions.0"), g, eps)?)
         } else {
             None
         };
@@ -242,5 +245,82 @@ impl VaeDecoder {
         }
         let h = self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)?;
         Ok(h.to_dtype(DType::F32)?)
+    }
+}
+
+/// The encoder half (pixels -> latent distribution), as diffusers' `AutoencoderKL.encoder`
+/// plus `quant_conv`: used to train the autoencoder and to encode training images.
+pub struct VaeEncoder {
+    conv_in: Conv2d,
+    down: Vec<(Vec<PublicResnet>, Option<Conv2d>)>,
+    mid: (PublicResnet, Option<MidAttention>, PublicResnet),
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+    quant: Option<Conv2d>,
+}
+
+impl VaeEncoder {
+    /// Builds the encoder from `vae.encoder.*` (and `vae.quant_conv`) weights.
+    pub fn new(w: &Weights, cfg: &VaeConfig) -> Result<Self> {
+        let (g, eps, p) = (cfg.groups, 1e-6, "vae.encoder");
+        let n = cfg.block_out_channels.len();
+        let mut down = vec![];
+        for i in 0..n {
+            let resnets = (0..cfg.layers_per_block)
+                .map(|j| PublicResnet::new(w, &format!("{p}.down_blocks.{i}.resnets.{j}"), g, eps))
+                .collect::<Result<_>>()?;
+            let sampler = if i + 1 < n {
+                // Stride 2 after padding one row/column at the bottom/right only.
+                Some(conv2d_with(w, &format!("{p}.down_blocks.{i}.downsamplers.0.conv"), 0, 2)?)
+            } else {
+                None
+            };
+            down.push((resnets, sampler));
+        }
+        Ok(Self {
+            conv_in: conv2d(w, &format!("{p}.conv_in"), 1)?,
+            down,
+            mid: (
+                PublicResnet::new(w, &format!("{p}.mid_block.resnets.0"), g, eps)?,
+                if cfg.mid_attention {
+                    Some(MidAttention::new(w, &format!("{p}.mid_block.attentions.0"), g, eps)?)
+                } else {
+                    None
+                },
+                PublicResnet::new(w, &format!("{p}.mid_block.resnets.1"), g, eps)?,
+            ),
+            norm_out: group_norm(w, &format!("{p}.conv_norm_out"), g, eps)?,
+            conv_out: conv2d(w, &format!("{p}.conv_out"), 1)?,
+            quant: if w.has("vae.quant_conv.weight") {
+                Some(conv2d(w, "vae.quant_conv", 1)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Images in [-1, 1] `[b, 3, H, W]` -> (mean, log-variance), each `[b, latent, H/s, W/s]`
+    /// (before the scaling factor).
+    pub fn encode(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let mut h = self.conv_in.forward(x)?;
+        for (resnets, sampler) in &self.down {
+            for r in resnets {
+                h = r.forward(&h)?;
+            }
+            if let Some(s) = sampler {
+                h = s.forward(&h.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?)?;
+            }
+        }
+        h = self.mid.0.forward(&h)?;
+        if let Some(a) = &self.mid.1 {
+            h = a.forward(&h)?;
+        }
+        h = self.mid.2.forward(&h)?;
+        let mut h = self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)?;
+        if let Some(q) = &self.quant {
+            h = q.forward(&h)?;
+        }
+        let c = h.dim(1)? / 2;
+        Ok((h.narrow(1, 0, c)?, h.narrow(1, c, c)?.clamp(-30f32, 20f32)?))
     }
 }
