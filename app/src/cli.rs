@@ -67,6 +67,28 @@ enum Cmd {
         #[arg(long)]
         sheet: Option<PathBuf>,
     },
+    /// Train the embedded default model from scratch on the procedural set: the autoencoder,
+    /// then text encoder + UNet. Re-running the same command resumes from DIR's checkpoint.
+    Train {
+        /// Folder for checkpoint.safetensors, train.log and the exported model.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 400)]
+        vae_steps: u64,
+        #[arg(long, default_value_t = 2200)]
+        diffusion_steps: u64,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 1)]
+        data_seed: u64,
+        #[arg(long, default_value_t = 100)]
+        save_every: u64,
+        /// Stop (after saving) once this many minutes have passed; resume later.
+        #[arg(long)]
+        minutes: Option<f64>,
+    },
     /// Benchmarks that print figures (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -292,6 +314,33 @@ pub fn run(args: Args) -> Result<()> {
         }),
         Some(Cmd::Generate(g)) => generate(*g),
         Some(Cmd::Info { path }) => info(&path),
+        Some(Cmd::Train {
+            out,
+            vae_steps,
+            diffusion_steps,
+            batch,
+            seed,
+            data_seed,
+            save_every,
+            minutes,
+        }) => {
+            let o = latent_engine::train::run::TrainOptions {
+                out,
+                vae_steps,
+                diffusion_steps,
+                batch: batch.max(1),
+                seed,
+                data_seed,
+                save_every: save_every.max(1),
+                time_limit: minutes.map(|m| m * 60.0),
+                ..Default::default()
+            };
+            match latent_engine::train::run::train(&o)? {
+                Some(path) => println!("model: {}", path.display()),
+                None => println!("stopped at the time limit; run the same command to resume"),
+            }
+            Ok(())
+        }
         Some(Cmd::MakeDataset {
             out,
             count,

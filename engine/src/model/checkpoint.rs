@@ -324,6 +324,15 @@ fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result
     for n in &names {
         match convert::ldm_key(n, lpb) {
             Ok(list) => renamed.extend(list.into_iter().map(|r| (n.clone(), r))),
+            // Files this project writes (the embedded model, training checkpoints) use the
+            // engine's canonical names (diffusers names under `unet.`, `vae.`, `te1.`, `te2.`).
+            Err(k) if ["unet.", "vae.", "te1.", "te2."].iter().any(|p| k.starts_with(p)) => renamed.push((
+                n.clone(),
+                Renamed {
+                    name: k,
+                    transform: Transform::None,
+                },
+            )),
             Err(k) => w.unrecognised.push(k),
         }
     }

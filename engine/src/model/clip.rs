@@ -5,11 +5,11 @@
 //! penultimate layer), and the pooled output of `CLIPTextModelWithProjection`.
 
 use candle_core::{DType, IndexOp, Module, Tensor};
-use candle_nn::{LayerNorm, Linear};
+use candle_nn::Linear;
 
 use super::checkpoint::Weights;
 use super::config::{Activation, TextConfig};
-use super::layers::{attention, layer_norm, linear, quick_gelu};
+use super::layers::{LayerNorm, attention, layer_norm, linear, quick_gelu};
 use crate::error::{EngineError, Result};
 
 struct Layer {

@@ -179,7 +179,8 @@ fn text_config(w: &Weights, h: &Hints, idx: usize) -> Result<Option<TextConfig>>
         .or_else(|| h.ours_usize(if idx == 0 { "text_heads" } else { "text_heads_2" }))
         .unwrap_or((hidden / 64).max(1));
     let flavor = w.text_flavors[idx];
-    let activation = match h.cfg(component, "hidden_act").and_then(Value::as_str) {
+    let ours_act = h.ours.get(if idx == 0 { "text_activation" } else { "text_activation_2" });
+    let activation = match h.cfg(component, "hidden_act").or(ours_act).and_then(Value::as_str) {
         Some("quick_gelu") => Activation::QuickGelu,
         Some(_) => Activation::Gelu,
         None => match flavor {

@@ -1,7 +1,7 @@
 //! Building blocks shared by the networks, built from canonical weight names.
 
 use candle_core::{D, Module, Tensor};
-use candle_nn::{Conv2dConfig, GroupNorm, LayerNorm, Linear};
+use candle_nn::{Conv2dConfig, GroupNorm, Linear};
 
 use super::checkpoint::Weights;
 use crate::error::{EngineError, Result};
@@ -78,9 +78,50 @@ impl Module for Conv2d {
 }
 
 impl Conv2d {
+    /// The convolution as shifted copies and one matrix product. candle's own convolution
+    /// differentiates through a transposed convolution that is very slow on the CPU; this
+    /// form's backward pass is two matrix products and copies (training is 5-10x faster).
+    fn forward_by_matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let cfg = self.inner.config();
+        let w = self.inner.weight();
+        let (o, c, kh, kw) = w.dims4()?;
+        let (b, _, h, wd) = x.dims4()?;
+        let (p, s) = (cfg.padding, cfg.stride.max(1));
+        let h_out = (h + 2 * p).saturating_sub(kh) / s + 1;
+        let w_out = (wd + 2 * p).saturating_sub(kw) / s + 1;
+        // Pad, plus `s` spare rows/columns so every strided window can be cut to s * n.
+        let xp = x.pad_with_zeros(2, p, p + s)?.pad_with_zeros(3, p, p + s)?;
+        let mut cols = Vec::with_capacity(kh * kw);
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let win = xp.narrow(2, ky, s * h_out)?.narrow(3, kx, s * w_out)?;
+                let win = if s == 1 {
+                    win
+                } else {
+                    win.contiguous()?
+                        .reshape((b, c, h_out, s, w_out, s))?
+                        .narrow(3, 0, 1)?
+                        .narrow(5, 0, 1)?
+                        .reshape((b, c, h_out, w_out))?
+                };
+                cols.push(win);
+            }
+        }
+        let col = Tensor::stack(&cols, 2)?.reshape((b, c * kh * kw, h_out * w_out))?;
+        let y = w.reshape((o, c * kh * kw))?.broadcast_matmul(&col)?;
+        let y = match self.inner.bias() {
+            Some(bias) => y.broadcast_add(&bias.reshape((1, o, 1))?)?,
+            None => y,
+        };
+        y.reshape((b, o, h_out, w_out))
+    }
+
     /// The convolution with at most `budget` bytes of unfolded input at a time.
     pub fn forward_within(&self, x: &Tensor, budget: usize) -> candle_core::Result<Tensor> {
         let cfg = self.inner.config();
+        if (x.track_op() || self.inner.weight().track_op()) && cfg.groups == 1 && cfg.dilation == 1 {
+            return self.forward_by_matmul(x);
+        }
         let (b, c_in, h, w) = x.dims4()?;
         let (k_h, k_w) = (self.inner.weight().dim(2)?, self.inner.weight().dim(3)?);
         if k_h == 1 && k_w == 1 {
@@ -130,7 +171,32 @@ pub fn group_norm(w: &Weights, prefix: &str, groups: usize, eps: f64) -> Result<
 pub fn layer_norm(w: &Weights, prefix: &str, eps: f64) -> Result<LayerNorm> {
     let weight = w.get(&format!("{prefix}.weight"))?.clone();
     let bias = w.get(&format!("{prefix}.bias"))?.clone();
-    Ok(LayerNorm::new(weight, bias, eps))
+    Ok(LayerNorm {
+        inner: candle_nn::LayerNorm::new(weight.clone(), bias.clone(), eps),
+        weight,
+        bias,
+        eps,
+    })
+}
+
+/// Layer normalisation: candle's fused kernel for inference, plain tensor operations when
+/// gradients flow (training), since the fused kernel has no backward pass.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    inner: candle_nn::LayerNorm,
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.track_op() || self.weight.track_op() {
+            candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
+        } else {
+            self.inner.forward(x)
+        }
+    }
 }
 
 /// Score elements one chunk of queries may hold at once (64 MiB of f32): bounds the memory
@@ -152,7 +218,10 @@ fn attention_with_budget(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causa
     let (b, n, c) = q.dims3()?;
     let m = k.dim(1)?;
     let d = c / heads;
-    if q.device().is_cpu() && d <= 32 {
+    // The fused kernel has no backward pass: when gradients flow (training), take the
+    // tensor-operation path.
+    let training = q.track_op() || k.track_op() || v.track_op();
+    if q.device().is_cpu() && d <= 32 && !training {
         let dtype = q.dtype();
         let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?) };
         let dims = super::attention::Dims {
@@ -186,7 +255,12 @@ fn attention_with_budget(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causa
         } else {
             scores
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        let probs = if training {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        }
+        .to_dtype(dtype)?;
         outs.push(probs.matmul(&vh)?);
         start += len;
     }
@@ -239,6 +313,16 @@ mod tests {
                 ),
             };
             let plain = conv.inner.forward(&x).expect("plain");
+            let by_matmul = conv.forward_by_matmul(&x).expect("matmul form");
+            let d = (&by_matmul - &plain)
+                .expect("sub")
+                .abs()
+                .expect("abs")
+                .max_all()
+                .expect("max")
+                .to_scalar::<f32>()
+                .expect("s");
+            assert!(d <= 1e-4, "training form, stride {stride}: max diff {d}");
             for budget in [1, 2 * w * k * k * c_in * 4 * 3, usize::MAX] {
                 let banded = conv.forward_within(&x, budget).expect("banded");
                 assert_eq!(banded.dims(), plain.dims());

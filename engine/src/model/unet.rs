@@ -5,11 +5,11 @@
 //! caching, token merging, LoRA) needs hooks inside the blocks.
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{GroupNorm, LayerNorm, Linear};
+use candle_nn::{GroupNorm, Linear};
 
 use super::checkpoint::Weights;
 use super::config::UnetConfig;
-use super::layers::{Conv2d, attention, conv2d, group_norm, layer_norm, linear};
+use super::layers::{Conv2d, LayerNorm, attention, conv2d, group_norm, layer_norm, linear};
 use crate::error::{EngineError, Result};
 
 /// Sinusoidal embedding of `t` (diffusers `Timesteps` with `flip_sin_to_cos`, shift 0).

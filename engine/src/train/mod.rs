@@ -1,4 +1,8 @@
-//! Training the embedded default model: the procedural data set (and, as it lands, the
-//! trainer on candle's autograd).
+//! Training the embedded default model on the engine's own networks (candle autograd): the
+//! procedural data set, trainable parameters, the architecture and the two objectives.
 
 pub mod dataset;
+pub mod model;
+pub mod params;
+pub mod run;
+pub mod trainer;

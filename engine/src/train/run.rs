@@ -1,0 +1,285 @@
+//! The training run behind `latent-studio train`: the autoencoder first, then the text
+//! encoder and UNet on its latents; checkpoints as it goes (re-running the same command
+//! resumes), and at the end the embedded model's single file.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use candle_nn::Optimizer;
+
+use super::model::{IMAGE_SIZE, all_shapes, embedded_config};
+use super::params::Params;
+use super::trainer::{batch, diffusion_loss, encode_latents, vae_loss};
+use crate::error::{EngineError, Result};
+use crate::model::config::ModelConfig;
+use crate::rng::TorchRng;
+
+/// What `latent-studio train` was asked for.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// Folder for the checkpoint, the log and the exported model.
+    pub out: PathBuf,
+    pub vae_steps: u64,
+    pub diffusion_steps: u64,
+    pub batch: usize,
+    pub vae_lr: f64,
+    pub diffusion_lr: f64,
+    /// Initialisation and noise seed.
+    pub seed: u64,
+    /// Seed of the procedural training set.
+    pub data_seed: u64,
+    pub save_every: u64,
+    /// Stop after this many seconds (then resume later); `None` runs to the end.
+    pub time_limit: Option<f64>,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            out: PathBuf::from("train-out"),
+            vae_steps: 400,
+            diffusion_steps: 2200,
+            batch: 16,
+            vae_lr: 1e-3,
+            diffusion_lr: 5e-4,
+            seed: 1,
+            data_seed: 1,
+            save_every: 100,
+            time_limit: None,
+        }
+    }
+}
+
+/// The metadata the checkpoint carries between runs.
+fn meta_u64(meta: &HashMap<String, String>, key: &str) -> u64 {
+    meta.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+struct Log {
+    file: std::fs::File,
+}
+
+impl Log {
+    fn line(&mut self, text: &str) {
+        eprintln!("{text}");
+        let _ = writeln!(self.file, "{text}");
+    }
+}
+
+/// The metadata `latent_studio` JSON the engine reads to build this architecture.
+pub fn model_metadata(cfg: &ModelConfig, extra: serde_json::Value) -> String {
+    let mut v = serde_json::json!({
+        "family": "sd1",
+        "text_heads": cfg.text[0].heads,
+        "text_activation": match cfg.text[0].activation {
+            crate::model::config::Activation::QuickGelu => "quick_gelu",
+            crate::model::config::Activation::Gelu => "gelu",
+        },
+        "unet_heads": cfg.unet.heads,
+        "norm_groups": cfg.unet.groups,
+        "vae_scaling_factor": cfg.vae.scaling_factor,
+        "prediction_type": "epsilon",
+        // Native size, in latent pixels (as diffusers' `sample_size`).
+        "sample_size": IMAGE_SIZE as usize / cfg.vae.scale(),
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, val) in e {
+            o.insert(k.clone(), val.clone());
+        }
+    }
+    v.to_string()
+}
+
+/// Trains (or resumes) and exports. Returns the exported model's path once both phases are
+/// done, `None` when the time limit stopped the run first.
+pub fn train(o: &TrainOptions) -> Result<Option<PathBuf>> {
+    let dev = Device::Cpu;
+    std::fs::create_dir_all(&o.out).map_err(|e| io(&o.out, e))?;
+    let mut log = Log {
+        file: std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(o.out.join("train.log"))
+            .map_err(|e| io(&o.out, e))?,
+    };
+    let mut cfg = embedded_config();
+    let params = Params::init(&all_shapes(&cfg), o.seed, &dev)?;
+    let ckpt = o.out.join("checkpoint.safetensors");
+    let mut meta = if ckpt.exists() {
+        let m = params.load(&ckpt)?;
+        log.line(&format!("resumed from {} ({m:?})", ckpt.display()));
+        m
+    } else {
+        log.line(&format!(
+            "new run: {:.2} M text, {:.2} M unet, {:.2} M vae parameters",
+            params.count("te1.") as f64 / 1e6,
+            params.count("unet.") as f64 / 1e6,
+            params.count("vae.") as f64 / 1e6
+        ));
+        HashMap::new()
+    };
+    let started = Instant::now();
+    let out_of_time = |started: &Instant| o.time_limit.is_some_and(|t| started.elapsed().as_secs_f64() > t);
+    let save = |meta: &HashMap<String, String>| params.save(&ckpt, meta.clone());
+
+    // Phase 1: the autoencoder.
+    let mut step = meta_u64(&meta, "vae_step");
+    if step < o.vae_steps {
+        let mut opt = adamw(params.select(&["vae."]), o.vae_lr)?;
+        let mut rng = TorchRng::new(o.seed ^ 0x5eed_0001 ^ step);
+        let t0 = Instant::now();
+        let first = step;
+        while step < o.vae_steps {
+            let b = batch(o.data_seed, &indices(step, o.batch), IMAGE_SIZE, &dev)?;
+            let l = vae_loss(&params, &cfg, &b.images, &mut rng, 1e-6)?;
+            opt.set_learning_rate(cosine(o.vae_lr, step, o.vae_steps));
+            opt.backward_step(&l.total)?;
+            step += 1;
+            if step.is_multiple_of(10) || step == o.vae_steps {
+                let per = t0.elapsed().as_secs_f64() / (step - first) as f64;
+                log.line(&format!(
+                    "vae step {step}/{} l1 {:.4} kl {:.2} ({per:.2} s/step, {:.0} min left in this phase)",
+                    o.vae_steps,
+                    l.l1,
+                    l.kl,
+                    per * (o.vae_steps - step) as f64 / 60.0
+                ));
+            }
+            if step.is_multiple_of(o.save_every) || step == o.vae_steps || out_of_time(&started) {
+                meta.insert("vae_step".into(), step.to_string());
+                save(&meta)?;
+            }
+            if out_of_time(&started) {
+                log.line("time limit reached; run the same command again to resume");
+                return Ok(None);
+            }
+        }
+    }
+    // The latents' scale: 1 / their standard deviation, as SD's 0.18215 was chosen.
+    let scale = match meta.get("vae_scaling_factor").and_then(|v| v.parse::<f64>().ok()) {
+        Some(s) => s,
+        None => {
+            let b = batch(o.data_seed ^ 0xfeed, &(0..256).collect::<Vec<_>>(), IMAGE_SIZE, &dev)?;
+            let lat = encode_latents(&params, &cfg, &b.images)?;
+            let std = lat.flatten_all()?.to_vec1::<f32>()?;
+            let n = std.len() as f64;
+            let mean = std.iter().map(|v| f64::from(*v)).sum::<f64>() / n;
+            let var = std.iter().map(|v| (f64::from(*v) - mean).powi(2)).sum::<f64>() / n;
+            let s = 1.0 / var.sqrt().max(1e-6);
+            meta.insert("vae_scaling_factor".into(), format!("{s}"));
+            log.line(&format!("latent mean {mean:.3}, std {:.3}: scaling factor {s:.4}", var.sqrt()));
+            save(&meta)?;
+            s
+        }
+    };
+    cfg.vae.scaling_factor = scale;
+
+    // Phase 2: text encoder + UNet on the (frozen) autoencoder's latents.
+    let mut step = meta_u64(&meta, "diffusion_step");
+    if step < o.diffusion_steps {
+        let mut opt = adamw(params.select(&["unet.", "te1."]), o.diffusion_lr)?;
+        let mut rng = TorchRng::new(o.seed ^ 0x5eed_0002 ^ step);
+        let t0 = Instant::now();
+        let first = step;
+        let mut avg = 0f32;
+        while step < o.diffusion_steps {
+            let b = batch(o.data_seed, &indices(step + 1_000_000, o.batch), IMAGE_SIZE, &dev)?;
+            let lat = encode_latents(&params, &cfg, &b.images)?;
+            let l = diffusion_loss(&params, &cfg, &lat, &b.captions, &mut rng)?;
+            opt.set_learning_rate(cosine(o.diffusion_lr, step, o.diffusion_steps));
+            opt.backward_step(&l)?;
+            avg += l.to_scalar::<f32>()?;
+            step += 1;
+            if step.is_multiple_of(10) || step == o.diffusion_steps {
+                let per = t0.elapsed().as_secs_f64() / (step - first) as f64;
+                log.line(&format!(
+                    "diffusion step {step}/{} loss {:.4} ({per:.2} s/step, {:.0} min left in this phase)",
+                    o.diffusion_steps,
+                    avg / 10.0,
+                    per * (o.diffusion_steps - step) as f64 / 60.0
+                ));
+                avg = 0.0;
+            }
+            if step.is_multiple_of(o.save_every) || step == o.diffusion_steps || out_of_time(&started) {
+                meta.insert("diffusion_step".into(), step.to_string());
+                save(&meta)?;
+            }
+            if out_of_time(&started) {
+                log.line("time limit reached; run the same command again to resume");
+                return Ok(None);
+            }
+        }
+    }
+    let model = o.out.join("latent-studio-default.safetensors");
+    export(&params, &cfg, &model, &meta)?;
+    log.line(&format!("exported {}", model.display()));
+    Ok(Some(model))
+}
+
+/// Writes the model (f16, canonical names, `latent_studio` metadata) for the engine.
+pub fn export(params: &Params, cfg: &ModelConfig, path: &Path, meta: &HashMap<String, String>) -> Result<()> {
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    for (n, v) in &params.vars {
+        let t = v.as_tensor().detach().to_dtype(DType::F16)?;
+        let bytes: Vec<u8> = t
+            .flatten_all()?
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        data.push((n.clone(), t.dims().to_vec(), bytes));
+    }
+    let views = data
+        .iter()
+        .map(|(n, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F16, shape.clone(), bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| EngineError::Other(format!("{n}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let extra = serde_json::json!({
+        "trained_by": format!("latent-studio train {}", env!("CARGO_PKG_VERSION")),
+        "vae_steps": meta_u64(meta, "vae_step"),
+        "diffusion_steps": meta_u64(meta, "diffusion_step"),
+    });
+    let metadata = HashMap::from([("latent_studio".to_string(), model_metadata(cfg, extra))]);
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| EngineError::Other(format!("export: {e}")))?;
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
+
+fn adamw(vars: Vec<candle_core::Var>, lr: f64) -> Result<candle_nn::AdamW> {
+    Ok(candle_nn::AdamW::new(
+        vars,
+        candle_nn::ParamsAdamW {
+            lr,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?)
+}
+
+/// Cosine decay to 10% of the base rate, after a 50-step warm-up.
+fn cosine(base: f64, step: u64, total: u64) -> f64 {
+    if step < 50 {
+        return base * (step + 1) as f64 / 50.0;
+    }
+    let p = step as f64 / total.max(1) as f64;
+    base * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
+}
+
+/// The data indices of step `step`: every step sees new samples.
+fn indices(step: u64, batch: usize) -> Vec<u64> {
+    (0..batch as u64).map(|i| step * batch as u64 + i).collect()
+}
+
+fn io(path: &Path, source: std::io::Error) -> EngineError {
+    EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

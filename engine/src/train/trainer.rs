@@ -1,0 +1,298 @@
+//! The two training objectives, on the engine's own networks built from [`Params`]:
+//! the autoencoder (L1 reconstruction + a small KL term) and the text-conditioned denoiser
+//! (epsilon prediction with the SD noise schedule, captions dropped 10% of the time so
+//! classifier-free guidance works).
+
+use candle_core::{D, DType, Device, Tensor};
+
+use super::dataset;
+use super::params::Params;
+use crate::error::Result;
+use crate::model::clip::{ClipText, TextRequest};
+use crate::model::config::ModelConfig;
+use crate::model::unet::{Unet, UnetInput};
+use crate::model::vae::{VaeDecoder, VaeEncoder};
+use crate::rng::TorchRng;
+use crate::sampling::schedule::ModelSchedule;
+use crate::tokenizer::ClipTokenizer;
+
+/// A batch of training images in [-1, 1] with their captions.
+pub struct Batch {
+    pub images: Tensor,
+    pub captions: Vec<String>,
+}
+
+/// Samples `indices` of the procedural set drawn with `seed`.
+pub fn batch(seed: u64, indices: &[u64], size: u32, device: &Device) -> Result<Batch> {
+    let mut pixels = Vec::with_capacity(indices.len() * (size * size * 3) as usize);
+    let mut captions = vec![];
+    for &i in indices {
+        let s = dataset::sample(seed, i, size);
+        // HWC u8 -> CHW in [-1, 1].
+        let n = (size * size) as usize;
+        for c in 0..3 {
+            pixels.extend((0..n).map(|p| f32::from(s.image.pixels[p * 3 + c]) / 127.5 - 1.0));
+        }
+        captions.push(s.caption);
+    }
+    let images = Tensor::from_vec(pixels, (indices.len(), 3, size as usize, size as usize), device)?;
+    Ok(Batch { images, captions })
+}
+
+/// Reconstruction loss of the autoencoder (and its parts, for the log).
+pub struct VaeLoss {
+    pub total: Tensor,
+    pub l1: f32,
+    pub kl: f32,
+}
+
+/// `L1(decode(z), x) + kl_weight * KL(q(z|x) || N(0, 1))` with `z` sampled from the encoder.
+pub fn vae_loss(params: &Params, cfg: &ModelConfig, images: &Tensor, rng: &mut TorchRng, kl_weight: f64) -> Result<VaeLoss> {
+    let w = params.weights();
+    let enc = VaeEncoder::new(&w, &cfg.vae)?;
+    let dec = VaeDecoder::new(&w, &cfg.vae)?;
+    let (mean, logvar) = enc.encode(images)?;
+    let eps = rng.randn_like(&mean)?;
+    let z = (&mean + ((&logvar * 0.5)?.exp()? * eps)?)?;
+    let recon = dec.decode(&z)?;
+    let l1 = (recon - images)?.abs()?.mean_all()?;
+    let kl = (((mean.sqr()? + logvar.exp()?)? - 1.0)? - &logvar)?.mean_all()?.affine(0.5, 0.0)?;
+    let total = l1.add(&kl.affine(kl_weight, 0.0)?)?;
+    Ok(VaeLoss {
+        l1: l1.to_scalar::<f32>()?,
+        kl: kl.to_scalar::<f32>()?,
+        total,
+    })
+}
+
+/// Latents of `images` (the encoder's means, times the scaling factor), without gradients.
+pub fn encode_latents(params: &Params, cfg: &ModelConfig, images: &Tensor) -> Result<Tensor> {
+    let w = params.frozen_weights();
+    let enc = VaeEncoder::new(&w, &cfg.vae)?;
+    let (mean, _) = enc.encode(images)?;
+    Ok((mean.detach() * cfg.vae.scaling_factor)?)
+}
+
+/// Token rows for captions (the first 77-token window of each).
+pub fn caption_tokens(captions: &[String], pad: u32) -> Result<Vec<Vec<u32>>> {
+    let tok = ClipTokenizer::shared()?;
+    Ok(captions
+        .iter()
+        .map(|c| tok.windows(c, pad).into_iter().next().unwrap_or_default())
+        .collect())
+}
+
+/// Mean squared error of the UNet's noise prediction at random timesteps, conditioned on
+/// the captions through the text encoder (both trained).
+pub fn diffusion_loss(params: &Params, cfg: &ModelConfig, latents: &Tensor, captions: &[String], rng: &mut TorchRng) -> Result<Tensor> {
+    let w = params.weights();
+    let text_cfg = &cfg.text[0];
+    let te = ClipText::new(&w, text_cfg)?;
+    let unet = Unet::new(&w, &cfg.unet)?;
+    // Classifier-free guidance needs an unconditional model: drop 10% of the captions.
+    let captions: Vec<String> = captions
+        .iter()
+        .map(|c| if rng.next_uniform_f32() < 0.1 { String::new() } else { c.clone() })
+        .collect();
+    let rows = caption_tokens(&captions, text_cfg.pad_token)?;
+    let (context, _) = te.forward(
+        &rows,
+        TextRequest {
+            layer_from_end: 1,
+            final_norm: true,
+            pooled: false,
+        },
+    )?;
+    let b = latents.dim(0)?;
+    let schedule = ModelSchedule::stable_diffusion();
+    let n = schedule.alphas_cumprod.len();
+    let timesteps: Vec<f64> = (0..b)
+        .map(|_| ((rng.next_uniform_f64() * n as f64) as usize).min(n - 1) as f64)
+        .collect();
+    let ab: Vec<f32> = timesteps.iter().map(|t| schedule.alphas_cumprod[*t as usize] as f32).collect();
+    let dev = latents.device();
+    let a = Tensor::from_vec(ab.iter().map(|v| v.sqrt()).collect::<Vec<_>>(), (b, 1, 1, 1), dev)?;
+    let s = Tensor::from_vec(ab.iter().map(|v| (1.0 - v).sqrt()).collect::<Vec<_>>(), (b, 1, 1, 1), dev)?;
+    let noise = rng.randn_like(latents)?;
+    let noisy = (latents.broadcast_mul(&a)? + noise.broadcast_mul(&s)?)?;
+    let pred = unet.forward(&UnetInput {
+        sample: &noisy,
+        timesteps: &timesteps,
+        context: &context.to_dtype(DType::F32)?,
+        added: None,
+    })?;
+    Ok((pred - noise)?.sqr()?.mean(D::Minus1)?.mean_all()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::{Activation, Family, TextConfig, UnetConfig, VaeConfig};
+    use crate::train::model::all_shapes;
+    use candle_nn::Optimizer;
+
+    /// A model small enough to train a few steps in a unit test.
+    fn tiny() -> ModelConfig {
+        let mut cfg = crate::train::model::embedded_config();
+        cfg.text = vec![TextConfig {
+            prefix: "te1.",
+            vocab: 49408,
+            hidden: 16,
+            layers: 1,
+            heads: 2,
+            intermediate: 32,
+            max_positions: 77,
+            activation: Activation::QuickGelu,
+            projection: None,
+            pad_token: 49407,
+        }];
+        cfg.unet = UnetConfig {
+            in_channels: 4,
+            out_channels: 4,
+            block_out_channels: vec![16, 32],
+            layers_per_block: 1,
+            down_attention: vec![None, Some(1)],
+            up_attention: vec![Some(1), None],
+            mid_attention: Some(1),
+            heads: vec![2, 2],
+            context_dim: 16,
+            linear_projection: true,
+            groups: 8,
+            time_embed_dim: 64,
+            addition: None,
+        };
+        cfg.vae = VaeConfig {
+            latent_channels: 4,
+            block_out_channels: vec![8, 16],
+            layers_per_block: 1,
+            groups: 4,
+            scaling_factor: 1.0,
+            mid_attention: true,
+        };
+        cfg.family = Family::Sd1;
+        cfg
+    }
+
+    #[test]
+    fn both_objectives_learn_and_reach_every_parameter() {
+        let dev = Device::Cpu;
+        let cfg = tiny();
+        let params = Params::init(&all_shapes(&cfg), 1, &dev).expect("init");
+        let data = batch(3, &[0, 1, 2, 3], 16, &dev).expect("batch");
+        let mut rng = TorchRng::new(4);
+        // Autoencoder: gradients reach every encoder and decoder tensor; the loss falls.
+        let vae_vars = params.select(&["vae."]);
+        let first = vae_loss(&params, &cfg, &data.images, &mut rng, 1e-4).expect("loss");
+        let grads = first.total.backward().expect("backward");
+        for (name, v) in params.vars.iter().filter(|(n, _)| n.starts_with("vae.")) {
+            assert!(grads.get(v.as_tensor()).is_some(), "no gradient for {name}");
+        }
+        let mut opt = candle_nn::AdamW::new(
+            vae_vars,
+            candle_nn::ParamsAdamW {
+                lr: 2e-3,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )
+        .expect("adamw");
+        let mut last = first.l1;
+        for _ in 0..25 {
+            let l = vae_loss(&params, &cfg, &data.images, &mut rng, 1e-4).expect("loss");
+            opt.backward_step(&l.total).expect("step");
+            last = l.l1;
+        }
+        assert!(last < first.l1 * 0.8, "reconstruction did not improve: {} -> {last}", first.l1);
+        // Denoiser: gradients reach the UNet and the text encoder (the tokens used).
+        let lat = encode_latents(&params, &cfg, &data.images).expect("latents");
+        let loss = diffusion_loss(&params, &cfg, &lat, &data.captions, &mut rng).expect("loss");
+        let grads = loss.backward().expect("backward");
+        let missing: Vec<&String> = params
+            .vars
+            .iter()
+            .filter(|(n, _)| n.starts_with("unet.") || (n.starts_with("te1.") && !n.contains("position_embedding")))
+            .filter(|(_, v)| grads.get(v.as_tensor()).is_none())
+            .map(|(n, _)| n)
+            .collect();
+        assert!(missing.is_empty(), "no gradient for {missing:?}");
+        let mut opt = candle_nn::AdamW::new(
+            params.select(&["unet.", "te1."]),
+            candle_nn::ParamsAdamW {
+                lr: 1e-3,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )
+        .expect("adamw");
+        // Average over a few steps: single-step losses are noisy (random timesteps).
+        let avg = |rng: &mut TorchRng, opt: &mut candle_nn::AdamW, train: bool| {
+            let mut sum = 0f32;
+            for _ in 0..8 {
+                let l = diffusion_loss(&params, &cfg, &lat, &data.captions, rng).expect("loss");
+                sum += l.to_scalar::<f32>().expect("scalar");
+                if train {
+                    opt.backward_step(&l).expect("step");
+                }
+            }
+            sum / 8.0
+        };
+        let before = avg(&mut TorchRng::new(9), &mut opt, false);
+        for _ in 0..5 {
+            avg(&mut rng, &mut opt, true);
+        }
+        let after = avg(&mut TorchRng::new(9), &mut opt, false);
+        assert!(after < before * 0.9, "denoising loss did not fall: {before} -> {after}");
+    }
+
+    #[test]
+    fn checkpoints_save_and_resume_exactly() {
+        let dev = Device::Cpu;
+        let cfg = tiny();
+        let shapes = all_shapes(&cfg);
+        let a = Params::init(&shapes, 1, &dev).expect("init");
+        let b = Params::init(&shapes, 2, &dev).expect("init");
+        let dir = std::env::temp_dir().join(format!("latent-train-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("ckpt.safetensors");
+        a.save(&path, [("step".to_string(), "7".to_string())].into()).expect("save");
+        let meta = b.load(&path).expect("load");
+        assert_eq!(meta.get("step").map(String::as_str), Some("7"));
+        for ((n, va), (_, vb)) in a.vars.iter().zip(&b.vars) {
+            let d = (va.as_tensor() - vb.as_tensor())
+                .expect("sub")
+                .abs()
+                .expect("abs")
+                .max_all()
+                .expect("max")
+                .to_scalar::<f32>()
+                .expect("s");
+            assert_eq!(d, 0.0, "{n}");
+        }
+        // The saved file is an ordinary checkpoint: the engine loads it.
+        let w = crate::model::checkpoint::load(&path, DType::F32, &dev).expect("engine loads it");
+        assert!(w.has("unet.conv_in.weight") && w.has("vae.encoder.conv_in.weight"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_embedded_architecture_fits_and_exports_to_a_loadable_checkpoint() {
+        let dev = Device::Cpu;
+        let cfg = crate::train::model::embedded_config();
+        let shapes = all_shapes(&cfg);
+        let scalars: usize = shapes.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        assert!(scalars * 2 <= 25_000_000, "{scalars} parameters do not fit 25 MB in f16");
+        let params = Params::init(&shapes, 1, &dev).expect("init");
+        let dir = std::env::temp_dir().join(format!("latent-export-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("model.safetensors");
+        crate::train::run::export(&params, &cfg, &path, &Default::default()).expect("export");
+        assert!(std::fs::metadata(&path).expect("file").len() <= 25 << 20);
+        // The engine's own loader infers exactly this architecture from the file.
+        let pipe = crate::pipeline::Pipeline::load(&crate::protocol::ModelSpec::new(&path)).expect("loads");
+        assert_eq!(pipe.config.unet, cfg.unet);
+        assert_eq!(pipe.config.text, cfg.text);
+        assert_eq!(pipe.config.vae, cfg.vae);
+        assert_eq!(pipe.config.default_size, cfg.default_size);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
