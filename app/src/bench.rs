@@ -9,16 +9,21 @@ use latent_engine::sampling::{SOLVERS, evaluations};
 
 use crate::plot::{Series, log_log};
 
-/// Resident memory of this process in bytes (Linux; 0 elsewhere).
-fn rss_bytes() -> u64 {
+/// A `/proc/self/status` memory line (`VmRSS`, `VmHWM`) in bytes (Linux; 0 elsewhere).
+fn status_bytes(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Resident memory of this process in bytes.
+fn rss_bytes() -> u64 {
+    status_bytes("VmRSS:")
 }
 
 /// Time to merge, re-weight and remove a LoRA on a random-weight model of a real size.
@@ -228,17 +233,9 @@ pub struct StageArgs {
     pub solver: String,
 }
 
-/// Peak resident memory of this process in GiB (Linux `VmHWM`; 0 elsewhere).
+/// Peak resident memory of this process in GiB.
 fn peak_rss_gib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0) as f64
-        / (1 << 20) as f64
+    status_bytes("VmHWM:") as f64 / (1u64 << 30) as f64
 }
 
 /// Times one network, or a whole generation, on random inputs: random-weight presets (sd15,

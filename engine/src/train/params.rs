@@ -83,19 +83,32 @@ impl Params {
             .sum()
     }
 
-    /// Writes every parameter (f32) with `metadata` to a safetensors file, through a
-    /// temporary file renamed into place (a checkpoint is never left half-written).
-    pub fn save(&self, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
+    /// Writes every parameter in `dtype` (f32 for checkpoints, f16 for the shipped model)
+    /// with `metadata` to a safetensors file, through a temporary file renamed into place
+    /// (a checkpoint is never left half-written).
+    pub fn save_as(&self, path: &Path, dtype: DType, metadata: HashMap<String, String>) -> Result<()> {
+        let (st_dtype, size) = match dtype {
+            DType::F16 => (safetensors::Dtype::F16, 2),
+            _ => (safetensors::Dtype::F32, 4),
+        };
         let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
         for (n, v) in &self.vars {
-            let t = v.as_tensor().detach().to_dtype(DType::F32)?;
-            let bytes: Vec<u8> = t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let t = v.as_tensor().detach().to_dtype(if size == 2 { DType::F16 } else { DType::F32 })?;
+            let bytes: Vec<u8> = if size == 2 {
+                t.flatten_all()?
+                    .to_vec1::<half::f16>()?
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect()
+            } else {
+                t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect()
+            };
             data.push((n.clone(), t.dims().to_vec(), bytes));
         }
         let views = data
             .iter()
             .map(|(n, shape, bytes)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes)
                     .map(|v| (n.clone(), v))
                     .map_err(|e| EngineError::Other(format!("{n}: {e}")))
             })
@@ -104,6 +117,11 @@ impl Params {
         let tmp = path.with_extension("partial");
         std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+    }
+
+    /// A training checkpoint (f32).
+    pub fn save(&self, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
+        self.save_as(path, DType::F32, metadata)
     }
 
     /// Loads values saved by [`Params::save`] (training resumes where it stopped). Every

@@ -221,35 +221,13 @@ pub fn train(o: &TrainOptions) -> Result<Option<PathBuf>> {
 
 /// Writes the model (f16, canonical names, `latent_studio` metadata) for the engine.
 pub fn export(params: &Params, cfg: &ModelConfig, path: &Path, meta: &HashMap<String, String>) -> Result<()> {
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
-    for (n, v) in &params.vars {
-        let t = v.as_tensor().detach().to_dtype(DType::F16)?;
-        let bytes: Vec<u8> = t
-            .flatten_all()?
-            .to_vec1::<half::f16>()?
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        data.push((n.clone(), t.dims().to_vec(), bytes));
-    }
-    let views = data
-        .iter()
-        .map(|(n, shape, bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F16, shape.clone(), bytes)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| EngineError::Other(format!("{n}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
     let extra = serde_json::json!({
         "trained_by": format!("latent-studio train {}", env!("CARGO_PKG_VERSION")),
         "vae_steps": meta_u64(meta, "vae_step"),
         "diffusion_steps": meta_u64(meta, "diffusion_step"),
     });
     let metadata = HashMap::from([("latent_studio".to_string(), model_metadata(cfg, extra))]);
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| EngineError::Other(format!("export: {e}")))?;
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+    params.save_as(path, DType::F16, metadata)
 }
 
 fn adamw(vars: Vec<candle_core::Var>, lr: f64) -> Result<candle_nn::AdamW> {
