@@ -205,11 +205,11 @@ impl Pipeline {
         let unet = Unet::new(&w, &cfg.unet)?;
         let vae = VaeDecoder::new(&w, &cfg.vae)?;
         let report = report(&w);
-        let preview = if cfg.family == Family::Sdxl {
+        let preview = LatentRgb::from_metadata(&w.metadata).unwrap_or(if cfg.family == Family::Sdxl {
             LatentRgb::SDXL
         } else {
             LatentRgb::SD1
-        };
+        });
         Ok(Self {
             config: cfg,
             name: name.to_string(),
@@ -392,6 +392,12 @@ impl Pipeline {
     }
 
     /// The VAE decoder (for tests and benchmarks).
+    /// The latent-to-RGB map of the live previews (fitted ones from the metadata, or the
+    /// family's).
+    pub fn preview_coefficients(&self) -> &LatentRgb {
+        &self.preview
+    }
+
     pub fn vae(&self) -> &VaeDecoder {
         &self.vae
     }

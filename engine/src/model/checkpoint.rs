@@ -84,11 +84,17 @@ pub fn refuse_pickle(path: &Path) -> Result<()> {
             kind: "by its extension",
         });
     }
-    let mut head = [0u8; 4];
+    let mut head = [0u8; 9];
     if let Ok(mut f) = std::fs::File::open(path) {
         use std::io::Read;
         let n = f.read(&mut head).unwrap_or(0);
-        if n >= 4 && head == *b"PK\x03\x04" {
+        // A safetensors file: an 8-byte header length, then its JSON header. The length's
+        // first bytes can look like a pickle's protocol marker (a header of 0x0380 bytes
+        // starts 80 03), so the JSON brace decides.
+        if n == 9 && head[8] == b'{' {
+            return Ok(());
+        }
+        if n >= 4 && head[..4] == *b"PK\x03\x04" {
             return Err(EngineError::PickleRefused {
                 path: path.to_path_buf(),
                 kind: "a zip archive as written by torch.save",
@@ -449,4 +455,31 @@ fn load_diffusers(dir: &Path, dtype: DType, device: &Device, read: Read) -> Resu
         }
     }
     Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file whose header length starts with bytes that look like a pickle
+    /// protocol marker (0x80, 0x03) is still a safetensors file; a real pickle is refused.
+    #[test]
+    fn pickle_detection_looks_past_the_header_length() {
+        let dir = std::env::temp_dir().join(format!("latent-pickle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut header = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#.to_vec();
+        header.resize(0x0380, b' ');
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        assert_eq!(&bytes[..2], &[0x80, 0x03]);
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&1f32.to_le_bytes());
+        let st = dir.join("model.safetensors");
+        std::fs::write(&st, &bytes).expect("write");
+        assert!(refuse_pickle(&st).is_ok());
+        assert!(SafetensorsFile::open(&st).is_ok());
+        let pickle = dir.join("model2.safetensors");
+        std::fs::write(&pickle, b"\x80\x02}q\x00(X\x05\x00\x00\x00state").expect("write");
+        assert!(matches!(refuse_pickle(&pickle), Err(EngineError::PickleRefused { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -15,6 +15,7 @@ use super::params::Params;
 use super::trainer::{batch, diffusion_loss, encode_latents, vae_loss};
 use crate::error::{EngineError, Result};
 use crate::model::config::ModelConfig;
+use crate::preview::LatentRgb;
 use crate::rng::TorchRng;
 
 /// What `latent-studio train` was asked for.
@@ -214,20 +215,37 @@ pub fn train(o: &TrainOptions) -> Result<Option<PathBuf>> {
         }
     }
     let model = o.out.join("latent-studio-default.safetensors");
-    export(&params, &cfg, &model, &meta)?;
+    let preview = fit_preview(&params, &cfg, o.data_seed ^ 0xbeef)?;
+    log.line(&format!("latent preview coefficients: {}", preview.to_json()));
+    export(&params, &cfg, &model, &meta, Some(&preview))?;
     log.line(&format!("exported {}", model.display()));
     Ok(Some(model))
 }
 
 /// Writes the model (f16, canonical names, `latent_studio` metadata) for the engine.
-pub fn export(params: &Params, cfg: &ModelConfig, path: &Path, meta: &HashMap<String, String>) -> Result<()> {
-    let extra = serde_json::json!({
+pub fn export(params: &Params, cfg: &ModelConfig, path: &Path, meta: &HashMap<String, String>, preview: Option<&LatentRgb>) -> Result<()> {
+    let mut extra = serde_json::json!({
         "trained_by": format!("latent-studio train {}", env!("CARGO_PKG_VERSION")),
         "vae_steps": meta_u64(meta, "vae_step"),
         "diffusion_steps": meta_u64(meta, "diffusion_step"),
     });
+    if let Some(p) = preview {
+        extra["latent_rgb"] = p.to_json();
+    }
     let metadata = HashMap::from([("latent_studio".to_string(), model_metadata(cfg, extra))]);
     params.save_as(path, DType::F16, metadata)
+}
+
+/// Live-preview coefficients for this model's latent space: least squares from 64 images'
+/// (scaled) latents to the images averaged down to latent resolution.
+pub fn fit_preview(params: &Params, cfg: &ModelConfig, seed: u64) -> Result<LatentRgb> {
+    let b = batch(seed, &(0..64).collect::<Vec<_>>(), IMAGE_SIZE, &Device::Cpu)?;
+    let lat = encode_latents(params, cfg, &b.images)?;
+    let s = cfg.vae.scale();
+    let small = b.images.avg_pool2d(s)?;
+    // [b, c, h, w] -> rows of per-pixel channels.
+    let rows = |t: &candle_core::Tensor| -> Result<Vec<f32>> { Ok(t.permute((0, 2, 3, 1))?.flatten_all()?.to_vec1::<f32>()?) };
+    LatentRgb::fit(&rows(&lat)?, &rows(&small)?).ok_or_else(|| EngineError::Other("the latent preview fit is singular".into()))
 }
 
 fn adamw(vars: Vec<candle_core::Var>, lr: f64) -> Result<candle_nn::AdamW> {

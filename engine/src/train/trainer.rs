@@ -285,7 +285,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("latent-export-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("model.safetensors");
-        crate::train::run::export(&params, &cfg, &path, &Default::default()).expect("export");
+        let preview = crate::train::run::fit_preview(&params, &cfg, 3).expect("fit");
+        crate::train::run::export(&params, &cfg, &path, &Default::default(), Some(&preview)).expect("export");
         assert!(std::fs::metadata(&path).expect("file").len() <= 25 << 20);
         // The engine's own loader infers exactly this architecture from the file.
         let pipe = crate::pipeline::Pipeline::load(&crate::protocol::ModelSpec::new(&path)).expect("loads");
@@ -293,6 +294,7 @@ mod tests {
         assert_eq!(pipe.config.text, cfg.text);
         assert_eq!(pipe.config.vae, cfg.vae);
         assert_eq!(pipe.config.default_size, cfg.default_size);
+        assert_eq!(pipe.preview_coefficients(), &preview, "the fitted preview travels in the metadata");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
