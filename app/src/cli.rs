@@ -89,6 +89,30 @@ enum Cmd {
         #[arg(long)]
         minutes: Option<f64>,
     },
+    /// Train a LoRA on a model (kohya format, for the LoRA panel): on your own pictures
+    /// (--images DIR: PNG files, captions from NAME.txt, the PNG's prompt, or the file name)
+    /// or on the procedural set redrawn in a style (--style outline).
+    TrainLora {
+        #[arg(long)]
+        model: PathBuf,
+        /// The LoRA file to write (never an existing file).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        images: Option<PathBuf>,
+        #[arg(long, default_value = "outline")]
+        style: String,
+        #[arg(long, default_value_t = 300)]
+        steps: u64,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 4)]
+        rank: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Benchmarks that print figures (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -304,6 +328,43 @@ fn make_dataset(out: &Path, count: u64, seed: u64, size: u32, sheet: Option<&Pat
     Ok(())
 }
 
+/// PNG pictures of a folder with captions: `NAME.txt` beside the picture, else the prompt of
+/// its A1111 parameters, else the file name (`red_fox` -> "red fox").
+fn training_pictures(dir: &Path) -> Result<Vec<(latent_engine::ImageRgb8, String)>> {
+    let mut out = vec![];
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+        })
+        .collect();
+    files.sort();
+    for p in files {
+        let Ok((image, params)) = crate::files::decode_png(&p) else {
+            eprintln!("skipping {} (not a readable PNG)", p.display());
+            continue;
+        };
+        let caption = std::fs::read_to_string(p.with_extension("txt"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .or_else(|| params.and_then(|t| latent_engine::metadata::Parameters::parse(&t).map(|p| p.prompt)))
+            .unwrap_or_else(|| {
+                p.file_stem()
+                    .map(|s| s.to_string_lossy().replace(['_', '-'], " "))
+                    .unwrap_or_default()
+            });
+        out.push((image, caption));
+    }
+    if out.is_empty() {
+        bail!("{} has no PNG pictures to train on", dir.display());
+    }
+    Ok(out)
+}
+
 /// Runs the parsed command line.
 pub fn run(args: Args) -> Result<()> {
     match args.command {
@@ -314,6 +375,39 @@ pub fn run(args: Args) -> Result<()> {
         }),
         Some(Cmd::Generate(g)) => generate(*g),
         Some(Cmd::Info { path }) => info(&path),
+        Some(Cmd::TrainLora {
+            model,
+            out,
+            images,
+            style,
+            steps,
+            batch,
+            rank,
+            lr,
+            seed,
+        }) => {
+            use latent_engine::train::lora::{LoraOptions, Style, train_lora};
+            let style = Style::parse(&style).with_context(|| format!("unknown --style '{style}' (outline)"))?;
+            let images = match images {
+                Some(dir) => training_pictures(&dir)?,
+                None => vec![],
+            };
+            let o = LoraOptions {
+                model,
+                out: out.clone(),
+                images,
+                style,
+                steps,
+                batch: batch.max(1),
+                rank,
+                lr,
+                seed,
+                data_seed: seed,
+            };
+            let loss = train_lora(&o, |l| eprintln!("{l}"))?;
+            println!("wrote {} (final loss {loss:.4})", out.display());
+            Ok(())
+        }
         Some(Cmd::Train {
             out,
             vae_steps,

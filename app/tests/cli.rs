@@ -324,3 +324,53 @@ fn make_dataset_writes_images_with_captions_and_never_into_a_used_folder() {
     assert_clean_failure(&o, "not empty");
     assert_eq!(std::fs::read(&png).expect("png"), before, "nothing was overwritten");
 }
+
+#[test]
+fn train_lora_on_a_folder_of_pictures_then_use_it() {
+    let dir = scratch("lora-pictures");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    for (i, rgb) in [[200u8, 30, 30], [30, 30, 200]].iter().enumerate() {
+        let img = latent_engine::ImageRgb8 {
+            width: 80,
+            height: 64,
+            pixels: rgb.iter().copied().cycle().take(80 * 64 * 3).collect(),
+        };
+        std::fs::write(
+            dir.join(format!("p{i}.png")),
+            latent_engine::image_io::encode_png(&img, "").expect("png"),
+        )
+        .expect("write");
+    }
+    std::fs::write(dir.join("p0.txt"), "a red square").expect("caption");
+    let lora = scratch("my-style.safetensors");
+    let _ = std::fs::remove_file(&lora);
+    let model = fixture("sd1/sd1-tiny.safetensors");
+    let o = bin()
+        .args(["train-lora", "--steps", "2", "--batch", "2", "--rank", "2", "--model"])
+        .arg(&model)
+        .arg("--images")
+        .arg(&dir)
+        .arg("--out")
+        .arg(&lora)
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let info = bin().arg("lora-info").arg(&lora).output().expect("run");
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("rank:        2") && text.contains("unet 48"), "{text}");
+    let out = scratch("with-my-style.png");
+    let _ = std::fs::remove_file(&out);
+    let g = generate(&model, &["--lora", &format!("{}:0.8", lora.display())], &out);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    // An existing LoRA file is never overwritten.
+    let again = bin()
+        .args(["train-lora", "--steps", "1", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&lora)
+        .output()
+        .expect("run");
+    assert_clean_failure(&again, "exists");
+}

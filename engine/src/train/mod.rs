@@ -2,6 +2,7 @@
 //! procedural data set, trainable parameters, the architecture and the two objectives.
 
 pub mod dataset;
+pub mod lora;
 pub mod model;
 pub mod params;
 pub mod run;

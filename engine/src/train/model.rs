@@ -117,3 +117,38 @@ pub fn all_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     s.extend(encoder_shapes(&cfg.vae));
     s
 }
+
+/// A model small enough to train a few steps in a unit test.
+#[cfg(test)]
+pub(crate) fn tiny_config() -> ModelConfig {
+    let mut cfg = embedded_config();
+    cfg.text[0].hidden = 16;
+    cfg.text[0].layers = 1;
+    cfg.text[0].heads = 2;
+    cfg.text[0].intermediate = 32;
+    cfg.unet = UnetConfig {
+        in_channels: 4,
+        out_channels: 4,
+        block_out_channels: vec![16, 32],
+        layers_per_block: 1,
+        down_attention: vec![None, Some(1)],
+        up_attention: vec![Some(1), None],
+        mid_attention: Some(1),
+        heads: vec![2, 2],
+        context_dim: 16,
+        linear_projection: true,
+        groups: 8,
+        time_embed_dim: 64,
+        addition: None,
+    };
+    cfg.vae = VaeConfig {
+        latent_channels: 4,
+        block_out_channels: vec![8, 16],
+        layers_per_block: 1,
+        groups: 4,
+        scaling_factor: 1.0,
+        mid_attention: true,
+    };
+    cfg.default_size = (16, 16);
+    cfg
+}

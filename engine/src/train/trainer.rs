@@ -8,10 +8,12 @@ use candle_core::{D, DType, Device, Tensor};
 use super::dataset;
 use super::params::Params;
 use crate::error::Result;
+use crate::model::checkpoint::Weights;
 use crate::model::clip::{ClipText, TextRequest};
 use crate::model::config::ModelConfig;
 use crate::model::unet::{Unet, UnetInput};
 use crate::model::vae::{VaeDecoder, VaeEncoder};
+use crate::protocol::ImageRgb8;
 use crate::rng::TorchRng;
 use crate::sampling::schedule::ModelSchedule;
 use crate::tokenizer::ClipTokenizer;
@@ -24,19 +26,36 @@ pub struct Batch {
 
 /// Samples `indices` of the procedural set drawn with `seed`.
 pub fn batch(seed: u64, indices: &[u64], size: u32, device: &Device) -> Result<Batch> {
-    let mut pixels = Vec::with_capacity(indices.len() * (size * size * 3) as usize);
-    let mut captions = vec![];
-    for &i in indices {
-        let s = dataset::sample(seed, i, size);
-        // HWC u8 -> CHW in [-1, 1].
-        let n = (size * size) as usize;
-        for c in 0..3 {
-            pixels.extend((0..n).map(|p| f32::from(s.image.pixels[p * 3 + c]) / 127.5 - 1.0));
+    let items: Vec<(ImageRgb8, String)> = indices
+        .iter()
+        .map(|&i| {
+            let s = dataset::sample(seed, i, size);
+            (s.image, s.caption)
+        })
+        .collect();
+    images_batch(&items, device)
+}
+
+/// A batch from images (all the same size) and captions.
+pub fn images_batch(items: &[(ImageRgb8, String)], device: &Device) -> Result<Batch> {
+    let (w, h) = items.first().map_or((0, 0), |(i, _)| (i.width as usize, i.height as usize));
+    let mut pixels = Vec::with_capacity(items.len() * w * h * 3);
+    for (img, _) in items {
+        if img.width as usize != w || img.height as usize != h || img.pixels.len() != w * h * 3 {
+            return Err(crate::error::EngineError::InvalidRequest(
+                "training images must all have the same size".into(),
+            ));
         }
-        captions.push(s.caption);
+        // HWC u8 -> CHW in [-1, 1].
+        for c in 0..3 {
+            pixels.extend((0..w * h).map(|p| f32::from(img.pixels[p * 3 + c]) / 127.5 - 1.0));
+        }
     }
-    let images = Tensor::from_vec(pixels, (indices.len(), 3, size as usize, size as usize), device)?;
-    Ok(Batch { images, captions })
+    let images = Tensor::from_vec(pixels, (items.len(), 3, h, w), device)?;
+    Ok(Batch {
+        images,
+        captions: items.iter().map(|(_, c)| c.clone()).collect(),
+    })
 }
 
 /// Reconstruction loss of the autoencoder (and its parts, for the log).
@@ -67,8 +86,12 @@ pub fn vae_loss(params: &Params, cfg: &ModelConfig, images: &Tensor, rng: &mut T
 
 /// Latents of `images` (the encoder's means, times the scaling factor), without gradients.
 pub fn encode_latents(params: &Params, cfg: &ModelConfig, images: &Tensor) -> Result<Tensor> {
-    let w = params.frozen_weights();
-    let enc = VaeEncoder::new(&w, &cfg.vae)?;
+    encode_latents_with(&params.frozen_weights(), cfg, images)
+}
+
+/// [`encode_latents`] with given (frozen) weights.
+pub fn encode_latents_with(w: &Weights, cfg: &ModelConfig, images: &Tensor) -> Result<Tensor> {
+    let enc = VaeEncoder::new(w, &cfg.vae)?;
     let (mean, _) = enc.encode(images)?;
     Ok((mean.detach() * cfg.vae.scaling_factor)?)
 }
@@ -85,10 +108,14 @@ pub fn caption_tokens(captions: &[String], pad: u32) -> Result<Vec<Vec<u32>>> {
 /// Mean squared error of the UNet's noise prediction at random timesteps, conditioned on
 /// the captions through the text encoder (both trained).
 pub fn diffusion_loss(params: &Params, cfg: &ModelConfig, latents: &Tensor, captions: &[String], rng: &mut TorchRng) -> Result<Tensor> {
-    let w = params.weights();
+    diffusion_loss_with(&params.weights(), cfg, latents, captions, rng)
+}
+
+/// [`diffusion_loss`] on given weights (a LoRA's: frozen model plus trainable deltas).
+pub fn diffusion_loss_with(w: &Weights, cfg: &ModelConfig, latents: &Tensor, captions: &[String], rng: &mut TorchRng) -> Result<Tensor> {
     let text_cfg = &cfg.text[0];
-    let te = ClipText::new(&w, text_cfg)?;
-    let unet = Unet::new(&w, &cfg.unet)?;
+    let te = ClipText::new(w, text_cfg)?;
+    let unet = Unet::new(w, &cfg.unet)?;
     // Classifier-free guidance needs an unconditional model: drop 10% of the captions.
     let captions: Vec<String> = captions
         .iter()
@@ -127,50 +154,11 @@ pub fn diffusion_loss(params: &Params, cfg: &ModelConfig, latents: &Tensor, capt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::{Activation, Family, TextConfig, UnetConfig, VaeConfig};
     use crate::train::model::all_shapes;
     use candle_nn::Optimizer;
 
-    /// A model small enough to train a few steps in a unit test.
     fn tiny() -> ModelConfig {
-        let mut cfg = crate::train::model::embedded_config();
-        cfg.text = vec![TextConfig {
-            prefix: "te1.",
-            vocab: 49408,
-            hidden: 16,
-            layers: 1,
-            heads: 2,
-            intermediate: 32,
-            max_positions: 77,
-            activation: Activation::QuickGelu,
-            projection: None,
-            pad_token: 49407,
-        }];
-        cfg.unet = UnetConfig {
-            in_channels: 4,
-            out_channels: 4,
-            block_out_channels: vec![16, 32],
-            layers_per_block: 1,
-            down_attention: vec![None, Some(1)],
-            up_attention: vec![Some(1), None],
-            mid_attention: Some(1),
-            heads: vec![2, 2],
-            context_dim: 16,
-            linear_projection: true,
-            groups: 8,
-            time_embed_dim: 64,
-            addition: None,
-        };
-        cfg.vae = VaeConfig {
-            latent_channels: 4,
-            block_out_channels: vec![8, 16],
-            layers_per_block: 1,
-            groups: 4,
-            scaling_factor: 1.0,
-            mid_attention: true,
-        };
-        cfg.family = Family::Sd1;
-        cfg
+        crate::train::model::tiny_config()
     }
 
     #[test]
