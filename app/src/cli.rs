@@ -166,6 +166,32 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Image distance of every solver at NFE 5/10/20/50 from a long reference run of the
+    /// same seed, averaged over prompts and seeds (a real model: `embedded` or a path).
+    Solvers {
+        #[arg(long, default_value = "embedded")]
+        config: String,
+        /// Prompts to average over (repeatable; default: four from the embedded vocabulary).
+        #[arg(long = "prompt")]
+        prompts: Vec<String>,
+        #[arg(long, default_value_t = 2)]
+        seeds: u64,
+        #[arg(long, value_delimiter = ',', default_value = "5,10,20,50")]
+        nfe: Vec<u32>,
+        #[arg(long, default_value_t = 1000)]
+        reference_steps: u32,
+        #[arg(long, default_value = "karras")]
+        schedule: String,
+        #[arg(long, default_value_t = 4.0)]
+        cfg: f64,
+        /// Only these solvers (comma-separated names).
+        #[arg(long, value_delimiter = ',')]
+        solvers: Option<Vec<String>>,
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Time the text encoders (random-weight preset, `embedded` or a checkpoint).
     Text(StageOpts),
     /// Time one UNet evaluation (batch 2 = one CFG step).
@@ -449,6 +475,36 @@ pub fn run(args: Args) -> Result<()> {
         Some(Cmd::Bench {
             what: BenchCmd::Lora { config, rank },
         }) => crate::bench::lora(&config, rank),
+        Some(Cmd::Bench {
+            what:
+                BenchCmd::Solvers {
+                    config,
+                    prompts,
+                    seeds,
+                    nfe,
+                    reference_steps,
+                    schedule,
+                    cfg,
+                    solvers,
+                    plot,
+                    json,
+                },
+        }) => crate::bench::solvers(crate::bench::SolversArgs {
+            config,
+            prompts: if prompts.is_empty() {
+                crate::bench::SOLVER_PROMPTS.iter().map(|p| p.to_string()).collect()
+            } else {
+                prompts
+            },
+            seeds: seeds.max(1),
+            nfes: nfe,
+            reference_steps,
+            schedule,
+            cfg,
+            solvers,
+            plot,
+            json,
+        }),
         Some(Cmd::Bench { what: BenchCmd::Text(o) }) => stage(crate::bench::Stage::Text, o),
         Some(Cmd::Bench { what: BenchCmd::Unet(o) }) => stage(crate::bench::Stage::Unet, o),
         Some(Cmd::Bench { what: BenchCmd::Vae(o) }) => stage(crate::bench::Stage::Vae, o),

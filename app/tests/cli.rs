@@ -374,3 +374,34 @@ fn train_lora_on_a_folder_of_pictures_then_use_it() {
         .expect("run");
     assert_clean_failure(&again, "exists");
 }
+
+#[test]
+fn bench_solvers_measures_distance_from_the_reference_run() {
+    let o = bin()
+        .args([
+            "bench",
+            "solvers",
+            "--seeds",
+            "1",
+            "--prompt",
+            "a red cat",
+            "--nfe",
+            "3,8",
+            "--reference-steps",
+            "8",
+        ])
+        .args(["--solvers", "dpm++2m,euler", "--json", "--config"])
+        .arg(fixture("sd1/sd1-tiny.safetensors"))
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let rmse = |solver: &str, i: usize| {
+        v.as_array().expect("rows").iter().find(|r| r["solver"] == solver).expect("row")["points"][i]["rmse"]
+            .as_f64()
+            .expect("rmse")
+    };
+    // The reference solver at the reference's own step count is the reference itself.
+    assert_eq!(rmse("dpm++2m", 1), 0.0);
+    assert!(rmse("dpm++2m", 0) > 0.0 && rmse("euler", 1) > 0.0);
+}
