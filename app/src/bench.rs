@@ -446,6 +446,9 @@ pub struct SolversArgs {
     pub json: bool,
 }
 
+/// One row of `bench solvers`: solver, stochastic?, per budget (evaluations spent, distance).
+type SolverRow = (String, bool, Vec<(u32, f64)>);
+
 /// The prompts `bench solvers` averages over by default (from the embedded model's vocabulary).
 pub const SOLVER_PROMPTS: [&str; 4] = [
     "a red circle on a blue background",
@@ -490,7 +493,7 @@ pub fn solvers(a: SolversArgs) -> Result<()> {
         .filter(|s| a.solvers.as_ref().is_none_or(|list| list.iter().any(|n| n == s.name)))
         .collect();
     // (solver, per budget: (evaluations spent, sum of distances)).
-    let mut table: Vec<(String, bool, Vec<(u32, f64)>)> = chosen
+    let mut table: Vec<SolverRow> = chosen
         .iter()
         .map(|s| (s.name.to_string(), s.stochastic, a.nfes.iter().map(|_| (0u32, 0f64)).collect()))
         .collect();
@@ -510,7 +513,7 @@ pub fn solvers(a: SolversArgs) -> Result<()> {
             pairs += 1;
         }
     }
-    let rows: Vec<(String, bool, Vec<(u32, f64)>)> = table
+    let rows: Vec<SolverRow> = table
         .into_iter()
         .map(|(n, st, cells)| {
             (
