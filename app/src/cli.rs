@@ -213,9 +213,10 @@ enum BenchCmd {
 
 #[derive(clap::Args, Debug)]
 struct GenerateArgs {
-    /// Checkpoint: a .safetensors single file or a diffusers folder.
+    /// Checkpoint: a .safetensors single file or a diffusers folder (default: the embedded
+    /// model, when this build has one).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value = "")]
@@ -558,8 +559,12 @@ fn generate(g: GenerateArgs) -> Result<()> {
     if let Some(o) = &g.latents_out {
         refuse_existing(o)?;
     }
-    if !g.model.exists() {
-        bail!("model {} not found", g.model.display());
+    let model = match g.model.clone().or_else(crate::app::embedded_model) {
+        Some(m) => m,
+        None => bail!("no --model given, and this build has no embedded model yet"),
+    };
+    if !model.exists() {
+        bail!("model {} not found", model.display());
     }
     let loras = g.loras.iter().map(|a| parse_lora_arg(a)).collect::<Result<Vec<_>>>()?;
     for l in &loras {
@@ -575,7 +580,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
     let vae_tiling =
         VaeTiling::parse(&g.vae_tile).with_context(|| format!("--vae-tile: '{}' is not auto, off or a tile size", g.vae_tile))?;
     engine.load_model(ModelSpec {
-        path: g.model.clone(),
+        path: model.clone(),
         dtype,
         device,
         prediction,

@@ -405,3 +405,21 @@ fn bench_solvers_measures_distance_from_the_reference_run() {
     assert_eq!(rmse("dpm++2m", 1), 0.0);
     assert!(rmse("dpm++2m", 0) > 0.0 && rmse("euler", 1) > 0.0);
 }
+
+#[test]
+fn generate_without_a_model_uses_the_embedded_one_or_says_it_is_missing() {
+    let out = scratch("embedded-default.png");
+    let _ = std::fs::remove_file(&out);
+    let o = bin()
+        .args(["generate", "--prompt", "a red circle", "--steps", "2", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run");
+    if latent_studio::app::embedded_model().is_some() {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.exists());
+    } else {
+        assert_clean_failure(&o, "no --model given");
+        assert!(!out.exists());
+    }
+}
