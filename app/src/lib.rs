@@ -9,3 +9,4 @@ pub mod gui;
 pub mod panels;
 mod plot;
 pub mod state;
+pub mod training;
