@@ -278,17 +278,20 @@ pub fn save(dir: &Path, image: &ImageRgb8, parameters: &str) -> Result<PathBuf, 
     Err(format!("could not save the image into {}: {last}", dir.display()))
 }
 
+/// Whether `p` has a `.png` extension (any case).
+pub fn is_png(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+}
+
 /// The newest PNG files of a folder (by modification time, then name).
 pub fn newest_pngs(dir: &Path, limit: usize) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
     let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| e.eq_ignore_ascii_case("png"))
-        })
+        .filter(|p| is_png(p))
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
     files.sort_by(|a, b| b.cmp(a));

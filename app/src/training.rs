@@ -54,11 +54,7 @@ pub fn training_pictures(dir: &Path) -> Result<Vec<(latent_engine::ImageRgb8, St
         .with_context(|| format!("cannot read {}", dir.display()))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| e.eq_ignore_ascii_case("png"))
-        })
+        .filter(|p| crate::files::is_png(p))
         .collect();
     files.sort();
     for p in files {
