@@ -237,6 +237,14 @@ fn studio(name: &str, settings: Settings, model: Option<&str>) -> Studio {
 }
 
 impl Studio {
+    /// A snapshot without the pointer (a hovered widget or a tooltip would depend on how many
+    /// frames the wait took) and after animations settle.
+    fn snapshot(&mut self, name: &str) {
+        self.harness.remove_cursor();
+        self.harness.run_steps(30);
+        self.harness.snapshot(name);
+    }
+
     /// Steps frames until `done` holds (the engine answers on its own thread).
     fn until(&mut self, what: &str, done: impl Fn(&StudioApp, &Log) -> bool) {
         let start = Instant::now();
@@ -312,7 +320,7 @@ fn previews_fill_the_canvas_and_the_step_strip() {
     }
     // The progress bar says where the job is.
     assert!(s.harness.query_by_label_contains("step 1/6").is_some());
-    s.harness.snapshot("generating");
+    s.snapshot("generating");
     s.gate.send(()).expect("gate");
     s.until("finished", |a, _| a.session.jobs.is_empty() && !a.session.history.is_empty());
     let app = s.harness.state();
@@ -325,7 +333,7 @@ fn previews_fill_the_canvas_and_the_step_strip() {
     assert_eq!(app.session.last.as_ref().map(|t| t.nfe), Some(12));
     // Scrubbing back shows an earlier preview.
     s.until("saved", |a, _| a.session.history[0].path.is_some());
-    s.harness.snapshot("finished");
+    s.snapshot("finished");
     // View > Timing log lists the image's per-stage split.
     s.harness.get_by_label("View").click();
     s.harness.run_steps(3);
@@ -375,7 +383,7 @@ fn engine_errors_are_shown_and_the_window_keeps_working() {
     s.until("failed", |a, _| {
         a.session.jobs.is_empty() && a.session.messages.iter().any(|m| m.text.contains("multiple of 8"))
     });
-    s.harness.snapshot("error");
+    s.snapshot("error");
     *s.mode.lock().expect("mode") = Mode::Finish;
     s.harness.get_by_label("Generate").click();
     s.until("the next job works", |a, _| !a.session.history.is_empty());
@@ -521,5 +529,5 @@ fn first_start_without_a_model_says_how_to_open_one() {
     let mut s = studio("empty", settings(), None);
     s.harness.run_steps(3);
     assert!(s.harness.query_by_label_contains("Open a model to start").is_some());
-    s.harness.snapshot("empty");
+    s.snapshot("empty");
 }
