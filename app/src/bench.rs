@@ -358,6 +358,8 @@ pub fn stage(a: StageArgs) -> Result<()> {
             }
             _ => anyhow::bail!("no model"),
         }
+        // GPU work is queued: the iteration ends when the device has finished it.
+        dev.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
     }
     let peak = peak_rss_gib();

@@ -479,6 +479,8 @@ impl Pipeline {
         let r = &job.request;
         let guided = uses_cfg(r.cfg_scale);
         let cond = self.encode(&r.prompt, &r.negative, r.clip_skip, guided)?;
+        // On a GPU the work is queued: each stage's time ends when the device has done it.
+        self.device.synchronize()?;
         let t_text = t0.elapsed();
 
         let steps = r.steps as usize;
@@ -758,6 +760,7 @@ impl Denoise for Guided<'_> {
 
     fn step_done(&mut self, step: usize, _x: &Tensor, x0: &Tensor) -> Result<()> {
         self.step = step as u32;
+        self.pipe.device.synchronize()?;
         let now = Instant::now();
         let dt = now - self.last_step;
         self.hooks.progress(self.step, self.total, dt);

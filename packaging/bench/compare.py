@@ -8,17 +8,51 @@ side by side with the ratios. Same config, random weights, size, batch, dtype an
 
 Needs a built `latent-studio` (--bin, default target/release/latent-studio) and a Python with
 torch + diffusers + transformers (run this script with it). Ratios > 1 mean Latent Studio
-takes longer / uses more memory."""
-import argparse, json, os, platform, subprocess, sys
+takes longer / uses more memory. With --device cuda both sides run on the GPU and the table
+adds each side's peak GPU memory as nvidia-smi saw it (sampled every 50 ms, the same way for
+both; it includes the CUDA context)."""
+import argparse, json, os, platform, subprocess, sys, threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
-def run(cmd, env):
+class GpuMemory:
+    """Largest `memory.used` (MiB) nvidia-smi reports while the block runs."""
+
+    def __enter__(self):
+        self.peak = 0
+        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "50"],
+                                     stdout=subprocess.PIPE, text=True)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        return self
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                self.peak = max(self.peak, int(line.split(",")[0]))
+            except ValueError:
+                pass
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.thread.join(timeout=2)
+
+
+def run(cmd, env, gpu=False):
     print("$ " + " ".join(cmd), file=sys.stderr)
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    if gpu:
+        with GpuMemory() as mem:
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    else:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        sys.exit(f"failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if gpu:
+        result["peak_gpu_gib"] = mem.peak / 1024
+    return result
 
 
 def main():
@@ -33,21 +67,26 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=7.0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "latent-studio"))
     a = ap.parse_args()
     batch = a.batch or (2 if a.stage == "unet" else 1)
     common = ["--config", a.config, "--width", str(a.width), "--height", str(a.height), "--batch", str(batch),
-              "--dtype", a.dtype, "--iters", str(a.iters)]
+              "--dtype", a.dtype, "--iters", str(a.iters), "--device", a.device]
+    gpu = a.device == "cuda"
     extra = ["--steps", str(a.steps), "--cfg", str(a.cfg)] if a.stage == "pipeline" else []
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
-    ours = run([a.bin, "bench", a.stage, *common, *extra, "--json"], env)
+    ours = run([a.bin, "bench", a.stage, *common, *extra, "--json"], env, gpu)
     theirs = run([sys.executable, os.path.join(HERE, "diffusers_bench.py"), a.stage, *common, *extra,
-                  "--threads", str(a.threads)], env)
-    print(f"\n{a.stage} {a.config} {a.width}x{a.height} batch {batch} {a.dtype}, {a.threads} threads, "
-          f"{platform.processor() or platform.machine()}; torch {theirs.get('torch')}")
+                  "--threads", str(a.threads)], env, gpu)
+    where = theirs.get("gpu") if gpu else f"{a.threads} threads, {platform.processor() or platform.machine()}"
+    print(f"\n{a.stage} {a.config} {a.width}x{a.height} batch {batch} {a.dtype} on {a.device}, {where}; torch {theirs.get('torch')}")
     print("| | Latent Studio | diffusers | ratio |")
     print("|---|---|---|---|")
-    for key, label in [("median_s", "median s"), ("min_s", "min s"), ("peak_rss_gib", "peak RSS GiB")]:
+    rows = [("median_s", "median s"), ("min_s", "min s"), ("peak_rss_gib", "peak RSS GiB")]
+    if gpu:
+        rows.append(("peak_gpu_gib", "peak GPU GiB (nvidia-smi)"))
+    for key, label in rows:
         o, t = ours[key], theirs[key]
         print(f"| {label} | {o:.2f} | {t:.2f} | {o / t:.2f}x |")
     if a.stage == "pipeline":
