@@ -443,6 +443,10 @@ impl StudioApp {
                 if !path.as_os_str().is_empty() {
                     self.settings.remember_model(&path);
                 }
+                if self.settings.native_size != Some(info.default_size) {
+                    self.settings.native_size = Some(info.default_size);
+                    (self.settings.params.width, self.settings.params.height) = info.default_size;
+                }
                 self.session.model = ModelState::Loaded { path, info };
             }
             Event::LorasApplied { reports } => {

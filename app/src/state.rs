@@ -144,6 +144,10 @@ pub struct Settings {
     /// Regenerate when a slider moves.
     pub live: bool,
     pub theme: ThemeChoice,
+    /// Native size of the model loaded last: a model with another one (SD 1.5 -> SDXL, or
+    /// the 64x64 embedded model) sets the size sliders to its own; the same one keeps the
+    /// user's size.
+    pub native_size: Option<(u32, u32)>,
 }
 
 impl Default for Settings {
@@ -160,6 +164,7 @@ impl Default for Settings {
             loras: vec![],
             live: false,
             theme: ThemeChoice::System,
+            native_size: None,
         }
     }
 }

@@ -195,6 +195,8 @@ fn settings() -> Settings {
     s.params.solver = "euler".into();
     s.params.schedule = "default".into();
     s.theme = latent_studio::state::ThemeChoice::Dark;
+    // The stand-in model's native size: loading it keeps the sliders' 64x64.
+    s.native_size = Some((512, 512));
     s
 }
 
@@ -491,6 +493,33 @@ fn live_mode_follows_the_sliders() {
     let log = s.log.lock().expect("log");
     assert_eq!(log.requests[1].steps, 9);
     assert_eq!(log.cancelled_at, vec![1]);
+}
+
+#[test]
+fn a_model_of_another_native_size_sets_the_size_and_the_same_one_keeps_it() {
+    // First start (no model loaded before): the model's native size.
+    let mut st = settings();
+    st.native_size = None;
+    let mut s = studio("native-first", st, Some("/models/fake.safetensors"));
+    s.loaded();
+    let p = &s.harness.state().settings;
+    assert_eq!((p.params.width, p.params.height, p.native_size), (512, 512, Some((512, 512))));
+    // A model of another native size (here the last one was a 64x64 model): its size.
+    let mut st = settings();
+    st.native_size = Some((64, 64));
+    let mut s = studio("native-switch", st, Some("/models/fake.safetensors"));
+    s.loaded();
+    assert_eq!(
+        (s.harness.state().settings.params.width, s.harness.state().settings.params.height),
+        (512, 512)
+    );
+    // The same native size as last time: the user's 64x64 stays.
+    let mut s = studio("native-same", settings(), Some("/models/fake.safetensors"));
+    s.loaded();
+    assert_eq!(
+        (s.harness.state().settings.params.width, s.harness.state().settings.params.height),
+        (64, 64)
+    );
 }
 
 #[test]

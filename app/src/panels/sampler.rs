@@ -8,9 +8,21 @@ use latent_engine::sampling::schedule::SCHEDULES;
 use crate::app::{StudioApp, random_seed};
 use crate::state::{ModelState, SeedMode};
 
-/// Sizes each family was trained around (width, height).
-fn presets(family: &str) -> &'static [(u32, u32)] {
-    match family {
+/// Sizes each family was trained around (width, height); small models (the embedded 64x64
+/// one) get multiples of their own size.
+fn presets(family: &str, native: (u32, u32)) -> Vec<(u32, u32)> {
+    if native.0 < 256 {
+        let (w, h) = native;
+        let r8 = |v: u32| v.div_ceil(8) * 8;
+        return vec![
+            (w, h),
+            (r8(w * 3 / 2), r8(h * 3 / 2)),
+            (2 * w, 2 * h),
+            (w, r8(h * 3 / 2)),
+            (r8(w * 3 / 2), h),
+        ];
+    }
+    let list: &[(u32, u32)] = match family {
         "SDXL" => &[
             (1024, 1024),
             (896, 1152),
@@ -22,7 +34,8 @@ fn presets(family: &str) -> &'static [(u32, u32)] {
         ],
         "SD 2.x" => &[(768, 768), (512, 512), (576, 768), (768, 576), (640, 896), (896, 640)],
         _ => &[(512, 512), (512, 768), (768, 512), (448, 640), (640, 448), (384, 384)],
-    }
+    };
+    list.to_vec()
 }
 
 pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
@@ -85,12 +98,12 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
         ui.add(egui::Slider::new(&mut p.height, 64..=2048).step_by(8.0)).labelled_by(l.id);
         ui.end_row();
     });
-    let family = match &app.session.model {
-        ModelState::Loaded { info, .. } => info.family.clone(),
-        _ => String::new(),
+    let (family, native) = match &app.session.model {
+        ModelState::Loaded { info, .. } => (info.family.clone(), info.default_size),
+        _ => (String::new(), (512, 512)),
     };
     ui.horizontal_wrapped(|ui| {
-        for &(w, h) in presets(&family) {
+        for (w, h) in presets(&family, native) {
             if ui.selectable_label(p.width == w && p.height == h, format!("{w}×{h}")).clicked() {
                 p.width = w;
                 p.height = h;
