@@ -73,9 +73,15 @@ enum Cmd {
         /// Folder for checkpoint.safetensors, train.log and the exported model.
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 400)]
+        #[arg(long, default_value_t = 1600)]
         vae_steps: u64,
-        #[arg(long, default_value_t = 2200)]
+        /// Train the autoencoder on random crops of this size (0: whole images)...
+        #[arg(long, default_value_t = 32)]
+        vae_crop: u32,
+        /// ...except for its last this many steps, on whole images.
+        #[arg(long, default_value_t = 150)]
+        vae_full_steps: u64,
+        #[arg(long, default_value_t = 1800)]
         diffusion_steps: u64,
         #[arg(long, default_value_t = 16)]
         batch: usize,
@@ -361,6 +367,8 @@ pub fn run(args: Args) -> Result<()> {
         Some(Cmd::Train {
             out,
             vae_steps,
+            vae_crop,
+            vae_full_steps,
             diffusion_steps,
             batch,
             seed,
@@ -371,6 +379,8 @@ pub fn run(args: Args) -> Result<()> {
             let o = latent_engine::train::run::TrainOptions {
                 out,
                 vae_steps,
+                vae_crop,
+                vae_full_steps,
                 diffusion_steps,
                 batch: batch.max(1),
                 seed,

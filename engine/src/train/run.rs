@@ -24,6 +24,11 @@ pub struct TrainOptions {
     /// Folder for the checkpoint, the log and the exported model.
     pub out: PathBuf,
     pub vae_steps: u64,
+    /// The autoencoder trains on random `vae_crop` x `vae_crop` crops (it is fully
+    /// convolutional; a crop costs a quarter of a 64x64 image at 32) except for its last
+    /// `vae_full_steps` steps, on whole images. 0 trains on whole images throughout.
+    pub vae_crop: u32,
+    pub vae_full_steps: u64,
     pub diffusion_steps: u64,
     pub batch: usize,
     pub vae_lr: f64,
@@ -41,10 +46,12 @@ impl Default for TrainOptions {
     fn default() -> Self {
         Self {
             out: PathBuf::from("train-out"),
-            vae_steps: 400,
-            diffusion_steps: 2200,
+            vae_steps: 1600,
+            vae_crop: 32,
+            vae_full_steps: 150,
+            diffusion_steps: 1800,
             batch: 16,
-            vae_lr: 1e-3,
+            vae_lr: 2e-3,
             diffusion_lr: 5e-4,
             seed: 1,
             data_seed: 1,
@@ -135,7 +142,12 @@ pub fn train(o: &TrainOptions) -> Result<Option<PathBuf>> {
         let first = step;
         while step < o.vae_steps {
             let b = batch(o.data_seed, &indices(step, o.batch), IMAGE_SIZE, &dev)?;
-            let l = vae_loss(&params, &cfg, &b.images, &mut rng, 1e-6)?;
+            let images = if o.vae_crop > 0 && o.vae_crop < IMAGE_SIZE && step + o.vae_full_steps < o.vae_steps {
+                random_crop(&b.images, o.vae_crop as usize, cfg.vae.scale(), &mut rng)?
+            } else {
+                b.images
+            };
+            let l = vae_loss(&params, &cfg, &images, &mut rng, 1e-6)?;
             opt.set_learning_rate(cosine(o.vae_lr, step, o.vae_steps));
             opt.backward_step(&l.total)?;
             step += 1;
@@ -268,6 +280,18 @@ fn cosine(base: f64, step: u64, total: u64) -> f64 {
     base * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
 }
 
+/// One random `size` x `size` window of every image in the batch (the same window for the
+/// whole batch), at a multiple of `align` pixels so the latent grid lines up.
+fn random_crop(images: &candle_core::Tensor, size: usize, align: usize, rng: &mut TorchRng) -> Result<candle_core::Tensor> {
+    let (_, _, h, w) = images.dims4()?;
+    let mut at = |len: usize| {
+        let slots = (len.saturating_sub(size)) / align.max(1) + 1;
+        ((rng.next_uniform_f32() * slots as f32) as usize).min(slots - 1) * align.max(1)
+    };
+    let (y, x) = (at(h), at(w));
+    Ok(images.narrow(2, y, size.min(h))?.narrow(3, x, size.min(w))?.contiguous()?)
+}
+
 /// The data indices of step `step`: every step sees new samples.
 fn indices(step: u64, batch: usize) -> Vec<u64> {
     (0..batch as u64).map(|i| step * batch as u64 + i).collect()
@@ -277,5 +301,39 @@ fn io(path: &Path, source: std::io::Error) -> EngineError {
     EngineError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn autoencoder_crops_are_aligned_windows_of_the_images() {
+        let dev = Device::Cpu;
+        let b = batch(1, &[0, 1, 2], IMAGE_SIZE, &dev).expect("batch");
+        let mut rng = TorchRng::new(5);
+        let mut corners = std::collections::HashSet::new();
+        for _ in 0..40 {
+            let c = random_crop(&b.images, 32, 8, &mut rng).expect("crop");
+            assert_eq!(c.dims4().expect("dims"), (3, 3, 32, 32));
+            // Find the window: it must sit on the 8-pixel grid and hold exactly those pixels.
+            let at = (0..=32)
+                .step_by(8)
+                .flat_map(|y| (0..=32).step_by(8).map(move |x| (y, x)))
+                .find(|&(y, x)| {
+                    let w = b.images.narrow(2, y, 32).and_then(|t| t.narrow(3, x, 32)).expect("window");
+                    let d = (w - &c)
+                        .and_then(|t| t.abs())
+                        .and_then(|t| t.max_all())
+                        .and_then(|t| t.to_scalar::<f32>());
+                    d.expect("diff") == 0.0
+                });
+            corners.insert(at.expect("an aligned window of the batch"));
+        }
+        assert!(corners.len() >= 10, "crops should move around: {corners:?}");
+        // A crop as large as the image is the image.
+        let whole = random_crop(&b.images, 64, 8, &mut rng).expect("crop");
+        assert_eq!(whole.dims4().expect("dims"), (3, 3, 64, 64));
     }
 }

@@ -105,8 +105,13 @@ pub fn caption_tokens(captions: &[String], pad: u32) -> Result<Vec<Vec<u32>>> {
         .collect())
 }
 
+/// The Min-SNR weighting's cap (5, the paper's choice).
+const MIN_SNR_GAMMA: f64 = 5.0;
+
 /// Mean squared error of the UNet's noise prediction at random timesteps, conditioned on
-/// the captions through the text encoder (both trained).
+/// the captions through the text encoder (both trained), each sample weighted by Min-SNR-5
+/// (Hang et al. 2023): `min(SNR, 5) / SNR`, so the nearly clean timesteps (fine detail, easy)
+/// do not crowd out the noisy ones, where layout and colour, what a prompt names, are decided.
 pub fn diffusion_loss(params: &Params, cfg: &ModelConfig, latents: &Tensor, captions: &[String], rng: &mut TorchRng) -> Result<Tensor> {
     diffusion_loss_with(&params.weights(), cfg, latents, captions, rng)
 }
@@ -148,7 +153,16 @@ pub fn diffusion_loss_with(w: &Weights, cfg: &ModelConfig, latents: &Tensor, cap
         context: &context.to_dtype(DType::F32)?,
         added: None,
     })?;
-    Ok((pred - noise)?.sqr()?.mean(D::Minus1)?.mean_all()?)
+    let weights: Vec<f32> = ab
+        .iter()
+        .map(|&v| {
+            let snr = f64::from(v) / (1.0 - f64::from(v)).max(1e-12);
+            (snr.min(MIN_SNR_GAMMA) / snr.max(1e-12)) as f32
+        })
+        .collect();
+    let weights = Tensor::from_vec(weights, b, dev)?;
+    let per_sample = (pred - noise)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?;
+    Ok((per_sample * weights)?.mean_all()?)
 }
 
 #[cfg(test)]
