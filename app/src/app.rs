@@ -28,8 +28,11 @@ pub struct Launch {
     pub backend: Option<Box<dyn Backend>>,
     /// A model to open now, overriding the remembered one.
     pub model: Option<PathBuf>,
-    /// The model opened when nothing is configured (the embedded default, once shipped).
+    /// The model opened when nothing is configured (the embedded default).
     pub default_model: Option<PathBuf>,
+    /// A LoRA folder always listed in the LoRA panel and searched for `<lora:name>` tags
+    /// (the shipped demo LoRA's).
+    pub builtin_loras: Option<PathBuf>,
     /// Overrides the output folder.
     pub output_dir: Option<PathBuf>,
     /// Read the output folder's images into the history at start.
@@ -45,6 +48,7 @@ impl Default for Launch {
             backend: None,
             model: None,
             default_model: embedded_model(),
+            builtin_loras: embedded_lora_dir(),
             output_dir: None,
             load_history: true,
             dialogs: true,
@@ -52,18 +56,31 @@ impl Default for Launch {
     }
 }
 
+/// The folder `sub` of the shipped assets: next to the binary (`assets/SUB`, an installed
+/// `../share/latent-studio/SUB`) or in the source tree.
+fn asset_dirs(sub: &str) -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets").join(sub)];
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(d) = exe.parent()
+    {
+        dirs.push(d.join("assets").join(sub));
+        dirs.push(d.join("../share/latent-studio").join(sub));
+    }
+    dirs
+}
+
 /// The embedded default model, when this build ships one next to the binary or in the
 /// source tree's `assets/`.
 pub fn embedded_model() -> Option<PathBuf> {
     let name = "latent-studio-default.safetensors";
-    let mut dirs = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/models")];
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(d) = exe.parent()
-    {
-        dirs.push(d.join("assets/models"));
-        dirs.push(d.join("../share/latent-studio/models"));
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+    let found = asset_dirs("models").into_iter().map(|d| d.join(name)).find(|p| p.is_file())?;
+    Some(found.canonicalize().unwrap_or(found))
+}
+
+/// The shipped LoRA folder (the demo LoRA), when there is one.
+pub fn embedded_lora_dir() -> Option<PathBuf> {
+    let found = asset_dirs("loras").into_iter().find(|d| d.is_dir())?;
+    Some(found.canonicalize().unwrap_or(found))
 }
 
 /// Which file dialog to open.
@@ -94,6 +111,8 @@ pub struct StudioApp {
     show_memory: bool,
     ctx: egui::Context,
     dialogs: Option<DialogChannel>,
+    /// The shipped LoRA folder (listed with the user's).
+    builtin_loras: Option<PathBuf>,
 }
 
 impl StudioApp {
@@ -118,8 +137,10 @@ impl StudioApp {
     fn start(ctx: &egui::Context, settings: Settings, launch: Launch, renderer: String) -> anyhow::Result<Self> {
         let waker_ctx = ctx.clone();
         let waker = move || waker_ctx.request_repaint();
+        let mut lora_dirs = settings.lora_dirs.clone();
+        lora_dirs.extend(launch.builtin_loras.clone());
         let config = EngineConfig {
-            lora_dirs: settings.lora_dirs.clone(),
+            lora_dirs,
             ..EngineConfig::default()
         };
         let engine = match launch.backend {
@@ -139,6 +160,7 @@ impl StudioApp {
             show_memory: true,
             ctx: ctx.clone(),
             dialogs: launch.dialogs.then(|| crossbeam_channel::bounded(8)),
+            builtin_loras: launch.builtin_loras,
         };
         app.apply_theme(ctx);
         app.rescan();
@@ -161,6 +183,7 @@ impl StudioApp {
         self.session.found_models = crate::files::scan_models(&self.settings.model_dirs);
         let mut lora_dirs = self.settings.model_dirs.clone();
         lora_dirs.extend(self.settings.lora_dirs.iter().cloned());
+        lora_dirs.extend(self.builtin_loras.iter().cloned());
         self.session.found_loras = crate::files::scan_loras(&lora_dirs);
     }
 

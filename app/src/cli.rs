@@ -505,8 +505,10 @@ fn generate(g: GenerateArgs) -> Result<()> {
             bail!("LoRA {} not found", l.path.display());
         }
     }
+    let mut lora_dirs = g.lora_dirs.clone();
+    lora_dirs.extend(crate::app::embedded_lora_dir());
     let config = EngineConfig {
-        lora_dirs: g.lora_dirs.clone(),
+        lora_dirs,
         ..EngineConfig::default()
     };
     let engine = EngineHandle::spawn(config, || {})?;

@@ -201,6 +201,11 @@ fn settings() -> Settings {
 }
 
 fn studio(name: &str, settings: Settings, model: Option<&str>) -> Studio {
+    studio_in(name, settings, model, None)
+}
+
+/// [`studio`] with a shipped LoRA folder.
+fn studio_in(name: &str, settings: Settings, model: Option<&str>, builtin_loras: Option<PathBuf>) -> Studio {
     let log = Arc::new(Mutex::new(Log::default()));
     let mode = Arc::new(Mutex::new(Mode::Finish));
     let (gate_tx, gate_rx) = crossbeam_channel::unbounded();
@@ -215,6 +220,7 @@ fn studio(name: &str, settings: Settings, model: Option<&str>) -> Studio {
         backend: Some(Box::new(backend)),
         model: model.map(PathBuf::from),
         default_model: None,
+        builtin_loras,
         output_dir: Some(out.clone()),
         load_history: false,
         dialogs: false,
@@ -472,6 +478,20 @@ fn lora_panel_and_prompt_tags_stay_in_sync() {
     s.until("applied", |_, log| log.loras.len() > before);
     assert_eq!(s.harness.state().settings.params.prompt, "a cat");
     assert_eq!(s.log.lock().expect("log").loras.last().map(Vec::len), Some(1));
+}
+
+#[test]
+fn the_shipped_lora_folder_is_listed_with_the_users_own() {
+    let dir = temp_dir("builtin-loras");
+    let lora = dir.join("outline.safetensors");
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/lora/sd1-kohya.safetensors");
+    std::fs::copy(&fixture, &lora).expect("copy the fixture LoRA");
+    let s = studio_in("builtin", settings(), Some("/models/fake.safetensors"), Some(dir));
+    assert!(
+        s.harness.state().session.found_loras.contains(&lora),
+        "{:?}",
+        s.harness.state().session.found_loras
+    );
 }
 
 #[test]
