@@ -46,7 +46,7 @@ pub fn embedded_config() -> ModelConfig {
             scaling_factor: 1.0,
             mid_attention: true,
         },
-        prediction: Prediction::Epsilon,
+        prediction: Prediction::V,
         text_layer_base: 1,
         few_step: false,
         default_size: (IMAGE_SIZE, IMAGE_SIZE),

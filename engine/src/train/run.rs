@@ -89,7 +89,10 @@ pub fn model_metadata(cfg: &ModelConfig, extra: serde_json::Value) -> String {
         "unet_heads": cfg.unet.heads,
         "norm_groups": cfg.unet.groups,
         "vae_scaling_factor": cfg.vae.scaling_factor,
-        "prediction_type": "epsilon",
+        "prediction_type": match cfg.prediction {
+            crate::protocol::Prediction::Epsilon => "epsilon",
+            crate::protocol::Prediction::V => "v_prediction",
+        },
         // Native size, in latent pixels (as diffusers' `sample_size`).
         "sample_size": IMAGE_SIZE as usize / cfg.vae.scale(),
     });

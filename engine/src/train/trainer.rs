@@ -108,10 +108,25 @@ pub fn caption_tokens(captions: &[String], pad: u32) -> Result<Vec<Vec<u32>>> {
 /// The Min-SNR weighting's cap (5, the paper's choice).
 const MIN_SNR_GAMMA: f64 = 5.0;
 
-/// Mean squared error of the UNet's noise prediction at random timesteps, conditioned on
-/// the captions through the text encoder (both trained), each sample weighted by Min-SNR-5
-/// (Hang et al. 2023): `min(SNR, 5) / SNR`, so the nearly clean timesteps (fine detail, easy)
-/// do not crowd out the noisy ones, where layout and colour, what a prompt names, are decided.
+/// Loss weight of one sample at signal-to-noise ratio `snr`, for the model's parameterisation.
+/// In terms of the error of the clean latent it implies, plain noise prediction weighs a
+/// timestep by SNR: almost nothing at high noise, which is exactly where layout and colour,
+/// what a prompt names, are decided, and a small model then learns the prompt very slowly.
+/// Velocity prediction weighs by SNR + 1; we clip the low-noise end at Min-SNR-5 (Hang et al.
+/// 2023), giving `min(SNR, 5) + 1` per clean-latent error: every noisy timestep counts, the
+/// nearly clean ones (fine detail, easy) do not crowd them out. Noise-prediction models get
+/// Min-SNR-5 alone (`min(SNR, 5) / SNR` on the noise error).
+fn loss_weight(prediction: crate::protocol::Prediction, snr: f64) -> f64 {
+    let snr = snr.max(1e-12);
+    match prediction {
+        crate::protocol::Prediction::Epsilon => snr.min(MIN_SNR_GAMMA) / snr,
+        crate::protocol::Prediction::V => (snr.min(MIN_SNR_GAMMA) + 1.0) / (snr + 1.0),
+    }
+}
+
+/// Mean squared error of the UNet's prediction (noise or velocity, the model's
+/// parameterisation) at random timesteps, conditioned on the captions through the text
+/// encoder (both trained), weighted per sample by [`loss_weight`].
 pub fn diffusion_loss(params: &Params, cfg: &ModelConfig, latents: &Tensor, captions: &[String], rng: &mut TorchRng) -> Result<Tensor> {
     diffusion_loss_with(&params.weights(), cfg, latents, captions, rng)
 }
@@ -155,13 +170,15 @@ pub fn diffusion_loss_with(w: &Weights, cfg: &ModelConfig, latents: &Tensor, cap
     })?;
     let weights: Vec<f32> = ab
         .iter()
-        .map(|&v| {
-            let snr = f64::from(v) / (1.0 - f64::from(v)).max(1e-12);
-            (snr.min(MIN_SNR_GAMMA) / snr.max(1e-12)) as f32
-        })
+        .map(|&v| loss_weight(cfg.prediction, f64::from(v) / (1.0 - f64::from(v)).max(1e-12)) as f32)
         .collect();
     let weights = Tensor::from_vec(weights, b, dev)?;
-    let per_sample = (pred - noise)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?;
+    let target = match cfg.prediction {
+        crate::protocol::Prediction::Epsilon => noise,
+        // v = sqrt(abar) * noise - sqrt(1 - abar) * x0
+        crate::protocol::Prediction::V => (noise.broadcast_mul(&a)? - latents.broadcast_mul(&s)?)?,
+    };
+    let per_sample = (pred - target)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?;
     Ok((per_sample * weights)?.mean_all()?)
 }
 
@@ -247,6 +264,24 @@ mod tests {
     }
 
     #[test]
+    fn loss_weights_follow_min_snr_for_both_parameterisations() {
+        use crate::protocol::Prediction::{Epsilon, V};
+        // Noise prediction: 1 up to SNR 5, then 5 / SNR.
+        assert!((loss_weight(Epsilon, 0.01) - 1.0).abs() < 1e-12);
+        assert!((loss_weight(Epsilon, 10.0) - 0.5).abs() < 1e-12);
+        // Velocity: (min(SNR, 5) + 1) / (SNR + 1): 1 up to SNR 5, 6 / 11 at SNR 10.
+        assert!((loss_weight(V, 0.0) - 1.0).abs() < 1e-9);
+        assert!((loss_weight(V, 3.0) - 1.0).abs() < 1e-12);
+        assert!((loss_weight(V, 10.0) - 6.0 / 11.0).abs() < 1e-12);
+        // Per error of the clean latent (noise error = SNR x, velocity error = (SNR + 1) x),
+        // velocity weighs the noisiest timesteps about 1 / SNR times more.
+        let snr = 0.01;
+        let x0_eps = loss_weight(Epsilon, snr) * snr;
+        let x0_v = loss_weight(V, snr) * (snr + 1.0);
+        assert!(x0_v / x0_eps > 50.0, "{x0_eps} vs {x0_v}");
+    }
+
+    #[test]
     fn checkpoints_save_and_resume_exactly() {
         let dev = Device::Cpu;
         let cfg = tiny();
@@ -296,6 +331,10 @@ mod tests {
         assert_eq!(pipe.config.text, cfg.text);
         assert_eq!(pipe.config.vae, cfg.vae);
         assert_eq!(pipe.config.default_size, cfg.default_size);
+        assert_eq!(
+            pipe.config.prediction, cfg.prediction,
+            "the parameterisation travels in the metadata"
+        );
         assert_eq!(pipe.preview_coefficients(), &preview, "the fitted preview travels in the metadata");
         let _ = std::fs::remove_dir_all(&dir);
     }
