@@ -470,6 +470,10 @@ impl StudioApp {
                     self.settings.native_size = Some(info.default_size);
                     (self.settings.params.width, self.settings.params.height) = info.default_size;
                 }
+                if self.settings.native_guidance != Some(info.default_guidance) {
+                    self.settings.native_guidance = Some(info.default_guidance);
+                    self.settings.params.cfg_scale = info.default_guidance;
+                }
                 self.session.model = ModelState::Loaded { path, info };
             }
             Event::LorasApplied { reports } => {

@@ -235,9 +235,10 @@ struct GenerateArgs {
     height: Option<u32>,
     #[arg(long, default_value_t = 20)]
     steps: u32,
-    /// Classifier-free guidance scale (1 disables guidance and halves the cost).
-    #[arg(long, default_value_t = 7.0)]
-    cfg: f64,
+    /// Classifier-free guidance scale (1 disables guidance and halves the cost); default: the
+    /// one the model is made for (7 for most, 3 for the embedded model, 1 for Turbo/LCM).
+    #[arg(long)]
+    cfg: Option<f64>,
     /// Seed of the initial noise (torch CPU generator compatible); random when omitted.
     #[arg(long)]
     seed: Option<u64>,
@@ -561,7 +562,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
         width: g.width.unwrap_or(info.default_size.0),
         height: g.height.unwrap_or(info.default_size.1),
         steps: g.steps,
-        cfg_scale: g.cfg,
+        cfg_scale: g.cfg.unwrap_or(info.default_guidance),
         seed,
         solver: g.solver.clone(),
         schedule: g.schedule.clone(),

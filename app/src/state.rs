@@ -148,6 +148,10 @@ pub struct Settings {
     /// the 64x64 embedded model) sets the size sliders to its own; the same one keeps the
     /// user's size.
     pub native_size: Option<(u32, u32)>,
+    /// The guidance scale the model loaded last is made for: a model made for another one
+    /// (the embedded model's 3, a Turbo's 1, SD's 7) sets the CFG slider to it; the same one
+    /// keeps the user's value.
+    pub native_guidance: Option<f64>,
 }
 
 impl Default for Settings {
@@ -165,6 +169,7 @@ impl Default for Settings {
             live: false,
             theme: ThemeChoice::System,
             native_size: None,
+            native_guidance: None,
         }
     }
 }

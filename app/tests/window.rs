@@ -81,6 +81,7 @@ impl Backend for Fake {
             dtype: DType::F32,
             device: "cpu".into(),
             default_size: (512, 512),
+            default_guidance: if spec.path.to_string_lossy().contains("small") { 3.0 } else { 7.0 },
         })
     }
     fn prepare(&self, request: &GenerateRequest) -> latent_engine::Result<(u32, u32)> {
@@ -197,6 +198,7 @@ fn settings() -> Settings {
     s.theme = latent_studio::state::ThemeChoice::Dark;
     // The stand-in model's native size: loading it keeps the sliders' 64x64.
     s.native_size = Some((512, 512));
+    s.native_guidance = Some(7.0);
     s
 }
 
@@ -540,6 +542,23 @@ fn a_model_of_another_native_size_sets_the_size_and_the_same_one_keeps_it() {
         (s.harness.state().settings.params.width, s.harness.state().settings.params.height),
         (64, 64)
     );
+}
+
+#[test]
+fn a_model_made_for_another_guidance_sets_the_cfg_slider_and_the_same_one_keeps_it() {
+    // The last model was made for 7; this one (the stand-in for the embedded model) for 3.
+    let mut st = settings();
+    st.params.cfg_scale = 5.5;
+    let mut s = studio("guidance-switch", st, Some("/models/small.safetensors"));
+    s.loaded();
+    let p = &s.harness.state().settings;
+    assert_eq!((p.params.cfg_scale, p.native_guidance), (3.0, Some(3.0)));
+    // A model made for the same guidance as last time keeps the user's value.
+    let mut st = settings();
+    st.params.cfg_scale = 5.5;
+    let mut s = studio("guidance-same", st, Some("/models/fake.safetensors"));
+    s.loaded();
+    assert_eq!(s.harness.state().settings.params.cfg_scale, 5.5);
 }
 
 #[test]

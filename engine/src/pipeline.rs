@@ -261,6 +261,7 @@ impl Pipeline {
                 candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
             },
             default_size: c.default_size,
+            default_guidance: c.default_guidance,
         }
     }
 

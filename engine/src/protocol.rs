@@ -202,6 +202,8 @@ pub struct ModelInfo {
     pub dtype: DType,
     pub device: String,
     pub default_size: (u32, u32),
+    /// The guidance scale the model is made for (7 for most, 1 for Turbo/LCM).
+    pub default_guidance: f64,
 }
 
 /// Where the time of one image went.

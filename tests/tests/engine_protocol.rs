@@ -288,6 +288,7 @@ impl Backend for Faulty {
             dtype: DType::F32,
             device: "cpu".into(),
             default_size: (64, 64),
+            default_guidance: 7.0,
         })
     }
     fn prepare(&self, r: &GenerateRequest) -> latent_engine::Result<(u32, u32)> {

@@ -119,7 +119,13 @@ pub struct ModelConfig {
     /// A hint from the name or metadata that this is a distilled few-step model (Turbo, LCM).
     pub few_step: bool,
     pub default_size: (u32, u32),
+    /// The guidance scale the model is made for: its metadata's (`latent_studio.guidance`),
+    /// else 1 for few-step models (Turbo, LCM: no CFG), else 7.
+    pub default_guidance: f64,
 }
+
+/// The guidance scale of models that do not say otherwise (SD 1.x/2.x/SDXL's usual 7).
+pub const DEFAULT_GUIDANCE: f64 = 7.0;
 
 struct Hints<'a> {
     ours: Value,
@@ -442,6 +448,12 @@ pub fn infer(w: &Weights, name: &str) -> Result<ModelConfig> {
         .ours_usize("sample_size")
         .or_else(|| h.cfg("unet", "sample_size").and_then(Value::as_u64).map(|v| v as usize));
     let size = sample.map(|s| (s * vae.scale()) as u32).unwrap_or(native);
+    let default_guidance = h
+        .ours
+        .get("guidance")
+        .and_then(Value::as_f64)
+        .filter(|g| g.is_finite() && (1.0..=30.0).contains(g))
+        .unwrap_or(if few_step { 1.0 } else { DEFAULT_GUIDANCE });
     Ok(ModelConfig {
         family,
         text,
@@ -451,5 +463,21 @@ pub fn infer(w: &Weights, name: &str) -> Result<ModelConfig> {
         text_layer_base,
         few_step,
         default_size: (size, size),
+        default_guidance,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guidance_defaults_to_seven_and_to_one_for_few_step_models() {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd1/sd1-tiny.safetensors");
+        let w = crate::model::checkpoint::load(&path, candle_core::DType::F32, &candle_core::Device::Cpu).expect("fixture");
+        assert_eq!(infer(&w, "sd1-tiny").expect("config").default_guidance, DEFAULT_GUIDANCE);
+        let turbo = infer(&w, "sd_turbo").expect("config");
+        assert!(turbo.few_step);
+        assert_eq!(turbo.default_guidance, 1.0);
+    }
 }

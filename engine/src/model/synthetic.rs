@@ -57,6 +57,7 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
             text_layer_base: 1,
             few_step: false,
             default_size: (512, 512),
+            default_guidance: super::config::DEFAULT_GUIDANCE,
         },
         "sd21" => {
             let sd15 = preset("sd15")?;
@@ -121,6 +122,7 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
             text_layer_base: 1,
             few_step: false,
             default_size: (1024, 1024),
+            default_guidance: super::config::DEFAULT_GUIDANCE,
         },
         _ => return None,
     })

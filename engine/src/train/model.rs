@@ -4,6 +4,11 @@
 use crate::model::config::{Activation, Family, ModelConfig, TextConfig, UnetConfig, VaeConfig};
 use crate::protocol::Prediction;
 
+/// The guidance scale the embedded model is made for (stored in its metadata; the window and
+/// `generate` start from it): a small model's conditional and unconditional predictions
+/// differ more than a large one's, and 7 over-saturates its colours.
+pub const GUIDANCE: f64 = 3.0;
+
 /// Training images are this many pixels square.
 pub const IMAGE_SIZE: u32 = 64;
 
@@ -50,6 +55,7 @@ pub fn embedded_config() -> ModelConfig {
         text_layer_base: 1,
         few_step: false,
         default_size: (IMAGE_SIZE, IMAGE_SIZE),
+        default_guidance: GUIDANCE,
     }
 }
 

@@ -88,6 +88,7 @@ pub fn model_metadata(cfg: &ModelConfig, extra: serde_json::Value) -> String {
         },
         "unet_heads": cfg.unet.heads,
         "norm_groups": cfg.unet.groups,
+        "guidance": cfg.default_guidance,
         "vae_scaling_factor": cfg.vae.scaling_factor,
         "prediction_type": match cfg.prediction {
             crate::protocol::Prediction::Epsilon => "epsilon",
