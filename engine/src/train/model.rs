@@ -5,9 +5,9 @@ use crate::model::config::{Activation, Family, ModelConfig, TextConfig, UnetConf
 use crate::protocol::Prediction;
 
 /// The guidance scale the embedded model is made for (stored in its metadata; the window and
-/// `generate` start from it): a small model's conditional and unconditional predictions
-/// differ more than a large one's, and 7 over-saturates its colours.
-pub const GUIDANCE: f64 = 3.0;
+/// `generate` start from it). Chosen on prompts and seeds the tests do not use: 2 and 3 draw
+/// all 24 right there, 2 with the truest colours; 5 and 7 over-saturate a small model's.
+pub const GUIDANCE: f64 = 2.0;
 
 /// Training images are this many pixels square.
 pub const IMAGE_SIZE: u32 = 64;

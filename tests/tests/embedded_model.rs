@@ -1,0 +1,287 @@
+//! The files this project ships in `assets/`: the embedded default model and the demo LoRA.
+//! They are loaded through the same code path as a user's checkpoint and LoRA, and judged by
+//! what they draw: colour statistics of generated images against the prompt.
+
+use std::path::PathBuf;
+
+use latent_engine::lora::LoraFile;
+use latent_engine::model::checkpoint;
+use latent_engine::pipeline::Pipeline;
+use latent_engine::protocol::{GenerateRequest, ImageRgb8, ModelSpec};
+use latent_engine::train::dataset::COLORS;
+use latent_tests::Quiet;
+
+fn asset(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("assets").join(rel)
+}
+
+fn model() -> PathBuf {
+    asset("models/latent-studio-default.safetensors")
+}
+
+/// The window's defaults for a new user: DPM++ 2M on the Karras schedule, 20 steps, the
+/// model's own size (and, passed in, its own guidance).
+fn request(prompt: &str, cfg_scale: f64, seed: u64) -> GenerateRequest {
+    GenerateRequest {
+        prompt: prompt.into(),
+        width: 64,
+        height: 64,
+        steps: 20,
+        cfg_scale,
+        seed,
+        solver: "dpm++2m".into(),
+        schedule: "karras".into(),
+        preview_every: 0,
+        ..Default::default()
+    }
+}
+
+fn generate(pipe: &Pipeline, r: &GenerateRequest) -> ImageRgb8 {
+    let job = pipe.validate(r).expect("valid request");
+    pipe.generate(&job, &mut Quiet).expect("generate").image
+}
+
+/// Index of the palette colour nearest to a pixel.
+fn nearest(p: &[u8]) -> usize {
+    let d = |c: &[u8; 3]| -> i32 { (0..3).map(|k| (i32::from(p[k]) - i32::from(c[k])).pow(2)).sum() };
+    (0..COLORS.len()).min_by_key(|&i| d(&COLORS[i].1)).unwrap_or(0)
+}
+
+/// The palette colour covering most of the pixels that `keep(x, y)` selects.
+fn dominant(img: &ImageRgb8, keep: impl Fn(u32, u32) -> bool) -> usize {
+    let mut votes = [0usize; COLORS.len()];
+    for y in 0..img.height {
+        for x in 0..img.width {
+            if keep(x, y) {
+                let i = ((y * img.width + x) * 3) as usize;
+                votes[nearest(&img.pixels[i..i + 3])] += 1;
+            }
+        }
+    }
+    (0..COLORS.len()).max_by_key(|&i| votes[i]).unwrap_or(0)
+}
+
+fn color(name: &str) -> usize {
+    COLORS.iter().position(|(n, _)| *n == name).expect("a palette colour")
+}
+
+/// "a {shape colour} {shape} on a {background} background": large shapes sit in the middle,
+/// so the centre must be the shape's colour and the border the background's.
+fn agrees(img: &ImageRgb8, shape_color: usize, background: usize) -> bool {
+    let (w, h) = (img.width, img.height);
+    let centre = dominant(img, |x, y| x >= w * 3 / 8 && x < w * 5 / 8 && y >= h * 3 / 8 && y < h * 5 / 8);
+    let border = dominant(img, |x, y| x < w / 10 || x >= w - w / 10 || y < h / 10 || y >= h - h / 10);
+    centre == shape_color && border == background
+}
+
+const PROMPTS: [(&str, &str, &str); 6] = [
+    ("red", "circle", "blue"),
+    ("yellow", "square", "purple"),
+    ("green", "heart", "white"),
+    ("blue", "diamond", "yellow"),
+    ("black", "circle", "orange"),
+    ("pink", "square", "green"),
+];
+const SEEDS: u64 = 4;
+
+/// Fraction of the centre's pixels nearest the shape's colour and of the border's nearest the
+/// background's, averaged: how strongly (not only whether) a picture shows its prompt.
+fn coverage(img: &ImageRgb8, shape_color: usize, background: usize) -> f64 {
+    let (w, h) = (img.width, img.height);
+    let share = |keep: &dyn Fn(u32, u32) -> bool, want: usize| {
+        let (mut hit, mut n) = (0usize, 0usize);
+        for y in 0..h {
+            for x in 0..w {
+                if keep(x, y) {
+                    let i = ((y * w + x) * 3) as usize;
+                    n += 1;
+                    hit += usize::from(nearest(&img.pixels[i..i + 3]) == want);
+                }
+            }
+        }
+        hit as f64 / n.max(1) as f64
+    };
+    let centre = share(
+        &|x, y| x >= w * 3 / 8 && x < w * 5 / 8 && y >= h * 3 / 8 && y < h * 5 / 8,
+        shape_color,
+    );
+    let border = share(&|x, y| x < w / 10 || x >= w - w / 10 || y < h / 10 || y >= h - h / 10, background);
+    (centre + border) / 2.0
+}
+
+/// At guidance `cfg`: the share of (prompt, seed) pairs whose picture agrees with the prompt,
+/// the mean [`coverage`], and the misses.
+fn agreement(pipe: &Pipeline, cfg: f64) -> (f64, f64, Vec<String>) {
+    let (mut ok, mut n, mut cov, mut misses) = (0, 0, 0.0, vec![]);
+    for (c, shape, bg) in PROMPTS {
+        let a = |w: &str| if w.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+        let prompt = format!("{} {c} {shape} on {} {bg} background", a(c), a(bg));
+        for seed in 0..SEEDS {
+            let img = generate(pipe, &request(&prompt, cfg, seed));
+            n += 1;
+            cov += coverage(&img, color(c), color(bg));
+            if agrees(&img, color(c), color(bg)) {
+                ok += 1;
+            } else {
+                misses.push(format!("{prompt} (seed {seed})"));
+            }
+        }
+    }
+    (f64::from(ok) / f64::from(n), cov / f64::from(n), misses)
+}
+
+#[test]
+fn the_colour_check_agrees_with_the_training_pictures() {
+    // The judge itself: on the pictures the model learnt from (large circles, squares, hearts
+    // and diamonds, which the prompts below name), it must say "agrees".
+    use latent_engine::train::dataset::{SHAPES, Subject, sample};
+    let judged: Vec<bool> = (0..3000)
+        .map(|i| sample(1, i, 64))
+        .filter_map(|s| match s.subject {
+            Subject::Shape { shape, color, large: true } if ["circle", "square", "heart", "diamond"].contains(&SHAPES[shape]) => {
+                Some(agrees(&s.image, color, s.background))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(judged.len() > 100, "{} pictures", judged.len());
+    let ok = judged.iter().filter(|&&a| a).count();
+    assert!(
+        ok as f64 >= 0.97 * judged.len() as f64,
+        "{ok} of {} training pictures judged right",
+        judged.len()
+    );
+}
+
+#[test]
+fn the_embedded_model_is_a_small_single_file_the_engine_loads_like_any_checkpoint() {
+    let path = model();
+    let bytes = std::fs::metadata(&path)
+        .expect("assets/models/latent-studio-default.safetensors is shipped")
+        .len();
+    assert!(bytes <= 25 << 20, "{bytes} bytes: over 25 MB");
+    let pipe = Pipeline::load(&ModelSpec::new(&path)).expect("loads through the user-checkpoint path");
+    assert_eq!(pipe.config.default_size, (64, 64));
+    // Its own latent-preview coefficients are in the metadata and are the ones the previews use.
+    let w = checkpoint::load(&path, candle_core::DType::F32, &candle_core::Device::Cpu).expect("weights");
+    let fitted = latent_engine::preview::LatentRgb::from_metadata(&w.metadata).expect("fitted preview coefficients in the metadata");
+    assert_eq!(pipe.preview_coefficients(), &fitted);
+}
+
+#[test]
+fn prompts_decide_what_the_embedded_model_draws_and_guidance_strengthens_it() {
+    let pipe = Pipeline::load(&ModelSpec::new(model())).expect("load");
+    // The default guidance: the one in the model's metadata, which the window and `generate`
+    // start from.
+    let default = pipe.info().default_guidance;
+    assert!(default > 1.0, "the embedded model is made for guidance {default}");
+    let (guided, guided_cov, misses) = agreement(&pipe, default);
+    let (unguided, unguided_cov, _) = agreement(&pipe, 1.0);
+    eprintln!(
+        "agreement: guidance {default} {guided:.2} (coverage {guided_cov:.3}), guidance 1 {unguided:.2} (coverage {unguided_cov:.3}); misses at {default}: {misses:?}"
+    );
+    assert!(
+        guided >= 0.8,
+        "only {guided:.2} of the pictures at guidance {default} agree with their prompt: {misses:?}"
+    );
+    // Guidance strengthens the prompt: without it the named colours cover less of the picture
+    // (washed-out shapes). This model already agrees at guidance 1 on most of these prompts
+    // (see BENCHMARKS.md), so the effect is tested on how strongly, not on whether.
+    assert!(
+        guided_cov >= unguided_cov + 0.03 && guided >= unguided,
+        "guidance {default}: agreement {guided:.2}, coverage {guided_cov:.3}; guidance 1: {unguided:.2}, {unguided_cov:.3}"
+    );
+}
+
+/// Fraction of nearly white pixels.
+fn white_fraction(img: &ImageRgb8) -> f64 {
+    let white = img.pixels.chunks(3).filter(|p| p.iter().all(|&v| v >= 215)).count();
+    white as f64 / (img.width * img.height) as f64
+}
+
+#[test]
+fn the_demo_lora_draws_outlines_at_strength_one_and_nothing_at_zero() {
+    let lora = asset("loras/outline.safetensors");
+    assert!(lora.exists(), "assets/loras/outline.safetensors is shipped");
+    let mut pipe = Pipeline::load(&ModelSpec::new(model())).expect("load");
+    let prompts = [
+        "a red circle on a blue background",
+        "a happy face on a green background",
+        "a house on a purple background",
+    ];
+    let images = |pipe: &Pipeline| -> Vec<ImageRgb8> {
+        prompts
+            .iter()
+            .flat_map(|p| (0..2).map(move |s| request(p, pipe.info().default_guidance, s)))
+            .map(|r| generate(pipe, &r))
+            .collect()
+    };
+    let plain = images(&pipe);
+    let file = LoraFile::open(&lora).expect("the demo LoRA opens");
+    pipe.apply_loras(&[(&file, 0.0, 0.0)]).expect("the demo LoRA applies");
+    assert_eq!(images(&pipe), plain, "strength 0 must be bit-identical to no LoRA");
+    let report = pipe.apply_loras(&[(&file, 1.0, 1.0)]).expect("the demo LoRA applies");
+    assert!(report.iter().all(|r| r.applied > 0 && r.applied == r.total), "{report:?}");
+    let styled = images(&pipe);
+    let mean = |v: &[ImageRgb8]| v.iter().map(white_fraction).sum::<f64>() / v.len() as f64;
+    let (before, after) = (mean(&plain), mean(&styled));
+    eprintln!("white fraction: no LoRA {before:.2}, outline LoRA {after:.2}");
+    assert!(
+        after >= before + 0.25,
+        "white fraction {before:.2} -> {after:.2}: the outline style did not show"
+    );
+}
+
+#[test]
+fn the_autoencoder_keeps_the_colours_the_prompts_name() {
+    // The denoiser can only be as right as the autoencoder: encode -> decode of the training
+    // pictures must still pass the colour check.
+    use latent_engine::model::vae::{VaeDecoder, VaeEncoder};
+    use latent_engine::train::dataset::{SHAPES, Subject, sample};
+    let path = model();
+    let w = checkpoint::load(&path, candle_core::DType::F32, &candle_core::Device::Cpu).expect("weights");
+    let cfg = latent_engine::model::config::infer(&w, "embedded").expect("config");
+    let (enc, dec) = (
+        VaeEncoder::new(&w, &cfg.vae).expect("encoder"),
+        VaeDecoder::new(&w, &cfg.vae).expect("decoder"),
+    );
+    let picked: Vec<_> = (0..3000)
+        .map(|i| sample(1, i, 64))
+        .filter(|s| matches!(s.subject, Subject::Shape { shape, large: true, .. } if ["circle", "square", "heart", "diamond"].contains(&SHAPES[shape])))
+        .take(64)
+        .collect();
+    let items: Vec<(ImageRgb8, String)> = picked.iter().map(|s| (s.image.clone(), s.caption.clone())).collect();
+    let batch = latent_engine::train::trainer::images_batch(&items, &candle_core::Device::Cpu).expect("batch");
+    let (mean, _) = enc.encode(&batch.images).expect("encode");
+    let out = dec.decode(&mean).expect("decode");
+    let out = ((out.clamp(-1f32, 1f32).expect("clamp") + 1.0).expect("+") * 127.5).expect("*");
+    let (b, _, h, wd) = out.dims4().expect("dims");
+    let v: Vec<f32> = out
+        .permute((0, 2, 3, 1))
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("pixels");
+    let mut ok = 0;
+    let mut l1 = 0.0;
+    for (i, s) in picked.iter().enumerate() {
+        let px: Vec<u8> = v[i * h * wd * 3..(i + 1) * h * wd * 3].iter().map(|x| x.round() as u8).collect();
+        l1 += px
+            .iter()
+            .zip(&s.image.pixels)
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+            .sum::<f64>()
+            / px.len() as f64;
+        let img = ImageRgb8 {
+            width: wd as u32,
+            height: h as u32,
+            pixels: px,
+        };
+        if let Subject::Shape { color, .. } = s.subject
+            && agrees(&img, color, s.background)
+        {
+            ok += 1;
+        }
+    }
+    eprintln!("reconstructions judged right: {ok}/{b}; mean |error| {:.1} of 255", l1 / b as f64);
+    assert!(ok as f64 >= 0.95 * b as f64, "{ok}/{b} reconstructions keep their colours");
+}
