@@ -122,6 +122,14 @@ impl Conv2d {
         if (x.track_op() || self.inner.weight().track_op()) && cfg.groups == 1 && cfg.dilation == 1 {
             return self.forward_by_matmul(x);
         }
+        if cfg.groups == 1 && cfg.dilation == 1 && super::cpu_conv::supports(x) {
+            let conv = super::cpu_conv::CpuConv {
+                padding: cfg.padding,
+                stride: cfg.stride,
+                budget,
+            };
+            return conv.forward(x, self.inner.weight(), self.inner.bias());
+        }
         let (b, c_in, h, w) = x.dims4()?;
         let (k_h, k_w) = (self.inner.weight().dim(2)?, self.inner.weight().dim(3)?);
         if k_h == 1 && k_w == 1 {
@@ -207,9 +215,10 @@ const SCORE_BUDGET: usize = 16 << 20;
 /// masks keys after each query (CLIP).
 ///
 /// On the CPU, narrow heads (up to 32 wide: the small models this studio ships and tests
-/// with) run the fused row-wise kernel of [`super::attention`]; wide heads use candle's
-/// matmul/softmax in query chunks, so the full score matrix never exists either way. The
-/// softmax runs in f32 whatever the model dtype (f16 scores overflow on large token counts).
+/// with) run the fused row-wise kernel of [`super::attention`], wide heads (SD's 40-160) its
+/// blocked matrix-product kernel; training (gradients) uses candle's matmul/softmax in query
+/// chunks; the full score matrix never exists in any case. The softmax runs in f32 whatever
+/// the model dtype (f16 scores overflow on large token counts).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
     attention_with_budget(q, k, v, heads, causal, SCORE_BUDGET)
 }
@@ -221,8 +230,8 @@ fn attention_with_budget(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causa
     // The fused kernel has no backward pass: when gradients flow (training), take the
     // tensor-operation path.
     let training = q.track_op() || k.track_op() || v.track_op();
-    if q.device().is_cpu() && d <= 32 && !training {
-        let dtype = q.dtype();
+    if q.device().is_cpu() && !training {
+        let (dtype, device) = (q.dtype(), q.device().clone());
         let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?) };
         let dims = super::attention::Dims {
             batch: b,
@@ -232,8 +241,13 @@ fn attention_with_budget(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causa
             dim: d,
             causal,
         };
-        let out = super::attention::attention(&flat(q)?, &flat(k)?, &flat(v)?, dims);
-        return Ok(Tensor::from_vec(out, (b, n, c), q.device())?.to_dtype(dtype)?);
+        let (q, k, v) = (flat(q)?, flat(k)?, flat(v)?);
+        let out = if d <= 32 {
+            super::attention::attention(&q, &k, &v, dims)
+        } else {
+            super::attention::attention_blocked(&q, &k, &v, dims)
+        };
+        return Ok(Tensor::from_vec(out, (b, n, c), &device)?.to_dtype(dtype)?);
     }
     let split = |t: &Tensor, len: usize| -> Result<Tensor> { Ok(t.reshape((b, len, heads, d))?.transpose(1, 2)?.contiguous()?) };
     if !q.device().is_cpu() && !training {
@@ -329,14 +343,21 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Banded convolution (bounded memory) gives the plain convolution's output.
+    /// Our convolutions (the CPU kernel in bands of any size, and the training form) give
+    /// candle's plain convolution's output: 3x3 and 1x1 kernels, padding 0 and 1, stride 1
+    /// and 2, with and without bias, f32 and f16.
     #[test]
     fn banded_convolution_matches_the_plain_one() {
         let dev = Device::Cpu;
-        for (c_in, c_out, h, w, k, stride) in [
-            (5usize, 3usize, 23usize, 17usize, 3usize, 1usize),
-            (4, 6, 20, 20, 3, 2),
-            (3, 2, 9, 11, 3, 1),
+        for (c_in, c_out, h, w, k, stride, padding, with_bias) in [
+            (5usize, 3usize, 23usize, 17usize, 3usize, 1usize, 1usize, true),
+            (4, 6, 20, 20, 3, 2, 1, true),
+            (3, 2, 9, 11, 3, 1, 1, false),
+            (6, 4, 13, 10, 3, 2, 0, true),
+            (8, 5, 16, 16, 1, 1, 0, true),
+            (8, 5, 7, 9, 1, 1, 0, false),
+            (3, 4, 7, 9, 1, 2, 0, true),
+            (2, 3, 5, 4, 3, 1, 2, true),
         ] {
             let mut rng = crate::rng::TorchRng::new(3);
             let x = Tensor::from_vec(rng.randn_f32(2 * c_in * h * w), (2, c_in, h, w), &dev).expect("x");
@@ -345,38 +366,42 @@ mod tests {
             let conv = Conv2d {
                 inner: candle_nn::Conv2d::new(
                     wt,
-                    Some(bias),
+                    with_bias.then_some(bias),
                     Conv2dConfig {
-                        padding: k / 2,
+                        padding,
                         stride,
                         ..Default::default()
                     },
                 ),
             };
+            let case = format!("c_in {c_in} k {k} stride {stride} padding {padding} bias {with_bias}");
             let plain = conv.inner.forward(&x).expect("plain");
-            let by_matmul = conv.forward_by_matmul(&x).expect("matmul form");
-            let d = (&by_matmul - &plain)
-                .expect("sub")
-                .abs()
-                .expect("abs")
-                .max_all()
-                .expect("max")
-                .to_scalar::<f32>()
-                .expect("s");
-            assert!(d <= 1e-4, "training form, stride {stride}: max diff {d}");
-            for budget in [1, 2 * w * k * k * c_in * 4 * 3, usize::MAX] {
-                let banded = conv.forward_within(&x, budget).expect("banded");
-                assert_eq!(banded.dims(), plain.dims());
-                let diff = (&banded - &plain)
+            let max_diff = |a: &Tensor| -> f32 {
+                assert_eq!(a.dims(), plain.dims(), "{case}");
+                let a = a.to_dtype(candle_core::DType::F32).expect("f32");
+                (&a - &plain)
                     .expect("sub")
                     .abs()
                     .expect("abs")
                     .max_all()
                     .expect("max")
                     .to_scalar::<f32>()
-                    .expect("scalar");
-                assert!(diff <= 1e-5, "c_in {c_in} stride {stride} budget {budget}: max diff {diff}");
+                    .expect("s")
+            };
+            let d = max_diff(&conv.forward_by_matmul(&x).expect("matmul form"));
+            assert!(d <= 1e-4, "training form, {case}: max diff {d}");
+            for budget in [1, 2 * w * k * k * c_in * 4 * 3, usize::MAX] {
+                let d = max_diff(&conv.forward_within(&x, budget).expect("banded"));
+                assert!(d <= 1e-5, "{case} budget {budget}: max diff {d}");
             }
+            // f16: the kernel accumulates in f16 like candle's, so compare loosely.
+            let half = |t: &Tensor| t.to_dtype(candle_core::DType::F16).expect("f16");
+            let conv16 = Conv2d {
+                inner: candle_nn::Conv2d::new(half(conv.inner.weight()), conv.inner.bias().map(half), *conv.inner.config()),
+            };
+            let scale = plain.abs().expect("abs").max_all().expect("max").to_scalar::<f32>().expect("s");
+            let d = max_diff(&conv16.forward_within(&half(&x), 1).expect("f16"));
+            assert!(d <= 2e-2 * scale.max(1.0), "f16 {case}: max diff {d} of {scale}");
         }
     }
 
@@ -394,7 +419,10 @@ mod tests {
                 Tensor::from_vec(rng.randn_f32(2 * len * heads * d), (2, len, heads * d), &dev).expect("t")
             };
             let (q, k, v) = (mk(n, &mut rng), mk(m, &mut rng), mk(m, &mut rng));
-            let chunked = attention_with_budget(&q, &k, &v, heads, causal, 2 * heads * m * 7).expect("chunked");
+            // A variable query makes it the training path (candle ops in query chunks).
+            let q_var = candle_core::Var::from_tensor(&q).expect("var");
+            let chunked = attention_with_budget(q_var.as_tensor(), &k, &v, heads, causal, 2 * heads * m * 7).expect("chunked");
+            let blocked = attention_with_budget(&q, &k, &v, heads, causal, 2 * heads * m * 7).expect("blocked");
             let flat = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("vec");
             let dims = crate::model::attention::Dims {
                 batch: 2,
@@ -407,6 +435,8 @@ mod tests {
             let fused = crate::model::attention::attention(&flat(&q), &flat(&k), &flat(&v), dims);
             let worst = flat(&chunked).iter().zip(&fused).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 1e-5, "{heads}x{d} {n}->{m}: {worst}");
+            let worst = flat(&blocked).iter().zip(&fused).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "blocked {heads}x{d} {n}->{m}: {worst}");
             // The GPU form (scale folded into q, transposed keys, scores in the model dtype)
             // computes the same, here on the CPU in f32.
             let split = |t: &Tensor, len: usize| {

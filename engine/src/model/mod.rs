@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod convert;
+pub mod cpu_conv;
 pub mod layers;
 pub mod synthetic;
 pub mod unet;
