@@ -238,14 +238,7 @@ fn softmax_rows(scores: &mut [f32], width: usize) {
 /// [`attention`].
 #[allow(unsafe_code)]
 pub fn attention_blocked(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f32> {
-    let Dims {
-        batch,
-        queries,
-        keys,
-        heads,
-        dim,
-        causal,
-    } = s;
+    let (batch, queries, keys, heads, dim) = (s.batch, s.queries, s.keys, s.heads, s.dim);
     let width = heads * dim;
     let scale = 1.0 / (dim as f32).sqrt();
     let blocks = queries.div_ceil(BLOCK_ROWS);
@@ -290,7 +283,7 @@ pub fn attention_blocked(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f32> {
                         gemm::Parallelism::None,
                     );
                 }
-                if causal {
+                if s.causal {
                     for (i, row) in scores.chunks_mut(keys).enumerate() {
                         row[(r0 + i + 1).min(keys)..].fill(f32::NEG_INFINITY);
                     }
