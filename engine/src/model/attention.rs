@@ -12,7 +12,7 @@ use rayon::prelude::*;
 /// `exp(x)` for `x <= 0` (softmax arguments after subtracting the row maximum): `2^k e^r`
 /// with Cody-Waite range reduction and a degree-7 polynomial.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     // Cody-Waite reduction x = k ln2 + r, |r| <= ln2/2, with ln 2 split so k * LN2_HI is exact.
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -144,7 +144,7 @@ fn row_kernel_avx2(r: &Row, scores: &mut [f32], out_row: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }

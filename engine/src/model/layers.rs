@@ -1,7 +1,7 @@
 //! Building blocks shared by the networks, built from canonical weight names.
 
 use candle_core::{D, Module, Tensor};
-use candle_nn::{Conv2dConfig, GroupNorm, Linear};
+use candle_nn::{Conv2dConfig, Linear};
 
 use super::checkpoint::Weights;
 use crate::error::{EngineError, Result};
@@ -162,6 +162,65 @@ impl Conv2d {
     }
 }
 
+/// Group normalisation: the fused CPU kernel of [`super::cpu_norm`] for f32 inference,
+/// candle's (tensor operations, differentiable) otherwise.
+#[derive(Clone, Debug)]
+pub struct GroupNorm {
+    inner: candle_nn::GroupNorm,
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    fn fused(&self, x: &Tensor, silu: bool) -> candle_core::Result<Option<Tensor>> {
+        let tracked = x.track_op() || self.weight.track_op() || self.bias.track_op();
+        if tracked || !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.rank() < 2 {
+            return Ok(None);
+        }
+        let dims = x.dims();
+        let channels = dims[1];
+        let plane: usize = dims[2..].iter().product();
+        if channels != self.weight.elem_count() || !channels.is_multiple_of(self.groups) {
+            return Ok(None);
+        }
+        let data = x.flatten_all()?.to_vec1::<f32>()?;
+        let (weight, bias) = (
+            self.weight.to_dtype(candle_core::DType::F32)?,
+            self.bias.to_dtype(candle_core::DType::F32)?,
+        );
+        let norm = super::cpu_norm::Norm {
+            channels,
+            plane,
+            groups: self.groups,
+            eps: self.eps as f32,
+            weight: &weight.to_vec1::<f32>()?,
+            bias: &bias.to_vec1::<f32>()?,
+            silu,
+        };
+        let out = super::cpu_norm::group_norm(&data, norm);
+        Ok(Some(Tensor::from_vec(out, dims, x.device())?))
+    }
+
+    /// `silu(group_norm(x))` in one pass where the fused kernel applies.
+    pub fn forward_silu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.fused(x, true)? {
+            Some(y) => Ok(y),
+            None => self.inner.forward(x)?.silu(),
+        }
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.fused(x, false)? {
+            Some(y) => Ok(y),
+            None => self.inner.forward(x),
+        }
+    }
+}
+
 /// Group normalisation over `channels` with `groups` groups.
 pub fn group_norm(w: &Weights, prefix: &str, groups: usize, eps: f64) -> Result<GroupNorm> {
     let weight = w.get(&format!("{prefix}.weight"))?.clone();
@@ -172,7 +231,13 @@ pub fn group_norm(w: &Weights, prefix: &str, groups: usize, eps: f64) -> Result<
             "{prefix}: {channels} channels cannot form {groups} normalisation groups (set norm_num_groups in the model's config)"
         )));
     }
-    Ok(GroupNorm::new(weight, bias, channels, groups, eps)?)
+    Ok(GroupNorm {
+        inner: candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps)?,
+        weight,
+        bias,
+        groups,
+        eps,
+    })
 }
 
 /// Layer normalisation over the last dimension.
@@ -402,6 +467,42 @@ mod tests {
             let scale = plain.abs().expect("abs").max_all().expect("max").to_scalar::<f32>().expect("s");
             let d = max_diff(&conv16.forward_within(&half(&x), 1).expect("f16"));
             assert!(d <= 2e-2 * scale.max(1.0), "f16 {case}: max diff {d} of {scale}");
+        }
+    }
+
+    /// The fused group norm (and group norm + SiLU) gives candle's result.
+    #[test]
+    fn fused_group_norm_matches_candle() {
+        let dev = Device::Cpu;
+        for (b, c, h, w, groups) in [(2usize, 8usize, 5usize, 7usize, 4usize), (1, 32, 16, 16, 32), (2, 12, 3, 3, 3)] {
+            let mut rng = crate::rng::TorchRng::new(11);
+            let x = Tensor::from_vec(rng.randn_f32(b * c * h * w), (b, c, h, w), &dev)
+                .expect("x")
+                .affine(3.0, 1.5)
+                .expect("x");
+            let weight = Tensor::from_vec(rng.randn_f32(c), c, &dev).expect("w");
+            let bias = Tensor::from_vec(rng.randn_f32(c), c, &dev).expect("b");
+            let norm = GroupNorm {
+                inner: candle_nn::GroupNorm::new(weight.clone(), bias.clone(), c, groups, 1e-5).expect("gn"),
+                weight,
+                bias,
+                groups,
+                eps: 1e-5,
+            };
+            let want = norm.inner.forward(&x).expect("candle");
+            let worst = |a: &Tensor, b: &Tensor| -> f32 {
+                (a - b)
+                    .and_then(|d| d.abs())
+                    .and_then(|d| d.max_all())
+                    .and_then(|d| d.to_scalar::<f32>())
+                    .expect("diff")
+            };
+            assert!(worst(&norm.forward(&x).expect("fused"), &want) < 1e-5, "{b}x{c}x{h}x{w}/{groups}");
+            let want = want.silu().expect("silu");
+            assert!(
+                worst(&norm.forward_silu(&x).expect("fused silu"), &want) < 1e-5,
+                "silu {b}x{c}x{h}x{w}/{groups}"
+            );
         }
     }
 

@@ -6,6 +6,7 @@ pub mod clip;
 pub mod config;
 pub mod convert;
 pub mod cpu_conv;
+pub mod cpu_norm;
 pub mod layers;
 pub mod synthetic;
 pub mod unet;

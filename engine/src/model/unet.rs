@@ -5,11 +5,11 @@
 //! caching, token merging, LoRA) needs hooks inside the blocks.
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{GroupNorm, Linear};
+use candle_nn::Linear;
 
 use super::checkpoint::Weights;
 use super::config::UnetConfig;
-use super::layers::{Conv2d, LayerNorm, attention, conv2d, group_norm, layer_norm, linear};
+use super::layers::{Conv2d, GroupNorm, LayerNorm, attention, conv2d, group_norm, layer_norm, linear};
 use crate::error::{EngineError, Result};
 
 /// Sinusoidal embedding of `t` (diffusers `Timesteps` with `flip_sin_to_cos`, shift 0).
@@ -60,12 +60,12 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor, emb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let h = match (&self.time, emb) {
             (Some(t), Some(e)) => h.broadcast_add(&t.forward(&e.silu()?)?.unsqueeze(2)?.unsqueeze(3)?)?,
             _ => h,
         };
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         let skip = match &self.shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),
@@ -393,7 +393,7 @@ impl Unet {
                 h = s.forward(&h.upsample_nearest2d(th, tw)?)?;
             }
         }
-        let h = self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)?;
+        let h = self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?;
         Ok(h.to_dtype(DType::F32)?)
     }
 }

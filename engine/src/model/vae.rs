@@ -1,11 +1,11 @@
 //! The KL autoencoder's decoder (latents -> pixels).
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{GroupNorm, Linear};
+use candle_nn::Linear;
 
 use super::checkpoint::Weights;
 use super::config::VaeConfig;
-use super::layers::{CONV_UNFOLD_BUDGET, Conv2d, attention, conv2d, conv2d_with, group_norm, linear};
+use super::layers::{CONV_UNFOLD_BUDGET, Conv2d, GroupNorm, attention, conv2d, conv2d_with, group_norm, linear};
 use super::unet::PublicResnet;
 use crate::error::Result;
 
@@ -243,7 +243,7 @@ impl VaeDecoder {
                 h = s.forward(&h.upsample_nearest2d(hh * 2, ww * 2)?)?;
             }
         }
-        let h = self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)?;
+        let h = self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?;
         Ok(h.to_dtype(DType::F32)?)
     }
 }
@@ -316,7 +316,7 @@ impl VaeEncoder {
             h = a.forward(&h)?;
         }
         h = self.mid.2.forward(&h)?;
-        let mut h = self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)?;
+        let mut h = self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?;
         if let Some(q) = &self.quant {
             h = q.forward(&h)?;
         }
