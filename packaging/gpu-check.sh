@@ -13,6 +13,10 @@
 #   2. `bench pipeline --config sd15` (512x512, 20 steps DPM++ 2M, CFG 7) on CUDA in f16, and
 #      diffusers on the same work, side by side (packaging/bench/compare.py);
 #   3. `bench unet --config sdxl` (1024x1024, batch 2 = CFG) on CUDA in f16, both sides.
+# 2 and 3 run our side a second time with LATENT_STUDIO_FLASH_ATTN=0 (the chunked attention
+# instead of the fused kernel) as an extra column; check 1 runs f16 through the fused kernel;
+#   4. `bench attention`: the fused kernel against the chunked path at SD/SDXL shapes, time
+#      and largest difference (covers head sizes 40, 80, 160 and 64).
 set -u
 cd "$(dirname "$0")/.."
 BIN=${1:-.gpu/latent-studio}
@@ -36,13 +40,14 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-check-site .whl/*.whl &&
         export PYTHONPATH=/tmp/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}
 fi
-# The CUDA libraries the binary links (libcublas.so.13, libcurand.so.10, libnvrtc.so.13): from
+# The CUDA libraries the binary links (libcublas.so.13, libcurand.so.10, libnvrtc.so.13 and,
+# with flash attention, libcudart.so.13): from
 # the system, else from PyTorch's wheels.
 LIBS=$($PY - <<'EOF' 2>/dev/null
 import glob, os, site
 dirs = set()
 for sp in site.getsitepackages():
-    for pat in ("libcublas.so.*", "libcublasLt.so.*", "libcurand.so.*", "libnvrtc.so.*"):
+    for pat in ("libcublas.so.*", "libcublasLt.so.*", "libcurand.so.*", "libnvrtc.so.*", "libcudart.so.*"):
         for f in glob.glob(os.path.join(sp, "nvidia", "**", pat), recursive=True):
             dirs.add(os.path.dirname(f))
 print(":".join(sorted(dirs)))
@@ -92,12 +97,17 @@ fi
 echo "correctness failures: $FAILS"
 
 say "2. whole SD1.5 generation, 512x512, 20 steps, CFG 7, f16"
-timeout 200 $PY packaging/bench/compare.py pipeline --config sd15 --dtype f16 --device cuda --steps 20 --iters 3 --threads "$THREADS" --bin "$BIN" ||
+timeout 200 $PY packaging/bench/compare.py pipeline --config sd15 --dtype f16 --device cuda --steps 20 --iters 3 --threads "$THREADS" --bin "$BIN" \
+    --also LATENT_STUDIO_FLASH_ATTN=0 ||
     echo "(pipeline comparison did not finish)"
 
 say "3. SDXL UNet, 1024x1024, batch 2 (one CFG step), f16"
-timeout 200 $PY packaging/bench/compare.py unet --config sdxl --width 1024 --height 1024 --batch 2 --dtype f16 --device cuda --iters 5 --threads "$THREADS" --bin "$BIN" ||
+timeout 200 $PY packaging/bench/compare.py unet --config sdxl --width 1024 --height 1024 --batch 2 --dtype f16 --device cuda --iters 5 --threads "$THREADS" --bin "$BIN" \
+    --also LATENT_STUDIO_FLASH_ATTN=0 ||
     echo "(SDXL comparison did not finish)"
+
+say "4. attention alone, fused kernel against the chunked path (f16, batch 2)"
+timeout 120 "$BIN" bench attention --device cuda --dtype f16 --iters 5 || echo "(attention bench did not finish)"
 
 say "done in $(($(date +%s) - T0)) s; correctness failures: $FAILS"
 [ "$FAILS" -eq 0 ]

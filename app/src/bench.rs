@@ -585,3 +585,68 @@ pub fn solvers(a: SolversArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `bench attention`: attention alone at the shapes the real models run (batch 2 = one CFG
+/// step), through [`latent_engine::model::layers::attention`] (the fused kernel where this
+/// build and the inputs allow it) and through the chunked path, with the time of each and the
+/// largest difference between them relative to the largest output value.
+pub fn attention(device: latent_engine::DeviceKind, dtype: latent_engine::DType, iters: usize) -> Result<()> {
+    use candle_core::{DType as C, Tensor};
+    use latent_engine::model::layers::{attention, attention_is_fused, attention_unfused};
+    use std::time::Instant;
+    let dev = latent_engine::pipeline::open_device(device)?;
+    let cdt = match dtype {
+        latent_engine::DType::F32 => C::F32,
+        latent_engine::DType::F16 => C::F16,
+        latent_engine::DType::BF16 => C::BF16,
+    };
+    // (what, query tokens, key tokens, heads, head size)
+    let shapes = [
+        ("SD 1.x 512, level 1 self", 4096, 4096, 8, 40),
+        ("SD 1.x 512, level 1 cross", 4096, 77, 8, 40),
+        ("SD 1.x 512, level 2 self", 1024, 1024, 8, 80),
+        ("SD 1.x 512, level 3 self", 256, 256, 8, 160),
+        ("SD 2.x 768, level 1 self", 9216, 9216, 5, 64),
+        ("SDXL 1024, level 2 self", 4096, 4096, 10, 64),
+        ("SDXL 1024, level 2 cross", 4096, 77, 10, 64),
+        ("SDXL 1024, level 3 self", 1024, 1024, 20, 64),
+    ];
+    println!("attention on {device:?}, {}, batch 2, median of {iters}", dtype.name());
+    println!("| shape | queries x keys, heads x size | fused | chunked s | fused s | speed-up | max diff / max |");
+    println!("|---|---|---|---|---|---|---|");
+    for (i, (what, n, m, heads, d)) in shapes.into_iter().enumerate() {
+        let rand = |len: usize, salt: u64| -> Result<Tensor> {
+            let t = Tensor::randn(0f32, 1f32, (2, len, heads * d), &candle_core::Device::Cpu)?;
+            // A fixed, different tensor per shape and role without a global seed.
+            let shift = (i as f64 * 0.01) + salt as f64 * 0.001;
+            Ok((t + shift)?.to_dtype(cdt)?.to_device(&dev)?)
+        };
+        let (q, k, v) = (rand(n, 1)?, rand(m, 2)?, rand(m, 3)?);
+        let fused = attention_is_fused(&q, heads, false);
+        let time = |f: &dyn Fn() -> latent_engine::Result<Tensor>| -> Result<(f64, Tensor)> {
+            let mut out = f()?;
+            dev.synchronize()?;
+            let mut times = vec![];
+            for _ in 0..iters {
+                let t0 = Instant::now();
+                out = f()?;
+                dev.synchronize()?;
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            times.sort_by(f64::total_cmp);
+            Ok((times[times.len() / 2], out))
+        };
+        let (t_chunked, a) = time(&|| attention_unfused(&q, &k, &v, heads, false))?;
+        let (t_fused, b) = time(&|| attention(&q, &k, &v, heads, false))?;
+        let a = a.to_dtype(C::F32)?;
+        let diff = (&a - b.to_dtype(C::F32)?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let top = a.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1e-12);
+        println!(
+            "| {what} | {n} x {m}, {heads} x {d} | {} | {t_chunked:.4} | {t_fused:.4} | {:.2}x | {:.1e} |",
+            if fused { "yes" } else { "no" },
+            t_chunked / t_fused.max(1e-12),
+            diff / top
+        );
+    }
+    Ok(())
+}

@@ -207,6 +207,16 @@ enum BenchCmd {
     /// Time a whole generation, split into text, UNet (cond + uncond batched), VAE and
     /// previews, with its NFE.
     Pipeline(StageOpts),
+    /// Attention alone at the shapes of SD 1.x, SD 2.x and SDXL: the fused GPU kernel (a
+    /// `flash-attn` build) against the chunked path, time and largest difference.
+    Attention {
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+    },
     /// Time to merge, change and remove a LoRA on a random-weight model (no download).
     Lora {
         /// sd15, sd21 or sdxl.
@@ -407,6 +417,13 @@ pub fn run(args: Args) -> Result<()> {
         Some(Cmd::Bench {
             what: BenchCmd::Oracle { plot, json },
         }) => crate::bench::oracle(plot, json),
+        Some(Cmd::Bench {
+            what: BenchCmd::Attention { device, dtype, iters },
+        }) => {
+            let device = DeviceKind::parse(&device).with_context(|| format!("unknown --device '{device}' (cpu, cuda, metal)"))?;
+            let dtype = latent_engine::DType::parse(&dtype).with_context(|| format!("unknown --dtype '{dtype}' (f32, f16, bf16)"))?;
+            crate::bench::attention(device, dtype, iters.max(1))
+        }
         Some(Cmd::Bench {
             what: BenchCmd::Lora { config, rank },
         }) => crate::bench::lora(&config, rank),

@@ -68,6 +68,9 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=7.0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--also", action="append", default=[], metavar="KEY=VALUE",
+                    help="run our side once more with this environment variable set (e.g. "
+                         "LATENT_STUDIO_FLASH_ATTN=0) and print it as an extra column")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "latent-studio"))
     a = ap.parse_args()
     batch = a.batch or (2 if a.stage == "unet" else 1)
@@ -79,20 +82,26 @@ def main():
     ours = run([a.bin, "bench", a.stage, *common, *extra, "--json"], env, gpu)
     theirs = run([sys.executable, os.path.join(HERE, "diffusers_bench.py"), a.stage, *common, *extra,
                   "--threads", str(a.threads)], env, gpu)
+    variants = []
+    for kv in a.also:
+        key, _, value = kv.partition("=")
+        variants.append((kv, run([a.bin, "bench", a.stage, *common, *extra, "--json"], dict(env, **{key: value}), gpu)))
     where = theirs.get("gpu") if gpu else f"{a.threads} threads, {platform.processor() or platform.machine()}"
     print(f"\n{a.stage} {a.config} {a.width}x{a.height} batch {batch} {a.dtype} on {a.device}, {where}; torch {theirs.get('torch')}")
-    print("| | Latent Studio | diffusers | ratio |")
-    print("|---|---|---|---|")
+    print("| | Latent Studio | diffusers | ratio |" + "".join(f" ours, {kv} | ratio |" for kv, _ in variants))
+    print("|---|---|---|---|" + "---|---|" * len(variants))
     rows = [("median_s", "median s"), ("min_s", "min s"), ("peak_rss_gib", "peak RSS GiB")]
     if gpu:
         rows.append(("peak_gpu_gib", "peak GPU GiB (nvidia-smi)"))
     for key, label in rows:
         o, t = ours[key], theirs[key]
-        print(f"| {label} | {o:.2f} | {t:.2f} | {o / t:.2f}x |")
+        more = "".join(f" {v[key]:.2f} | {v[key] / t:.2f}x |" for _, v in variants)
+        print(f"| {label} | {o:.2f} | {t:.2f} | {o / t:.2f}x |{more}")
     if a.stage == "pipeline":
         for k in ["text", "unet", "vae", "previews"]:
             o, t = ours["split_s"][k], theirs["split_s"][k]
-            print(f"| {k} s | {o:.2f} | {t:.2f} | {(o / t) if t else float('nan'):.2f}x |")
+            more = "".join(f" {v['split_s'][k]:.2f} | {(v['split_s'][k] / t) if t else float('nan'):.2f}x |" for _, v in variants)
+            print(f"| {k} s | {o:.2f} | {t:.2f} | {(o / t) if t else float('nan'):.2f}x |{more}")
         print(f"| NFE | {ours['nfe']} | {theirs['nfe']} | |")
 
 

@@ -285,10 +285,27 @@ const SCORE_BUDGET: usize = 16 << 20;
 /// chunks; the full score matrix never exists in any case. The softmax runs in f32 whatever
 /// the model dtype (f16 scores overflow on large token counts).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
-    attention_with_budget(q, k, v, heads, causal, SCORE_BUDGET)
+    attention_with_budget(q, k, v, heads, causal, SCORE_BUDGET, true)
 }
 
-fn attention_with_budget(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool, budget: usize) -> Result<Tensor> {
+/// [`attention`] without the fused GPU kernel (what a build without `flash-attn` runs):
+/// `bench attention` compares the two.
+pub fn attention_unfused(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    attention_with_budget(q, k, v, heads, causal, SCORE_BUDGET, false)
+}
+
+/// Whether [`attention`] takes the fused GPU kernel for these inputs.
+pub fn attention_is_fused(q: &Tensor, heads: usize, causal: bool) -> bool {
+    let _ = (q, heads, causal);
+    #[cfg(feature = "flash-attn")]
+    if !causal && let Ok(c) = q.dim(2) {
+        return flash::supported(q, c / heads);
+    }
+    false
+}
+
+#[cfg_attr(not(feature = "flash-attn"), allow(unused_variables))]
+fn attention_with_budget(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool, budget: usize, fused: bool) -> Result<Tensor> {
     let (b, n, c) = q.dims3()?;
     let m = k.dim(1)?;
     let d = c / heads;
@@ -313,6 +330,13 @@ fn attention_with_budget(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causa
             super::attention::attention_blocked(&q, &k, &v, dims)
         };
         return Ok(Tensor::from_vec(out, (b, n, c), &device)?.to_dtype(dtype)?);
+    }
+    #[cfg(feature = "flash-attn")]
+    if fused && !training && !causal && flash::supported(q, d) {
+        match flash::attention(q, k, v, heads) {
+            Ok(out) => return Ok(out),
+            Err(e) => flash::disable(&e),
+        }
     }
     let split = |t: &Tensor, len: usize| -> Result<Tensor> { Ok(t.reshape((b, len, heads, d))?.transpose(1, 2)?.contiguous()?) };
     if !q.device().is_cpu() && !training {
@@ -348,6 +372,50 @@ fn attention_with_budget(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causa
     }
     let out = if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 2)? };
     Ok(out.transpose(1, 2)?.reshape((b, n, c))?)
+}
+
+/// Fused attention on CUDA (candle-flash-attn's FlashAttention-2 kernels): scores never leave
+/// the chip and one launch covers all heads. Used for f16 models whose head size has a compiled
+/// kernel (packaging/build-cuda.sh builds sizes up to 64, 96 and 160: SD 1.x's 40/80/160,
+/// SD 2.x and SDXL's 64); anything else, and `LATENT_STUDIO_FLASH_ATTN=0`, takes
+/// [`attention_on_gpu`].
+#[cfg(feature = "flash-attn")]
+mod flash {
+    use super::*;
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    /// 0: not decided yet, 1: on, 2: off (by the environment or after a failure).
+    static STATE: AtomicU8 = AtomicU8::new(0);
+
+    pub(super) fn supported(q: &Tensor, d: usize) -> bool {
+        let state = match STATE.load(Ordering::Relaxed) {
+            0 => {
+                let off = std::env::var("LATENT_STUDIO_FLASH_ATTN").is_ok_and(|v| v == "0");
+                let s = if off { 2 } else { 1 };
+                STATE.store(s, Ordering::Relaxed);
+                s
+            }
+            s => s,
+        };
+        state == 1 && q.device().is_cuda() && q.dtype() == candle_core::DType::F16 && d % 8 == 0 && (d <= 96 || (129..=160).contains(&d))
+    }
+
+    pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, n, c) = q.dims3()?;
+        let m = k.dim(1)?;
+        let d = c / heads;
+        // `[batch, tokens, heads * d]` is already the kernel's `[batch, tokens, heads, d]`.
+        let four = |t: &Tensor, len: usize| -> Result<Tensor> { Ok(t.contiguous()?.reshape((b, len, heads, d))?) };
+        let out = candle_flash_attn::flash_attn(&four(q, n)?, &four(k, m)?, &four(v, m)?, (1.0 / (d as f64).sqrt()) as f32, false)?;
+        Ok(out.reshape((b, n, c))?)
+    }
+
+    /// A kernel that fails once (an unsupported GPU) is not tried again in this process.
+    pub(super) fn disable(e: &EngineError) {
+        if STATE.swap(2, Ordering::Relaxed) == 1 {
+            eprintln!("flash attention unavailable, using the chunked path: {e}");
+        }
+    }
 }
 
 /// Score elements one chunk of queries may hold on a GPU (1 GiB in f16): one chunk for an
@@ -522,8 +590,8 @@ mod tests {
             let (q, k, v) = (mk(n, &mut rng), mk(m, &mut rng), mk(m, &mut rng));
             // A variable query makes it the training path (candle ops in query chunks).
             let q_var = candle_core::Var::from_tensor(&q).expect("var");
-            let chunked = attention_with_budget(q_var.as_tensor(), &k, &v, heads, causal, 2 * heads * m * 7).expect("chunked");
-            let blocked = attention_with_budget(&q, &k, &v, heads, causal, 2 * heads * m * 7).expect("blocked");
+            let chunked = attention_with_budget(q_var.as_tensor(), &k, &v, heads, causal, 2 * heads * m * 7, true).expect("chunked");
+            let blocked = attention_with_budget(&q, &k, &v, heads, causal, 2 * heads * m * 7, true).expect("blocked");
             let flat = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("vec");
             let dims = crate::model::attention::Dims {
                 batch: 2,
