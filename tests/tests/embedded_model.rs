@@ -288,19 +288,11 @@ fn the_object_classifier_recognises_training_pictures_it_has_not_seen() {
 
 /// Objects the prompts name, with backgrounds that none of the object's own colours has.
 fn object_prompts() -> Vec<(usize, String)> {
-    use latent_engine::train::dataset::OBJECTS;
+    use latent_engine::train::dataset::{OBJECTS, object_colors};
     let backgrounds = ["blue", "white", "purple", "pink", "orange", "black", "green", "red"];
     let mut out = vec![];
     for (k, o) in OBJECTS.iter().enumerate() {
-        let own: &[&str] = match *o {
-            "face" => &["yellow", "black"],
-            "sun" => &["yellow", "orange"],
-            "tree" => &["green", "brown"],
-            "house" => &["white", "red", "brown"],
-            "flower" => &["pink", "green", "yellow"],
-            "moon" => &["yellow"],
-            _ => &["red", "brown", "green"],
-        };
+        let own = object_colors(k);
         let spare: Vec<&str> = ["blue", "purple", "white", "black", "pink", "orange"]
             .into_iter()
             .filter(|c| !own.contains(c))

@@ -219,6 +219,20 @@ fn position_words(cx: f32, cy: f32) -> Option<&'static str> {
     }
 }
 
+/// The colours an object (index into [`OBJECTS`]) is drawn with: its background is never one
+/// of them.
+pub fn object_colors(object: usize) -> &'static [&'static str] {
+    match OBJECTS[object] {
+        "face" => &["yellow", "black"],
+        "sun" => &["yellow", "orange"],
+        "tree" => &["green", "brown"],
+        "house" => &["white", "red", "brown"],
+        "flower" => &["pink", "green", "yellow"],
+        "moon" => &["yellow"],
+        _ => &["red", "brown", "green"],
+    }
+}
+
 /// Sample `index` of the set drawn with `seed`, `size` x `size` pixels.
 pub fn sample(seed: u64, index: u64, size: u32) -> Sample {
     let mut d = Draw(TorchRng::new(seed.wrapping_mul(1_000_003).wrapping_add(index)));
@@ -247,15 +261,7 @@ pub fn sample(seed: u64, index: u64, size: u32) -> Sample {
     let avoid: Vec<usize> = match &subject {
         Subject::Shape { color, .. } => vec![*color],
         Subject::Object { object, .. } => {
-            let names: &[&str] = match OBJECTS[*object] {
-                "face" => &["yellow", "black"],
-                "sun" => &["yellow", "orange"],
-                "tree" => &["green", "brown"],
-                "house" => &["white", "red", "brown"],
-                "flower" => &["pink", "green", "yellow"],
-                "moon" => &["yellow"],
-                _ => &["red", "brown", "green"],
-            };
+            let names = object_colors(*object);
             COLORS
                 .iter()
                 .enumerate()
