@@ -116,6 +116,32 @@ impl Conv2d {
         y.reshape((b, o, h_out, w_out))
     }
 
+    /// candle's convolution with this padding, plus the bias: on CUDA (inference) the bias is
+    /// added by the engine's per-channel kernel instead of candle's broadcasting add.
+    fn conv_plus_bias(&self, x: &Tensor, padding: usize) -> candle_core::Result<Tensor> {
+        let cfg = self.inner.config();
+        #[cfg(feature = "cuda")]
+        if super::cuda_ops::applies(x) && !self.inner.weight().track_op() {
+            let y = x.conv2d(self.inner.weight(), padding, cfg.stride, cfg.dilation, cfg.groups)?;
+            return match self.inner.bias() {
+                Some(bias) => {
+                    let (_, _, h, w) = y.dims4()?;
+                    super::cuda_ops::add_per_channel(&y, bias, h * w)
+                }
+                None => Ok(y),
+            };
+        }
+        if padding == cfg.padding {
+            return self.inner.forward(x);
+        }
+        candle_nn::Conv2d::new(
+            self.inner.weight().clone(),
+            self.inner.bias().cloned(),
+            Conv2dConfig { padding, ..*cfg },
+        )
+        .forward(x)
+    }
+
     /// The convolution with at most `budget` bytes of unfolded input at a time.
     pub fn forward_within(&self, x: &Tensor, budget: usize) -> candle_core::Result<Tensor> {
         let cfg = self.inner.config();
@@ -133,7 +159,7 @@ impl Conv2d {
         let (b, c_in, h, w) = x.dims4()?;
         let (k_h, k_w) = (self.inner.weight().dim(2)?, self.inner.weight().dim(3)?);
         if k_h == 1 && k_w == 1 {
-            return self.inner.forward(x);
+            return self.conv_plus_bias(x, cfg.padding);
         }
         let (pad, stride) = (cfg.padding, cfg.stride.max(1));
         let h_out = (h + 2 * pad).saturating_sub(k_h) / stride + 1;
@@ -141,29 +167,25 @@ impl Conv2d {
         let row_bytes = b * w_out * k_h * k_w * c_in * x.dtype().size_in_bytes();
         let rows_per_band = (budget / row_bytes.max(1)).max(1);
         if rows_per_band >= h_out || cfg.groups != 1 || cfg.dilation != 1 {
-            return self.inner.forward(x);
+            return self.conv_plus_bias(x, cfg.padding);
         }
         let padded = x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?;
-        let band_conv = candle_nn::Conv2d::new(
-            self.inner.weight().clone(),
-            self.inner.bias().cloned(),
-            Conv2dConfig { padding: 0, ..*cfg },
-        );
         let mut bands = vec![];
         let mut r0 = 0;
         while r0 < h_out {
             let r1 = (r0 + rows_per_band).min(h_out);
             let first = r0 * stride;
             let rows = (r1 - 1) * stride + k_h - first;
-            bands.push(band_conv.forward(&padded.narrow(2, first, rows)?)?);
+            bands.push(self.conv_plus_bias(&padded.narrow(2, first, rows)?, 0)?);
             r0 = r1;
         }
         Tensor::cat(&bands, 2)
     }
 }
 
-/// Group normalisation: the fused CPU kernel of [`super::cpu_norm`] for f32 inference,
-/// candle's (tensor operations, differentiable) otherwise.
+/// Group normalisation: the fused CPU kernel of [`super::cpu_norm`] for f32 inference, on
+/// CUDA (inference, `cuda` builds) statistics by candle and one apply kernel of
+/// [`super::cuda_ops`], candle's (tensor operations, differentiable) otherwise.
 #[derive(Clone, Debug)]
 pub struct GroupNorm {
     inner: candle_nn::GroupNorm,
@@ -176,6 +198,17 @@ pub struct GroupNorm {
 impl GroupNorm {
     fn fused(&self, x: &Tensor, silu: bool) -> candle_core::Result<Option<Tensor>> {
         let tracked = x.track_op() || self.weight.track_op() || self.bias.track_op();
+        #[cfg(feature = "cuda")]
+        if !tracked && x.rank() >= 3 && super::cuda_ops::applies(x) && x.dim(1)? == self.weight.elem_count() {
+            return Ok(Some(super::cuda_ops::group_norm(
+                x,
+                self.groups,
+                self.eps,
+                &self.weight,
+                &self.bias,
+                silu,
+            )?));
+        }
         if tracked || !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.rank() < 2 {
             return Ok(None);
         }

@@ -7,6 +7,8 @@ pub mod config;
 pub mod convert;
 pub mod cpu_conv;
 pub mod cpu_norm;
+#[cfg(feature = "cuda")]
+pub mod cuda_ops;
 pub mod layers;
 pub mod synthetic;
 pub mod unet;

@@ -62,7 +62,7 @@ impl ResnetBlock {
     fn forward(&self, x: &Tensor, emb: Option<&Tensor>) -> Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let h = match (&self.time, emb) {
-            (Some(t), Some(e)) => h.broadcast_add(&t.forward(&e.silu()?)?.unsqueeze(2)?.unsqueeze(3)?)?,
+            (Some(t), Some(e)) => add_time(&h, &t.forward(&e.silu()?)?)?,
             _ => h,
         };
         let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
@@ -396,4 +396,14 @@ impl Unet {
         let h = self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?;
         Ok(h.to_dtype(DType::F32)?)
     }
+}
+
+/// `h + temb[:, :, None, None]`: on CUDA (inference) one per-(sample, channel) kernel.
+fn add_time(h: &Tensor, temb: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::model::cuda_ops::applies(h) && !temb.track_op() {
+        let (_, _, height, width) = h.dims4()?;
+        return Ok(crate::model::cuda_ops::add_per_channel(h, &temb.flatten_all()?, height * width)?);
+    }
+    Ok(h.broadcast_add(&temb.unsqueeze(2)?.unsqueeze(3)?)?)
 }
