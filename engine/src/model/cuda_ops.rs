@@ -1,5 +1,5 @@
 //! The engine's own CUDA kernels ([`kernels.cu`](kernels.cu)) as candle custom operations:
-//! per-channel scale/shift (biases, timestep embeddings) and group norm's normalise + affine
+//! per-channel shift (biases, timestep embeddings) and group norm's normalise + affine
 //! (+ SiLU) pass, each one kernel over contiguous data with 32-bit indices. candle runs these
 //! as broadcasting kernels that compute strided indices with 64-bit divisions per element
 //! (77 ms of an SDXL step's ~260 ms on an H200, BENCHMARKS.md). Inference only: callers use
@@ -10,6 +10,27 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CpuStorage, CudaStorage, DType, Layout, Shape, Tensor};
+
+/// Runs `$body` with `$t` the Rust type of `$dtype` (f32, f16, bf16).
+macro_rules! by_dtype {
+    ($dtype:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            DType::F16 => {
+                type $t = half::f16;
+                $body
+            }
+            DType::BF16 => {
+                type $t = half::bf16;
+                $body
+            }
+            d => candle_core::bail!("no CUDA kernel for {d:?}"),
+        }
+    };
+}
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/latent_kernels.ptx"));
 const MODULE: &str = "latent_studio_kernels";
@@ -34,36 +55,27 @@ fn u32_of(n: usize) -> candle_core::Result<u32> {
     u32::try_from(n).map_err(|_| candle_core::Error::Msg(format!("{n} elements: too many for one kernel")))
 }
 
-/// `x * scale[c] + shift[c]` with `c = (i / inner) % channels`.
-struct ChannelAffine {
+/// `x + shift[c]` with `c = (i / inner) % channels` (the kernel's scale left out).
+struct ChannelShift {
     inner: usize,
     channels: usize,
 }
 
-impl ChannelAffine {
-    fn run<T: CudaDType + DeviceRepr>(
-        &self,
-        x: (&CudaStorage, &Layout),
-        scale: Option<(&CudaStorage, &Layout)>,
-        shift: (&CudaStorage, &Layout),
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
+impl ChannelShift {
+    fn run<T: CudaDType + DeviceRepr>(&self, x: Arg, shift: Arg) -> candle_core::Result<(CudaStorage, Shape)> {
         let dev = x.0.device().clone();
         let n = x.1.shape().elem_count();
         let func = dev.get_or_load_custom_func(&format!("channel_affine_{}", suffix(x.0.dtype())?), MODULE, PTX)?;
         let xv = view::<T>(x.0, x.1)?;
         let shiftv = view::<T>(shift.0, shift.1)?;
-        let scalev = scale.map(|(s, l)| view::<T>(s, l)).transpose()?;
         // SAFETY: every element is written by the kernel below.
         #[allow(unsafe_code)]
         let out = unsafe { dev.alloc::<T>(n)? };
         let (n32, inner, channels) = (u32_of(n)?, u32_of(self.inner)?, u32_of(self.channels)?);
-        let null = 0u64;
+        let no_scale = 0u64;
         let mut b = func.builder();
         b.arg(&xv);
-        match &scalev {
-            Some(v) => b.arg(v),
-            None => b.arg(&null),
-        };
+        b.arg(&no_scale);
         b.arg(&shiftv);
         b.arg(&out);
         b.arg(&n32);
@@ -74,23 +86,9 @@ impl ChannelAffine {
         unsafe { b.launch(LaunchConfig::for_num_elems(n32)) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), x.1.shape().clone()))
     }
-
-    fn dispatch(
-        &self,
-        x: (&CudaStorage, &Layout),
-        scale: Option<(&CudaStorage, &Layout)>,
-        shift: (&CudaStorage, &Layout),
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        match x.0.dtype() {
-            DType::F32 => self.run::<f32>(x, scale, shift),
-            DType::F16 => self.run::<half::f16>(x, scale, shift),
-            DType::BF16 => self.run::<half::bf16>(x, scale, shift),
-            d => candle_core::bail!("no CUDA kernel for {d:?}"),
-        }
-    }
 }
 
-impl candle_core::CustomOp2 for ChannelAffine {
+impl candle_core::CustomOp2 for ChannelShift {
     fn name(&self) -> &'static str {
         "channel-shift"
     }
@@ -98,13 +96,23 @@ impl candle_core::CustomOp2 for ChannelAffine {
         candle_core::bail!("channel-shift runs on CUDA only")
     }
     fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout, s: &CudaStorage, sl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        self.dispatch((x, xl), None, (s, sl))
+        by_dtype!(x.dtype(), T => self.run::<T>((x, xl), (s, sl)))
     }
 }
 
-impl candle_core::CustomOp3 for ChannelAffine {
+type Arg<'a> = (&'a CudaStorage, &'a Layout);
+
+/// A three-input operation that only exists on CUDA; [`Op3`] makes it a candle custom op.
+trait Cuda3 {
+    const NAME: &'static str;
+    fn cuda(&self, a: Arg, b: Arg, c: Arg) -> candle_core::Result<(CudaStorage, Shape)>;
+}
+
+struct Op3<T>(T);
+
+impl<T: Cuda3 + Send + Sync> candle_core::CustomOp3 for Op3<T> {
     fn name(&self) -> &'static str {
-        "channel-affine"
+        T::NAME
     }
     fn cpu_fwd(
         &self,
@@ -115,18 +123,18 @@ impl candle_core::CustomOp3 for ChannelAffine {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("channel-affine runs on CUDA only")
+        candle_core::bail!("{} runs on CUDA only", T::NAME)
     }
     fn cuda_fwd(
         &self,
-        x: &CudaStorage,
-        xl: &Layout,
-        scale: &CudaStorage,
-        scl: &Layout,
-        shift: &CudaStorage,
-        shl: &Layout,
+        a: &CudaStorage,
+        al: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+        c: &CudaStorage,
+        cl: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        self.dispatch((x, xl), Some((scale, scl)), (shift, shl))
+        self.0.cuda((a, al), (b, bl), (c, cl))
     }
 }
 
@@ -141,7 +149,7 @@ pub fn applies(x: &Tensor) -> bool {
 pub fn add_per_channel(x: &Tensor, shift: &Tensor, inner: usize) -> candle_core::Result<Tensor> {
     let x = x.contiguous()?;
     let shift = shift.to_dtype(x.dtype())?.contiguous()?;
-    let op = ChannelAffine {
+    let op = ChannelShift {
         inner,
         channels: shift.elem_count(),
     };
@@ -168,7 +176,7 @@ pub fn group_norm(x: &Tensor, groups: usize, eps: f64, weight: &Tensor, bias: &T
     };
     let params = Tensor::cat(&[&mean, &rstd], 0)?;
     let affine = Tensor::cat(&[&weight.to_dtype(x.dtype())?, &bias.to_dtype(x.dtype())?], 0)?;
-    x.apply_op3_no_bwd(&params, &affine, &op)
+    x.apply_op3_no_bwd(&params, &affine, &Op3(op))
 }
 
 /// Group norm's apply pass; `params` is `[mean; rstd]` (f32, B*G each), `affine` is
@@ -181,12 +189,7 @@ struct GroupNormApply {
 }
 
 impl GroupNormApply {
-    fn run<T: CudaDType + DeviceRepr>(
-        &self,
-        x: (&CudaStorage, &Layout),
-        params: (&CudaStorage, &Layout),
-        affine: (&CudaStorage, &Layout),
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn run<T: CudaDType + DeviceRepr>(&self, x: Arg, params: Arg, affine: Arg) -> candle_core::Result<(CudaStorage, Shape)> {
         let dev = x.0.device().clone();
         let n = x.1.shape().elem_count();
         let func = dev.get_or_load_custom_func(&format!("group_norm_apply_{}", suffix(x.0.dtype())?), MODULE, PTX)?;
@@ -225,35 +228,9 @@ impl GroupNormApply {
     }
 }
 
-impl candle_core::CustomOp3 for GroupNormApply {
-    fn name(&self) -> &'static str {
-        "group-norm-apply"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("group-norm-apply runs on CUDA only")
-    }
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        xl: &Layout,
-        p: &CudaStorage,
-        pl: &Layout,
-        a: &CudaStorage,
-        al: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        match x.dtype() {
-            DType::F32 => self.run::<f32>((x, xl), (p, pl), (a, al)),
-            DType::F16 => self.run::<half::f16>((x, xl), (p, pl), (a, al)),
-            DType::BF16 => self.run::<half::bf16>((x, xl), (p, pl), (a, al)),
-            d => candle_core::bail!("no CUDA kernel for {d:?}"),
-        }
+impl Cuda3 for GroupNormApply {
+    const NAME: &'static str = "group-norm-apply";
+    fn cuda(&self, x: Arg, params: Arg, affine: Arg) -> candle_core::Result<(CudaStorage, Shape)> {
+        by_dtype!(x.0.dtype(), T => self.run::<T>(x, params, affine))
     }
 }
