@@ -98,22 +98,22 @@ fn slice<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
     }
 }
 
-struct Dims {
-    b: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    kh: usize,
-    kw: usize,
-    p: usize,
-    s: usize,
-    h_out: usize,
-    w_out: usize,
+pub(crate) struct Dims {
+    pub b: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub p: usize,
+    pub s: usize,
+    pub h_out: usize,
+    pub w_out: usize,
 }
 
 #[allow(unsafe_code)]
-fn conv<T: Copy + Send + Sync + num_traits::Zero + num_traits::One + 'static>(
+pub(crate) fn conv<T: Copy + Send + Sync + num_traits::Zero + num_traits::One + 'static>(
     d: &Dims,
     x: &[T],
     w: &[T],
@@ -191,7 +191,7 @@ fn conv<T: Copy + Send + Sync + num_traits::Zero + num_traits::One + 'static>(
 
 /// Writes the unfolded input of output rows `r0..r1` into `col`: one row of
 /// `(r1 - r0) * w_out` values per (channel, ky, kx), zero where the window leaves the input.
-fn unfold<T: Copy + Send + Sync + num_traits::Zero>(d: &Dims, x: &[T], r0: usize, r1: usize, col: &mut [T]) {
+pub(crate) fn unfold<T: Copy + Send + Sync + num_traits::Zero>(d: &Dims, x: &[T], r0: usize, r1: usize, col: &mut [T]) {
     let n = (r1 - r0) * d.w_out;
     col.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
         let ci = row / (d.kh * d.kw);

@@ -21,7 +21,7 @@ fn silu(x: f32) -> f32 {
 
 /// Mean and variance of one group's values, accumulated in f64 lanes.
 #[inline(always)]
-fn stats(v: &[f32]) -> (f32, f32) {
+pub(crate) fn stats(v: &[f32]) -> (f32, f32) {
     let n = v.len().max(1) as f64;
     let mut acc = [0f64; 4];
     let chunks = v.chunks_exact(4);

@@ -78,7 +78,8 @@ impl Module for Conv2d {
 }
 
 impl Conv2d {
-    /// The convolution as shifted copies and one matrix product. candle's own convolution
+    /// The convolution as shifted copies and one matrix product (training off the f32 CPU
+    /// path of [`super::cpu_grad`]). candle's own convolution
     /// differentiates through a transposed convolution that is very slow on the CPU; this
     /// form's backward pass is two matrix products and copies (training is 5-10x faster).
     fn forward_by_matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -146,6 +147,9 @@ impl Conv2d {
     pub fn forward_within(&self, x: &Tensor, budget: usize) -> candle_core::Result<Tensor> {
         let cfg = self.inner.config();
         if (x.track_op() || self.inner.weight().track_op()) && cfg.groups == 1 && cfg.dilation == 1 {
+            if super::cpu_grad::supports(x) && super::cpu_grad::supports(self.inner.weight()) {
+                return super::cpu_grad::conv2d(x, self.inner.weight(), self.inner.bias(), cfg.padding, cfg.stride);
+            }
             return self.forward_by_matmul(x);
         }
         if cfg.groups == 1 && cfg.dilation == 1 && super::cpu_conv::supports(x) {
@@ -185,7 +189,8 @@ impl Conv2d {
 
 /// Group normalisation: the fused CPU kernel of [`super::cpu_norm`] for f32 inference, on
 /// CUDA (inference, `cuda` builds) statistics by candle and one apply kernel of
-/// [`super::cuda_ops`], candle's (tensor operations, differentiable) otherwise.
+/// [`super::cuda_ops`], the differentiable kernel of [`super::cpu_grad`] when training on
+/// the CPU in f32, candle's (tensor operations, differentiable) otherwise.
 #[derive(Clone, Debug)]
 pub struct GroupNorm {
     inner: candle_nn::GroupNorm,
@@ -208,6 +213,10 @@ impl GroupNorm {
                 &self.bias,
                 silu,
             )?));
+        }
+        if tracked && x.rank() >= 3 && super::cpu_grad::supports(x) && super::cpu_grad::supports(&self.weight) {
+            let y = super::cpu_grad::group_norm(x, self.groups, self.eps, &self.weight, &self.bias)?;
+            return Ok(Some(if silu { y.silu()? } else { y }));
         }
         if tracked || !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.rank() < 2 {
             return Ok(None);

@@ -6,6 +6,7 @@ pub mod clip;
 pub mod config;
 pub mod convert;
 pub mod cpu_conv;
+pub mod cpu_grad;
 pub mod cpu_norm;
 #[cfg(feature = "cuda")]
 pub mod cuda_ops;

@@ -238,7 +238,7 @@ pub fn train_lora(o: &LoraOptions, mut log: impl FnMut(&str)) -> Result<f32> {
     let cfg = crate::model::config::infer(&base, &name)?;
     let size = cfg.default_size.0;
     let lora = LoraTrainable::new(&base, o.rank.max(1), o.seed, &dev)?;
-    let mut opt = candle_nn::AdamW::new(
+    let mut opt = super::adamw::AdamW::new(
         lora.vars(),
         candle_nn::ParamsAdamW {
             lr: o.lr,

@@ -264,8 +264,8 @@ pub fn fit_preview(params: &Params, cfg: &ModelConfig, seed: u64) -> Result<Late
     LatentRgb::fit(&rows(&lat)?, &rows(&small)?).ok_or_else(|| EngineError::Other("the latent preview fit is singular".into()))
 }
 
-fn adamw(vars: Vec<candle_core::Var>, lr: f64) -> Result<candle_nn::AdamW> {
-    Ok(candle_nn::AdamW::new(
+fn adamw(vars: Vec<candle_core::Var>, lr: f64) -> Result<super::adamw::AdamW> {
+    Ok(super::adamw::AdamW::new(
         vars,
         candle_nn::ParamsAdamW {
             lr,
