@@ -109,11 +109,18 @@ impl ConvOp {
         Ok((CpuStorage::F32(out), Shape::from((d.b, d.o, d.h_out, d.w_out))))
     }
 
-    /// Gradients of the input and the kernel.
-    fn grads(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Gradients of the input and the kernel, each only where it is wanted (a frozen kernel,
+    /// as in LoRA training, or the UNet's input need none).
+    fn grads(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &ConvInputGrad(self.0, x.shape().clone()))?;
-        let dw = x.apply_op2_no_bwd(&dy, &ConvKernelGrad(self.0, w.shape().clone()))?;
+        let dx = match x.track_op() {
+            true => Some(dy.apply_op2_no_bwd(w, &ConvInputGrad(self.0, x.shape().clone()))?),
+            false => None,
+        };
+        let dw = match w.track_op() {
+            true => Some(x.apply_op2_no_bwd(&dy, &ConvKernelGrad(self.0, w.shape().clone()))?),
+            false => None,
+        };
         Ok((dx, dw))
     }
 }
@@ -126,8 +133,7 @@ impl CustomOp2 for ConvOp {
         self.forward((s1, l1), (s2, l2), None)
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.grads(x, w, dy)?;
-        Ok((Some(dx), Some(dw)))
+        self.grads(x, w, dy)
     }
 }
 
@@ -150,14 +156,17 @@ impl CustomOp3 for ConvOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = self.grads(x, w, dy)?;
         // Per-channel sum of dy over images and pixels.
-        let db = dy.contiguous()?.apply_op1_no_bwd(&ChannelSum)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let db = match b.track_op() {
+            true => Some(dy.contiguous()?.apply_op1_no_bwd(&ChannelSum)?),
+            false => None,
+        };
+        Ok((dx, dw, db))
     }
 }
 
@@ -509,6 +518,26 @@ mod tests {
                 |t| t[0].conv2d(&t[1], p, s, 1, 1).expect("candle"),
             );
         }
+    }
+
+    #[test]
+    fn a_frozen_kernel_gets_no_gradient_and_the_input_the_same_one() {
+        // LoRA training: the base kernel is a plain tensor, only the input carries gradients.
+        let x = Var::from_tensor(&randn(&[2, 3, 6, 6], 7)).expect("var");
+        let (w, b) = (randn(&[4, 3, 3, 3], 8), randn(&[4], 9));
+        let proj = randn(&[2, 4, 6, 6], 10);
+        let loss = |y: Tensor| (y * &proj).and_then(|t| t.sum_all()).expect("loss");
+        let ours = loss(conv2d(x.as_tensor(), &w, Some(&b), 1, 1).expect("ours"))
+            .backward()
+            .expect("backward");
+        let reference = x
+            .as_tensor()
+            .conv2d(&w, 1, 1, 1, 1)
+            .and_then(|y| y.broadcast_add(&b.reshape((1, 4, 1, 1))?));
+        let theirs = loss(reference.expect("candle")).backward().expect("backward");
+        assert!(ours.get(&w).is_none() && ours.get(&b).is_none());
+        let r = max_rel(ours.get(x.as_tensor()).expect("dx"), theirs.get(x.as_tensor()).expect("dx"));
+        assert!(r < 1e-4, "{r}");
     }
 
     #[test]
