@@ -205,6 +205,7 @@ impl Pipeline {
         let unet = Unet::new(&w, &cfg.unet)?;
         let vae = VaeDecoder::new(&w, &cfg.vae)?;
         let report = report(&w);
+        let schedule = ModelSchedule::for_model(cfg.zero_terminal_snr);
         let preview = LatentRgb::from_metadata(&w.metadata).unwrap_or(if cfg.family == Family::Sdxl {
             LatentRgb::SDXL
         } else {
@@ -224,7 +225,7 @@ impl Pipeline {
             lora_hashes: vec![],
             device,
             dtype,
-            schedule: ModelSchedule::stable_diffusion(),
+            schedule,
             preview,
             vae_tiling: VaeTiling::Auto,
         })

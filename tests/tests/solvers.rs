@@ -50,6 +50,8 @@ struct Case {
     kind: ScheduleKind,
     convention: Option<Convention>,
     eta: Option<f64>,
+    /// SD's schedule rescaled to zero terminal SNR.
+    zero_snr: bool,
 }
 
 const fn case(name: &'static str, solver: &'static str, steps: usize) -> Case {
@@ -60,11 +62,12 @@ const fn case(name: &'static str, solver: &'static str, steps: usize) -> Case {
         kind: ScheduleKind::Default,
         convention: None,
         eta: None,
+        zero_snr: false,
     }
 }
 
 fn check(c: &Case, reference: &std::collections::HashMap<String, Tensor>) -> f64 {
-    let model = ModelSchedule::stable_diffusion();
+    let model = ModelSchedule::for_model(c.zero_snr);
     let info = solver_info(c.solver).expect("registered");
     let run = schedule::build(&model, c.convention.unwrap_or(info.convention), c.kind, c.steps, false);
     let mut rng = TorchRng::new(0);
@@ -146,6 +149,24 @@ fn solvers_match_diffusers_schedulers() {
         case("lcm", "lcm", 4),
         case("tcd", "tcd", 4),
         case("ddpm", "ddpm", 10),
+        Case {
+            zero_snr: true,
+            ..case("euler-zsnr", "euler", 10)
+        },
+        Case {
+            zero_snr: true,
+            kind: ScheduleKind::Discrete(schedule::Spacing::Trailing),
+            ..case("euler-zsnr-trailing", "euler", 10)
+        },
+        Case {
+            zero_snr: true,
+            ..case("dpm++2m-zsnr", "dpm++2m", 10)
+        },
+        Case {
+            zero_snr: true,
+            kind: ScheduleKind::Karras,
+            ..case("dpm++2m-zsnr-karras", "dpm++2m", 10)
+        },
     ];
     let failures: Vec<String> = cases
         .iter()

@@ -118,6 +118,9 @@ pub struct ModelConfig {
     pub text_layer_base: usize,
     /// A hint from the name or metadata that this is a distilled few-step model (Turbo, LCM).
     pub few_step: bool,
+    /// Trained on SD's schedule rescaled to zero terminal SNR (`rescale_betas_zero_snr` in its
+    /// metadata or scheduler config): generation uses that schedule too.
+    pub zero_terminal_snr: bool,
     pub default_size: (u32, u32),
     /// The guidance scale the model is made for: its metadata's (`latent_studio.guidance`),
     /// else 1 for few-step models (Turbo, LCM: no CFG), else 7.
@@ -454,6 +457,12 @@ pub fn infer(w: &Weights, name: &str) -> Result<ModelConfig> {
         .and_then(Value::as_f64)
         .filter(|g| g.is_finite() && (1.0..=30.0).contains(g))
         .unwrap_or(if few_step { 1.0 } else { DEFAULT_GUIDANCE });
+    let zero_terminal_snr = h
+        .ours
+        .get("rescale_betas_zero_snr")
+        .and_then(Value::as_bool)
+        .or_else(|| h.cfg("scheduler", "rescale_betas_zero_snr").and_then(Value::as_bool))
+        .unwrap_or(false);
     Ok(ModelConfig {
         family,
         text,
@@ -462,6 +471,7 @@ pub fn infer(w: &Weights, name: &str) -> Result<ModelConfig> {
         vae,
         text_layer_base,
         few_step,
+        zero_terminal_snr,
         default_size: (size, size),
         default_guidance,
     })

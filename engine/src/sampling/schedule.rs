@@ -57,6 +57,43 @@ impl ModelSchedule {
         Self { alphas_cumprod, sigmas }
     }
 
+    /// The same schedule rescaled to zero terminal SNR (Lin et al. 2023, diffusers'
+    /// `rescale_betas_zero_snr`): `sqrt(alpha_bar)` shifted so the last timestep carries no
+    /// signal at all and scaled so the first is unchanged. With SD's schedule the last
+    /// timestep otherwise keeps 6.8% of the image (`sqrt(alpha_bar) = 0.068`): a model learns
+    /// to read the layout from that leak, and at generation, which starts from pure noise,
+    /// reads one from the seed instead of the prompt. The last `alpha_bar` is then set to
+    /// 2^-24 as diffusers does, so its sigma is 4096 rather than infinite.
+    pub fn zero_terminal_snr(&self) -> Self {
+        let root: Vec<f64> = self.alphas_cumprod.iter().map(|a| a.sqrt()).collect();
+        let (first, last) = (root[0], root[root.len() - 1]);
+        let mut alphas_cumprod: Vec<f64> = root
+            .iter()
+            .map(|r| {
+                let v = (r - last) * first / (first - last);
+                (v * v) as f32 as f64
+            })
+            .collect();
+        if let Some(l) = alphas_cumprod.last_mut() {
+            *l = 2f64.powi(-24);
+        }
+        let sigmas = alphas_cumprod
+            .iter()
+            .map(|&a| {
+                let a = a as f32;
+                (((1.0f32 - a) / a).sqrt()) as f64
+            })
+            .collect();
+        Self { alphas_cumprod, sigmas }
+    }
+
+    /// The training schedule of a model: SD's, rescaled to zero terminal SNR when the model
+    /// says it was trained that way.
+    pub fn for_model(zero_terminal_snr: bool) -> Self {
+        let sd = Self::stable_diffusion();
+        if zero_terminal_snr { sd.zero_terminal_snr() } else { sd }
+    }
+
     /// Number of training timesteps.
     pub fn len(&self) -> usize {
         self.sigmas.len()
@@ -549,6 +586,32 @@ impl RunSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_terminal_snr_matches_diffusers() {
+        // diffusers 0.42.1: rescale_zero_terminal_snr(scaled_linear betas) then cumprod
+        // (float32), and EulerDiscreteScheduler(rescale_betas_zero_snr=True)'s 2^-24 at the end.
+        let z = ModelSchedule::stable_diffusion().zero_terminal_snr();
+        for (t, want) in [
+            (0, 0.999_149_978_160_858_2),
+            (1, 0.998_233_497_142_791_7),
+            (10, 0.989_793_717_861_175_5),
+            (100, 0.886_761_069_297_790_5),
+            (500, 0.241_018_638_014_793_4),
+            (900, 0.002_960_391_342_639_923),
+            (990, 1.653_038_634_685_799_5e-5),
+            (998, 1.967_963_356_719_337_8e-7),
+        ] {
+            // diffusers goes back to betas and multiplies them up again in float32; we rescale
+            // alpha_bar directly: the same values to 3e-5 relative at the noisy end.
+            let got = z.alphas_cumprod[t];
+            assert!((got - want).abs() <= 1e-4 * want, "t {t}: {got} vs {want}");
+        }
+        assert_eq!(z.alphas_cumprod[999], 2f64.powi(-24));
+        assert!((z.sigmas[999] - 4096.0).abs() < 0.01, "{}", z.sigmas[999]);
+        // The untouched schedule keeps its leak.
+        assert!(ModelSchedule::stable_diffusion().alphas_cumprod[999].sqrt() > 0.06);
+    }
 
     #[test]
     fn sd_schedule_endpoints() {

@@ -54,6 +54,7 @@ pub fn embedded_config() -> ModelConfig {
         prediction: Prediction::V,
         text_layer_base: 1,
         few_step: false,
+        zero_terminal_snr: false,
         default_size: (IMAGE_SIZE, IMAGE_SIZE),
         default_guidance: GUIDANCE,
     }

@@ -90,6 +90,7 @@ pub fn model_metadata(cfg: &ModelConfig, extra: serde_json::Value) -> String {
         "norm_groups": cfg.unet.groups,
         "guidance": cfg.default_guidance,
         "vae_scaling_factor": cfg.vae.scaling_factor,
+        "rescale_betas_zero_snr": cfg.zero_terminal_snr,
         "prediction_type": match cfg.prediction {
             crate::protocol::Prediction::Epsilon => "epsilon",
             crate::protocol::Prediction::V => "v_prediction",

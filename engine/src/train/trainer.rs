@@ -151,7 +151,7 @@ pub fn diffusion_loss_with(w: &Weights, cfg: &ModelConfig, latents: &Tensor, cap
         },
     )?;
     let b = latents.dim(0)?;
-    let schedule = ModelSchedule::stable_diffusion();
+    let schedule = ModelSchedule::for_model(cfg.zero_terminal_snr);
     let n = schedule.alphas_cumprod.len();
     let timesteps: Vec<f64> = (0..b)
         .map(|_| ((rng.next_uniform_f64() * n as f64) as usize).min(n - 1) as f64)
@@ -334,6 +334,10 @@ mod tests {
         assert_eq!(
             pipe.config.prediction, cfg.prediction,
             "the parameterisation travels in the metadata"
+        );
+        assert_eq!(
+            pipe.config.zero_terminal_snr, cfg.zero_terminal_snr,
+            "so does the schedule it was trained on"
         );
         assert_eq!(pipe.preview_coefficients(), &preview, "the fitted preview travels in the metadata");
         let _ = std::fs::remove_dir_all(&dir);
