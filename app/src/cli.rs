@@ -246,7 +246,7 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 20)]
     steps: u32,
     /// Classifier-free guidance scale (1 disables guidance and halves the cost); default: the
-    /// one the model is made for (7 for most, 3 for the embedded model, 1 for Turbo/LCM).
+    /// one the model is made for (7 for most, 2 for the embedded model, 1 for Turbo/LCM).
     #[arg(long)]
     cfg: Option<f64>,
     /// Seed of the initial noise (torch CPU generator compatible); random when omitted.
