@@ -48,6 +48,61 @@ fn gemm_par() -> gemm::Parallelism {
     }
 }
 
+/// A matrix in a slice: `rows x cols` with the given strides between rows and columns.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl Mat<'_> {
+    fn fits(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `dst = lhs · rhs` (or `dst += lhs · rhs` when `accumulate`), `dst` row-major with
+/// `lhs.cols` = `rhs.rows`; every extent is checked against its slice before the product.
+#[allow(unsafe_code)]
+fn matmul(dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat) -> Result<()> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    if rhs.rows != k || dst.len() < m * n || !lhs.fits() || !rhs.fits() {
+        candle_core::bail!(
+            "training kernel: matrix product {m}x{k} by {}x{n} does not fit its buffers",
+            rhs.rows
+        );
+    }
+    // SAFETY: the extents of dst (m x n, row stride n), lhs and rhs were checked against
+    // their slices just above; gemm reads and writes only inside them.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1f32,
+            1f32,
+            false,
+            false,
+            false,
+            gemm_par(),
+        );
+    }
+    Ok(())
+}
+
 /// Convolution geometry (groups 1, dilation 1).
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
@@ -204,7 +259,6 @@ impl CustomOp2 for ConvInputGrad {
     fn name(&self) -> &'static str {
         "latent-conv2d-input-grad"
     }
-    #[allow(unsafe_code)]
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = self.0.dims(&self.1, l2.shape())?;
         let dy = f32s(s1, l1, "convolution gradient")?;
@@ -214,32 +268,22 @@ impl CustomOp2 for ConvInputGrad {
         let mut col = vec![0f32; k * n];
         for bi in 0..d.b {
             let g = &dy[bi * d.o * n..(bi + 1) * d.o * n];
-            // SAFETY: dst is the (k, n) column buffer (row stride n); lhs is Wᵀ, (k, o) read
-            // from the (o, k) kernel with column stride k and row stride 1; rhs is dy_b,
-            // (o, n) with row stride n. All slices hold exactly those elements.
-            unsafe {
-                gemm::gemm(
-                    k,
-                    n,
-                    d.o,
-                    col.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    g.as_ptr(),
-                    1,
-                    n as isize,
-                    0f32,
-                    1f32,
-                    false,
-                    false,
-                    false,
-                    gemm_par(),
-                );
-            }
+            // col (k x n) = Wᵀ (k x o, read from the o x k kernel) · dy_b (o x n).
+            let wt = Mat {
+                data: w,
+                rows: k,
+                cols: d.o,
+                row_stride: 1,
+                col_stride: k,
+            };
+            let gb = Mat {
+                data: g,
+                rows: d.o,
+                cols: n,
+                row_stride: n,
+                col_stride: 1,
+            };
+            matmul(&mut col, false, wt, gb)?;
             fold(&d, &col, &mut dx[bi * d.c * d.h * d.w..(bi + 1) * d.c * d.h * d.w]);
         }
         Ok((CpuStorage::F32(dx), self.1.clone()))
@@ -280,7 +324,6 @@ impl CustomOp2 for ConvKernelGrad {
     fn name(&self) -> &'static str {
         "latent-conv2d-kernel-grad"
     }
-    #[allow(unsafe_code)]
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = self.0.dims(l1.shape(), &self.1)?;
         let x = f32s(s1, l1, "convolution gradient")?;
@@ -298,33 +341,22 @@ impl CustomOp2 for ConvKernelGrad {
                 &col
             };
             let g = &dy[bi * d.o * n..(bi + 1) * d.o * n];
-            // SAFETY: dst is the (o, k) kernel gradient (row stride k), accumulated after the
-            // first image; lhs is dy_b, (o, n) with row stride n; rhs is the unfolded input
-            // transposed, (n, k) read from the (k, n) buffer with column stride n and row
-            // stride 1. All slices hold exactly those elements.
-            unsafe {
-                gemm::gemm(
-                    d.o,
-                    k,
-                    n,
-                    dw.as_mut_ptr(),
-                    1,
-                    k as isize,
-                    bi > 0,
-                    g.as_ptr(),
-                    1,
-                    n as isize,
-                    cols.as_ptr(),
-                    n as isize,
-                    1,
-                    1f32,
-                    1f32,
-                    false,
-                    false,
-                    false,
-                    gemm_par(),
-                );
-            }
+            // dW (o x k) += dy_b (o x n) · unfold(x_b)ᵀ (n x k, read from the k x n buffer).
+            let gb = Mat {
+                data: g,
+                rows: d.o,
+                cols: n,
+                row_stride: n,
+                col_stride: 1,
+            };
+            let colt = Mat {
+                data: cols,
+                rows: n,
+                cols: k,
+                row_stride: 1,
+                col_stride: n,
+            };
+            matmul(&mut dw, bi > 0, gb, colt)?;
         }
         Ok((CpuStorage::F32(dw), self.1.clone()))
     }

@@ -47,6 +47,11 @@ impl ModelSchedule {
             acc *= alpha as f64;
             alphas_cumprod.push(acc as f32 as f64);
         }
+        Self::from_alphas_cumprod(alphas_cumprod)
+    }
+
+    /// The schedule of these `alpha_bar` values, with sigmas computed in float32 as diffusers.
+    fn from_alphas_cumprod(alphas_cumprod: Vec<f64>) -> Self {
         let sigmas = alphas_cumprod
             .iter()
             .map(|&a| {
@@ -77,14 +82,7 @@ impl ModelSchedule {
         if let Some(l) = alphas_cumprod.last_mut() {
             *l = 2f64.powi(-24);
         }
-        let sigmas = alphas_cumprod
-            .iter()
-            .map(|&a| {
-                let a = a as f32;
-                (((1.0f32 - a) / a).sqrt()) as f64
-            })
-            .collect();
-        Self { alphas_cumprod, sigmas }
+        Self::from_alphas_cumprod(alphas_cumprod)
     }
 
     /// The training schedule of a model: SD's, rescaled to zero terminal SNR when the model
