@@ -235,8 +235,22 @@ pub fn object_colors(object: usize) -> &'static [&'static str] {
 
 /// Sample `index` of the set drawn with `seed`, `size` x `size` pixels.
 pub fn sample(seed: u64, index: u64, size: u32) -> Sample {
+    draw(seed, index, size, false)
+}
+
+/// Sample `index` of the set drawn with `seed`, where a share `large_shapes` of the indices
+/// (picked by a stream of their own) is always a large shape: the denoiser's data when shape
+/// words should get more of the training (`latent-studio train --large-shapes`). The other
+/// indices are exactly [`sample`]'s, and the large shapes keep its colours, backgrounds and
+/// captions.
+pub fn sample_weighted(seed: u64, index: u64, size: u32, large_shapes: f32) -> Sample {
+    let pick = Draw(TorchRng::new(seed.wrapping_mul(1_000_033).wrapping_add(index) ^ 0x1a26_e5a9)).unit();
+    draw(seed, index, size, pick < large_shapes)
+}
+
+fn draw(seed: u64, index: u64, size: u32, large_shape: bool) -> Sample {
     let mut d = Draw(TorchRng::new(seed.wrapping_mul(1_000_003).wrapping_add(index)));
-    let is_object = d.unit() < 0.35;
+    let is_object = d.unit() < 0.35 && !large_shape;
     let (subject, large) = if is_object {
         let object = d.below(OBJECTS.len());
         (
@@ -247,7 +261,7 @@ pub fn sample(seed: u64, index: u64, size: u32) -> Sample {
             true,
         )
     } else {
-        let large = d.unit() < 0.6;
+        let large = d.unit() < 0.6 || large_shape;
         (
             Subject::Shape {
                 shape: d.below(SHAPES.len()),
@@ -392,5 +406,45 @@ mod tests {
             "every shape and object appears: {kinds:?}"
         );
         assert_ne!(sample(7, 0, 64).image, sample(8, 0, 64).image, "the seed matters");
+    }
+
+    #[test]
+    fn weighted_samples_are_large_shapes_as_often_as_asked_and_otherwise_the_set() {
+        let n = 2000;
+        let large = |s: &Sample| matches!(s.subject, Subject::Shape { large: true, .. });
+        let plain = (0..n).filter(|&i| large(&sample(3, i, 16))).count() as f64 / n as f64;
+        assert!((plain - 0.39).abs() < 0.04, "the set's own share of large shapes: {plain}");
+        let mut colors = std::collections::HashSet::new();
+        let mut shapes = std::collections::HashSet::new();
+        let mut forced = 0;
+        for i in 0..n {
+            let w = sample_weighted(3, i, 16, 0.5);
+            if large(&w) {
+                forced += 1;
+                if let Subject::Shape { shape, color, .. } = w.subject {
+                    colors.insert(color);
+                    shapes.insert(shape);
+                    assert!(
+                        w.caption.starts_with(&format!(
+                            "a{} {} {}",
+                            if color == 1 { "n" } else { "" },
+                            COLORS[color].0,
+                            SHAPES[shape]
+                        )),
+                        "{}",
+                        w.caption
+                    );
+                }
+            } else {
+                // What is not forced is the set's own sample.
+                let s = sample(3, i, 16);
+                assert_eq!((w.caption, w.image), (s.caption, s.image));
+            }
+        }
+        let share = forced as f64 / n as f64;
+        // 0.5 forced + 0.5 x 0.39 by chance.
+        assert!((share - 0.695).abs() < 0.04, "share of large shapes: {share}");
+        assert_eq!((colors.len(), shapes.len()), (COLORS.len(), SHAPES.len()));
+        assert_eq!(sample_weighted(3, 5, 16, 0.0).caption, sample(3, 5, 16).caption);
     }
 }

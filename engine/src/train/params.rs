@@ -127,12 +127,19 @@ impl Params {
     /// Loads values saved by [`Params::save`] (training resumes where it stopped). Every
     /// parameter must be present with its shape.
     pub fn load(&self, path: &Path) -> Result<HashMap<String, String>> {
+        self.load_prefix(path, "")
+    }
+
+    /// [`Params::load`] for the parameters whose names start with `prefix` only (the others
+    /// keep their values): e.g. `vae.` takes a trained autoencoder from an exported model
+    /// (f16 or f32), which has the same names.
+    pub fn load_prefix(&self, path: &Path, prefix: &str) -> Result<HashMap<String, String>> {
         let data = std::fs::read(path).map_err(|e| io(path, e))?;
         let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| EngineError::BadSafetensors {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        for (name, var) in &self.vars {
+        for (name, var) in self.vars.iter().filter(|(n, _)| n.starts_with(prefix)) {
             let view = st
                 .tensor(name)
                 .map_err(|_| EngineError::MissingTensor(format!("{name} in {}", path.display())))?;

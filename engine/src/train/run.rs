@@ -12,7 +12,7 @@ use candle_nn::Optimizer;
 
 use super::model::{IMAGE_SIZE, all_shapes, embedded_config};
 use super::params::Params;
-use super::trainer::{batch, diffusion_loss, encode_latents, vae_loss};
+use super::trainer::{batch, batch_weighted, diffusion_loss, encode_latents, vae_loss};
 use crate::error::{EngineError, Result};
 use crate::model::config::ModelConfig;
 use crate::preview::LatentRgb;
@@ -38,6 +38,12 @@ pub struct TrainOptions {
     /// Seed of the procedural training set.
     pub data_seed: u64,
     pub save_every: u64,
+    /// Share of the denoiser's samples forced to be large shapes (on top of the set's own
+    /// 39%): shape words need far more steps than colours and objects (BENCHMARKS.md).
+    pub large_shapes: f32,
+    /// Start a new run from this model's autoencoder (an exported embedded model, e.g. the
+    /// shipped one) instead of training one: phase 1 is skipped.
+    pub autoencoder_from: Option<PathBuf>,
     /// Stop after this many seconds (then resume later); `None` runs to the end.
     pub time_limit: Option<f64>,
 }
@@ -56,6 +62,8 @@ impl Default for TrainOptions {
             seed: 1,
             data_seed: 1,
             save_every: 100,
+            large_shapes: 0.0,
+            autoencoder_from: None,
             time_limit: None,
         }
     }
@@ -121,6 +129,7 @@ pub fn train(o: &TrainOptions) -> Result<Option<PathBuf>> {
     let mut cfg = embedded_config();
     let params = Params::init(&all_shapes(&cfg), o.seed, &dev)?;
     let ckpt = o.out.join("checkpoint.safetensors");
+    let save = |meta: &HashMap<String, String>| params.save(&ckpt, meta.clone());
     let mut meta = if ckpt.exists() {
         let m = params.load(&ckpt)?;
         log.line(&format!("resumed from {} ({m:?})", ckpt.display()));
@@ -132,11 +141,25 @@ pub fn train(o: &TrainOptions) -> Result<Option<PathBuf>> {
             params.count("unet.") as f64 / 1e6,
             params.count("vae.") as f64 / 1e6
         ));
-        HashMap::new()
+        let mut meta = HashMap::new();
+        if let Some(from) = &o.autoencoder_from {
+            let theirs = params.load_prefix(from, "vae.")?;
+            meta.insert("vae_step".into(), o.vae_steps.to_string());
+            // The scale their latents were measured with (else measured again below).
+            let scale = theirs
+                .get("latent_studio")
+                .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+                .and_then(|v| v.get("vae_scaling_factor").and_then(serde_json::Value::as_f64));
+            if let Some(s) = scale {
+                meta.insert("vae_scaling_factor".into(), format!("{s}"));
+            }
+            log.line(&format!("autoencoder from {} (scaling factor {scale:?})", from.display()));
+            save(&meta)?;
+        }
+        meta
     };
     let started = Instant::now();
     let out_of_time = |started: &Instant| o.time_limit.is_some_and(|t| started.elapsed().as_secs_f64() > t);
-    let save = |meta: &HashMap<String, String>| params.save(&ckpt, meta.clone());
 
     // Phase 1: the autoencoder.
     let mut step = meta_u64(&meta, "vae_step");
@@ -197,6 +220,7 @@ pub fn train(o: &TrainOptions) -> Result<Option<PathBuf>> {
 
     // Phase 2: text encoder + UNet on the (frozen) autoencoder's latents.
     let mut step = meta_u64(&meta, "diffusion_step");
+    meta.insert("large_shapes".into(), o.large_shapes.to_string());
     if step < o.diffusion_steps {
         let mut opt = adamw(params.select(&["unet.", "te1."]), o.diffusion_lr)?;
         let mut rng = TorchRng::new(o.seed ^ 0x5eed_0002 ^ step);
@@ -204,7 +228,7 @@ pub fn train(o: &TrainOptions) -> Result<Option<PathBuf>> {
         let first = step;
         let mut avg = 0f32;
         while step < o.diffusion_steps {
-            let b = batch(o.data_seed, &indices(step + 1_000_000, o.batch), IMAGE_SIZE, &dev)?;
+            let b = batch_weighted(o.data_seed, &indices(step + 1_000_000, o.batch), IMAGE_SIZE, o.large_shapes, &dev)?;
             let lat = encode_latents(&params, &cfg, &b.images)?;
             let l = diffusion_loss(&params, &cfg, &lat, &b.captions, &mut rng)?;
             opt.set_learning_rate(cosine(o.diffusion_lr, step, o.diffusion_steps));
@@ -246,6 +270,9 @@ pub fn export(params: &Params, cfg: &ModelConfig, path: &Path, meta: &HashMap<St
         "vae_steps": meta_u64(meta, "vae_step"),
         "diffusion_steps": meta_u64(meta, "diffusion_step"),
     });
+    if let Some(share) = meta.get("large_shapes").and_then(|v| v.parse::<f64>().ok()) {
+        extra["large_shapes"] = serde_json::json!(share);
+    }
     if let Some(p) = preview {
         extra["latent_rgb"] = p.to_json();
     }

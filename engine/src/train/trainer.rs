@@ -26,10 +26,16 @@ pub struct Batch {
 
 /// Samples `indices` of the procedural set drawn with `seed`.
 pub fn batch(seed: u64, indices: &[u64], size: u32, device: &Device) -> Result<Batch> {
+    batch_weighted(seed, indices, size, 0.0, device)
+}
+
+/// [`batch`] with a share `large_shapes` of the samples forced to large shapes
+/// ([`dataset::sample_weighted`]).
+pub fn batch_weighted(seed: u64, indices: &[u64], size: u32, large_shapes: f32, device: &Device) -> Result<Batch> {
     let items: Vec<(ImageRgb8, String)> = indices
         .iter()
         .map(|&i| {
-            let s = dataset::sample(seed, i, size);
+            let s = dataset::sample_weighted(seed, i, size, large_shapes);
             (s.image, s.caption)
         })
         .collect();
@@ -308,6 +314,25 @@ mod tests {
         // The saved file is an ordinary checkpoint: the engine loads it.
         let w = crate::model::checkpoint::load(&path, DType::F32, &dev).expect("engine loads it");
         assert!(w.has("unet.conv_in.weight") && w.has("vae.encoder.conv_in.weight"));
+        // `--autoencoder-from`: only the autoencoder comes from the file, also from an f16 export.
+        let f16 = dir.join("model-f16.safetensors");
+        a.save_as(&f16, DType::F16, std::collections::HashMap::new()).expect("save f16");
+        let c = Params::init(&shapes, 3, &dev).expect("init");
+        let before: Vec<Tensor> = c.vars.iter().map(|(_, v)| v.as_tensor().copy().expect("copy")).collect();
+        c.load_prefix(&f16, "vae.").expect("load the autoencoder");
+        for (((n, va), (_, vc)), old) in a.vars.iter().zip(&c.vars).zip(&before) {
+            let (want, tol) = if n.starts_with("vae.") {
+                (va.as_tensor(), 1e-2)
+            } else {
+                (old, 0.0)
+            };
+            let d = (want - vc.as_tensor())
+                .and_then(|t| t.abs())
+                .and_then(|t| t.max_all())
+                .and_then(|t| t.to_scalar::<f32>())
+                .expect("diff");
+            assert!(d <= tol, "{n}: {d}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
