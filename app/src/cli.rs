@@ -85,6 +85,9 @@ enum Cmd {
         diffusion_steps: u64,
         #[arg(long, default_value_t = 16)]
         batch: usize,
+        /// Peak learning rate of the text encoder + UNet (50-step warm-up, then cosine to 10%).
+        #[arg(long, default_value_t = 5e-4)]
+        lr: f64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
         #[arg(long, default_value_t = 1)]
@@ -95,6 +98,10 @@ enum Cmd {
         /// set's own 39%: shape words need more steps than colours and objects.
         #[arg(long, default_value_t = 0.0)]
         large_shapes: f32,
+        /// Draw shapes on these backgrounds only (comma-separated colour names, e.g.
+        /// black,white); objects keep every background. Default: any colour.
+        #[arg(long, value_delimiter = ',')]
+        shape_backgrounds: Vec<String>,
         /// Take the autoencoder from this model (e.g. the shipped one) and train only the
         /// text encoder and UNet (a new run only; a checkpoint in --out wins).
         #[arg(long)]
@@ -390,13 +397,27 @@ pub fn run(args: Args) -> Result<()> {
             vae_full_steps,
             diffusion_steps,
             batch,
+            lr,
             seed,
             data_seed,
             save_every,
             large_shapes,
+            shape_backgrounds,
             autoencoder_from,
             minutes,
         }) => {
+            use latent_engine::train::dataset::{COLORS, Mix};
+            let shape_backgrounds = shape_backgrounds
+                .iter()
+                .map(|name| {
+                    COLORS.iter().position(|(n, _)| n == name).with_context(|| {
+                        format!(
+                            "unknown colour '{name}' in --shape-backgrounds ({})",
+                            COLORS.map(|c| c.0).join(", ")
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
             let o = latent_engine::train::run::TrainOptions {
                 out,
                 vae_steps,
@@ -404,10 +425,18 @@ pub fn run(args: Args) -> Result<()> {
                 vae_full_steps,
                 diffusion_steps,
                 batch: batch.max(1),
+                diffusion_lr: if lr.is_finite() && lr > 0.0 {
+                    lr
+                } else {
+                    bail!("--lr must be a positive number")
+                },
                 seed,
                 data_seed,
                 save_every: save_every.max(1),
-                large_shapes: large_shapes.clamp(0.0, 1.0),
+                mix: Mix {
+                    large_shapes: large_shapes.clamp(0.0, 1.0),
+                    shape_backgrounds,
+                },
                 autoencoder_from,
                 time_limit: minutes.map(|m| m * 60.0),
                 ..Default::default()

@@ -235,20 +235,29 @@ pub fn object_colors(object: usize) -> &'static [&'static str] {
 
 /// Sample `index` of the set drawn with `seed`, `size` x `size` pixels.
 pub fn sample(seed: u64, index: u64, size: u32) -> Sample {
-    draw(seed, index, size, false)
+    draw(seed, index, size, false, &[])
 }
 
-/// Sample `index` of the set drawn with `seed`, where a share `large_shapes` of the indices
-/// (picked by a stream of their own) is always a large shape: the denoiser's data when shape
-/// words should get more of the training (`latent-studio train --large-shapes`). The other
-/// indices are exactly [`sample`]'s, and the large shapes keep its colours, backgrounds and
-/// captions.
-pub fn sample_weighted(seed: u64, index: u64, size: u32, large_shapes: f32) -> Sample {
+/// How the denoiser's pictures are drawn from the set (`latent-studio train` options).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Mix {
+    /// Share of the indices (picked by a stream of their own) that are always a large shape:
+    /// shape words need more of the training than colours and objects. The other indices
+    /// are [`sample`]'s pictures.
+    pub large_shapes: f32,
+    /// The backgrounds (indices into [`COLORS`]) shapes are drawn on, never the shape's own
+    /// colour; empty: any other colour, as in [`sample`]. Objects keep every background.
+    pub shape_backgrounds: Vec<usize>,
+}
+
+/// Sample `index` of the set drawn with `seed`, drawn as `mix` asks; with the default mix it
+/// is [`sample`]'s.
+pub fn sample_mixed(seed: u64, index: u64, size: u32, mix: &Mix) -> Sample {
     let pick = Draw(TorchRng::new(seed.wrapping_mul(1_000_033).wrapping_add(index) ^ 0x1a26_e5a9)).unit();
-    draw(seed, index, size, pick < large_shapes)
+    draw(seed, index, size, pick < mix.large_shapes, &mix.shape_backgrounds)
 }
 
-fn draw(seed: u64, index: u64, size: u32, large_shape: bool) -> Sample {
+fn draw(seed: u64, index: u64, size: u32, large_shape: bool, shape_backgrounds: &[usize]) -> Sample {
     let mut d = Draw(TorchRng::new(seed.wrapping_mul(1_000_003).wrapping_add(index)));
     let is_object = d.unit() < 0.35 && !large_shape;
     let (subject, large) = if is_object {
@@ -284,7 +293,11 @@ fn draw(seed: u64, index: u64, size: u32, large_shape: bool) -> Sample {
                 .collect()
         }
     };
-    let allowed: Vec<usize> = (0..COLORS.len()).filter(|i| !avoid.contains(i)).collect();
+    let candidates: Vec<usize> = match &subject {
+        Subject::Shape { .. } if shape_backgrounds.iter().any(|b| !avoid.contains(b) && *b < COLORS.len()) => shape_backgrounds.to_vec(),
+        _ => (0..COLORS.len()).collect(),
+    };
+    let allowed: Vec<usize> = candidates.into_iter().filter(|i| !avoid.contains(i) && *i < COLORS.len()).collect();
     let background = allowed[d.below(allowed.len())];
     let r = if large { d.range(0.28, 0.36) } else { d.range(0.15, 0.2) };
     let (cx, cy) = if large {
@@ -417,8 +430,12 @@ mod tests {
         let mut colors = std::collections::HashSet::new();
         let mut shapes = std::collections::HashSet::new();
         let mut forced = 0;
+        let half = Mix {
+            large_shapes: 0.5,
+            ..Default::default()
+        };
         for i in 0..n {
-            let w = sample_weighted(3, i, 16, 0.5);
+            let w = sample_mixed(3, i, 16, &half);
             if large(&w) {
                 forced += 1;
                 if let Subject::Shape { shape, color, .. } = w.subject {
@@ -445,6 +462,38 @@ mod tests {
         // 0.5 forced + 0.5 x 0.39 by chance.
         assert!((share - 0.695).abs() < 0.04, "share of large shapes: {share}");
         assert_eq!((colors.len(), shapes.len()), (COLORS.len(), SHAPES.len()));
-        assert_eq!(sample_weighted(3, 5, 16, 0.0).caption, sample(3, 5, 16).caption);
+        assert_eq!(sample_mixed(3, 5, 16, &Mix::default()).caption, sample(3, 5, 16).caption);
+    }
+
+    #[test]
+    fn shapes_can_be_kept_to_some_backgrounds_and_objects_keep_theirs() {
+        let (black, white) = (8, 9);
+        assert_eq!((COLORS[black].0, COLORS[white].0), ("black", "white"));
+        let mix = Mix {
+            large_shapes: 0.0,
+            shape_backgrounds: vec![black, white],
+        };
+        let mut object_backgrounds = std::collections::HashSet::new();
+        for i in 0..600 {
+            let s = sample_mixed(4, i, 16, &mix);
+            match s.subject {
+                Subject::Shape { color, .. } => {
+                    // White shapes go on black, black ones on white.
+                    let want = if color == black {
+                        vec![white]
+                    } else if color == white {
+                        vec![black]
+                    } else {
+                        vec![black, white]
+                    };
+                    assert!(want.contains(&s.background), "{}", s.caption);
+                }
+                Subject::Object { .. } => {
+                    object_backgrounds.insert(s.background);
+                    assert_eq!(s.caption, sample(4, i, 16).caption);
+                }
+            }
+        }
+        assert!(object_backgrounds.len() >= 6, "{object_backgrounds:?}");
     }
 }

@@ -12,7 +12,7 @@ use candle_nn::Optimizer;
 
 use super::model::{IMAGE_SIZE, all_shapes, embedded_config};
 use super::params::Params;
-use super::trainer::{batch, batch_weighted, diffusion_loss, encode_latents, vae_loss};
+use super::trainer::{batch, batch_mixed, diffusion_loss, encode_latents, vae_loss};
 use crate::error::{EngineError, Result};
 use crate::model::config::ModelConfig;
 use crate::preview::LatentRgb;
@@ -38,9 +38,10 @@ pub struct TrainOptions {
     /// Seed of the procedural training set.
     pub data_seed: u64,
     pub save_every: u64,
-    /// Share of the denoiser's samples forced to be large shapes (on top of the set's own
-    /// 39%): shape words need far more steps than colours and objects (BENCHMARKS.md).
-    pub large_shapes: f32,
+    /// How the denoiser's pictures are drawn: a share forced to large shapes (on top of the
+    /// set's own 39%; shape words need far more steps than colours and objects, BENCHMARKS.md)
+    /// and the backgrounds shapes are drawn on.
+    pub mix: super::dataset::Mix,
     /// Start a new run from this model's autoencoder (an exported embedded model, e.g. the
     /// shipped one) instead of training one: phase 1 is skipped.
     pub autoencoder_from: Option<PathBuf>,
@@ -62,7 +63,7 @@ impl Default for TrainOptions {
             seed: 1,
             data_seed: 1,
             save_every: 100,
-            large_shapes: 0.0,
+            mix: super::dataset::Mix::default(),
             autoencoder_from: None,
             time_limit: None,
         }
@@ -220,7 +221,15 @@ pub fn train(o: &TrainOptions) -> Result<Option<PathBuf>> {
 
     // Phase 2: text encoder + UNet on the (frozen) autoencoder's latents.
     let mut step = meta_u64(&meta, "diffusion_step");
-    meta.insert("large_shapes".into(), o.large_shapes.to_string());
+    meta.insert("large_shapes".into(), o.mix.large_shapes.to_string());
+    let names: Vec<&str> = o
+        .mix
+        .shape_backgrounds
+        .iter()
+        .filter_map(|&i| super::dataset::COLORS.get(i).map(|c| c.0))
+        .collect();
+    meta.insert("shape_backgrounds".into(), names.join(","));
+    meta.insert("diffusion_lr".into(), o.diffusion_lr.to_string());
     if step < o.diffusion_steps {
         let mut opt = adamw(params.select(&["unet.", "te1."]), o.diffusion_lr)?;
         let mut rng = TorchRng::new(o.seed ^ 0x5eed_0002 ^ step);
@@ -228,7 +237,7 @@ pub fn train(o: &TrainOptions) -> Result<Option<PathBuf>> {
         let first = step;
         let mut avg = 0f32;
         while step < o.diffusion_steps {
-            let b = batch_weighted(o.data_seed, &indices(step + 1_000_000, o.batch), IMAGE_SIZE, o.large_shapes, &dev)?;
+            let b = batch_mixed(o.data_seed, &indices(step + 1_000_000, o.batch), IMAGE_SIZE, &o.mix, &dev)?;
             let lat = encode_latents(&params, &cfg, &b.images)?;
             let l = diffusion_loss(&params, &cfg, &lat, &b.captions, &mut rng)?;
             opt.set_learning_rate(cosine(o.diffusion_lr, step, o.diffusion_steps));
@@ -272,6 +281,12 @@ pub fn export(params: &Params, cfg: &ModelConfig, path: &Path, meta: &HashMap<St
     });
     if let Some(share) = meta.get("large_shapes").and_then(|v| v.parse::<f64>().ok()) {
         extra["large_shapes"] = serde_json::json!(share);
+    }
+    if let Some(lr) = meta.get("diffusion_lr").and_then(|v| v.parse::<f64>().ok()) {
+        extra["diffusion_lr"] = serde_json::json!(lr);
+    }
+    if let Some(names) = meta.get("shape_backgrounds").filter(|n| !n.is_empty()) {
+        extra["shape_backgrounds"] = serde_json::json!(names);
     }
     if let Some(p) = preview {
         extra["latent_rgb"] = p.to_json();

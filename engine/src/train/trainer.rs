@@ -26,16 +26,15 @@ pub struct Batch {
 
 /// Samples `indices` of the procedural set drawn with `seed`.
 pub fn batch(seed: u64, indices: &[u64], size: u32, device: &Device) -> Result<Batch> {
-    batch_weighted(seed, indices, size, 0.0, device)
+    batch_mixed(seed, indices, size, &dataset::Mix::default(), device)
 }
 
-/// [`batch`] with a share `large_shapes` of the samples forced to large shapes
-/// ([`dataset::sample_weighted`]).
-pub fn batch_weighted(seed: u64, indices: &[u64], size: u32, large_shapes: f32, device: &Device) -> Result<Batch> {
+/// [`batch`] drawn as `mix` asks ([`dataset::sample_mixed`]).
+pub fn batch_mixed(seed: u64, indices: &[u64], size: u32, mix: &dataset::Mix, device: &Device) -> Result<Batch> {
     let items: Vec<(ImageRgb8, String)> = indices
         .iter()
         .map(|&i| {
-            let s = dataset::sample_weighted(seed, i, size, large_shapes);
+            let s = dataset::sample_mixed(seed, i, size, mix);
             (s.image, s.caption)
         })
         .collect();
