@@ -102,6 +102,10 @@ enum Cmd {
         /// black,white); objects keep every background. Default: any colour.
         #[arg(long, value_delimiter = ',')]
         shape_backgrounds: Vec<String>,
+        /// Share (0-1) of the shapes whose caption leaves out the shape's colour ("a star on a
+        /// black background").
+        #[arg(long, default_value_t = 0.0)]
+        drop_shape_colour: f32,
         /// Take the autoencoder from this model (e.g. the shipped one) and train only the
         /// text encoder and UNet (a new run only; a checkpoint in --out wins).
         #[arg(long)]
@@ -403,6 +407,7 @@ pub fn run(args: Args) -> Result<()> {
             save_every,
             large_shapes,
             shape_backgrounds,
+            drop_shape_colour,
             autoencoder_from,
             minutes,
         }) => {
@@ -436,6 +441,7 @@ pub fn run(args: Args) -> Result<()> {
                 mix: Mix {
                     large_shapes: large_shapes.clamp(0.0, 1.0),
                     shape_backgrounds,
+                    drop_shape_colour: drop_shape_colour.clamp(0.0, 1.0),
                 },
                 autoencoder_from,
                 time_limit: minutes.map(|m| m * 60.0),

@@ -235,7 +235,7 @@ pub fn object_colors(object: usize) -> &'static [&'static str] {
 
 /// Sample `index` of the set drawn with `seed`, `size` x `size` pixels.
 pub fn sample(seed: u64, index: u64, size: u32) -> Sample {
-    draw(seed, index, size, false, &[])
+    draw(seed, index, size, false, &[], false)
 }
 
 /// How the denoiser's pictures are drawn from the set (`latent-studio train` options).
@@ -248,16 +248,27 @@ pub struct Mix {
     /// The backgrounds (indices into [`COLORS`]) shapes are drawn on, never the shape's own
     /// colour; empty: any other colour, as in [`sample`]. Objects keep every background.
     pub shape_backgrounds: Vec<usize>,
+    /// Share of the shapes whose caption leaves the shape's colour out ("a star on a black
+    /// background"): the shape word then explains most of what the caption can predict.
+    pub drop_shape_colour: f32,
 }
 
 /// Sample `index` of the set drawn with `seed`, drawn as `mix` asks; with the default mix it
 /// is [`sample`]'s.
 pub fn sample_mixed(seed: u64, index: u64, size: u32, mix: &Mix) -> Sample {
     let pick = Draw(TorchRng::new(seed.wrapping_mul(1_000_033).wrapping_add(index) ^ 0x1a26_e5a9)).unit();
-    draw(seed, index, size, pick < mix.large_shapes, &mix.shape_backgrounds)
+    let drop = Draw(TorchRng::new(seed.wrapping_mul(1_000_037).wrapping_add(index) ^ 0x0c01_0a2d)).unit();
+    draw(
+        seed,
+        index,
+        size,
+        pick < mix.large_shapes,
+        &mix.shape_backgrounds,
+        drop < mix.drop_shape_colour,
+    )
 }
 
-fn draw(seed: u64, index: u64, size: u32, large_shape: bool, shape_backgrounds: &[usize]) -> Sample {
+fn draw(seed: u64, index: u64, size: u32, large_shape: bool, shape_backgrounds: &[usize], drop_colour: bool) -> Sample {
     let mut d = Draw(TorchRng::new(seed.wrapping_mul(1_000_003).wrapping_add(index)));
     let is_object = d.unit() < 0.35 && !large_shape;
     let (subject, large) = if is_object {
@@ -332,7 +343,10 @@ fn draw(seed: u64, index: u64, size: u32, large_shape: bool, shape_backgrounds: 
     let a = |word: &str| if word.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
     let caption = match &subject {
         Subject::Shape { shape, color, large } => {
-            let mut c = if *large {
+            let mut c = if drop_colour {
+                let size = if *large { "" } else { "small " };
+                format!("{} {size}{}", a(if *large { SHAPES[*shape] } else { "small" }), SHAPES[*shape])
+            } else if *large {
                 format!("{} {} {}", a(COLORS[*color].0), COLORS[*color].0, SHAPES[*shape])
             } else {
                 format!("a small {} {}", COLORS[*color].0, SHAPES[*shape])
@@ -472,6 +486,7 @@ mod tests {
         let mix = Mix {
             large_shapes: 0.0,
             shape_backgrounds: vec![black, white],
+            ..Default::default()
         };
         let mut object_backgrounds = std::collections::HashSet::new();
         for i in 0..600 {
@@ -495,5 +510,38 @@ mod tests {
             }
         }
         assert!(object_backgrounds.len() >= 6, "{object_backgrounds:?}");
+    }
+
+    #[test]
+    fn shape_captions_can_leave_the_colour_out() {
+        let mix = Mix {
+            drop_shape_colour: 0.3,
+            ..Default::default()
+        };
+        let (mut dropped, mut shapes) = (0, 0);
+        for i in 0..1000 {
+            let (m, s) = (sample_mixed(5, i, 16, &mix), sample(5, i, 16));
+            // The same picture; only the caption may differ.
+            assert_eq!(m.image, s.image);
+            if let Subject::Shape { color, shape, .. } = m.subject {
+                shapes += 1;
+                if !m.caption.contains(COLORS[color].0) {
+                    dropped += 1;
+                    assert_eq!(
+                        m.caption.replace(&format!(" {}", COLORS[color].0), "").replace("an ", "a "),
+                        s.caption.replace(&format!(" {}", COLORS[color].0), "").replace("an ", "a ")
+                    );
+                    assert!(
+                        m.caption.contains(SHAPES[shape]) && m.caption.ends_with(" background"),
+                        "{}",
+                        m.caption
+                    );
+                }
+            } else {
+                assert_eq!(m.caption, s.caption);
+            }
+        }
+        let share = f64::from(dropped) / f64::from(shapes);
+        assert!((share - 0.3).abs() < 0.06, "{share}");
     }
 }

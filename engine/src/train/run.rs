@@ -230,6 +230,7 @@ pub fn train(o: &TrainOptions) -> Result<Option<PathBuf>> {
         .collect();
     meta.insert("shape_backgrounds".into(), names.join(","));
     meta.insert("diffusion_lr".into(), o.diffusion_lr.to_string());
+    meta.insert("drop_shape_colour".into(), o.mix.drop_shape_colour.to_string());
     if step < o.diffusion_steps {
         let mut opt = adamw(params.select(&["unet.", "te1."]), o.diffusion_lr)?;
         let mut rng = TorchRng::new(o.seed ^ 0x5eed_0002 ^ step);
@@ -282,8 +283,10 @@ pub fn export(params: &Params, cfg: &ModelConfig, path: &Path, meta: &HashMap<St
     if let Some(share) = meta.get("large_shapes").and_then(|v| v.parse::<f64>().ok()) {
         extra["large_shapes"] = serde_json::json!(share);
     }
-    if let Some(lr) = meta.get("diffusion_lr").and_then(|v| v.parse::<f64>().ok()) {
-        extra["diffusion_lr"] = serde_json::json!(lr);
+    for key in ["diffusion_lr", "drop_shape_colour"] {
+        if let Some(v) = meta.get(key).and_then(|v| v.parse::<f64>().ok()) {
+            extra[key] = serde_json::json!(v);
+        }
     }
     if let Some(names) = meta.get("shape_backgrounds").filter(|n| !n.is_empty()) {
         extra["shape_backgrounds"] = serde_json::json!(names);
