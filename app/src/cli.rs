@@ -110,9 +110,17 @@ enum Cmd {
         /// text encoder and UNet (a new run only; a checkpoint in --out wins).
         #[arg(long)]
         autoencoder_from: Option<PathBuf>,
+        /// Also give the UNet the text encoder's pooled output (end token) through
+        /// `add_embedding`, as SDXL does: the whole prompt reaches every block at once.
+        #[arg(long)]
+        pooled_text: bool,
         /// Stop (after saving) once this many minutes have passed; resume later.
         #[arg(long)]
         minutes: Option<f64>,
+        /// Stop (after saving) once the denoiser reaches this step; resume later. Stopping
+        /// and resuming at the same steps reproduces a run exactly.
+        #[arg(long)]
+        stop_at: Option<u64>,
     },
     /// Train a LoRA on a model (kohya format, for the LoRA panel): on your own pictures
     /// (--images DIR: PNG files, captions from NAME.txt, the PNG's prompt, or the file name)
@@ -409,7 +417,9 @@ pub fn run(args: Args) -> Result<()> {
             shape_backgrounds,
             drop_shape_colour,
             autoencoder_from,
+            pooled_text,
             minutes,
+            stop_at,
         }) => {
             use latent_engine::train::dataset::{COLORS, Mix};
             let shape_backgrounds = shape_backgrounds
@@ -444,12 +454,14 @@ pub fn run(args: Args) -> Result<()> {
                     drop_shape_colour: drop_shape_colour.clamp(0.0, 1.0),
                 },
                 autoencoder_from,
+                pooled_text,
                 time_limit: minutes.map(|m| m * 60.0),
+                stop_at,
                 ..Default::default()
             };
             match latent_engine::train::run::train(&o)? {
                 Some(path) => println!("model: {}", path.display()),
-                None => println!("stopped at the time limit; run the same command to resume"),
+                None => println!("stopped before the end (--minutes or --stop-at); run the same command to resume"),
             }
             Ok(())
         }

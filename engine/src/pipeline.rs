@@ -441,7 +441,9 @@ impl Pipeline {
                 TextRequest {
                     layer_from_end: self.config.text_layer_base + clip_skip as usize - 1,
                     final_norm: true,
-                    pooled: false,
+                    // An SD 1.x-family UNet with `add_embedding` (the embedded model trained
+                    // with `--pooled-text`) takes the last encoder's pooled output, as SDXL.
+                    pooled: self.config.unet.addition.is_some() && i + 1 == self.text.len(),
                 }
             };
             let (hidden, pool) = enc.forward(&rows, req)?;

@@ -12,6 +12,20 @@ pub const GUIDANCE: f64 = 2.0;
 /// Training images are this many pixels square.
 pub const IMAGE_SIZE: u32 = 64;
 
+/// Width of each size value's sinusoidal embedding when the UNet takes the pooled text
+/// embedding ([`with_pooled_text`]), as SDXL's `addition_time_embed_dim` (256 there).
+pub const POOLED_SIZE_EMBED: usize = 8;
+
+/// `cfg` with SDXL's additional conditioning: the text encoder's output at the end token
+/// (the whole prompt in one vector) plus the image size, through `add_embedding`, added to
+/// the timestep embedding that every ResNet block sees. Cross-attention lets each latent
+/// cell look up words; this gives every block the prompt at once.
+pub fn with_pooled_text(mut cfg: ModelConfig) -> ModelConfig {
+    let pooled = cfg.text.last().map_or(0, |t| t.projection.unwrap_or(t.hidden));
+    cfg.unet.addition = Some((POOLED_SIZE_EMBED, pooled + 6 * POOLED_SIZE_EMBED));
+    cfg
+}
+
 /// The embedded model's configuration (64x64 images, 8x8x4 latents: SD's factor 8).
 pub fn embedded_config() -> ModelConfig {
     ModelConfig {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use candle_nn::Optimizer;
 
-use super::model::{IMAGE_SIZE, all_shapes, embedded_config};
+use super::model::{IMAGE_SIZE, all_shapes, embedded_config, with_pooled_text};
 use super::params::Params;
 use super::trainer::{batch, batch_mixed, diffusion_loss, encode_latents, vae_loss};
 use crate::error::{EngineError, Result};
@@ -45,8 +45,14 @@ pub struct TrainOptions {
     /// Start a new run from this model's autoencoder (an exported embedded model, e.g. the
     /// shipped one) instead of training one: phase 1 is skipped.
     pub autoencoder_from: Option<PathBuf>,
+    /// Give the UNet the pooled text embedding too ([`super::model::with_pooled_text`]).
+    pub pooled_text: bool,
     /// Stop after this many seconds (then resume later); `None` runs to the end.
     pub time_limit: Option<f64>,
+    /// Stop (after saving) once the denoiser reaches this step: a run stopped and resumed at
+    /// the same steps is reproduced exactly (a resume reseeds the noise from the step and
+    /// starts AdamW's moments afresh).
+    pub stop_at: Option<u64>,
 }
 
 impl Default for TrainOptions {
@@ -65,7 +71,9 @@ impl Default for TrainOptions {
             save_every: 100,
             mix: super::dataset::Mix::default(),
             autoencoder_from: None,
+            pooled_text: false,
             time_limit: None,
+            stop_at: None,
         }
     }
 }
@@ -107,6 +115,9 @@ pub fn model_metadata(cfg: &ModelConfig, extra: serde_json::Value) -> String {
         // Native size, in latent pixels (as diffusers' `sample_size`).
         "sample_size": IMAGE_SIZE as usize / cfg.vae.scale(),
     });
+    if let (Some((per_value, _)), Some(o)) = (cfg.unet.addition, v.as_object_mut()) {
+        o.insert("addition_time_embed_dim".into(), per_value.into());
+    }
     if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
         for (k, val) in e {
             o.insert(k.clone(), val.clone());
@@ -128,11 +139,21 @@ pub fn train(o: &TrainOptions) -> Result<Option<PathBuf>> {
             .map_err(|e| io(&o.out, e))?,
     };
     let mut cfg = embedded_config();
+    if o.pooled_text {
+        cfg = with_pooled_text(cfg);
+    }
     let params = Params::init(&all_shapes(&cfg), o.seed, &dev)?;
     let ckpt = o.out.join("checkpoint.safetensors");
     let save = |meta: &HashMap<String, String>| params.save(&ckpt, meta.clone());
     let mut meta = if ckpt.exists() {
         let m = params.load(&ckpt)?;
+        if (m.get("pooled_text").map(String::as_str) == Some("1")) != o.pooled_text {
+            return Err(EngineError::InvalidRequest(format!(
+                "{} was {} --pooled-text: run the same command that started it",
+                ckpt.display(),
+                if o.pooled_text { "started without" } else { "started with" }
+            )));
+        }
         log.line(&format!("resumed from {} ({m:?})", ckpt.display()));
         m
     } else {
@@ -143,6 +164,9 @@ pub fn train(o: &TrainOptions) -> Result<Option<PathBuf>> {
             params.count("vae.") as f64 / 1e6
         ));
         let mut meta = HashMap::new();
+        if o.pooled_text {
+            meta.insert("pooled_text".into(), "1".into());
+        }
         if let Some(from) = &o.autoencoder_from {
             let theirs = params.load_prefix(from, "vae.")?;
             meta.insert("vae_step".into(), o.vae_steps.to_string());
@@ -255,12 +279,17 @@ pub fn train(o: &TrainOptions) -> Result<Option<PathBuf>> {
                 ));
                 avg = 0.0;
             }
-            if step.is_multiple_of(o.save_every) || step == o.diffusion_steps || out_of_time(&started) {
+            let stop = o.stop_at == Some(step);
+            if step.is_multiple_of(o.save_every) || step == o.diffusion_steps || out_of_time(&started) || stop {
                 meta.insert("diffusion_step".into(), step.to_string());
                 save(&meta)?;
             }
-            if out_of_time(&started) {
-                log.line("time limit reached; run the same command again to resume");
+            if out_of_time(&started) || stop {
+                log.line(if stop {
+                    "stopped at the step asked for; run the same command again to resume"
+                } else {
+                    "time limit reached; run the same command again to resume"
+                });
                 return Ok(None);
             }
         }
@@ -385,5 +414,41 @@ mod tests {
         // A crop as large as the image is the image.
         let whole = random_crop(&b.images, 64, 8, &mut rng).expect("crop");
         assert_eq!(whole.dims4().expect("dims"), (3, 3, 64, 64));
+    }
+
+    #[test]
+    fn a_run_stopped_at_a_step_resumes_to_the_same_model_and_keeps_its_options() {
+        let base = std::env::temp_dir().join(format!("latent-stop-{}", std::process::id()));
+        let opts = |name: &str| TrainOptions {
+            out: base.join(name),
+            vae_steps: 2,
+            vae_full_steps: 1,
+            diffusion_steps: 3,
+            batch: 2,
+            ..Default::default()
+        };
+        let run = |name: &str| -> Vec<u8> {
+            let stopped = train(&TrainOptions {
+                stop_at: Some(1),
+                ..opts(name)
+            })
+            .expect("first part");
+            assert!(stopped.is_none(), "--stop-at 1 must stop before the end");
+            let meta = Params::init(&all_shapes(&embedded_config()), 1, &Device::Cpu)
+                .and_then(|p| p.load(&base.join(name).join("checkpoint.safetensors")))
+                .expect("checkpoint");
+            assert_eq!(meta.get("diffusion_step").map(String::as_str), Some("1"));
+            // The checkpoint has no pooled path: resuming with one is refused, not mixed.
+            let wrong = train(&TrainOptions {
+                pooled_text: true,
+                ..opts(name)
+            });
+            assert!(wrong.is_err(), "a run without --pooled-text resumed with it");
+            let model = train(&opts(name)).expect("resume").expect("runs to the end");
+            std::fs::read(model).expect("model")
+        };
+        let (a, b) = (run("a"), run("b"));
+        assert!(a == b, "two runs stopped and resumed at the same step differ");
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

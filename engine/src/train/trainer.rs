@@ -147,15 +147,31 @@ pub fn diffusion_loss_with(w: &Weights, cfg: &ModelConfig, latents: &Tensor, cap
         .map(|c| if rng.next_uniform_f32() < 0.1 { String::new() } else { c.clone() })
         .collect();
     let rows = caption_tokens(&captions, text_cfg.pad_token)?;
-    let (context, _) = te.forward(
+    let (context, pooled) = te.forward(
         &rows,
         TextRequest {
             layer_from_end: 1,
             final_norm: true,
-            pooled: false,
+            pooled: cfg.unet.addition.is_some(),
         },
     )?;
     let b = latents.dim(0)?;
+    // The pipeline sends SDXL's size row (height, width, 0, 0, height, width) of the picture
+    // it makes; sizes drawn at random here teach the model to ignore it, so it draws the same
+    // at any size rather than something new at a size it never saw.
+    let added = match pooled {
+        Some(p) => {
+            let mut size = || 8.0 * (4 + (rng.next_uniform_f64() * 29.0) as u32).min(32) as f32;
+            let ids: Vec<f32> = (0..b)
+                .flat_map(|_| {
+                    let (h, w) = (size(), size());
+                    [h, w, 0.0, 0.0, h, w]
+                })
+                .collect();
+            Some((p.to_dtype(DType::F32)?, Tensor::from_vec(ids, (b, 6), latents.device())?))
+        }
+        None => None,
+    };
     let schedule = ModelSchedule::for_model(cfg.zero_terminal_snr);
     let n = schedule.alphas_cumprod.len();
     let timesteps: Vec<f64> = (0..b)
@@ -171,7 +187,7 @@ pub fn diffusion_loss_with(w: &Weights, cfg: &ModelConfig, latents: &Tensor, cap
         sample: &noisy,
         timesteps: &timesteps,
         context: &context.to_dtype(DType::F32)?,
-        added: None,
+        added: added.as_ref().map(|(p, ids)| (p, ids)),
     })?;
     let weights: Vec<f32> = ab
         .iter()
@@ -364,6 +380,55 @@ mod tests {
             "so does the schedule it was trained on"
         );
         assert_eq!(pipe.preview_coefficients(), &preview, "the fitted preview travels in the metadata");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    struct Quiet;
+    impl crate::pipeline::Hooks for Quiet {
+        fn cancelled(&self) -> bool {
+            false
+        }
+        fn progress(&mut self, _: u32, _: u32, _: std::time::Duration) {}
+        fn wants_preview(&self, _: u32) -> bool {
+            false
+        }
+        fn preview(&mut self, _: u32, _: ImageRgb8) {}
+    }
+
+    #[test]
+    fn pooled_text_is_trained_exported_and_sampled_with() {
+        let dev = Device::Cpu;
+        let cfg = crate::train::model::with_pooled_text(tiny());
+        assert_eq!(cfg.unet.addition, Some((8, 16 + 6 * 8)));
+        let params = Params::init(&all_shapes(&cfg), 1, &dev).expect("init");
+        let data = batch(3, &[0, 1, 2, 3], 16, &dev).expect("batch");
+        let lat = encode_latents(&params, &cfg, &data.images).expect("latents");
+        let loss = diffusion_loss(&params, &cfg, &lat, &data.captions, &mut TorchRng::new(4)).expect("loss");
+        let grads = loss.backward().expect("backward");
+        for (name, v) in params.vars.iter().filter(|(n, _)| n.starts_with("unet.add_embedding.")) {
+            let g = grads.get(v.as_tensor()).expect("a gradient for the pooled path");
+            let norm = g.sqr().and_then(|t| t.sum_all()).and_then(|t| t.to_scalar::<f32>()).expect("norm");
+            assert!(norm > 0.0, "zero gradient for {name}");
+        }
+        // Exported, the engine loads the same architecture and samples with the pooled prompt.
+        let dir = std::env::temp_dir().join(format!("latent-pooled-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("model.safetensors");
+        crate::train::run::export(&params, &cfg, &path, &Default::default(), None).expect("export");
+        let pipe = crate::pipeline::Pipeline::load(&crate::protocol::ModelSpec::new(&path)).expect("loads");
+        assert_eq!(pipe.config.unet, cfg.unet);
+        let run = |prompt: &str| {
+            let req = crate::protocol::GenerateRequest {
+                prompt: prompt.into(),
+                width: 16,
+                height: 16,
+                steps: 2,
+                ..Default::default()
+            };
+            let job = pipe.validate(&req).expect("valid");
+            pipe.generate(&job, &mut Quiet).expect("generate").latents.data
+        };
+        assert_ne!(run("a red circle"), run("a blue star"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
