@@ -12,7 +12,7 @@ sleep 10
 WID=$(xdotool search --name "Latent Studio" | head -1)
 xdotool windowmove $WID 0 0; xdotool windowsize $WID 1280 800; sleep 2
 xdotool windowfocus --sync $WID; xdotool mousemove 190 165 click 1; sleep 0.5
-xdotool type --window $WID --delay 30 "a red heart on a yellow background"; sleep 0.5
+xdotool type --window $WID --delay 30 "a yellow star on a black background"; sleep 0.5
 xdotool key ctrl+Return; sleep 6
 xdotool key ctrl+Return; sleep 6
 import -window root /tmp/shot-1.png

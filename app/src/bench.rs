@@ -451,11 +451,12 @@ pub struct SolversArgs {
 /// One row of `bench solvers`: solver, stochastic?, per budget (evaluations spent, distance).
 type SolverRow = (String, bool, Vec<(u32, f64)>);
 
-/// The prompts `bench solvers` averages over by default (from the embedded model's vocabulary).
+/// The prompts `bench solvers` averages over by default (from the embedded model's vocabulary:
+/// its shapes are drawn on black or white backgrounds, its objects on any colour).
 pub const SOLVER_PROMPTS: [&str; 4] = [
-    "a red circle on a blue background",
+    "a red circle on a white background",
     "a happy face on a green background",
-    "a small yellow star in the top left on a purple background",
+    "a small yellow star in the top left on a black background",
     "a house on a pink background",
 ];
 

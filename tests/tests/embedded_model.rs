@@ -317,7 +317,7 @@ fn outline(img: &ImageRgb8, subject: usize, background: usize) -> Vec<f32> {
 
 /// Which shape a picture shows: [`Softmax`] on the [`outline`] of the shape's colour against
 /// the background's, trained on the large shapes among the training pictures of data seed 1
-/// (the prompts name large shapes: "a red star on a blue background").
+/// (the prompts name large shapes: "a red star on a white background").
 struct ShapeClassifier(Softmax);
 
 impl ShapeClassifier {
