@@ -99,6 +99,21 @@ pub trait Hooks {
     fn warning(&mut self, _message: String) {}
 }
 
+/// Hooks that never cancel and want no previews: for driving a [`Pipeline`] directly (tests,
+/// benchmarks, scripts).
+pub struct Quiet;
+
+impl Hooks for Quiet {
+    fn cancelled(&self) -> bool {
+        false
+    }
+    fn progress(&mut self, _: u32, _: u32, _: Duration) {}
+    fn wants_preview(&self, _: u32) -> bool {
+        false
+    }
+    fn preview(&mut self, _: u32, _: ImageRgb8) {}
+}
+
 /// The result of one generation.
 #[derive(Clone, Debug)]
 pub struct Output {

@@ -51,18 +51,7 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 /// Hooks that never cancel and want no previews (for driving a `Pipeline` directly).
-pub struct Quiet;
-
-impl latent_engine::pipeline::Hooks for Quiet {
-    fn cancelled(&self) -> bool {
-        false
-    }
-    fn progress(&mut self, _: u32, _: u32, _: std::time::Duration) {}
-    fn wants_preview(&self, _: u32) -> bool {
-        false
-    }
-    fn preview(&mut self, _: u32, _: latent_engine::protocol::ImageRgb8) {}
-}
+pub use latent_engine::pipeline::Quiet;
 
 /// The tiny-model request the end-to-end tests share: 64x64, "a red cat" vs "blue".
 pub fn tiny_request(solver: &str, steps: u32, cfg_scale: f64, seed: u64) -> latent_engine::protocol::GenerateRequest {

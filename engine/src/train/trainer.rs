@@ -383,18 +383,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    struct Quiet;
-    impl crate::pipeline::Hooks for Quiet {
-        fn cancelled(&self) -> bool {
-            false
-        }
-        fn progress(&mut self, _: u32, _: u32, _: std::time::Duration) {}
-        fn wants_preview(&self, _: u32) -> bool {
-            false
-        }
-        fn preview(&mut self, _: u32, _: ImageRgb8) {}
-    }
-
     #[test]
     fn pooled_text_is_trained_exported_and_sampled_with() {
         let dev = Device::Cpu;
@@ -426,7 +414,7 @@ mod tests {
                 ..Default::default()
             };
             let job = pipe.validate(&req).expect("valid");
-            pipe.generate(&job, &mut Quiet).expect("generate").latents.data
+            pipe.generate(&job, &mut crate::pipeline::Quiet).expect("generate").latents.data
         };
         assert_ne!(run("a red circle"), run("a blue star"));
         let _ = std::fs::remove_dir_all(&dir);
