@@ -231,6 +231,7 @@ pub struct StageArgs {
     pub steps: u32,
     pub cfg: f64,
     pub solver: String,
+    pub feature_cache: u32,
 }
 
 /// Peak resident memory of this process in GiB.
@@ -346,6 +347,7 @@ pub fn stage(a: StageArgs) -> Result<()> {
                     solver: a.solver.clone(),
                     schedule: "default".into(),
                     seed: 1,
+                    feature_cache: a.feature_cache,
                     ..Default::default()
                 };
                 let job = pipe.validate(&request)?;
@@ -375,6 +377,8 @@ pub fn stage(a: StageArgs) -> Result<()> {
         if let Some(t) = &split {
             v["split_s"] = serde_json::json!({"text": s(t.text), "unet": s(t.denoise), "vae": s(t.vae), "previews": s(t.previews)});
             v["nfe"] = serde_json::json!(t.nfe);
+            v["shallow_nfe"] = serde_json::json!(t.shallow_nfe);
+            v["feature_cache"] = serde_json::json!(a.feature_cache);
             v["steps"] = serde_json::json!(a.steps);
             v["solver"] = serde_json::json!(a.solver);
         }
@@ -391,18 +395,24 @@ pub fn stage(a: StageArgs) -> Result<()> {
         );
         if let Some(t) = &split {
             println!();
+            let cache = if a.feature_cache > 1 {
+                format!(" feature cache {}", a.feature_cache)
+            } else {
+                String::new()
+            };
             println!(
-                "| {} steps {} cfg {} | text s | UNet s (cond+uncond) | VAE s | previews s | NFE | s/NFE |",
+                "| {} steps {} cfg {}{cache} | text s | UNet s (cond+uncond) | VAE s | previews s | NFE (shallow) | s/NFE |",
                 a.steps, a.solver, a.cfg
             );
             println!("|---|---|---|---|---|---|---|");
             println!(
-                "| last run | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.3} |",
+                "| last run | {:.2} | {:.2} | {:.2} | {:.2} | {} ({}) | {:.3} |",
                 s(t.text),
                 s(t.denoise),
                 s(t.vae),
                 s(t.previews),
                 t.nfe,
+                t.shallow_nfe,
                 s(t.denoise) / f64::from(t.nfe.max(1))
             );
         }

@@ -186,6 +186,9 @@ struct StageOpts {
     cfg: f64,
     #[arg(long, default_value = "dpm++2m")]
     solver: String,
+    /// pipeline: feature cache interval (1 = off).
+    #[arg(long, default_value_t = 1)]
+    feature_cache: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -297,6 +300,10 @@ struct GenerateArgs {
     /// A1111's clip skip (1 = last layer).
     #[arg(long, default_value_t = 1)]
     clip_skip: u32,
+    /// Feature cache (DeepCache): the whole UNet every N steps, only its top level between
+    /// (1 = off; 3 is a common choice).
+    #[arg(long, default_value_t = 1)]
+    feature_cache: u32,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, default_value = "f32")]
@@ -356,6 +363,7 @@ fn stage(stage: crate::bench::Stage, o: StageOpts) -> Result<()> {
         steps: o.steps,
         cfg: o.cfg,
         solver: o.solver,
+        feature_cache: o.feature_cache,
     })
 }
 
@@ -647,6 +655,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
         cfg_until: g.cfg_until,
         clip_skip: g.clip_skip,
         preview_every: 0,
+        feature_cache: g.feature_cache,
     };
     let id = engine.generate(request)?;
     let mut stderr = std::io::stderr();

@@ -47,6 +47,8 @@ pub struct Params {
     /// Images per click (seeds seed, seed+1, ...).
     pub batch: u32,
     pub clip_skip: u32,
+    /// Feature cache interval (1 = off).
+    pub feature_cache: u32,
 }
 
 impl Default for Params {
@@ -66,6 +68,7 @@ impl Default for Params {
             seed_mode: SeedMode::Random,
             batch: 1,
             clip_skip: 1,
+            feature_cache: 1,
         }
     }
 }
@@ -88,6 +91,7 @@ impl Params {
             cfg_until: 1.0,
             clip_skip: self.clip_skip,
             preview_every: 1,
+            feature_cache: self.feature_cache,
         }
     }
 
@@ -107,6 +111,7 @@ impl Params {
         self.seed = r.seed;
         self.seed_mode = SeedMode::Fixed;
         self.clip_skip = r.clip_skip;
+        self.feature_cache = r.feature_cache;
     }
 }
 

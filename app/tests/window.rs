@@ -310,6 +310,20 @@ fn ctrl_enter_sends_the_request_the_sliders_show() {
 }
 
 #[test]
+fn the_feature_cache_reaches_the_request_and_the_cost_line() {
+    let mut settings = settings();
+    settings.params.feature_cache = 3;
+    let mut s = studio("feature-cache", settings, Some("/models/fake.safetensors"));
+    s.loaded();
+    // 6 Euler steps with CFG: 12 evaluations; whole ones at steps 0 and 3, two passes each.
+    assert!(s.harness.query_by_label("Cost: 12 network evaluations, 4 of them whole").is_some());
+    s.type_prompt("a red apple");
+    s.harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    s.until("the engine received the request", |_, log| !log.requests.is_empty());
+    assert_eq!(s.log.lock().expect("log").requests[0].feature_cache, 3);
+}
+
+#[test]
 fn previews_fill_the_canvas_and_the_step_strip() {
     let mut st = settings();
     st.params.prompt = "a blue square".into();

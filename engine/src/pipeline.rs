@@ -10,15 +10,21 @@ use crate::metadata::Parameters;
 use crate::model::checkpoint::{self, Weights};
 use crate::model::clip::{ClipText, TextRequest};
 use crate::model::config::{self, Family, ModelConfig};
-use crate::model::unet::{Unet, UnetInput};
+use crate::model::unet::Unet;
 use crate::model::vae::{VaeDecoder, VaeTiling};
 use crate::preview::{LatentRgb, to_u8};
 use crate::protocol::{DType, DeviceKind, GenerateRequest, ImageRgb8, LatentsOut, ModelInfo, ModelSpec, Prediction, Timings};
 use crate::rng::TorchRng;
-use crate::sampling::denoiser::{self, Denoise};
-use crate::sampling::schedule::{ModelSchedule, RunSchedule, ScheduleKind};
+use crate::sampling::denoiser;
+use crate::sampling::schedule::{ModelSchedule, ScheduleKind};
 use crate::sampling::{self, SolverInfo, SolverParams};
 use crate::tokenizer::ClipTokenizer;
+
+mod guided;
+use guided::Guided;
+
+/// The longest feature-cache interval a request may ask for (DeepCache uses 2-10).
+pub const MAX_FEATURE_CACHE: u32 = 20;
 
 /// Opens the candle device for `kind`, with a clear error where this build lacks it.
 pub fn open_device(kind: DeviceKind) -> Result<Device> {
@@ -339,6 +345,15 @@ impl Pipeline {
         if !r.cfg_until.is_finite() || !(0.0..=1.0).contains(&r.cfg_until) {
             return bad(format!("CFG until must be a fraction between 0 and 1, got {}", r.cfg_until));
         }
+        if !(1..=MAX_FEATURE_CACHE).contains(&r.feature_cache) {
+            return bad(format!(
+                "the feature cache interval must be between 1 (off) and {MAX_FEATURE_CACHE}, got {}",
+                r.feature_cache
+            ));
+        }
+        if r.feature_cache > 1 && !self.unet.caches_deep_features() {
+            return bad("this model's UNet has a single level: the feature cache does not apply".into());
+        }
         Ok(Job {
             request: r.clone(),
             solver,
@@ -538,9 +553,13 @@ impl Pipeline {
             total: r.steps,
             last_step: Instant::now(),
             preview_time: Duration::ZERO,
+            cache_every: r.feature_cache,
+            cache: None,
+            refreshed_at: None,
+            shallow_nfe: 0,
         };
         let x = solver(&mut den, x, &run.sigmas, &job.params, &mut rng)?;
-        let (nfe, preview_time) = (den.nfe, den.preview_time);
+        let (nfe, shallow_nfe, preview_time) = (den.nfe, den.shallow_nfe, den.preview_time);
         let sigma_last = run.sigmas.last().copied().unwrap_or(0.0);
         let latents = (x * denoiser::c_in(sigma_last))?;
         let t_denoise = t_loop.elapsed().saturating_sub(preview_time);
@@ -563,6 +582,7 @@ impl Pipeline {
             previews: preview_time,
             total: t0.elapsed(),
             nfe,
+            shallow_nfe,
         };
         Ok(Output {
             image,
@@ -606,6 +626,9 @@ impl Pipeline {
         if r.cfg_until < 1.0 {
             p.push("CFG until", r.cfg_until);
         }
+        if r.feature_cache > 1 {
+            p.push("Feature cache", r.feature_cache);
+        }
         if job.params.eta != job.solver.default_eta {
             p.push("Eta", job.params.eta);
         }
@@ -641,6 +664,22 @@ pub fn request_nfe(request: &GenerateRequest) -> Option<u32> {
     Some(nfe_of(solver, request))
 }
 
+/// Of [`request_nfe`], the evaluations that run the whole UNet: all of them without the
+/// feature cache; with it, the first evaluation of every `feature_cache`-th step.
+pub fn request_whole_nfe(request: &GenerateRequest) -> Option<u32> {
+    let solver = sampling::SOLVERS.iter().find(|s| s.name == request.solver)?;
+    if request.feature_cache <= 1 {
+        return Some(nfe_of(solver, request));
+    }
+    let guided = guided_steps(request);
+    Some(
+        (0..request.steps)
+            .filter(|k| k.is_multiple_of(request.feature_cache))
+            .map(|k| if k < guided { 2 } else { 1 })
+            .sum(),
+    )
+}
+
 fn nfe_of(solver: &sampling::SolverInfo, request: &GenerateRequest) -> u32 {
     let guided = guided_steps(request);
     (0..request.steps)
@@ -649,23 +688,6 @@ fn nfe_of(solver: &sampling::SolverInfo, request: &GenerateRequest) -> u32 {
             evals * if k < guided { 2 } else { 1 }
         })
         .sum()
-}
-
-/// Guidance rescale (Lin et al. 2023): match the guided prediction's standard deviation to
-/// the conditional one's, mixed in by `phi`.
-fn rescale_cfg(guided: &Tensor, cond: &Tensor, phi: f64) -> Result<Tensor> {
-    let std = |t: &Tensor| -> Result<f64> {
-        let v: Vec<f32> = t.flatten_all()?.to_dtype(CDType::F32)?.to_vec1()?;
-        let n = v.len() as f64;
-        let mean = v.iter().map(|x| *x as f64).sum::<f64>() / n;
-        Ok((v.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt())
-    };
-    let (s_cond, s_guided) = (std(cond)?, std(guided)?);
-    if s_guided == 0.0 {
-        return Ok(guided.clone());
-    }
-    let factor = phi * s_cond / s_guided + (1.0 - phi);
-    Ok((guided * factor)?)
 }
 
 /// `[1, 3, h, w]` in [-1, 1] -> 8-bit RGB.
@@ -687,109 +709,4 @@ fn to_image(decoded: &Tensor) -> Result<ImageRgb8> {
         height: h as u32,
         pixels,
     })
-}
-
-/// The denoiser of one job: CFG around the UNet, plus the per-step hook.
-struct Guided<'a> {
-    pipe: &'a Pipeline,
-    cond: &'a Conditioning,
-    added: Option<&'a Tensor>,
-    run: &'a RunSchedule,
-    scale: f64,
-    rescale: f64,
-    /// Steps (from 0) that run the unconditional pass.
-    guided_steps: u32,
-    guided: bool,
-    hooks: &'a mut dyn Hooks,
-    nfe: u32,
-    step: u32,
-    total: u32,
-    last_step: Instant,
-    preview_time: Duration,
-}
-
-impl Guided<'_> {
-    fn lookup_timestep(&self, sigma: f64) -> f64 {
-        // The listed sigmas map to the scheduler's exact timesteps (diffusers parity); any
-        // other sigma (solvers that evaluate between steps) is mapped by interpolation.
-        self.run
-            .sigmas
-            .iter()
-            .zip(&self.run.timesteps)
-            .find(|(s, _)| (**s - sigma).abs() <= 1e-12 * s.abs().max(1.0))
-            .map(|(_, t)| *t)
-            .unwrap_or_else(|| self.pipe.schedule.t_for_sigma(sigma))
-    }
-}
-
-impl Denoise for Guided<'_> {
-    fn x0(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
-        if self.hooks.cancelled() {
-            return Err(EngineError::Cancelled { at_step: self.step });
-        }
-        let t = self.lookup_timestep(sigma);
-        let x_in = (x * denoiser::c_in(sigma))?;
-        // CFG truncation: after the chosen fraction of steps only the conditional pass runs.
-        let guided = self.guided && self.step < self.guided_steps;
-        let b = if guided { 2 } else { 1 };
-        let batch = if guided { Tensor::cat(&[&x_in, &x_in], 0)? } else { x_in };
-        let timesteps = vec![t; b];
-        // Row 1 of the conditioning batch is the prompt, row 0 the negative prompt.
-        let (context, pooled, ids) = if guided || !self.guided {
-            (self.cond.context.clone(), self.cond.pooled.clone(), self.added.cloned())
-        } else {
-            (
-                self.cond.context.narrow(0, 1, 1)?,
-                self.cond.pooled.as_ref().map(|p| p.narrow(0, 1, 1)).transpose()?,
-                self.added.map(|a| a.narrow(0, 1, 1)).transpose()?,
-            )
-        };
-        let added = match (ids.as_ref(), pooled.as_ref()) {
-            (Some(ids), Some(p)) => Some((p, ids)),
-            _ => None,
-        };
-        let out = self.pipe.unet.forward(&UnetInput {
-            sample: &batch,
-            timesteps: &timesteps,
-            context: &context,
-            added,
-        })?;
-        self.nfe += b as u32;
-        let out = if guided {
-            let (uncond, cond) = (out.narrow(0, 0, 1)?, out.narrow(0, 1, 1)?);
-            let g = denoiser::cfg(&uncond, &cond, self.scale)?;
-            if self.rescale > 0.0 {
-                rescale_cfg(&g, &cond, self.rescale)?
-            } else {
-                g
-            }
-        } else {
-            out
-        };
-        denoiser::prediction_to_x0(self.pipe.config.prediction, x, &out, sigma)
-    }
-
-    fn timestep(&self, sigma: f64) -> f64 {
-        self.lookup_timestep(sigma)
-    }
-
-    fn sigma_for_timestep(&self, t: f64) -> f64 {
-        self.pipe.schedule.sigma_at(t)
-    }
-
-    fn step_done(&mut self, step: usize, _x: &Tensor, x0: &Tensor) -> Result<()> {
-        self.step = step as u32;
-        self.pipe.device.synchronize()?;
-        let now = Instant::now();
-        let dt = now - self.last_step;
-        self.hooks.progress(self.step, self.total, dt);
-        if self.hooks.wants_preview(self.step) {
-            let p0 = Instant::now();
-            let img = self.pipe.preview.project(x0)?;
-            self.hooks.preview(self.step, img);
-            self.preview_time += p0.elapsed();
-        }
-        self.last_step = Instant::now();
-        Ok(())
-    }
 }

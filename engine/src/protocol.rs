@@ -162,6 +162,9 @@ pub struct GenerateRequest {
     pub clip_skip: u32,
     /// Emit a latent preview every this many steps (0 = never).
     pub preview_every: u32,
+    /// Feature cache (DeepCache): run the whole UNet every this many steps and only its top
+    /// level in between, reusing the deeper features. 1 = off.
+    pub feature_cache: u32,
 }
 
 impl Default for GenerateRequest {
@@ -181,6 +184,7 @@ impl Default for GenerateRequest {
             cfg_until: 1.0,
             clip_skip: 1,
             preview_every: 1,
+            feature_cache: 1,
         }
     }
 }
@@ -216,6 +220,8 @@ pub struct Timings {
     pub total: Duration,
     /// Network evaluations actually spent (CFG's double pass counted).
     pub nfe: u32,
+    /// Of those, the ones that ran only the UNet's top level (the feature cache).
+    pub shallow_nfe: u32,
 }
 
 /// Window/CLI -> engine.

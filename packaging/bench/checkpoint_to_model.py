@@ -14,6 +14,10 @@ def read(p):
 ck, out, shipped = sys.argv[1:4]
 t, cm = read(ck); _, sm = read(shipped)
 meta = json.loads(sm["latent_studio"]); meta["diffusion_steps"] = int(cm.get("diffusion_step", 0)); meta["large_shapes"] = float(cm.get("large_shapes", 0))
+if "unet.add_embedding.linear_1.weight" in t:  # a --pooled-text run (the engine's POOLED_SIZE_EMBED)
+    meta["addition_time_embed_dim"] = 8
+else:
+    meta.pop("addition_time_embed_dim", None)
 hdr = {}; off = 0; blobs = []
 for k in sorted(t):
     a = t[k].astype(np.float16).tobytes(); hdr[k] = {"dtype": "F16", "shape": list(t[k].shape), "data_offsets": [off, off + len(a)]}; off += len(a); blobs.append(a)

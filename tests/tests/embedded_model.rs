@@ -363,6 +363,11 @@ const SHAPE_SEEDS: u64 = 2;
 /// Share of the shape prompts whose picture the outline classifier assigns to the named
 /// shape, at guidance `cfg`; and the misses.
 fn shape_agreement(pipe: &Pipeline, judge: &ShapeClassifier, cfg: f64) -> (f64, Vec<String>) {
+    shape_agreement_with(pipe, judge, cfg, 1)
+}
+
+/// [`shape_agreement`] with the feature cache at interval `feature_cache`.
+fn shape_agreement_with(pipe: &Pipeline, judge: &ShapeClassifier, cfg: f64, feature_cache: u32) -> (f64, Vec<String>) {
     use latent_engine::train::dataset::SHAPES;
     let (mut n, mut misses) = (0, vec![]);
     for (c, bg) in SHAPE_PAIRS {
@@ -370,7 +375,11 @@ fn shape_agreement(pipe: &Pipeline, judge: &ShapeClassifier, cfg: f64) -> (f64, 
             for seed in 0..SHAPE_SEEDS {
                 let article = if c.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
                 let prompt = format!("{article} {c} {shape} on a {bg} background");
-                let got = judge.classify(&generate(pipe, &request(&prompt, cfg, seed)), color(c), color(bg));
+                let r = GenerateRequest {
+                    feature_cache,
+                    ..request(&prompt, cfg, seed)
+                };
+                let got = judge.classify(&generate(pipe, &r), color(c), color(bg));
                 n += 1;
                 if got != k {
                     misses.push(format!("{prompt} (seed {seed}) -> {}", SHAPES[got]));
@@ -400,6 +409,20 @@ fn prompts_name_shapes_the_model_draws() {
     assert!(
         unguided <= guided - 0.08,
         "guidance 1 should be clearly less reliable: {unguided:.2} vs {guided:.2} at guidance {default}"
+    );
+}
+
+#[test]
+fn the_feature_cache_keeps_the_shapes_the_prompts_name() {
+    let pipe = Pipeline::load(&ModelSpec::new(model())).expect("load");
+    let judge = ShapeClassifier::train();
+    let default = pipe.info().default_guidance;
+    // The window's suggested interval: two of every three evaluations run the top level only.
+    let (share, misses) = shape_agreement_with(&pipe, &judge, default, 3);
+    eprintln!("shapes with the feature cache every 3 steps: {share:.2} {misses:?}");
+    assert!(
+        share >= 0.8,
+        "only {share:.2} of the pictures show the named shape with the feature cache: {misses:?}"
     );
 }
 

@@ -1,7 +1,7 @@
 //! Solver, schedule, steps, guidance, size and seed, with the NFE they will cost.
 
 use eframe::egui;
-use latent_engine::pipeline::request_nfe;
+use latent_engine::pipeline::{MAX_FEATURE_CACHE, request_nfe, request_whole_nfe};
 use latent_engine::sampling::SOLVERS;
 use latent_engine::sampling::schedule::SCHEDULES;
 
@@ -91,6 +91,15 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
             .on_hover_text("Guidance rescale (Lin et al. 2023): tames over-saturation at high CFG; 0.7 is typical");
         ui.end_row();
 
+        let l = ui.label("Feature cache");
+        ui.add(egui::Slider::new(&mut p.feature_cache, 1..=MAX_FEATURE_CACHE.min(10)))
+            .labelled_by(l.id)
+            .on_hover_text(
+                "DeepCache: run the whole UNet every N steps and only its top level in between, \
+                 reusing the deeper features. 1 = off; 2-3 keeps the image close, higher is faster and rougher",
+            );
+        ui.end_row();
+
         let l = ui.label("Width");
         ui.add(egui::Slider::new(&mut p.width, 64..=2048).step_by(8.0)).labelled_by(l.id);
         ui.end_row();
@@ -144,12 +153,17 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
     });
     let request = p.request(p.seed);
     let nfe = request_nfe(&request);
-    ui.label(match nfe {
-        Some(n) => format!(
-            "Cost: {n} network evaluations{}",
+    let whole = request_whole_nfe(&request);
+    ui.label(match (nfe, whole) {
+        (Some(n), Some(w)) => format!(
+            "Cost: {n} network evaluations{}{}",
+            if w < n { format!(", {w} of them whole") } else { String::new() },
             if p.batch > 1 { format!(" × {}", p.batch) } else { String::new() }
         ),
-        None => "Cost: unknown solver".to_string(),
+        _ => "Cost: unknown solver".to_string(),
     })
-    .on_hover_text("NFE: UNet passes, CFG's two passes counted. Time per image is about NFE × one pass.");
+    .on_hover_text(
+        "NFE: UNet passes, CFG's two passes counted. Time per image is about NFE × one pass; \
+         with the feature cache the passes that are not whole run only the UNet's top level.",
+    );
 }

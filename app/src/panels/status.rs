@@ -28,14 +28,23 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
             }
             if let Some(t) = &app.session.last {
                 ui.separator();
-                ui.label(format!("Last image: {:.2} s · {} NFE", t.total.as_secs_f64(), t.nfe))
-                    .on_hover_text(format!(
-                        "text {:.2} s · denoise {:.2} s · VAE {:.2} s · previews {:.2} s",
-                        t.text.as_secs_f64(),
-                        t.denoise.as_secs_f64(),
-                        t.vae.as_secs_f64(),
-                        t.previews.as_secs_f64()
-                    ));
+                ui.label(if t.shallow_nfe > 0 {
+                    format!(
+                        "Last image: {:.2} s · {} NFE ({} shallow)",
+                        t.total.as_secs_f64(),
+                        t.nfe,
+                        t.shallow_nfe
+                    )
+                } else {
+                    format!("Last image: {:.2} s · {} NFE", t.total.as_secs_f64(), t.nfe)
+                })
+                .on_hover_text(format!(
+                    "text {:.2} s · denoise {:.2} s · VAE {:.2} s · previews {:.2} s",
+                    t.text.as_secs_f64(),
+                    t.denoise.as_secs_f64(),
+                    t.vae.as_secs_f64(),
+                    t.previews.as_secs_f64()
+                ));
             }
         });
     });

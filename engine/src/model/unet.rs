@@ -240,6 +240,21 @@ pub struct UnetInput<'a> {
     pub added: Option<(&'a Tensor, &'a Tensor)>,
 }
 
+/// How one UNet call uses the feature cache (DeepCache, Ma et al. 2023). The features that
+/// enter the last up block's layer fed by the first down block's first layer carry everything
+/// deeper, and change slowly from one solver step to the next; a shallow call reuses them and
+/// runs only the skip branch around them: `conv_in`, the first layer of the first down block,
+/// the last up block's last two layers and `conv_out` (DeepCache's default branch for SD; on
+/// a UNet with one layer per block, the whole top level).
+pub enum DeepCache<'a> {
+    /// The whole network; nothing kept.
+    Off,
+    /// The whole network, keeping the deep features in the slot.
+    Refresh(&'a mut Option<Tensor>),
+    /// Only the top level, with the deep features of the last refresh.
+    Reuse(&'a Tensor),
+}
+
 impl Unet {
     /// Builds the UNet from `unet.*` weights.
     pub fn new(w: &Weights, cfg: &UnetConfig) -> Result<Self> {
@@ -330,6 +345,22 @@ impl Unet {
 
     /// One network evaluation.
     pub fn forward(&self, input: &UnetInput) -> Result<Tensor> {
+        self.forward_cached(input, DeepCache::Off)
+    }
+
+    /// Whether [`DeepCache`] applies: a network with at least two levels.
+    pub fn caches_deep_features(&self) -> bool {
+        self.down.len() >= 2 && self.down[0].sampler.is_some()
+    }
+
+    /// One network evaluation, whole or shallow ([`DeepCache`]). A shallow call with the deep
+    /// features of a whole call on the same input returns exactly that call's output.
+    pub fn forward_cached(&self, input: &UnetInput, mut cache: DeepCache) -> Result<Tensor> {
+        if !matches!(cache, DeepCache::Off) && !self.caches_deep_features() {
+            return Err(EngineError::InvalidRequest(
+                "the feature cache needs a UNet with at least two levels".into(),
+            ));
+        }
         let x = input.sample.to_dtype(self.dtype)?;
         let device = x.device().clone();
         let b = x.dim(0)?;
@@ -355,46 +386,101 @@ impl Unet {
         let context = input.context.to_dtype(self.dtype)?;
         let mut h = self.conv_in.forward(&x)?;
         let mut skips = vec![h.clone()];
-        for blk in &self.down {
-            for (j, r) in blk.resnets.iter().enumerate() {
+        // The skip branch: this many layers of the first down block, and one more than that
+        // at the end of the last up block (the one fed by `conv_in`).
+        let branch = self.down[0].resnets.len().min(1);
+        let last = self.up.len().saturating_sub(1);
+        let cut = self.up[last].resnets.len().saturating_sub(branch + 1);
+        let shallow = match &cache {
+            DeepCache::Reuse(deep) => Some((*deep).clone()),
+            _ => None,
+        };
+        if let Some(deep) = shallow {
+            if deep.dim(0)? != b {
+                return Err(EngineError::Other(format!(
+                    "cached deep features are for a batch of {}, not {b}",
+                    deep.dim(0)?
+                )));
+            }
+            let blk = &self.down[0];
+            for (j, r) in blk.resnets.iter().enumerate().take(branch) {
                 h = r.forward(&h, Some(&emb))?;
                 if let Some(a) = blk.attentions.get(j) {
                     h = a.forward(&h, &context)?;
                 }
                 skips.push(h.clone());
             }
-            if let Some(s) = &blk.sampler {
-                h = s.forward(&h)?;
-                skips.push(h.clone());
-            }
-        }
-        h = self.mid.0.forward(&h, Some(&emb))?;
-        if let Some(a) = &self.mid.1 {
-            h = a.forward(&h, &context)?;
-        }
-        h = self.mid.2.forward(&h, Some(&emb))?;
-        for blk in &self.up {
-            for (j, r) in blk.resnets.iter().enumerate() {
-                let skip = skips
-                    .pop()
-                    .ok_or_else(|| EngineError::Other("UNet skip connections out of balance".into()))?;
-                h = r.forward(&Tensor::cat(&[&h, &skip], 1)?, Some(&emb))?;
-                if let Some(a) = blk.attentions.get(j) {
-                    h = a.forward(&h, &context)?;
+            let n = self.up[last].resnets.len();
+            h = self.up_layers(last, cut..n, deep, &mut skips, &emb, &context)?;
+        } else {
+            for blk in &self.down {
+                for (j, r) in blk.resnets.iter().enumerate() {
+                    h = r.forward(&h, Some(&emb))?;
+                    if let Some(a) = blk.attentions.get(j) {
+                        h = a.forward(&h, &context)?;
+                    }
+                    skips.push(h.clone());
+                }
+                if let Some(s) = &blk.sampler {
+                    h = s.forward(&h)?;
+                    skips.push(h.clone());
                 }
             }
-            if let Some(s) = &blk.sampler {
-                // Upsample to the next skip's size, so sizes that are not a multiple of the
-                // total downsampling factor still line up (as diffusers' upsample_size).
-                let (th, tw) = match skips.last() {
-                    Some(next) => (next.dim(2)?, next.dim(3)?),
-                    None => (h.dim(2)? * 2, h.dim(3)? * 2),
-                };
-                h = s.forward(&h.upsample_nearest2d(th, tw)?)?;
+            h = self.mid.0.forward(&h, Some(&emb))?;
+            if let Some(a) = &self.mid.1 {
+                h = a.forward(&h, &context)?;
+            }
+            h = self.mid.2.forward(&h, Some(&emb))?;
+            for ui in 0..self.up.len() {
+                let n = self.up[ui].resnets.len();
+                match &mut cache {
+                    DeepCache::Refresh(slot) if ui == last => {
+                        h = self.up_layers(ui, 0..cut, h, &mut skips, &emb, &context)?;
+                        **slot = Some(h.clone());
+                        h = self.up_layers(ui, cut..n, h, &mut skips, &emb, &context)?;
+                    }
+                    _ => h = self.up_layers(ui, 0..n, h, &mut skips, &emb, &context)?,
+                }
             }
         }
         let h = self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?;
         Ok(h.to_dtype(DType::F32)?)
+    }
+}
+
+impl Unet {
+    /// Layers `layers` of up block `ui` (each takes the next skip), then its upsampler if the
+    /// range ends with the block.
+    fn up_layers(
+        &self,
+        ui: usize,
+        layers: std::ops::Range<usize>,
+        mut h: Tensor,
+        skips: &mut Vec<Tensor>,
+        emb: &Tensor,
+        context: &Tensor,
+    ) -> Result<Tensor> {
+        let blk = &self.up[ui];
+        let whole = layers.end == blk.resnets.len();
+        for j in layers {
+            let skip = skips
+                .pop()
+                .ok_or_else(|| EngineError::Other("UNet skip connections out of balance".into()))?;
+            h = blk.resnets[j].forward(&Tensor::cat(&[&h, &skip], 1)?, Some(emb))?;
+            if let Some(a) = blk.attentions.get(j) {
+                h = a.forward(&h, context)?;
+            }
+        }
+        if whole && let Some(s) = &blk.sampler {
+            // Upsample to the next skip's size, so sizes that are not a multiple of the
+            // total downsampling factor still line up (as diffusers' upsample_size).
+            let (th, tw) = match skips.last() {
+                Some(next) => (next.dim(2)?, next.dim(3)?),
+                None => (h.dim(2)? * 2, h.dim(3)? * 2),
+            };
+            h = s.forward(&h.upsample_nearest2d(th, tw)?)?;
+        }
+        Ok(h)
     }
 }
 

@@ -1,0 +1,164 @@
+//! The denoiser of one job: classifier-free guidance around the UNet (with guidance rescale,
+//! CFG truncation and the feature cache), and the per-step hook (progress, previews).
+
+use std::time::{Duration, Instant};
+
+use candle_core::{DType as CDType, Tensor};
+
+use super::{Conditioning, Hooks, Pipeline};
+use crate::error::{EngineError, Result};
+use crate::model::unet::{DeepCache, UnetInput};
+use crate::sampling::denoiser::{self, Denoise};
+use crate::sampling::schedule::RunSchedule;
+
+/// Guidance rescale (Lin et al. 2023): match the guided prediction's standard deviation to
+/// the conditional one's, mixed in by `phi`.
+fn rescale_cfg(guided: &Tensor, cond: &Tensor, phi: f64) -> Result<Tensor> {
+    let std = |t: &Tensor| -> Result<f64> {
+        let v: Vec<f32> = t.flatten_all()?.to_dtype(CDType::F32)?.to_vec1()?;
+        let n = v.len() as f64;
+        let mean = v.iter().map(|x| *x as f64).sum::<f64>() / n;
+        Ok((v.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt())
+    };
+    let (s_cond, s_guided) = (std(cond)?, std(guided)?);
+    if s_guided == 0.0 {
+        return Ok(guided.clone());
+    }
+    let factor = phi * s_cond / s_guided + (1.0 - phi);
+    Ok((guided * factor)?)
+}
+
+/// The denoiser of one job: CFG around the UNet, plus the per-step hook.
+pub(super) struct Guided<'a> {
+    pub(super) pipe: &'a Pipeline,
+    pub(super) cond: &'a Conditioning,
+    pub(super) added: Option<&'a Tensor>,
+    pub(super) run: &'a RunSchedule,
+    pub(super) scale: f64,
+    pub(super) rescale: f64,
+    /// Steps (from 0) that run the unconditional pass.
+    pub(super) guided_steps: u32,
+    pub(super) guided: bool,
+    pub(super) hooks: &'a mut dyn Hooks,
+    pub(super) nfe: u32,
+    pub(super) step: u32,
+    pub(super) total: u32,
+    pub(super) last_step: Instant,
+    pub(super) preview_time: Duration,
+    /// The feature cache's refresh interval in steps (1: off).
+    pub(super) cache_every: u32,
+    /// Its deep features and the step they were computed at.
+    pub(super) cache: Option<Tensor>,
+    pub(super) refreshed_at: Option<u32>,
+    /// Evaluations (batch rows) that ran the top level only.
+    pub(super) shallow_nfe: u32,
+}
+
+impl Guided<'_> {
+    fn lookup_timestep(&self, sigma: f64) -> f64 {
+        // The listed sigmas map to the scheduler's exact timesteps (diffusers parity); any
+        // other sigma (solvers that evaluate between steps) is mapped by interpolation.
+        self.run
+            .sigmas
+            .iter()
+            .zip(&self.run.timesteps)
+            .find(|(s, _)| (**s - sigma).abs() <= 1e-12 * s.abs().max(1.0))
+            .map(|(_, t)| *t)
+            .unwrap_or_else(|| self.pipe.schedule.t_for_sigma(sigma))
+    }
+}
+
+impl Denoise for Guided<'_> {
+    fn x0(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        if self.hooks.cancelled() {
+            return Err(EngineError::Cancelled { at_step: self.step });
+        }
+        let t = self.lookup_timestep(sigma);
+        let x_in = (x * denoiser::c_in(sigma))?;
+        // CFG truncation: after the chosen fraction of steps only the conditional pass runs.
+        let guided = self.guided && self.step < self.guided_steps;
+        let b = if guided { 2 } else { 1 };
+        let batch = if guided { Tensor::cat(&[&x_in, &x_in], 0)? } else { x_in };
+        let timesteps = vec![t; b];
+        // Row 1 of the conditioning batch is the prompt, row 0 the negative prompt.
+        let (context, pooled, ids) = if guided || !self.guided {
+            (self.cond.context.clone(), self.cond.pooled.clone(), self.added.cloned())
+        } else {
+            (
+                self.cond.context.narrow(0, 1, 1)?,
+                self.cond.pooled.as_ref().map(|p| p.narrow(0, 1, 1)).transpose()?,
+                self.added.map(|a| a.narrow(0, 1, 1)).transpose()?,
+            )
+        };
+        let added = match (ids.as_ref(), pooled.as_ref()) {
+            (Some(ids), Some(p)) => Some((p, ids)),
+            _ => None,
+        };
+        let input = UnetInput {
+            sample: &batch,
+            timesteps: &timesteps,
+            context: &context,
+            added,
+        };
+        let out = if self.cache_every <= 1 {
+            self.pipe.unet.forward(&input)?
+        } else {
+            // Whole network at the first evaluation of every `cache_every`-th step (and of
+            // step 0); the other evaluations reuse its deep features. After CFG truncation
+            // the prompt's row of them is kept.
+            if let Some(c) = &self.cache
+                && c.dim(0)? != b
+            {
+                self.cache = Some(c.narrow(0, c.dim(0)? - b, b)?);
+            }
+            let refresh = self.cache.is_none() || (self.step.is_multiple_of(self.cache_every) && self.refreshed_at != Some(self.step));
+            match (&self.cache, refresh) {
+                (Some(deep), false) => {
+                    self.shallow_nfe += b as u32;
+                    self.pipe.unet.forward_cached(&input, DeepCache::Reuse(deep))?
+                }
+                _ => {
+                    self.refreshed_at = Some(self.step);
+                    self.pipe.unet.forward_cached(&input, DeepCache::Refresh(&mut self.cache))?
+                }
+            }
+        };
+        self.nfe += b as u32;
+        let out = if guided {
+            let (uncond, cond) = (out.narrow(0, 0, 1)?, out.narrow(0, 1, 1)?);
+            let g = denoiser::cfg(&uncond, &cond, self.scale)?;
+            if self.rescale > 0.0 {
+                rescale_cfg(&g, &cond, self.rescale)?
+            } else {
+                g
+            }
+        } else {
+            out
+        };
+        denoiser::prediction_to_x0(self.pipe.config.prediction, x, &out, sigma)
+    }
+
+    fn timestep(&self, sigma: f64) -> f64 {
+        self.lookup_timestep(sigma)
+    }
+
+    fn sigma_for_timestep(&self, t: f64) -> f64 {
+        self.pipe.schedule.sigma_at(t)
+    }
+
+    fn step_done(&mut self, step: usize, _x: &Tensor, x0: &Tensor) -> Result<()> {
+        self.step = step as u32;
+        self.pipe.device.synchronize()?;
+        let now = Instant::now();
+        let dt = now - self.last_step;
+        self.hooks.progress(self.step, self.total, dt);
+        if self.hooks.wants_preview(self.step) {
+            let p0 = Instant::now();
+            let img = self.pipe.preview.project(x0)?;
+            self.hooks.preview(self.step, img);
+            self.preview_time += p0.elapsed();
+        }
+        self.last_step = Instant::now();
+        Ok(())
+    }
+}
