@@ -691,7 +691,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
                     write_new_file(path, &latents_safetensors(&lat)?)?;
                 }
                 eprintln!(
-                    "wrote {} ({}x{}) in {:.2} s: text {:.2} s, denoise {:.2} s, VAE {:.2} s, NFE {}",
+                    "wrote {} ({}x{}) in {:.2} s: text {:.2} s, denoise {:.2} s, VAE {:.2} s, NFE {}{}",
                     out.display(),
                     image.width,
                     image.height,
@@ -699,7 +699,12 @@ fn generate(g: GenerateArgs) -> Result<()> {
                     timings.text.as_secs_f64(),
                     timings.denoise.as_secs_f64(),
                     timings.vae.as_secs_f64(),
-                    timings.nfe
+                    timings.nfe,
+                    if timings.shallow_nfe > 0 {
+                        format!(" ({} shallow: feature cache)", timings.shallow_nfe)
+                    } else {
+                        String::new()
+                    }
                 );
                 return Ok(());
             }

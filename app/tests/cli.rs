@@ -151,6 +151,20 @@ fn zero_steps() {
 }
 
 #[test]
+fn feature_cache_runs_shallow_evaluations_and_refuses_zero() {
+    let out = scratch("fc.png");
+    let o = generate(&fixture("sd1/sd1-tiny.safetensors"), &["--feature-cache", "2"], &out);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // 3 steps with CFG: whole at step 0 and 2 (4 evaluations), shallow at step 1 (2).
+    assert!(stderr.contains("NFE 6 (2 shallow: feature cache)"), "{stderr}");
+    assert_clean_failure(
+        &generate(&fixture("sd1/sd1-tiny.safetensors"), &["--feature-cache", "0"], &scratch("fc0.png")),
+        "feature cache",
+    );
+}
+
+#[test]
 fn nan_guidance() {
     assert_clean_failure(
         &generate(&fixture("sd1/sd1-tiny.safetensors"), &["--cfg", "NaN"], &scratch("n.png")),
