@@ -232,6 +232,7 @@ pub struct StageArgs {
     pub cfg: f64,
     pub solver: String,
     pub feature_cache: u32,
+    pub token_merge: f64,
 }
 
 /// Peak resident memory of this process in GiB.
@@ -326,6 +327,7 @@ pub fn stage(a: StageArgs) -> Result<()> {
                     timesteps: &vec![500.0; a.batch],
                     context: &ctx,
                     added,
+                    token_merge: a.token_merge,
                 })?;
             }
             (Stage::Vae, _) => {
@@ -348,6 +350,7 @@ pub fn stage(a: StageArgs) -> Result<()> {
                     schedule: "default".into(),
                     seed: 1,
                     feature_cache: a.feature_cache,
+                    token_merge: a.token_merge,
                     ..Default::default()
                 };
                 let job = pipe.validate(&request)?;

@@ -189,6 +189,9 @@ struct StageOpts {
     /// pipeline: feature cache interval (1 = off).
     #[arg(long, default_value_t = 1)]
     feature_cache: u32,
+    /// unet/pipeline: token merging ratio (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    token_merge: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -304,6 +307,10 @@ struct GenerateArgs {
     /// (1 = off; 3 is a common choice).
     #[arg(long, default_value_t = 1)]
     feature_cache: u32,
+    /// Token merging (ToMe for SD): share of the top level's tokens merged away before each
+    /// self-attention (0 = off; 0.3-0.5 usual; A1111's "Token merging ratio").
+    #[arg(long, default_value_t = 0.0)]
+    token_merge: f64,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, default_value = "f32")]
@@ -364,6 +371,7 @@ fn stage(stage: crate::bench::Stage, o: StageOpts) -> Result<()> {
         cfg: o.cfg,
         solver: o.solver,
         feature_cache: o.feature_cache,
+        token_merge: o.token_merge,
     })
 }
 
@@ -656,6 +664,7 @@ fn generate(g: GenerateArgs) -> Result<()> {
         clip_skip: g.clip_skip,
         preview_every: 0,
         feature_cache: g.feature_cache,
+        token_merge: g.token_merge,
     };
     let id = engine.generate(request)?;
     let mut stderr = std::io::stderr();

@@ -49,6 +49,8 @@ pub struct Params {
     pub clip_skip: u32,
     /// Feature cache interval (1 = off).
     pub feature_cache: u32,
+    /// Token merging ratio (0 = off).
+    pub token_merge: f64,
 }
 
 impl Default for Params {
@@ -69,6 +71,7 @@ impl Default for Params {
             batch: 1,
             clip_skip: 1,
             feature_cache: 1,
+            token_merge: 0.0,
         }
     }
 }
@@ -92,6 +95,7 @@ impl Params {
             clip_skip: self.clip_skip,
             preview_every: 1,
             feature_cache: self.feature_cache,
+            token_merge: self.token_merge,
         }
     }
 
@@ -112,6 +116,7 @@ impl Params {
         self.seed_mode = SeedMode::Fixed;
         self.clip_skip = r.clip_skip;
         self.feature_cache = r.feature_cache;
+        self.token_merge = r.token_merge;
     }
 }
 

@@ -131,6 +131,7 @@ impl Parameters {
         r.cfg_rescale = num("CFG rescale").unwrap_or(0.0);
         r.cfg_until = num("CFG until").unwrap_or(1.0);
         r.feature_cache = num("Feature cache").filter(|v| *v >= 1.0).map_or(1, |v| v as u32);
+        r.token_merge = num("Token merging ratio").filter(|v| v.is_finite() && *v >= 0.0).unwrap_or(0.0);
         r.eta = num("Eta");
         let (solver, schedule) = self.sampler();
         if let Some(s) = solver {

@@ -26,6 +26,9 @@ use guided::Guided;
 /// The longest feature-cache interval a request may ask for (DeepCache uses 2-10).
 pub const MAX_FEATURE_CACHE: u32 = 20;
 
+/// The highest token merging ratio a request may ask for (A1111 allows up to 0.9).
+pub const MAX_TOKEN_MERGE: f64 = 0.9;
+
 /// Opens the candle device for `kind`, with a clear error where this build lacks it.
 pub fn open_device(kind: DeviceKind) -> Result<Device> {
     match kind {
@@ -351,6 +354,12 @@ impl Pipeline {
                 r.feature_cache
             ));
         }
+        if !r.token_merge.is_finite() || !(0.0..=MAX_TOKEN_MERGE).contains(&r.token_merge) {
+            return bad(format!(
+                "the token merging ratio must be between 0 (off) and {MAX_TOKEN_MERGE}, got {}",
+                r.token_merge
+            ));
+        }
         if r.feature_cache > 1 && !self.unet.caches_deep_features() {
             return bad("this model's UNet has a single level: the feature cache does not apply".into());
         }
@@ -557,6 +566,7 @@ impl Pipeline {
             cache: None,
             refreshed_at: None,
             shallow_nfe: 0,
+            token_merge: r.token_merge,
         };
         let x = solver(&mut den, x, &run.sigmas, &job.params, &mut rng)?;
         let (nfe, shallow_nfe, preview_time) = (den.nfe, den.shallow_nfe, den.preview_time);
@@ -628,6 +638,9 @@ impl Pipeline {
         }
         if r.feature_cache > 1 {
             p.push("Feature cache", r.feature_cache);
+        }
+        if r.token_merge > 0.0 {
+            p.push("Token merging ratio", r.token_merge);
         }
         if job.params.eta != job.solver.default_eta {
             p.push("Eta", job.params.eta);

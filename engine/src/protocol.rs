@@ -165,6 +165,9 @@ pub struct GenerateRequest {
     /// Feature cache (DeepCache): run the whole UNet every this many steps and only its top
     /// level in between, reusing the deeper features. 1 = off.
     pub feature_cache: u32,
+    /// Token merging (ToMe for SD): share of the top level's tokens merged away before each
+    /// self-attention. 0 = off; 0.3-0.5 are usual.
+    pub token_merge: f64,
 }
 
 impl Default for GenerateRequest {
@@ -185,6 +188,7 @@ impl Default for GenerateRequest {
             clip_skip: 1,
             preview_every: 1,
             feature_cache: 1,
+            token_merge: 0.0,
         }
     }
 }

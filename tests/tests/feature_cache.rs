@@ -33,6 +33,7 @@ fn a_shallow_call_with_its_own_deep_features_is_the_whole_network() {
             timesteps: t,
             context: &r["text.cond"],
             added: pooled.as_ref().map(|p| (p, &ids)),
+            token_merge: 0.0,
         };
         let unet = pipe.unet();
         assert!(unet.caches_deep_features(), "{family}");

@@ -25,6 +25,7 @@ fn unet_out(pipe: &Pipeline, family: &str, context: &Tensor, pooled: Option<&Ten
             timesteps: &[500.0],
             context,
             added,
+            token_merge: 0.0,
         })
         .expect("unet")
 }

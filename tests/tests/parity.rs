@@ -113,6 +113,7 @@ fn check_family(family: &str) {
                 timesteps: &[500.0],
                 context: &cond,
                 added,
+                token_merge: 0.0,
             })
             .expect("unet");
         report(&what("unet"), rel_l2(&out, &r["unet.output"]));

@@ -100,6 +100,15 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
             );
         ui.end_row();
 
+        let l = ui.label("Token merging");
+        ui.add(egui::Slider::new(&mut p.token_merge, 0.0..=0.75).step_by(0.05).fixed_decimals(2))
+            .labelled_by(l.id)
+            .on_hover_text(
+                "ToMe for SD: merge this share of the most similar tokens before each self-attention \
+                 at the top level (A1111's token merging ratio). 0 = off; 0.3-0.5 speeds up large images",
+            );
+        ui.end_row();
+
         let l = ui.label("Width");
         ui.add(egui::Slider::new(&mut p.width, 64..=2048).step_by(8.0)).labelled_by(l.id);
         ui.end_row();

@@ -12,5 +12,6 @@ pub mod cpu_norm;
 pub mod cuda_ops;
 pub mod layers;
 pub mod synthetic;
+pub mod tome;
 pub mod unet;
 pub mod vae;

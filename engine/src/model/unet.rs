@@ -134,9 +134,21 @@ impl TransformerBlock {
             ff_out: linear(w, &format!("{p}.ff.net.2"))?,
         })
     }
-    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// `merge`: token merging for the self-attention (ratio, token grid height and width).
+    fn forward(&self, x: &Tensor, context: &Tensor, merge: Option<(f64, usize, usize)>) -> Result<Tensor> {
         let h = self.norm1.forward(x)?;
-        let x = (x + self.attn1.forward(&h, &h)?)?;
+        let plan = match merge {
+            Some((ratio, gh, gw)) => super::tome::Merge::plan(x, gh, gw, ratio)?,
+            None => None,
+        };
+        let a = match plan {
+            Some(m) => {
+                let hm = m.merge(&h)?;
+                m.unmerge(&self.attn1.forward(&hm, &hm)?)?
+            }
+            None => self.attn1.forward(&h, &h)?,
+        };
+        let x = (x + a)?;
         let x = (&x + self.attn2.forward(&self.norm2.forward(&x)?, context)?)?;
         let h = self.ff_in.forward(&self.norm3.forward(&x)?)?;
         let half = h.dim(2)? / 2;
@@ -180,7 +192,8 @@ impl SpatialTransformer {
             proj_out: Projection::new(w, &format!("{p}.proj_out"), cfg.linear_projection)?,
         })
     }
-    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// `merge`: the token merging ratio for the self-attention of every block (0: none).
+    fn forward(&self, x: &Tensor, context: &Tensor, merge: f64) -> Result<Tensor> {
         let (b, c, h, wd) = x.dims4()?;
         let y = self.norm.forward(x)?;
         let to_tokens = |t: Tensor| -> Result<Tensor> {
@@ -191,8 +204,9 @@ impl SpatialTransformer {
             Projection::Conv(conv) => to_tokens(conv.forward(&y)?)?,
             Projection::Linear(l) => l.forward(&to_tokens(y)?)?,
         };
+        let merge = (merge > 0.0).then_some((merge, h, wd));
         for blk in &self.blocks {
-            y = blk.forward(&y, context)?;
+            y = blk.forward(&y, context, merge)?;
         }
         let to_map = |t: Tensor| -> Result<Tensor> {
             let ch = t.dim(2)?;
@@ -238,6 +252,8 @@ pub struct UnetInput<'a> {
     pub context: &'a Tensor,
     /// SDXL: `[b, pooled]` pooled text embedding and `[b, 6]` size/crop values.
     pub added: Option<(&'a Tensor, &'a Tensor)>,
+    /// Token merging ratio for the top level's self-attention ([`super::tome`]; 0 = off).
+    pub token_merge: f64,
 }
 
 /// How one UNet call uses the feature cache (DeepCache, Ma et al. 2023). The features that
@@ -384,6 +400,11 @@ impl Unet {
             emb = (emb + l2.forward(&l1.forward(&add_in)?.silu()?)?)?;
         }
         let context = input.context.to_dtype(self.dtype)?;
+        let cond = LayerCond {
+            emb: &emb,
+            context: &context,
+            token_merge: input.token_merge,
+        };
         let mut h = self.conv_in.forward(&x)?;
         let mut skips = vec![h.clone()];
         // The skip branch: this many layers of the first down block, and one more than that
@@ -406,18 +427,20 @@ impl Unet {
             for (j, r) in blk.resnets.iter().enumerate().take(branch) {
                 h = r.forward(&h, Some(&emb))?;
                 if let Some(a) = blk.attentions.get(j) {
-                    h = a.forward(&h, &context)?;
+                    h = a.forward(&h, &context, input.token_merge)?;
                 }
                 skips.push(h.clone());
             }
             let n = self.up[last].resnets.len();
-            h = self.up_layers(last, cut..n, deep, &mut skips, &emb, &context)?;
+            h = self.up_layers(last, cut..n, deep, &mut skips, &cond)?;
         } else {
-            for blk in &self.down {
+            for (bi, blk) in self.down.iter().enumerate() {
+                // Token merging at the top level only (tomesd's `max_downsample` 1).
+                let merge = if bi == 0 { input.token_merge } else { 0.0 };
                 for (j, r) in blk.resnets.iter().enumerate() {
                     h = r.forward(&h, Some(&emb))?;
                     if let Some(a) = blk.attentions.get(j) {
-                        h = a.forward(&h, &context)?;
+                        h = a.forward(&h, &context, merge)?;
                     }
                     skips.push(h.clone());
                 }
@@ -428,24 +451,33 @@ impl Unet {
             }
             h = self.mid.0.forward(&h, Some(&emb))?;
             if let Some(a) = &self.mid.1 {
-                h = a.forward(&h, &context)?;
+                h = a.forward(&h, &context, 0.0)?;
             }
             h = self.mid.2.forward(&h, Some(&emb))?;
             for ui in 0..self.up.len() {
                 let n = self.up[ui].resnets.len();
                 match &mut cache {
                     DeepCache::Refresh(slot) if ui == last => {
-                        h = self.up_layers(ui, 0..cut, h, &mut skips, &emb, &context)?;
+                        h = self.up_layers(ui, 0..cut, h, &mut skips, &cond)?;
                         **slot = Some(h.clone());
-                        h = self.up_layers(ui, cut..n, h, &mut skips, &emb, &context)?;
+                        h = self.up_layers(ui, cut..n, h, &mut skips, &cond)?;
                     }
-                    _ => h = self.up_layers(ui, 0..n, h, &mut skips, &emb, &context)?,
+                    _ => h = self.up_layers(ui, 0..n, h, &mut skips, &cond)?,
                 }
             }
         }
         let h = self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?;
         Ok(h.to_dtype(DType::F32)?)
     }
+}
+
+/// What every layer of one UNet call sees: the timestep embedding, the text and the token
+/// merging ratio.
+#[derive(Clone, Copy)]
+struct LayerCond<'a> {
+    emb: &'a Tensor,
+    context: &'a Tensor,
+    token_merge: f64,
 }
 
 impl Unet {
@@ -457,18 +489,19 @@ impl Unet {
         layers: std::ops::Range<usize>,
         mut h: Tensor,
         skips: &mut Vec<Tensor>,
-        emb: &Tensor,
-        context: &Tensor,
+        cond: &LayerCond,
     ) -> Result<Tensor> {
         let blk = &self.up[ui];
         let whole = layers.end == blk.resnets.len();
+        let LayerCond { emb, context, token_merge } = *cond;
+        let merge = if ui + 1 == self.up.len() { token_merge } else { 0.0 };
         for j in layers {
             let skip = skips
                 .pop()
                 .ok_or_else(|| EngineError::Other("UNet skip connections out of balance".into()))?;
             h = blk.resnets[j].forward(&Tensor::cat(&[&h, &skip], 1)?, Some(emb))?;
             if let Some(a) = blk.attentions.get(j) {
-                h = a.forward(&h, context)?;
+                h = a.forward(&h, context, merge)?;
             }
         }
         if whole && let Some(s) = &blk.sampler {

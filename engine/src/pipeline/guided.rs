@@ -52,6 +52,8 @@ pub(super) struct Guided<'a> {
     pub(super) refreshed_at: Option<u32>,
     /// Evaluations (batch rows) that ran the top level only.
     pub(super) shallow_nfe: u32,
+    /// Token merging ratio of the top level's self-attention (0 = off).
+    pub(super) token_merge: f64,
 }
 
 impl Guided<'_> {
@@ -99,6 +101,7 @@ impl Denoise for Guided<'_> {
             timesteps: &timesteps,
             context: &context,
             added,
+            token_merge: self.token_merge,
         };
         let out = if self.cache_every <= 1 {
             self.pipe.unet.forward(&input)?

@@ -188,6 +188,7 @@ pub fn diffusion_loss_with(w: &Weights, cfg: &ModelConfig, latents: &Tensor, cap
         timesteps: &timesteps,
         context: &context.to_dtype(DType::F32)?,
         added: added.as_ref().map(|(p, ids)| (p, ids)),
+        token_merge: 0.0,
     })?;
     let weights: Vec<f32> = ab
         .iter()
