@@ -1,4 +1,4 @@
-//! With the `cuda` feature: compiles the engine's own CUDA kernels (src/model/kernels.cu) to
+//! With the `cuda` feature: compiles the engine's own CUDA kernels (src/kernels/kernels.cu) to
 //! PTX with nvcc, as candle does its own (NVCC or CUDA_ROOT/bin/nvcc, else nvcc on PATH;
 //! CUDA_COMPUTE_CAP picks the PTX target, default 80: Ampere and newer load it). Without the
 //! feature it does nothing.
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    println!("cargo::rerun-if-changed=src/model/kernels.cu");
+    println!("cargo::rerun-if-changed=src/kernels/kernels.cu");
     println!("cargo::rerun-if-env-changed=CUDA_COMPUTE_CAP");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
@@ -24,10 +24,10 @@ fn main() {
     let status = Command::new(&nvcc)
         .args(["--ptx", "-O3", &format!("-arch=compute_{cap}"), "-o"])
         .arg(&out)
-        .arg("src/model/kernels.cu")
+        .arg("src/kernels/kernels.cu")
         .status();
     match status {
         Ok(s) if s.success() => {}
-        other => panic!("{} could not compile src/model/kernels.cu: {other:?}", nvcc.display()),
+        other => panic!("{} could not compile src/kernels/kernels.cu: {other:?}", nvcc.display()),
     }
 }

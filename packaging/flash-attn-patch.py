@@ -5,7 +5,7 @@ packaging/build-cuda.sh): f16, not causal, head sizes up to 64, 96 and 160 (SD 1
 
     flash-attn-patch.py CRATE_COPY CUTLASS_DIR
 
-The engine calls the kernel only for those cases (engine/src/model/layers.rs, `flash`)."""
+The engine calls the kernel only for those cases (engine/src/nets/layers.rs, `flash`)."""
 import re
 import sys
 

@@ -1,12 +1,8 @@
-//! Latent Studio's binary crate as a library: the window (app, panels, state, files) and the
-//! command line, so UI tests can drive the real window with a stand-in engine.
+//! Latent Studio's binary crate as a library, so UI tests can drive the real window with a
+//! stand-in engine: the command line ([`cli`]) and the window ([`gui`]), with the little they
+//! share (where the shipped assets are, PNG files).
 
-pub mod app;
-mod bench;
+pub mod assets;
 pub mod cli;
-pub mod files;
 pub mod gui;
-pub mod panels;
-mod plot;
-pub mod state;
-pub mod training;
+pub mod png;

@@ -429,7 +429,7 @@ fn generate_without_a_model_uses_the_embedded_one_or_says_it_is_missing() {
         .arg(&out)
         .output()
         .expect("run");
-    if latent_studio::app::embedded_model().is_some() {
+    if latent_studio::assets::embedded_model().is_some() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert!(out.exists());
     } else {

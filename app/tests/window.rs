@@ -14,8 +14,8 @@ use latent_engine::metadata::Parameters;
 use latent_engine::pipeline::{Hooks, Output};
 use latent_engine::protocol::{DType, GenerateRequest, ImageRgb8, LatentsOut, LoraSpec, ModelInfo, ModelSpec, Timings};
 use latent_engine::worker::Backend;
-use latent_studio::app::{Launch, StudioApp};
-use latent_studio::state::{LoraEntry, ModelState, SeedMode, Settings};
+use latent_studio::gui::app::{Launch, StudioApp};
+use latent_studio::gui::state::{LoraEntry, ModelState, SeedMode, Settings};
 
 /// What the stand-in engine does with a generation.
 #[derive(Clone, Debug, PartialEq)]
@@ -195,7 +195,7 @@ fn settings() -> Settings {
     s.params.height = 64;
     s.params.solver = "euler".into();
     s.params.schedule = "default".into();
-    s.theme = latent_studio::state::ThemeChoice::Dark;
+    s.theme = latent_studio::gui::state::ThemeChoice::Dark;
     // The stand-in model's native size: loading it keeps the sliders' 64x64.
     s.native_size = Some((512, 512));
     s.native_guidance = Some(7.0);
@@ -488,7 +488,7 @@ fn lora_panel_and_prompt_tags_stay_in_sync() {
     let entry = s.harness.state().settings.loras[1].clone();
     {
         let app = s.harness.state_mut();
-        app.settings.params.prompt = latent_studio::state::prompt_from_panel(&app.settings.params.prompt, &entry.name(), Some(&entry));
+        app.settings.params.prompt = latent_studio::gui::state::prompt_from_panel(&app.settings.params.prompt, &entry.name(), Some(&entry));
         app.push_loras();
     }
     s.until("applied", |_, log| log.loras.len() > before);

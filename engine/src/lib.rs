@@ -4,12 +4,14 @@
 //! No GUI, no async runtime in the API. Start with [`handle::EngineHandle::spawn`], or drive
 //! a [`pipeline::Pipeline`] directly for headless work.
 
+pub mod checkpoint;
 pub mod error;
 pub mod handle;
 pub mod image_io;
+pub mod kernels;
 pub mod lora;
 pub mod metadata;
-pub mod model;
+pub mod nets;
 pub mod pipeline;
 pub mod preview;
 pub mod protocol;

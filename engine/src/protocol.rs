@@ -252,7 +252,7 @@ pub enum Event {
     },
     /// The LoRA set changed: one report per file (layers applied / total, unmatched keys).
     LorasApplied {
-        reports: Vec<crate::lora::LoraReport>,
+        reports: Vec<LoraReport>,
     },
     Started {
         id: JobId,
@@ -318,4 +318,32 @@ impl Event {
 pub struct LatentsOut {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
+}
+
+/// What a LoRA merge did, per file: shown to the user after every change.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoraReport {
+    pub name: String,
+    /// Modules applied / modules in the file.
+    pub applied: usize,
+    pub total: usize,
+    /// Module keys that matched no layer of the model, and tensors that are not LoRA parts.
+    pub unmatched: Vec<String>,
+}
+
+impl LoraReport {
+    /// One line for the status bar / CLI.
+    pub fn summary(&self) -> String {
+        let mut s = format!("{}: {}/{} layers applied", self.name, self.applied, self.total);
+        if !self.unmatched.is_empty() {
+            let shown: Vec<&str> = self.unmatched.iter().take(3).map(String::as_str).collect();
+            s.push_str(&format!(
+                "; {} not matched ({}{})",
+                self.unmatched.len(),
+                shown.join(", "),
+                if self.unmatched.len() > 3 { ", ..." } else { "" }
+            ));
+        }
+        s
+    }
 }

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use candle_core::{D, Device, Tensor};
+use latent_engine::checkpoint;
 use latent_engine::lora::LoraFile;
-use latent_engine::model::checkpoint;
 use latent_engine::pipeline::Pipeline;
 use latent_engine::protocol::{GenerateRequest, ImageRgb8, ModelSpec};
 use latent_engine::train::dataset::COLORS;
@@ -547,11 +547,11 @@ fn the_demo_lora_draws_outlines_at_strength_one_and_nothing_at_zero() {
 fn the_autoencoder_keeps_the_colours_the_prompts_name() {
     // The denoiser can only be as right as the autoencoder: encode -> decode of the training
     // pictures must still pass the colour check.
-    use latent_engine::model::vae::{VaeDecoder, VaeEncoder};
+    use latent_engine::nets::vae::{VaeDecoder, VaeEncoder};
     use latent_engine::train::dataset::{SHAPES, Subject, sample};
     let path = model();
     let w = checkpoint::load(&path, candle_core::DType::F32, &candle_core::Device::Cpu).expect("weights");
-    let cfg = latent_engine::model::config::infer(&w, "embedded").expect("config");
+    let cfg = latent_engine::checkpoint::architecture::infer(&w, "embedded").expect("config");
     let (enc, dec) = (
         VaeEncoder::new(&w, &cfg.vae).expect("encoder"),
         VaeDecoder::new(&w, &cfg.vae).expect("decoder"),

@@ -4,7 +4,7 @@
 //! spends exactly the whole and shallow evaluations it plans, and bad intervals are refused.
 
 use candle_core::Tensor;
-use latent_engine::model::unet::{DeepCache, UnetInput};
+use latent_engine::nets::unet::{DeepCache, UnetInput};
 use latent_engine::pipeline::{Pipeline, request_nfe, request_whole_nfe};
 use latent_engine::protocol::ModelSpec;
 use latent_tests::{FAMILIES, Quiet, layouts, reference, reference_json, tiny_request};

@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use latent_engine::lora::LoraFile;
-use latent_engine::model::unet::UnetInput;
+use latent_engine::nets::unet::UnetInput;
 use latent_engine::pipeline::Pipeline;
 use latent_engine::protocol::ModelSpec;
 use latent_tests::{Quiet, fixture, layouts, rel_l2};

@@ -2,7 +2,7 @@
 //! Tolerance: relative L2 error below 1e-4 in f32 (README states what is reached).
 
 use candle_core::{DType, Tensor};
-use latent_engine::model::unet::UnetInput;
+use latent_engine::nets::unet::UnetInput;
 use latent_engine::pipeline::Pipeline;
 use latent_engine::protocol::{GenerateRequest, ModelSpec};
 use latent_engine::rng::TorchRng;

@@ -2,7 +2,7 @@
 //! (`fixtures/make_tome_fixture.py`: ratios 0.3 and 0.5, `use_rand=False`), and the request
 //! path: validation, image parameters, and no effect at ratio 0.
 
-use latent_engine::model::unet::UnetInput;
+use latent_engine::nets::unet::UnetInput;
 use latent_engine::pipeline::{MAX_TOKEN_MERGE, Pipeline};
 use latent_engine::protocol::ModelSpec;
 use latent_tests::{Quiet, fixture, layouts, reference, rel_l2, tiny_request};

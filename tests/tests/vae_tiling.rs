@@ -2,8 +2,8 @@
 
 use candle_core::{Device, Tensor};
 use latent_engine::ModelSpec;
-use latent_engine::model::layers::CONV_UNFOLD_BUDGET;
-use latent_engine::model::vae::{MIN_TILE, TILE_OVERLAP, VaeTiling};
+use latent_engine::nets::layers::CONV_UNFOLD_BUDGET;
+use latent_engine::nets::vae::{MIN_TILE, TILE_OVERLAP, VaeTiling};
 use latent_engine::pipeline::Pipeline;
 use latent_tests::{layouts, rel_l2};
 

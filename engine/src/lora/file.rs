@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::keys::{self, Part};
+use crate::checkpoint::SafetensorsFile;
 use crate::error::{EngineError, Result};
-use crate::model::checkpoint::SafetensorsFile;
 
 /// The LoRA flavours the engine merges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -118,7 +118,7 @@ impl LoraFile {
             tensors += 1;
             match keys::split(name) {
                 Some((module, part)) => {
-                    let Some(t) = file.load(name, crate::model::convert::Transform::None, DType::F32, &Device::Cpu)? else {
+                    let Some(t) = file.load(name, crate::checkpoint::convert::Transform::None, DType::F32, &Device::Cpu)? else {
                         stray.push(name.to_string());
                         continue;
                     };

@@ -7,34 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use super::file::{LoraFile, LoraFormat, Module};
 use super::keys::{self, Part};
 use crate::error::{EngineError, Result};
-
-/// What a load did: shown to the user after every change.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct LoraReport {
-    pub name: String,
-    /// Modules applied / modules in the file.
-    pub applied: usize,
-    pub total: usize,
-    /// Module keys that matched no layer of the model, and tensors that are not LoRA parts.
-    pub unmatched: Vec<String>,
-}
-
-impl LoraReport {
-    /// One line for the status bar / CLI.
-    pub fn summary(&self) -> String {
-        let mut s = format!("{}: {}/{} layers applied", self.name, self.applied, self.total);
-        if !self.unmatched.is_empty() {
-            let shown: Vec<&str> = self.unmatched.iter().take(3).map(String::as_str).collect();
-            s.push_str(&format!(
-                "; {} not matched ({}{})",
-                self.unmatched.len(),
-                shown.join(", "),
-                if self.unmatched.len() > 3 { ", ..." } else { "" }
-            ));
-        }
-        s
-    }
-}
+use crate::protocol::LoraReport;
 
 fn part(m: &Module, p: Part) -> Result<&Tensor> {
     m.parts

@@ -8,8 +8,9 @@ pub mod file;
 pub mod keys;
 pub mod merge;
 
+pub use crate::protocol::LoraReport;
 pub use file::{LoraFile, LoraFormat};
-pub use merge::{LoraReport, merge_into};
+pub use merge::merge_into;
 
 /// Removes A1111 `<lora:name:weight>` tags from a prompt; returns the cleaned prompt and the
 /// (name, weight) pairs (`<lora:name>` means 1.0).

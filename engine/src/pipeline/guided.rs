@@ -1,13 +1,18 @@
 //! The denoiser of one job: classifier-free guidance around the UNet (with guidance rescale,
-//! CFG truncation and the feature cache), and the per-step hook (progress, previews).
+//! CFG truncation and the feature cache), and the per-step hook (progress, previews); and
+//! [`Pipeline::sample`], the one sampling loop every task runs through it.
 
 use std::time::{Duration, Instant};
 
 use candle_core::{DType as CDType, Tensor};
 
-use super::{Conditioning, Hooks, Pipeline};
+use super::job::{guided_steps, uses_cfg};
+use super::text::Conditioning;
+use super::{Hooks, Job, Pipeline};
 use crate::error::{EngineError, Result};
-use crate::model::unet::{DeepCache, UnetInput};
+use crate::nets::unet::{DeepCache, UnetInput};
+use crate::rng::TorchRng;
+use crate::sampling;
 use crate::sampling::denoiser::{self, Denoise};
 use crate::sampling::schedule::RunSchedule;
 
@@ -29,31 +34,31 @@ fn rescale_cfg(guided: &Tensor, cond: &Tensor, phi: f64) -> Result<Tensor> {
 }
 
 /// The denoiser of one job: CFG around the UNet, plus the per-step hook.
-pub(super) struct Guided<'a> {
-    pub(super) pipe: &'a Pipeline,
-    pub(super) cond: &'a Conditioning,
-    pub(super) added: Option<&'a Tensor>,
-    pub(super) run: &'a RunSchedule,
-    pub(super) scale: f64,
-    pub(super) rescale: f64,
+struct Guided<'a> {
+    pipe: &'a Pipeline,
+    cond: &'a Conditioning,
+    added: Option<&'a Tensor>,
+    run: &'a RunSchedule,
+    scale: f64,
+    rescale: f64,
     /// Steps (from 0) that run the unconditional pass.
-    pub(super) guided_steps: u32,
-    pub(super) guided: bool,
-    pub(super) hooks: &'a mut dyn Hooks,
-    pub(super) nfe: u32,
-    pub(super) step: u32,
-    pub(super) total: u32,
-    pub(super) last_step: Instant,
-    pub(super) preview_time: Duration,
+    guided_steps: u32,
+    guided: bool,
+    hooks: &'a mut dyn Hooks,
+    nfe: u32,
+    step: u32,
+    total: u32,
+    last_step: Instant,
+    preview_time: Duration,
     /// The feature cache's refresh interval in steps (1: off).
-    pub(super) cache_every: u32,
+    cache_every: u32,
     /// Its deep features and the step they were computed at.
-    pub(super) cache: Option<Tensor>,
-    pub(super) refreshed_at: Option<u32>,
+    cache: Option<Tensor>,
+    refreshed_at: Option<u32>,
     /// Evaluations (batch rows) that ran the top level only.
-    pub(super) shallow_nfe: u32,
+    shallow_nfe: u32,
     /// Token merging ratio of the top level's self-attention (0 = off).
-    pub(super) token_merge: f64,
+    token_merge: f64,
 }
 
 impl Guided<'_> {
@@ -163,5 +168,72 @@ impl Denoise for Guided<'_> {
         }
         self.last_step = Instant::now();
         Ok(())
+    }
+}
+
+/// What a sampling run produced and spent.
+pub(super) struct Sampled {
+    /// Final latents, unscaled (what the VAE decodes after dividing by its scaling factor).
+    pub(super) latents: Tensor,
+    pub(super) nfe: u32,
+    pub(super) shallow_nfe: u32,
+    pub(super) preview_time: Duration,
+}
+
+impl Pipeline {
+    /// Runs the job's solver from `x` (already at the first sigma of `run`) through the
+    /// guided denoiser to the end of the schedule. Tasks differ only in where `x` and `run`
+    /// start; the guidance, the cost accounting and the hooks are the same for all.
+    pub(super) fn sample(
+        &self,
+        job: &Job,
+        cond: &Conditioning,
+        run: &RunSchedule,
+        x: Tensor,
+        rng: &mut TorchRng,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Sampled> {
+        let r = &job.request;
+        let guided = uses_cfg(r.cfg_scale);
+        let added = match self.config.unet.addition {
+            Some(_) => {
+                let (hh, ww) = (r.height as f32, r.width as f32);
+                let row = [hh, ww, 0.0, 0.0, hh, ww];
+                let b = if guided { 2 } else { 1 };
+                let ids: Vec<f32> = (0..b).flat_map(|_| row).collect();
+                Some(Tensor::from_vec(ids, (b, 6), &self.device)?)
+            }
+            None => None,
+        };
+        let solver = sampling::solver_fn(job.solver.name)?;
+        let mut den = Guided {
+            pipe: self,
+            cond,
+            added: added.as_ref(),
+            run,
+            scale: r.cfg_scale,
+            rescale: r.cfg_rescale,
+            guided_steps: guided_steps(r),
+            guided,
+            hooks,
+            nfe: 0,
+            step: 0,
+            total: r.steps,
+            last_step: Instant::now(),
+            preview_time: Duration::ZERO,
+            cache_every: r.feature_cache,
+            cache: None,
+            refreshed_at: None,
+            shallow_nfe: 0,
+            token_merge: r.token_merge,
+        };
+        let x = solver(&mut den, x, &run.sigmas, &job.params, rng)?;
+        let sigma_last = run.sigmas.last().copied().unwrap_or(0.0);
+        Ok(Sampled {
+            latents: (x * denoiser::c_in(sigma_last))?,
+            nfe: den.nfe,
+            shallow_nfe: den.shallow_nfe,
+            preview_time: den.preview_time,
+        })
     }
 }

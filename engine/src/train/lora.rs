@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::{EngineError, Result};
-use crate::model::checkpoint::Weights;
+use crate::nets::weights::Weights;
 use crate::protocol::ImageRgb8;
 use crate::rng::TorchRng;
 
@@ -233,9 +233,9 @@ pub fn train_lora(o: &LoraOptions, mut log: impl FnMut(&str)) -> Result<f32> {
         });
     }
     let dev = Device::Cpu;
-    let base = crate::model::checkpoint::load(&o.model, DType::F32, &dev)?;
+    let base = crate::checkpoint::load(&o.model, DType::F32, &dev)?;
     let name = o.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let cfg = crate::model::config::infer(&base, &name)?;
+    let cfg = crate::checkpoint::architecture::infer(&base, &name)?;
     let size = cfg.default_size.0;
     let lora = LoraTrainable::new(&base, o.rank.max(1), o.seed, &dev)?;
     let mut opt = super::adamw::AdamW::new(

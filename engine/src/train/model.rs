@@ -1,7 +1,7 @@
 //! The embedded model's architecture: the SD 1.x family (CLIP text encoder, conditional UNet,
 //! KL autoencoder) at a size a 2-core CPU trains in about two hours and runs in about a second.
 
-use crate::model::config::{Activation, Family, ModelConfig, TextConfig, UnetConfig, VaeConfig};
+use crate::nets::config::{Activation, Family, ModelConfig, TextConfig, UnetConfig, VaeConfig};
 use crate::protocol::Prediction;
 
 /// The guidance scale the embedded model is made for (stored in its metadata; the window and
@@ -134,7 +134,7 @@ pub fn encoder_shapes(v: &VaeConfig) -> Vec<(String, Vec<usize>)> {
 
 /// Every tensor of the trained checkpoint: text encoder, UNet, decoder and encoder.
 pub fn all_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let mut s = crate::model::synthetic::shapes(cfg);
+    let mut s = crate::nets::shapes::shapes(cfg);
     s.extend(encoder_shapes(&cfg.vae));
     s
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::{EngineError, Result};
-use crate::model::checkpoint::{Layout, Weights};
+use crate::nets::weights::{Layout, Weights};
 use crate::rng::TorchRng;
 
 /// Named trainable tensors, in a fixed order.

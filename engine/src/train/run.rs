@@ -14,7 +14,7 @@ use super::model::{IMAGE_SIZE, all_shapes, embedded_config, with_pooled_text};
 use super::params::Params;
 use super::trainer::{batch, batch_mixed, diffusion_loss, encode_latents, vae_loss};
 use crate::error::{EngineError, Result};
-use crate::model::config::ModelConfig;
+use crate::nets::config::ModelConfig;
 use crate::preview::LatentRgb;
 use crate::rng::TorchRng;
 
@@ -100,8 +100,8 @@ pub fn model_metadata(cfg: &ModelConfig, extra: serde_json::Value) -> String {
         "family": "sd1",
         "text_heads": cfg.text[0].heads,
         "text_activation": match cfg.text[0].activation {
-            crate::model::config::Activation::QuickGelu => "quick_gelu",
-            crate::model::config::Activation::Gelu => "gelu",
+            crate::nets::config::Activation::QuickGelu => "quick_gelu",
+            crate::nets::config::Activation::Gelu => "gelu",
         },
         "unet_heads": cfg.unet.heads,
         "norm_groups": cfg.unet.groups,

@@ -8,11 +8,11 @@ use candle_core::{D, DType, Device, Tensor};
 use super::dataset;
 use super::params::Params;
 use crate::error::Result;
-use crate::model::checkpoint::Weights;
-use crate::model::clip::{ClipText, TextRequest};
-use crate::model::config::ModelConfig;
-use crate::model::unet::{Unet, UnetInput};
-use crate::model::vae::{VaeDecoder, VaeEncoder};
+use crate::nets::clip::{ClipText, TextRequest};
+use crate::nets::config::ModelConfig;
+use crate::nets::unet::{Unet, UnetInput};
+use crate::nets::vae::{VaeDecoder, VaeEncoder};
+use crate::nets::weights::Weights;
 use crate::protocol::ImageRgb8;
 use crate::rng::TorchRng;
 use crate::sampling::schedule::ModelSchedule;
@@ -328,7 +328,7 @@ mod tests {
             assert_eq!(d, 0.0, "{n}");
         }
         // The saved file is an ordinary checkpoint: the engine loads it.
-        let w = crate::model::checkpoint::load(&path, DType::F32, &dev).expect("engine loads it");
+        let w = crate::checkpoint::load(&path, DType::F32, &dev).expect("engine loads it");
         assert!(w.has("unet.conv_in.weight") && w.has("vae.encoder.conv_in.weight"));
         // `--autoencoder-from`: only the autoencoder comes from the file, also from an f16 export.
         let f16 = dir.join("model-f16.safetensors");

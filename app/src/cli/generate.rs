@@ -1,0 +1,269 @@
+//! `generate`: one image headlessly, through the same engine thread as the window.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use latent_engine::image_io::{encode_png, latents_safetensors, next_free_name, write_new_file};
+use latent_engine::protocol::{DType, DeviceKind, Event, GenerateRequest, LoraSpec, ModelSpec, Prediction, VaeTiling};
+use latent_engine::{EngineConfig, EngineHandle};
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// Checkpoint: a .safetensors single file or a diffusers folder (default: the embedded
+    /// model, when this build has one).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative: String,
+    /// Image width in pixels (multiple of 8); default: the model's native size.
+    #[arg(long)]
+    width: Option<u32>,
+    /// Image height in pixels (multiple of 8); default: the model's native size.
+    #[arg(long)]
+    height: Option<u32>,
+    #[arg(long, default_value_t = 20)]
+    steps: u32,
+    /// Classifier-free guidance scale (1 disables guidance and halves the cost); default: the
+    /// one the model is made for (7 for most, 2 for the embedded model, 1 for Turbo/LCM).
+    #[arg(long)]
+    cfg: Option<f64>,
+    /// Seed of the initial noise (torch CPU generator compatible); random when omitted.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Solver (see `latent-studio solvers`).
+    #[arg(long, default_value = "euler")]
+    solver: String,
+    /// Schedule of noise levels: default, karras, exponential, trailing, ays, ...
+    #[arg(long, default_value = "default")]
+    schedule: String,
+    /// Noise scale of solvers that have one (DDIM's eta; 1 for ancestral solvers).
+    #[arg(long)]
+    eta: Option<f64>,
+    /// Guidance rescale phi in [0, 1] (for v-prediction / zero-SNR models; 0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    cfg_rescale: f64,
+    /// Fraction of the steps that run the unconditional pass; later steps cost half.
+    #[arg(long, default_value_t = 1.0)]
+    cfg_until: f64,
+    /// A1111's clip skip (1 = last layer).
+    #[arg(long, default_value_t = 1)]
+    clip_skip: u32,
+    /// Feature cache (DeepCache): the whole UNet every N steps, only its top level between
+    /// (1 = off; 3 is a common choice).
+    #[arg(long, default_value_t = 1)]
+    feature_cache: u32,
+    /// Token merging (ToMe for SD): share of the top level's tokens merged away before each
+    /// self-attention (0 = off; 0.3-0.5 usual; A1111's "Token merging ratio").
+    #[arg(long, default_value_t = 0.0)]
+    token_merge: f64,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Override what the checkpoint says it predicts: eps or v.
+    #[arg(long)]
+    prediction: Option<String>,
+    /// Output PNG (never overwritten); default: the next free `latent-NNNNN.png` here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Also write the final latents (before VAE decode) as tensor `latents`.
+    #[arg(long)]
+    latents_out: Option<PathBuf>,
+    /// VAE tiling: `auto` (tile only when the whole decode would not fit in half the free
+    /// memory), `off`, or a tile size in latent pixels (8 latent pixels overlap).
+    #[arg(long, default_value = "auto")]
+    vae_tile: String,
+    /// A LoRA to apply, with an optional strength (default 1): FILE or FILE:0.8. Repeatable.
+    #[arg(long = "lora", value_name = "FILE[:STRENGTH]")]
+    loras: Vec<String>,
+    /// A folder searched for `<lora:name:weight>` tags in the prompt. Repeatable; the folders
+    /// of --lora files are searched too.
+    #[arg(long = "lora-dir", value_name = "DIR")]
+    lora_dirs: Vec<PathBuf>,
+}
+
+/// `FILE[:STRENGTH]`: the strength is the part after the last colon when it is a number (so
+/// Windows paths like `C:\x.safetensors` keep their drive letter).
+fn parse_lora_arg(arg: &str) -> Result<LoraSpec> {
+    if let Some((path, s)) = arg.rsplit_once(':')
+        && let Ok(strength) = s.trim().parse::<f32>()
+    {
+        if !strength.is_finite() {
+            bail!("LoRA strength must be a number, got '{s}'");
+        }
+        return Ok(LoraSpec::new(path, strength));
+    }
+    Ok(LoraSpec::new(arg, 1.0))
+}
+
+fn refuse_existing(path: &Path) -> Result<()> {
+    if path.exists() {
+        bail!(
+            "{} already exists; choose another --out (Latent Studio never overwrites images)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn generate(g: GenerateArgs) -> Result<()> {
+    let dtype = DType::parse(&g.dtype).with_context(|| format!("unknown --dtype '{}' (f32, f16, bf16)", g.dtype))?;
+    let device = DeviceKind::parse(&g.device).with_context(|| format!("unknown --device '{}' (cpu, cuda, metal)", g.device))?;
+    let prediction = match g.prediction.as_deref() {
+        None => None,
+        Some("eps" | "epsilon") => Some(Prediction::Epsilon),
+        Some("v" | "v_prediction") => Some(Prediction::V),
+        Some(other) => bail!("unknown --prediction '{other}' (eps, v)"),
+    };
+    if let Some(o) = &g.out {
+        refuse_existing(o)?;
+    }
+    if let Some(o) = &g.latents_out {
+        refuse_existing(o)?;
+    }
+    let model = match g.model.clone().or_else(crate::assets::embedded_model) {
+        Some(m) => m,
+        None => bail!("no --model given, and this build has no embedded model yet"),
+    };
+    if !model.exists() {
+        bail!("model {} not found", model.display());
+    }
+    let loras = g.loras.iter().map(|a| parse_lora_arg(a)).collect::<Result<Vec<_>>>()?;
+    for l in &loras {
+        if !l.path.is_file() {
+            bail!("LoRA {} not found", l.path.display());
+        }
+    }
+    let mut lora_dirs = g.lora_dirs.clone();
+    lora_dirs.extend(crate::assets::embedded_lora_dir());
+    let config = EngineConfig {
+        lora_dirs,
+        ..EngineConfig::default()
+    };
+    let engine = EngineHandle::spawn(config, || {})?;
+    let vae_tiling =
+        VaeTiling::parse(&g.vae_tile).with_context(|| format!("--vae-tile: '{}' is not auto, off or a tile size", g.vae_tile))?;
+    engine.load_model(ModelSpec {
+        path: model.clone(),
+        dtype,
+        device,
+        prediction,
+        vae_tiling,
+    })?;
+    let info = loop {
+        match engine.recv_timeout(Duration::from_secs(3600)) {
+            Some(Event::ModelLoaded { info }) => break info,
+            Some(Event::Failed { error, .. }) => bail!("{error}"),
+            Some(Event::Warning { message, .. }) => eprintln!("warning: {message}"),
+            Some(_) => {}
+            None => bail!("the engine stopped while loading"),
+        }
+    };
+    eprintln!("model: {} ({})", info.name, info.summary);
+    if !loras.is_empty() {
+        engine.set_loras(loras)?;
+        loop {
+            match engine.recv_timeout(Duration::from_secs(3600)) {
+                Some(Event::LorasApplied { reports }) => {
+                    for r in reports {
+                        eprintln!("lora {}", r.summary());
+                    }
+                    break;
+                }
+                Some(Event::Failed { error, .. }) => bail!("{error}"),
+                Some(Event::Warning { .. }) => {}
+                Some(_) => {}
+                None => bail!("the engine stopped while applying LoRAs"),
+            }
+        }
+    }
+    let seed = g.seed.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64 ^ d.as_secs())
+            .unwrap_or(0);
+        nanos & 0xffff_ffff
+    });
+    let request = GenerateRequest {
+        prompt: g.prompt.clone(),
+        negative: g.negative.clone(),
+        width: g.width.unwrap_or(info.default_size.0),
+        height: g.height.unwrap_or(info.default_size.1),
+        steps: g.steps,
+        cfg_scale: g.cfg.unwrap_or(info.default_guidance),
+        seed,
+        solver: g.solver.clone(),
+        schedule: g.schedule.clone(),
+        eta: g.eta,
+        cfg_rescale: g.cfg_rescale,
+        cfg_until: g.cfg_until,
+        clip_skip: g.clip_skip,
+        preview_every: 0,
+        feature_cache: g.feature_cache,
+        token_merge: g.token_merge,
+    };
+    let id = engine.generate(request)?;
+    let mut stderr = std::io::stderr();
+    loop {
+        let Some(ev) = engine.recv_timeout(Duration::from_secs(3600)) else {
+            bail!("the engine stopped")
+        };
+        if ev.job() != Some(id) {
+            continue;
+        }
+        match ev {
+            Event::Started { total_steps, nfe, .. } => eprintln!("seed {seed}: {total_steps} steps, {nfe} network evaluations"),
+            Event::Progress {
+                step,
+                total_steps,
+                step_time,
+                ..
+            } => {
+                let _ = write!(stderr, "\rstep {step}/{total_steps} ({:.0} ms)", step_time.as_secs_f64() * 1000.0);
+                let _ = stderr.flush();
+            }
+            Event::Finished {
+                image,
+                metadata,
+                timings,
+                latents,
+                ..
+            } => {
+                eprintln!();
+                let out = g.out.clone().unwrap_or_else(|| next_free_name(Path::new("."), "latent"));
+                write_new_file(&out, &encode_png(&image, &metadata)?)?;
+                if let (Some(path), Some(lat)) = (&g.latents_out, latents) {
+                    write_new_file(path, &latents_safetensors(&lat)?)?;
+                }
+                eprintln!(
+                    "wrote {} ({}x{}) in {:.2} s: text {:.2} s, denoise {:.2} s, VAE {:.2} s, NFE {}{}",
+                    out.display(),
+                    image.width,
+                    image.height,
+                    timings.total.as_secs_f64(),
+                    timings.text.as_secs_f64(),
+                    timings.denoise.as_secs_f64(),
+                    timings.vae.as_secs_f64(),
+                    timings.nfe,
+                    if timings.shallow_nfe > 0 {
+                        format!(" ({} shallow: feature cache)", timings.shallow_nfe)
+                    } else {
+                        String::new()
+                    }
+                );
+                return Ok(());
+            }
+            Event::Warning { message, .. } => eprintln!("\nwarning: {message}"),
+            Event::Cancelled { at_step, .. } => bail!("cancelled at step {at_step}"),
+            Event::Failed { error, .. } => {
+                eprintln!();
+                bail!("{error}")
+            }
+            _ => {}
+        }
+    }
+}

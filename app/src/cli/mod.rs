@@ -1,0 +1,86 @@
+//! The command line: `generate`, `info`, `solvers`, `lora-info`, `bench`, the training
+//! commands; no subcommand opens the window. This file holds the argument types and the
+//! dispatch; each subcommand family has its own file (the HTTP server's `serve` will too).
+
+mod bench;
+mod generate;
+mod info;
+mod train;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "latent-studio",
+    version,
+    about = "A native desktop studio for fast diffusion image generation"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Window: open this model (a .safetensors file or diffusers folder) instead of the
+    /// remembered one.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Window: save finished images here instead of the remembered output folder.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Window: renderer to use.
+    #[arg(long, value_enum, default_value = "auto")]
+    renderer: crate::gui::RendererChoice,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Generate one image headlessly (same engine as the window).
+    Generate(Box<generate::GenerateArgs>),
+    /// Show what a checkpoint is: family, inferred configuration, dtypes, parameter counts.
+    Info {
+        /// A .safetensors checkpoint or a diffusers folder.
+        path: PathBuf,
+    },
+    /// List the solvers with their order and cost, and the schedules.
+    Solvers,
+    /// Show what a LoRA file is: format, target family, rank, alpha, tensors, trigger words.
+    LoraInfo {
+        /// A LoRA .safetensors file.
+        path: PathBuf,
+    },
+    /// Write the embedded model's procedural training set (PNG files + captions.jsonl) into a
+    /// new folder, and optionally a contact sheet of the first 64 images.
+    MakeDataset(train::MakeDatasetArgs),
+    /// Train the embedded default model from scratch on the procedural set: the autoencoder,
+    /// then text encoder + UNet. Re-running the same command resumes from DIR's checkpoint.
+    Train(Box<train::TrainArgs>),
+    /// Train a LoRA on a model (kohya format, for the LoRA panel): on your own pictures
+    /// (--images DIR: PNG files, captions from NAME.txt, the PNG's prompt, or the file name)
+    /// or on the procedural set redrawn in a style (--style outline).
+    TrainLora(train::TrainLoraArgs),
+    /// Benchmarks that print figures (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCmd,
+    },
+}
+
+/// Runs the parsed command line.
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        None => crate::gui::run(crate::gui::WindowArgs {
+            model: args.model,
+            output: args.output,
+            renderer: args.renderer,
+        }),
+        Some(Cmd::Generate(g)) => generate::generate(*g),
+        Some(Cmd::Info { path }) => info::info(&path),
+        Some(Cmd::LoraInfo { path }) => info::lora_info(&path),
+        Some(Cmd::Solvers) => info::solvers(),
+        Some(Cmd::MakeDataset(a)) => train::make_dataset_cmd(a),
+        Some(Cmd::Train(a)) => train::train(*a),
+        Some(Cmd::TrainLora(a)) => train::train_lora(a),
+        Some(Cmd::Bench { what }) => bench::run(what),
+    }
+}

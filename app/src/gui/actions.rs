@@ -1,0 +1,66 @@
+//! What the panels give back: the state they draw comes in as a [`View`], and anything that
+//! needs the engine, the file thread, a dialog or the clipboard goes out as an [`Action`],
+//! which the app applies after drawing. Panels never see the app object.
+
+use std::path::PathBuf;
+
+use super::state::{Session, Settings};
+
+/// Which file dialog to open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialog {
+    ModelFile,
+    ModelFolder,
+    Image,
+    Lora,
+    ModelDir,
+    LoraDir,
+    OutputDir,
+}
+
+/// A request from a panel to the app.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Open a native file dialog (or the fallback path field).
+    Dialog(Dialog),
+    /// Open whatever this is: model, LoRA or PNG (restores its settings).
+    OpenPath(PathBuf),
+    /// (Re)load this model with the current precision settings.
+    OpenModel(PathBuf),
+    /// Queue the batch with the current settings.
+    Generate,
+    /// Cancel the running and queued jobs.
+    Cancel,
+    /// Copy the image on the canvas to the clipboard.
+    CopyShown,
+    /// Show history item `i` and restore its settings.
+    SelectHistory(usize),
+    /// Send the LoRA panel's set to the engine.
+    PushLoras,
+    /// Re-read the model and LoRA folders.
+    Rescan,
+    /// Apply the theme in the settings.
+    ApplyTheme,
+}
+
+/// What a panel draws and edits, and where it puts what the user asked for.
+pub struct View<'a> {
+    pub settings: &'a mut Settings,
+    pub session: &'a mut Session,
+    actions: &'a mut Vec<Action>,
+}
+
+impl<'a> View<'a> {
+    pub fn new(settings: &'a mut Settings, session: &'a mut Session, actions: &'a mut Vec<Action>) -> Self {
+        Self {
+            settings,
+            session,
+            actions,
+        }
+    }
+
+    /// Asks the app to do `a` once the frame is drawn.
+    pub fn act(&mut self, a: Action) {
+        self.actions.push(a);
+    }
+}

@@ -1,0 +1,772 @@
+//! The studio window: drains engine and file events first, then draws the panels, then
+//! applies the [`Action`]s they returned (turning clicks into protocol commands, file jobs
+//! and dialogs). Nothing here waits on the engine.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use latent_engine::metadata::Parameters;
+use latent_engine::protocol::{Event, ImageRgb8, ModelSpec};
+use latent_engine::worker::Backend;
+use latent_engine::{EngineConfig, EngineHandle};
+
+use super::actions::{Action, Dialog, View};
+use super::files::{FileEvent, FileJob, FileKind, FileWorker, classify};
+use super::panels;
+use super::state::{
+    HistoryItem, Job, Level, ModelState, SeedMode, Session, Settings, Shown, StripFrame, ThemeChoice, file_name, random_seed,
+};
+use crate::assets::{embedded_lora_dir, embedded_model};
+
+/// How long sliders must rest before live mode regenerates.
+pub const LIVE_DEBOUNCE: Duration = Duration::from_millis(300);
+/// History thumbnails read back from the output folder at start.
+const HISTORY_LIMIT: usize = 60;
+
+/// How the window starts (the binary fills it from the command line; tests from fixtures).
+pub struct Launch {
+    /// Settings to start from; `None` reads them from eframe storage (or defaults).
+    pub settings: Option<Settings>,
+    /// A stand-in engine backend (tests); `None` runs the real pipeline.
+    pub backend: Option<Box<dyn Backend>>,
+    /// A model to open now, overriding the remembered one.
+    pub model: Option<PathBuf>,
+    /// The model opened when nothing is configured (the embedded default).
+    pub default_model: Option<PathBuf>,
+    /// A LoRA folder always listed in the LoRA panel and searched for `<lora:name>` tags
+    /// (the shipped demo LoRA's).
+    pub builtin_loras: Option<PathBuf>,
+    /// Overrides the output folder.
+    pub output_dir: Option<PathBuf>,
+    /// Read the output folder's images into the history at start.
+    pub load_history: bool,
+    /// Native file dialogs (off in tests: headless there is no portal to answer them).
+    pub dialogs: bool,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Self {
+            settings: None,
+            backend: None,
+            model: None,
+            default_model: embedded_model(),
+            builtin_loras: embedded_lora_dir(),
+            output_dir: None,
+            load_history: true,
+            dialogs: true,
+        }
+    }
+}
+
+/// Dialog threads send what the user picked here.
+type DialogChannel = (
+    crossbeam_channel::Sender<(Dialog, Vec<PathBuf>)>,
+    crossbeam_channel::Receiver<(Dialog, Vec<PathBuf>)>,
+);
+
+/// The studio: persisted settings, session state, the engine and the file thread.
+pub struct StudioApp {
+    pub settings: Settings,
+    pub session: Session,
+    engine: EngineHandle,
+    files: FileWorker,
+    ram: (Instant, Option<u64>),
+    show_memory: bool,
+    ctx: egui::Context,
+    dialogs: Option<DialogChannel>,
+    /// The shipped LoRA folder (listed with the user's).
+    builtin_loras: Option<PathBuf>,
+}
+
+impl StudioApp {
+    /// Builds the app inside eframe's creation context.
+    pub fn new(cc: &eframe::CreationContext<'_>, mut launch: Launch) -> anyhow::Result<Self> {
+        let stored = cc.storage.and_then(|s| eframe::get_value::<Settings>(s, eframe::APP_KEY));
+        let mut settings = launch.settings.take().or(stored).unwrap_or_default();
+        if let Some(dir) = launch.output_dir.take() {
+            settings.output_dir = dir;
+        }
+        let renderer = if let Some(rs) = cc.wgpu_render_state.as_ref() {
+            let info = rs.adapter.get_info();
+            format!("wgpu ({:?}, {})", info.backend, info.name)
+        } else if cc.gl.is_some() {
+            "glow (OpenGL)".to_string()
+        } else {
+            "no renderer".to_string()
+        };
+        Self::start(&cc.egui_ctx, settings, launch, renderer)
+    }
+
+    fn start(ctx: &egui::Context, settings: Settings, launch: Launch, renderer: String) -> anyhow::Result<Self> {
+        let waker_ctx = ctx.clone();
+        let waker = move || waker_ctx.request_repaint();
+        let mut lora_dirs = settings.lora_dirs.clone();
+        lora_dirs.extend(launch.builtin_loras.clone());
+        let config = EngineConfig {
+            lora_dirs,
+            ..EngineConfig::default()
+        };
+        let engine = match launch.backend {
+            Some(b) => EngineHandle::spawn_with_backend(config, b, waker.clone())?,
+            None => EngineHandle::spawn(config, waker.clone())?,
+        };
+        let files = FileWorker::spawn(waker)?;
+        let mut app = Self {
+            settings,
+            session: Session {
+                renderer,
+                ..Session::default()
+            },
+            engine,
+            files,
+            ram: (Instant::now() - Duration::from_secs(10), None),
+            show_memory: true,
+            ctx: ctx.clone(),
+            dialogs: launch.dialogs.then(|| crossbeam_channel::bounded(8)),
+            builtin_loras: launch.builtin_loras,
+        };
+        app.apply_theme(ctx);
+        app.rescan();
+        if launch.load_history {
+            let dir = app.settings.output_dir.clone();
+            let _ = app.files.send(FileJob::LoadHistory { dir, limit: HISTORY_LIMIT });
+        }
+        if !app.settings.loras.is_empty() {
+            app.push_loras();
+        }
+        let start_model = launch.model.or_else(|| app.settings.model.clone()).or(launch.default_model);
+        if let Some(p) = start_model {
+            app.open_model(&p);
+        }
+        Ok(app)
+    }
+
+    /// Re-reads the model and LoRA folders.
+    pub fn rescan(&mut self) {
+        self.session.found_models = super::files::scan_models(&self.settings.model_dirs);
+        let mut lora_dirs = self.settings.model_dirs.clone();
+        lora_dirs.extend(self.settings.lora_dirs.iter().cloned());
+        lora_dirs.extend(self.builtin_loras.iter().cloned());
+        self.session.found_loras = super::files::scan_loras(&lora_dirs);
+    }
+
+    pub fn apply_theme(&self, ctx: &egui::Context) {
+        ctx.set_theme(match self.settings.theme {
+            ThemeChoice::System => egui::ThemePreference::System,
+            ThemeChoice::Light => egui::ThemePreference::Light,
+            ThemeChoice::Dark => egui::ThemePreference::Dark,
+        });
+    }
+
+    // ---- commands -------------------------------------------------------------------------
+
+    /// Starts loading a model; the current one keeps serving until the new one is ready.
+    pub fn open_model(&mut self, path: &Path) {
+        let spec = ModelSpec {
+            dtype: self.settings.dtype,
+            vae_tiling: if self.settings.vae_auto_tiling {
+                latent_engine::VaeTiling::Auto
+            } else {
+                latent_engine::VaeTiling::Off
+            },
+            ..ModelSpec::new(path)
+        };
+        match self.engine.load_model(spec) {
+            Ok(()) => {
+                let previous = match std::mem::take(&mut self.session.model) {
+                    ModelState::Loaded { path, info } => Some((path, info)),
+                    ModelState::Loading { previous, .. } => previous,
+                    ModelState::None => None,
+                };
+                self.session.model = ModelState::Loading {
+                    path: path.to_path_buf(),
+                    since: Instant::now(),
+                    previous,
+                };
+            }
+            Err(e) => self.session.say(Level::Error, format!("cannot load {}: {e}", path.display())),
+        }
+    }
+
+    /// Sends the panel's LoRA set to the engine.
+    pub fn push_loras(&mut self) {
+        if let Err(e) = self.engine.set_loras(self.settings.lora_specs()) {
+            self.session.say(Level::Error, format!("LoRAs: {e}"));
+        }
+    }
+
+    /// Queues `batch` images (seeds seed, seed+1, ...). Returns how many were sent.
+    pub fn generate(&mut self) -> usize {
+        if !matches!(self.session.model, ModelState::Loaded { .. } | ModelState::Loading { .. }) {
+            self.session.say(
+                Level::Warning,
+                "Open a model first (File > Open model file…, or drop a .safetensors file on the window).",
+            );
+            return 0;
+        }
+        let p = &mut self.settings.params;
+        if p.seed_mode == SeedMode::Random {
+            p.seed = random_seed();
+        }
+        let base = p.seed;
+        let mut sent = 0;
+        for i in 0..self.settings.params.batch.max(1) {
+            let request = self.settings.params.request(base.wrapping_add(u64::from(i)));
+            match self.engine.generate(request.clone()) {
+                Ok(id) => {
+                    self.session.jobs.push_back(Job {
+                        id,
+                        request,
+                        total_steps: 0,
+                        nfe: 0,
+                        step: 0,
+                        started: None,
+                        step_times: vec![],
+                    });
+                    sent += 1;
+                }
+                Err(e) => {
+                    self.session.say(Level::Error, e.to_string());
+                    break;
+                }
+            }
+        }
+        self.session.last_seed = Some(base);
+        self.session.live_sent = Some(self.settings.params.request(base));
+        self.session.live_changed = None;
+        sent
+    }
+
+    /// Cancels everything queued and the running job (it stops before its next network
+    /// evaluation).
+    pub fn cancel(&mut self) {
+        for j in &self.session.jobs {
+            self.engine.cancel(j.id);
+        }
+    }
+
+    /// Restores the settings an A1111/Latent Studio parameters text carries.
+    pub fn restore(&mut self, text: &str) -> bool {
+        match Parameters::parse(text) {
+            Some(p) => {
+                self.settings.params.restore(&p);
+                if super::state::panel_from_prompt(&self.settings.params.prompt, &mut self.settings.loras, &self.session.found_loras) {
+                    self.push_loras();
+                }
+                true
+            }
+            None => {
+                self.session.say(Level::Warning, "This image carries no generation parameters.");
+                false
+            }
+        }
+    }
+
+    /// Opens whatever was dropped or chosen: model, LoRA or PNG.
+    pub fn open_path(&mut self, path: &Path) {
+        match classify(path) {
+            FileKind::Model => {
+                self.settings.remember_model(path);
+                self.open_model(path);
+            }
+            FileKind::Lora => self.add_lora(path),
+            FileKind::Image => match latent_engine::image_io::read_png_parameters(path) {
+                Ok(Some(text)) => {
+                    if self.restore(&text) {
+                        self.session.say(Level::Info, format!("Settings restored from {}", file_name(path)));
+                    }
+                    let _ = self.files.send(FileJob::Open { path: path.to_path_buf() });
+                }
+                Ok(None) => self
+                    .session
+                    .say(Level::Warning, format!("{} has no generation parameters", file_name(path))),
+                Err(e) => self.session.say(Level::Error, e.to_string()),
+            },
+            FileKind::Unsupported(why) => self.session.say(Level::Error, why),
+        }
+    }
+
+    /// Adds a LoRA to the panel (enabled, strength 1) and applies it.
+    pub fn add_lora(&mut self, path: &Path) {
+        if self.settings.loras.iter().any(|l| l.path == path) {
+            self.session
+                .say(Level::Info, format!("{} is already in the LoRA panel", file_name(path)));
+            return;
+        }
+        self.settings.loras.push(super::state::LoraEntry {
+            path: path.to_path_buf(),
+            strength: 1.0,
+            enabled: true,
+        });
+        self.push_loras();
+    }
+
+    /// Shows a history item and restores its settings.
+    pub fn select_history(&mut self, index: usize) {
+        let Some(item) = self.session.history.get(index) else { return };
+        let text = item.parameters.clone();
+        let need_full = item.full.is_none();
+        let path = item.path.clone();
+        self.session.shown = Shown::History(index);
+        if !text.is_empty() {
+            self.restore(&text);
+        }
+        if need_full && let Some(path) = path {
+            let _ = self.files.send(FileJob::Open { path });
+        }
+    }
+
+    /// Copies the image on the canvas to the clipboard.
+    pub fn copy_shown(&mut self, ctx: &egui::Context) {
+        let image = match self.session.shown {
+            Shown::History(i) => self.session.history.get(i).and_then(|h| h.full.clone()),
+            _ => self.session.last_image.clone(),
+        };
+        match image {
+            Some(img) => {
+                ctx.copy_image(to_color_image(&img));
+                self.session.say(Level::Info, "Image copied to the clipboard.");
+            }
+            None => self.session.say(Level::Warning, "No finished image to copy yet."),
+        }
+    }
+
+    /// Opens a native file dialog on its own thread; the answer arrives with the events.
+    pub fn dialog(&mut self, kind: Dialog) {
+        let Some((tx, _)) = self.dialogs.clone() else {
+            self.session
+                .say(Level::Info, "File dialogs are off here; drop files on the window instead.");
+            return;
+        };
+        let ctx = self.ctx.clone();
+        let start = match kind {
+            Dialog::OutputDir | Dialog::Image => Some(self.settings.output_dir.clone()),
+            Dialog::ModelFile | Dialog::ModelFolder | Dialog::ModelDir => self.settings.model_dirs.first().cloned(),
+            Dialog::Lora | Dialog::LoraDir => self.settings.lora_dirs.first().cloned(),
+        };
+        let spawned = std::thread::Builder::new().name("latent-dialog".into()).spawn(move || {
+            let mut d = rfd::AsyncFileDialog::new();
+            if let Some(dir) = start.filter(|d| d.is_dir()) {
+                d = d.set_directory(dir);
+            }
+            let one = |f: Option<rfd::FileHandle>| f.map(|h| vec![h.path().to_path_buf()]).unwrap_or_default();
+            let paths = match kind {
+                Dialog::ModelFile => one(pollster::block_on(
+                    d.add_filter("Checkpoint", &["safetensors"]).set_title("Open a model").pick_file(),
+                )),
+                Dialog::Image => one(pollster::block_on(
+                    d.add_filter("PNG image", &["png"])
+                        .set_title("Restore settings from an image")
+                        .pick_file(),
+                )),
+                Dialog::Lora => pollster::block_on(d.add_filter("LoRA", &["safetensors"]).set_title("Add LoRAs").pick_files())
+                    .map(|v| v.iter().map(|h| h.path().to_path_buf()).collect())
+                    .unwrap_or_default(),
+                Dialog::ModelFolder | Dialog::ModelDir | Dialog::LoraDir | Dialog::OutputDir => one(pollster::block_on(d.pick_folder())),
+            };
+            if !paths.is_empty() && tx.send((kind, paths)).is_ok() {
+                ctx.request_repaint();
+            }
+        });
+        if let Err(e) = spawned {
+            self.session.say(Level::Error, format!("cannot open a file dialog: {e}"));
+        }
+    }
+
+    /// What the user picked in a dialog.
+    pub fn on_dialog(&mut self, kind: Dialog, paths: Vec<PathBuf>) {
+        for p in paths {
+            match kind {
+                Dialog::ModelFile | Dialog::ModelFolder | Dialog::Image => self.open_path(&p),
+                Dialog::Lora => self.add_lora(&p),
+                Dialog::ModelDir | Dialog::LoraDir => {
+                    let list = if kind == Dialog::ModelDir {
+                        &mut self.settings.model_dirs
+                    } else {
+                        &mut self.settings.lora_dirs
+                    };
+                    if !list.contains(&p) {
+                        list.push(p);
+                    }
+                    self.rescan();
+                }
+                Dialog::OutputDir => {
+                    self.settings.output_dir = p;
+                    self.session.history.clear();
+                    self.session.shown = Shown::Live;
+                    let dir = self.settings.output_dir.clone();
+                    let _ = self.files.send(FileJob::LoadHistory { dir, limit: HISTORY_LIMIT });
+                }
+            }
+        }
+    }
+
+    // ---- events ---------------------------------------------------------------------------
+
+    /// Applies every waiting engine and file event (never blocks).
+    pub fn drain_events(&mut self, ctx: &egui::Context) {
+        while let Some(e) = self.engine.try_recv() {
+            self.on_event(ctx, e);
+        }
+        while let Ok(e) = self.files.events.try_recv() {
+            self.on_file_event(ctx, e);
+        }
+        let picked: Vec<(Dialog, Vec<PathBuf>)> = self.dialogs.as_ref().map(|(_, rx)| rx.try_iter().collect()).unwrap_or_default();
+        for (kind, paths) in picked {
+            self.on_dialog(kind, paths);
+        }
+    }
+
+    fn on_event(&mut self, ctx: &egui::Context, e: Event) {
+        let s = &mut self.session;
+        match e {
+            Event::ModelLoaded { info } => {
+                let path = match std::mem::take(&mut s.model) {
+                    ModelState::Loading { path, .. } => path,
+                    ModelState::Loaded { path, .. } => path,
+                    ModelState::None => PathBuf::new(),
+                };
+                if !path.as_os_str().is_empty() {
+                    self.settings.remember_model(&path);
+                }
+                if self.settings.native_size != Some(info.default_size) {
+                    self.settings.native_size = Some(info.default_size);
+                    (self.settings.params.width, self.settings.params.height) = info.default_size;
+                }
+                if self.settings.native_guidance != Some(info.default_guidance) {
+                    self.settings.native_guidance = Some(info.default_guidance);
+                    self.settings.params.cfg_scale = info.default_guidance;
+                }
+                self.session.model = ModelState::Loaded { path, info };
+            }
+            Event::LorasApplied { reports } => {
+                s.lora_reports = reports
+                    .iter()
+                    .map(|r| (r.name.clone(), format!("{}/{} layers", r.applied, r.total)))
+                    .collect();
+            }
+            Event::Started { id, total_steps, nfe } => {
+                if let Some(j) = s.jobs.iter_mut().find(|j| j.id == id) {
+                    j.total_steps = total_steps;
+                    j.nfe = nfe;
+                    j.started = Some(Instant::now());
+                }
+                s.strip.clear();
+                if !matches!(s.shown, Shown::History(_)) {
+                    s.shown = Shown::Live;
+                }
+            }
+            Event::Progress { id, step, step_time, .. } => {
+                if let Some(j) = s.jobs.iter_mut().find(|j| j.id == id) {
+                    j.step = step;
+                    j.step_times.push(step_time);
+                }
+            }
+            Event::Preview { id, step, image } => {
+                if s.jobs.front().is_some_and(|j| j.id == id) {
+                    let tex = ctx.load_texture(format!("preview-{id}-{step}"), to_color_image(&image), egui::TextureOptions::LINEAR);
+                    s.canvas = Some((tex.clone(), [image.width, image.height]));
+                    s.strip.push(StripFrame { step, texture: tex });
+                }
+            }
+            Event::Finished {
+                id,
+                image,
+                metadata,
+                timings,
+                ..
+            } => {
+                if let Some(j) = s.jobs.iter().find(|j| j.id == id) {
+                    s.timing_log.push(super::state::TimingEntry {
+                        request: j.request.clone(),
+                        timings: timings.clone(),
+                    });
+                    if s.timing_log.len() > 200 {
+                        s.timing_log.remove(0);
+                    }
+                }
+                s.jobs.retain(|j| j.id != id);
+                let image = Arc::new(image);
+                let tex = ctx.load_texture(format!("image-{id}"), to_color_image(&image), egui::TextureOptions::LINEAR);
+                s.canvas = Some((tex.clone(), [image.width, image.height]));
+                s.last = Some(timings.clone());
+                s.last_image = Some(image.clone());
+                if let Shown::History(i) = s.shown {
+                    s.shown = Shown::History(i + 1);
+                }
+                s.history.insert(
+                    0,
+                    HistoryItem {
+                        job: Some(id),
+                        path: None,
+                        parameters: metadata.clone(),
+                        texture: tex,
+                        size: [image.width, image.height],
+                        full: Some(image.clone()),
+                        timings: Some(timings),
+                    },
+                );
+                // Keep full images of the newest items only; older ones reload from disk.
+                for h in s.history.iter_mut().skip(24) {
+                    if h.path.is_some() {
+                        h.full = None;
+                    }
+                }
+                let dir = self.settings.output_dir.clone();
+                if let Err(err) = self.files.send(FileJob::Save {
+                    job: id,
+                    dir,
+                    image,
+                    parameters: metadata,
+                }) {
+                    self.session.say(Level::Error, format!("the image was not saved: {err}"));
+                }
+            }
+            Event::Cancelled { id, at_step } => {
+                s.jobs.retain(|j| j.id != id);
+                if at_step > 0 {
+                    s.say(Level::Info, format!("Cancelled at step {at_step}."));
+                }
+            }
+            Event::Failed { id: Some(id), error } => {
+                s.jobs.retain(|j| j.id != id);
+                s.say(Level::Error, error);
+            }
+            Event::Failed { id: None, error } => {
+                if let ModelState::Loading { previous, path, .. } = std::mem::take(&mut s.model) {
+                    s.model = match previous {
+                        Some((path, info)) => ModelState::Loaded { path, info },
+                        None => ModelState::None,
+                    };
+                    s.say(Level::Error, format!("Could not open {}: {error}", file_name(&path)));
+                } else {
+                    s.say(Level::Error, error);
+                }
+            }
+            Event::Warning { message, .. } => s.say(Level::Warning, message),
+        }
+    }
+
+    fn on_file_event(&mut self, ctx: &egui::Context, e: FileEvent) {
+        let s = &mut self.session;
+        match e {
+            FileEvent::Saved { job, path } => {
+                if let Some(h) = s.history.iter_mut().find(|h| h.job == Some(job)) {
+                    h.path = Some(path);
+                }
+            }
+            FileEvent::SaveFailed { error, .. } => s.say(Level::Error, error),
+            FileEvent::Found {
+                path,
+                thumb,
+                size,
+                parameters,
+            } => {
+                if s.history.iter().any(|h| h.path.as_ref() == Some(&path)) {
+                    return;
+                }
+                let tex = ctx.load_texture(
+                    format!("thumb-{}", path.display()),
+                    to_color_image(&thumb),
+                    egui::TextureOptions::LINEAR,
+                );
+                s.history.push(HistoryItem {
+                    job: None,
+                    path: Some(path),
+                    parameters,
+                    texture: tex,
+                    size,
+                    full: None,
+                    timings: None,
+                });
+            }
+            FileEvent::Opened { path, image, parameters } => {
+                let image = Arc::new(image);
+                let tex = ctx.load_texture(
+                    format!("full-{}", path.display()),
+                    to_color_image(&image),
+                    egui::TextureOptions::LINEAR,
+                );
+                if let Some(i) = s.history.iter().position(|h| h.path.as_ref() == Some(&path)) {
+                    let h = &mut s.history[i];
+                    h.texture = tex;
+                    h.full = Some(image);
+                    s.shown = Shown::History(i);
+                } else {
+                    s.history.insert(
+                        0,
+                        HistoryItem {
+                            job: None,
+                            path: Some(path),
+                            parameters: parameters.unwrap_or_default(),
+                            texture: tex,
+                            size: [image.width, image.height],
+                            full: Some(image),
+                            timings: None,
+                        },
+                    );
+                    s.shown = Shown::History(0);
+                }
+            }
+            FileEvent::OpenFailed { error, .. } => s.say(Level::Error, error),
+        }
+    }
+
+    /// Live mode: regenerate once the sliders have rested for [`LIVE_DEBOUNCE`], cancelling
+    /// the stale job first.
+    fn live_tick(&mut self, ctx: &egui::Context) {
+        if !self.settings.live || !matches!(self.session.model, ModelState::Loaded { .. }) {
+            self.session.live_changed = None;
+            return;
+        }
+        let current = self.settings.params.request(self.settings.params.seed);
+        if self.session.live_sent.as_ref() == Some(&current) {
+            self.session.live_changed = None;
+            return;
+        }
+        let changed = *self.session.live_changed.get_or_insert_with(Instant::now);
+        let rested = changed.elapsed();
+        if rested >= LIVE_DEBOUNCE {
+            self.cancel();
+            let mode = self.settings.params.seed_mode;
+            self.settings.params.seed_mode = SeedMode::Fixed;
+            self.generate();
+            self.settings.params.seed_mode = mode;
+        } else {
+            ctx.request_repaint_after(LIVE_DEBOUNCE - rested);
+        }
+    }
+
+    /// Keyboard shortcuts that work anywhere, taken before the text fields see them.
+    fn shortcuts(&mut self, ctx: &egui::Context) {
+        if ctx.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::Enter)) {
+            self.generate();
+        }
+        if ctx.input_mut(|i| i.consume_key(egui::Modifiers::NONE, egui::Key::Escape)) {
+            self.cancel();
+        }
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        });
+        for p in dropped {
+            self.open_path(&p);
+        }
+    }
+
+    /// Shows or hides the memory figure in the status bar (snapshot tests hide it: it
+    /// changes from run to run).
+    pub fn set_memory_display(&mut self, on: bool) {
+        self.show_memory = on;
+    }
+
+    /// Resident memory of this process, refreshed at most once a second (Linux).
+    pub fn ram_bytes(&mut self) -> Option<u64> {
+        if !self.show_memory {
+            return None;
+        }
+        if self.ram.0.elapsed() > Duration::from_secs(1) {
+            let rss = std::fs::read_to_string("/proc/self/statm")
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .map(|pages| pages * 4096);
+            self.ram = (Instant::now(), rss);
+        }
+        self.ram.1
+    }
+
+    /// One frame: events first, then each panel and what it asked for.
+    pub fn frame(&mut self, ui: &mut egui::Ui) {
+        let ctx = ui.ctx().clone();
+        self.drain_events(&ctx);
+        self.shortcuts(&ctx);
+        self.session.ram = self.ram_bytes();
+        self.panel(ui, panels::top_bar);
+        self.panel(ui, panels::status::show);
+        egui::Panel::left("controls").default_size(330.0).min_size(260.0).show(ui, |ui| {
+            egui::ScrollArea::vertical().show(ui, |ui| {
+                self.panel(ui, panels::model::show);
+                ui.separator();
+                self.panel(ui, panels::prompt::show);
+                ui.separator();
+                self.panel(ui, panels::sampler::show);
+                ui.separator();
+                self.panel(ui, panels::lora::show);
+            });
+        });
+        egui::Panel::right("history").default_size(220.0).min_size(140.0).show(ui, |ui| {
+            self.panel(ui, panels::gallery::show);
+        });
+        egui::CentralPanel::default().show(ui, |ui| self.panel(ui, panels::canvas::show));
+        let mut actions = vec![];
+        panels::windows::show(&mut View::new(&mut self.settings, &mut self.session, &mut actions), &ctx);
+        for a in actions {
+            self.apply(a, &ctx);
+        }
+        self.live_tick(&ctx);
+        if let ModelState::Loading { .. } = self.session.model {
+            // The spinner animates while the model loads.
+            ctx.request_repaint_after(Duration::from_millis(100));
+        }
+    }
+
+    /// Draws one panel and does what it asked for before the next panel draws (so a message
+    /// it caused shows in this same frame).
+    fn panel(&mut self, ui: &mut egui::Ui, draw: impl FnOnce(&mut View, &mut egui::Ui)) {
+        let mut actions = vec![];
+        draw(&mut View::new(&mut self.settings, &mut self.session, &mut actions), ui);
+        let ctx = ui.ctx().clone();
+        for a in actions {
+            self.apply(a, &ctx);
+        }
+    }
+
+    /// Does what a panel asked for.
+    pub fn apply(&mut self, action: Action, ctx: &egui::Context) {
+        match action {
+            Action::Dialog(kind) => self.dialog(kind),
+            Action::OpenPath(p) => self.open_path(&p),
+            Action::OpenModel(p) => self.open_model(&p),
+            Action::Generate => {
+                self.generate();
+            }
+            Action::Cancel => self.cancel(),
+            Action::CopyShown => self.copy_shown(ctx),
+            Action::SelectHistory(i) => self.select_history(i),
+            Action::PushLoras => self.push_loras(),
+            Action::Rescan => self.rescan(),
+            Action::ApplyTheme => self.apply_theme(ctx),
+        }
+    }
+
+    /// The engine's handle (tests use it to look at what the window sent).
+    pub fn engine(&self) -> &EngineHandle {
+        &self.engine
+    }
+}
+
+impl eframe::App for StudioApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.frame(ui);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, eframe::APP_KEY, &self.settings);
+    }
+}
+
+/// An engine image as an egui image.
+pub fn to_color_image(img: &ImageRgb8) -> egui::ColorImage {
+    let n = (img.width * img.height * 3) as usize;
+    if img.pixels.len() < n {
+        return egui::ColorImage::new([1, 1], vec![egui::Color32::BLACK]);
+    }
+    egui::ColorImage::from_rgb([img.width as usize, img.height as usize], &img.pixels[..n])
+}

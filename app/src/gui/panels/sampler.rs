@@ -1,0 +1,179 @@
+//! Solver, schedule, steps, guidance, size and seed, with the NFE they will cost.
+
+use eframe::egui;
+use latent_engine::pipeline::{MAX_FEATURE_CACHE, request_nfe, request_whole_nfe};
+use latent_engine::sampling::SOLVERS;
+use latent_engine::sampling::schedule::SCHEDULES;
+
+use crate::gui::actions::View;
+use crate::gui::state::random_seed;
+use crate::gui::state::{ModelState, SeedMode};
+
+/// Sizes each family was trained around (width, height); small models (the embedded 64x64
+/// one) get multiples of their own size.
+fn presets(family: &str, native: (u32, u32)) -> Vec<(u32, u32)> {
+    if native.0 < 256 {
+        let (w, h) = native;
+        let r8 = |v: u32| v.div_ceil(8) * 8;
+        return vec![
+            (w, h),
+            (r8(w * 3 / 2), r8(h * 3 / 2)),
+            (2 * w, 2 * h),
+            (w, r8(h * 3 / 2)),
+            (r8(w * 3 / 2), h),
+        ];
+    }
+    let list: &[(u32, u32)] = match family {
+        "SDXL" => &[
+            (1024, 1024),
+            (896, 1152),
+            (1152, 896),
+            (832, 1216),
+            (1216, 832),
+            (768, 1344),
+            (1344, 768),
+        ],
+        "SD 2.x" => &[(768, 768), (512, 512), (576, 768), (768, 576), (640, 896), (896, 640)],
+        _ => &[(512, 512), (512, 768), (768, 512), (448, 640), (640, 448), (384, 384)],
+    };
+    list.to_vec()
+}
+
+pub fn show(view: &mut View, ui: &mut egui::Ui) {
+    ui.heading("Sampler");
+    let p = &mut view.settings.params;
+    egui::Grid::new("sampler-grid").num_columns(2).spacing([8.0, 6.0]).show(ui, |ui| {
+        let l = ui.label("Solver");
+        let shown = SOLVERS
+            .iter()
+            .find(|s| s.name == p.solver)
+            .map(|s| s.a1111)
+            .unwrap_or(p.solver.as_str());
+        egui::ComboBox::from_id_salt("solver")
+            .selected_text(shown)
+            .width(170.0)
+            .show_ui(ui, |ui| {
+                for s in SOLVERS {
+                    let text = format!("{}  (order {}{})", s.a1111, s.order, if s.stochastic { ", stochastic" } else { "" });
+                    ui.selectable_value(&mut p.solver, s.name.to_string(), text)
+                        .on_hover_text(s.reference);
+                }
+            })
+            .response
+            .labelled_by(l.id);
+        ui.end_row();
+
+        let l = ui.label("Schedule");
+        egui::ComboBox::from_id_salt("schedule")
+            .selected_text(p.schedule.clone())
+            .width(170.0)
+            .show_ui(ui, |ui| {
+                for (name, about) in SCHEDULES {
+                    ui.selectable_value(&mut p.schedule, name.to_string(), *name).on_hover_text(*about);
+                }
+            })
+            .response
+            .labelled_by(l.id);
+        ui.end_row();
+
+        let l = ui.label("Steps");
+        ui.add(egui::Slider::new(&mut p.steps, 1..=150).logarithmic(true)).labelled_by(l.id);
+        ui.end_row();
+
+        let l = ui.label("CFG scale");
+        ui.add(egui::Slider::new(&mut p.cfg_scale, 1.0..=30.0).step_by(0.5))
+            .labelled_by(l.id)
+            .on_hover_text("Classifier-free guidance; 1 skips the unconditional pass (half the NFE)");
+        ui.end_row();
+
+        let l = ui.label("CFG rescale");
+        ui.add(egui::Slider::new(&mut p.cfg_rescale, 0.0..=1.0).step_by(0.05))
+            .labelled_by(l.id)
+            .on_hover_text("Guidance rescale (Lin et al. 2023): tames over-saturation at high CFG; 0.7 is typical");
+        ui.end_row();
+
+        let l = ui.label("Feature cache");
+        ui.add(egui::Slider::new(&mut p.feature_cache, 1..=MAX_FEATURE_CACHE.min(10)))
+            .labelled_by(l.id)
+            .on_hover_text(
+                "DeepCache: run the whole UNet every N steps and only its top level in between, \
+                 reusing the deeper features. 1 = off; 2-3 keeps the image close, higher is faster and rougher",
+            );
+        ui.end_row();
+
+        let l = ui.label("Token merging");
+        ui.add(egui::Slider::new(&mut p.token_merge, 0.0..=0.75).step_by(0.05).fixed_decimals(2))
+            .labelled_by(l.id)
+            .on_hover_text(
+                "ToMe for SD: merge this share of the most similar tokens before each self-attention \
+                 at the top level (A1111's token merging ratio). 0 = off; 0.3-0.5 speeds up large images",
+            );
+        ui.end_row();
+
+        let l = ui.label("Width");
+        ui.add(egui::Slider::new(&mut p.width, 64..=2048).step_by(8.0)).labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Height");
+        ui.add(egui::Slider::new(&mut p.height, 64..=2048).step_by(8.0)).labelled_by(l.id);
+        ui.end_row();
+    });
+    let (family, native) = match &view.session.model {
+        ModelState::Loaded { info, .. } => (info.family.clone(), info.default_size),
+        _ => (String::new(), (512, 512)),
+    };
+    ui.horizontal_wrapped(|ui| {
+        for (w, h) in presets(&family, native) {
+            if ui.selectable_label(p.width == w && p.height == h, format!("{w}×{h}")).clicked() {
+                p.width = w;
+                p.height = h;
+            }
+        }
+        if ui.button("Swap").on_hover_text("Swap width and height").clicked() {
+            std::mem::swap(&mut p.width, &mut p.height);
+        }
+    });
+    ui.horizontal(|ui| {
+        let l = ui.label("Seed");
+        ui.add_enabled(
+            p.seed_mode == SeedMode::Fixed,
+            egui::DragValue::new(&mut p.seed).range(0..=u32::MAX as u64),
+        )
+        .labelled_by(l.id);
+        let mut random = p.seed_mode == SeedMode::Random;
+        if ui
+            .checkbox(&mut random, "random")
+            .on_hover_text("A new seed for every image")
+            .changed()
+        {
+            p.seed_mode = if random { SeedMode::Random } else { SeedMode::Fixed };
+        }
+        if ui.button("🎲").on_hover_text("New seed now").clicked() {
+            p.seed = random_seed();
+            p.seed_mode = SeedMode::Fixed;
+        }
+        if ui
+            .add_enabled(view.session.last_seed.is_some(), egui::Button::new("♻"))
+            .on_hover_text("Reuse the last image's seed")
+            .clicked()
+            && let Some(s) = view.session.last_seed
+        {
+            p.seed = s;
+            p.seed_mode = SeedMode::Fixed;
+        }
+    });
+    let request = p.request(p.seed);
+    let nfe = request_nfe(&request);
+    let whole = request_whole_nfe(&request);
+    ui.label(match (nfe, whole) {
+        (Some(n), Some(w)) => format!(
+            "Cost: {n} network evaluations{}{}",
+            if w < n { format!(", {w} of them whole") } else { String::new() },
+            if p.batch > 1 { format!(" × {}", p.batch) } else { String::new() }
+        ),
+        _ => "Cost: unknown solver".to_string(),
+    })
+    .on_hover_text(
+        "NFE: UNet passes, CFG's two passes counted. Time per image is about NFE × one pass; \
+         with the feature cache the passes that are not whole run only the UNet's top level.",
+    );
+}

@@ -1,0 +1,432 @@
+//! Reading weights from the files users have: LDM single files and diffusers folders, turned
+//! into [`Weights`] under canonical names ([`convert`]) with the architecture read off them
+//! ([`architecture`]). GGUF files will join here. Nothing here builds a network.
+//!
+//! Files are memory-mapped and validated by the safetensors parser (a truncated file fails on
+//! its header, before any tensor is touched). Pickle files are refused by extension and magic
+//! bytes: loading them can execute code.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+pub mod architecture;
+pub mod convert;
+
+use crate::error::{EngineError, Result};
+use crate::nets::weights::{Layout, TextFlavor, Weights};
+use convert::{Renamed, Transform};
+
+const PICKLE_EXTENSIONS: &[&str] = &["ckpt", "pt", "pth", "bin", "pkl", "pickle"];
+
+/// Refuses pickle checkpoints before reading them, by extension or by their first bytes.
+pub fn refuse_pickle(path: &Path) -> Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    if let Some(ext) = ext.as_deref()
+        && PICKLE_EXTENSIONS.contains(&ext)
+    {
+        return Err(EngineError::PickleRefused {
+            path: path.to_path_buf(),
+            kind: "by its extension",
+        });
+    }
+    let mut head = [0u8; 9];
+    if let Ok(mut f) = std::fs::File::open(path) {
+        use std::io::Read;
+        let n = f.read(&mut head).unwrap_or(0);
+        // A safetensors file: an 8-byte header length, then its JSON header. The length's
+        // first bytes can look like a pickle's protocol marker (a header of 0x0380 bytes
+        // starts 80 03), so the JSON brace decides.
+        if n == 9 && head[8] == b'{' {
+            return Ok(());
+        }
+        if n >= 4 && head[..4] == *b"PK\x03\x04" {
+            return Err(EngineError::PickleRefused {
+                path: path.to_path_buf(),
+                kind: "a zip archive as written by torch.save",
+            });
+        }
+        if n >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
+            return Err(EngineError::PickleRefused {
+                path: path.to_path_buf(),
+                kind: "a raw pickle stream",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One memory-mapped safetensors file.
+pub struct SafetensorsFile {
+    path: PathBuf,
+    mmap: memmap2::Mmap,
+}
+
+impl SafetensorsFile {
+    /// Maps `path` after checking it is not pickle.
+    pub fn open(path: &Path) -> Result<Self> {
+        refuse_pickle(path)?;
+        let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: the map is read-only; a file modified by another process while mapped can
+        // change the bytes under us, which at worst yields wrong weights, as any reader would.
+        #[allow(unsafe_code)]
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let me = Self {
+            path: path.to_path_buf(),
+            mmap,
+        };
+        me.parse()?;
+        Ok(me)
+    }
+
+    fn bad(&self, reason: impl Into<String>) -> EngineError {
+        EngineError::BadSafetensors {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Parses (and thereby validates) the header and offsets.
+    pub fn parse(&self) -> Result<safetensors::SafeTensors<'_>> {
+        safetensors::SafeTensors::deserialize(&self.mmap).map_err(|e| self.bad(describe_st_error(&e)))
+    }
+
+    /// The `__metadata__` map.
+    pub fn metadata(&self) -> Result<HashMap<String, String>> {
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&self.mmap).map_err(|e| self.bad(describe_st_error(&e)))?;
+        Ok(meta.metadata().clone().unwrap_or_default())
+    }
+
+    /// Tensor names and shapes without loading data.
+    pub fn shapes(&self) -> Result<Vec<(String, Vec<usize>, String)>> {
+        let st = self.parse()?;
+        Ok(st
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.shape().to_vec(), dtype_name(v.dtype()).to_string()))
+            .collect())
+    }
+
+    /// Loads tensor `name` as `dtype` on `device` (None when its dtype is not a float).
+    pub fn load(&self, name: &str, transform: Transform, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
+        let st = self.parse()?;
+        let view = st.tensor(name).map_err(|e| self.bad(describe_st_error(&e)))?;
+        load_view(&view, transform, dtype, device)
+    }
+}
+
+fn describe_st_error(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall | E::HeaderTooLarge | E::InvalidHeaderLength => "the header is damaged (not a safetensors file?)".into(),
+        E::MetadataIncompleteBuffer => "the file is truncated (incomplete download?)".into(),
+        E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_) => "the header is not valid JSON".into(),
+        other => other.to_string(),
+    }
+}
+
+fn dtype_name(d: safetensors::Dtype) -> &'static str {
+    use safetensors::Dtype as D;
+    match d {
+        D::F16 => "f16",
+        D::BF16 => "bf16",
+        D::F32 => "f32",
+        D::F64 => "f64",
+        D::I64 => "i64",
+        D::I32 => "i32",
+        D::U8 => "u8",
+        D::F8_E4M3 => "f8_e4m3",
+        D::F8_E5M2 => "f8_e5m2",
+        _ => "other",
+    }
+}
+
+/// Whether to read tensor data or only the header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    Tensors,
+    ShapesOnly,
+}
+
+fn is_float(d: safetensors::Dtype) -> bool {
+    use safetensors::Dtype as D;
+    matches!(d, D::F16 | D::BF16 | D::F32 | D::F64)
+}
+
+fn transformed_shape(shape: &[usize], transform: Transform) -> Vec<usize> {
+    match transform {
+        Transform::None => shape.to_vec(),
+        Transform::QkvPart(_) => {
+            let mut s = shape.to_vec();
+            if let Some(first) = s.first_mut() {
+                *first /= 3;
+            }
+            s
+        }
+        Transform::ConvToLinear if shape.len() == 4 => shape[..2].to_vec(),
+        Transform::ConvToLinear => shape.to_vec(),
+        Transform::Transpose => shape.iter().rev().copied().collect(),
+    }
+}
+
+fn load_view(view: &safetensors::tensor::TensorView<'_>, transform: Transform, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
+    use safetensors::Dtype as D;
+    let src = match view.dtype() {
+        D::F16 => DType::F16,
+        D::BF16 => DType::BF16,
+        D::F32 => DType::F32,
+        D::F64 => DType::F64,
+        _ => return Ok(None),
+    };
+    let t = Tensor::from_raw_buffer(view.data(), src, view.shape(), &Device::Cpu)?;
+    let t = match transform {
+        Transform::None => t,
+        Transform::QkvPart(i) => {
+            let n = t.dim(0)? / 3;
+            t.narrow(0, i * n, n)?
+        }
+        Transform::ConvToLinear => {
+            let d = t.dims().to_vec();
+            if d.len() == 4 { t.reshape((d[0], d[1]))? } else { t }
+        }
+        Transform::Transpose => t.t()?,
+    };
+    let t = t.to_dtype(dtype)?.contiguous()?;
+    Ok(Some(t.to_device(device)?))
+}
+
+/// Loads a single file or a diffusers folder into canonical names.
+pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Weights> {
+    load_with(path, dtype, device, Read::Tensors)
+}
+
+/// Reads names and shapes only (for `info`: no tensor data is touched).
+pub fn load_shapes(path: &Path) -> Result<Weights> {
+    load_with(path, DType::F32, &Device::Cpu, Read::ShapesOnly)
+}
+
+fn load_with(path: &Path, dtype: DType, device: &Device, read: Read) -> Result<Weights> {
+    if path.is_dir() {
+        load_diffusers(path, dtype, device, read)
+    } else if !path.exists() {
+        Err(EngineError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+        })
+    } else {
+        load_single(path, dtype, device, read)
+    }
+}
+
+fn empty(layout: Layout) -> Weights {
+    Weights {
+        tensors: HashMap::new(),
+        shapes: HashMap::new(),
+        metadata: HashMap::new(),
+        configs: HashMap::new(),
+        unrecognised: vec![],
+        layout,
+        text_flavors: [None, None],
+        stored_dtypes: BTreeSet::new(),
+        bytes: 0,
+    }
+}
+
+/// Layers per UNet block in an LDM file: the first downsampler sits at `input_blocks.{lpb+1}`.
+fn ldm_layers_per_block(names: &[String]) -> usize {
+    let prefix = "model.diffusion_model.input_blocks.";
+    let mut max_block = 0;
+    let mut first_op = None;
+    for n in names {
+        if let Some(r) = n.strip_prefix(prefix)
+            && let Some((idx, tail)) = r.split_once('.')
+            && let Ok(i) = idx.parse::<usize>()
+        {
+            max_block = max_block.max(i);
+            if tail.starts_with("0.op.") {
+                first_op = Some(first_op.map_or(i, |f: usize| f.min(i)));
+            }
+        }
+    }
+    first_op.map_or(max_block.max(1), |i| i - 1).max(1)
+}
+
+fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result<Weights> {
+    let file = SafetensorsFile::open(path)?;
+    let st = file.parse()?;
+    let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    let lpb = ldm_layers_per_block(&names);
+    let mut w = empty(Layout::SingleFile);
+    w.metadata = file.metadata()?;
+    for n in &names {
+        if n.starts_with("cond_stage_model.transformer.") || n.starts_with("conditioner.embedders.0.transformer.") {
+            w.text_flavors[0] = Some(TextFlavor::OpenAi);
+        } else if n.starts_with("cond_stage_model.model.") {
+            w.text_flavors[0] = Some(TextFlavor::OpenClip);
+        } else if n.starts_with("conditioner.embedders.1.model.") {
+            w.text_flavors[1] = Some(TextFlavor::OpenClip);
+        }
+    }
+    let mut renamed: Vec<(String, Renamed)> = vec![];
+    for n in &names {
+        match convert::ldm_key(n, lpb) {
+            Ok(list) => renamed.extend(list.into_iter().map(|r| (n.clone(), r))),
+            // Files this project writes (the embedded model, training checkpoints) use the
+            // engine's canonical names (diffusers names under `unet.`, `vae.`, `te1.`, `te2.`).
+            Err(k) if ["unet.", "vae.", "te1.", "te2."].iter().any(|p| k.starts_with(p)) => renamed.push((
+                n.clone(),
+                Renamed {
+                    name: k,
+                    transform: Transform::None,
+                },
+            )),
+            Err(k) => w.unrecognised.push(k),
+        }
+    }
+    let num_up = renamed
+        .iter()
+        .filter_map(|(_, r)| r.name.strip_prefix("vae.decoder.up_blocks.@"))
+        .filter_map(|r| r.split_once('.').and_then(|(i, _)| i.parse::<usize>().ok()))
+        .max()
+        .map_or(0, |m| m + 1);
+    for (src, r) in renamed {
+        let view = st.tensor(&src).map_err(|e| file.bad(describe_st_error(&e)))?;
+        w.stored_dtypes.insert(dtype_name(view.dtype()).to_string());
+        w.bytes += view.data().len() as u64;
+        if !is_float(view.dtype()) {
+            continue;
+        }
+        let name = convert::resolve_decoder_index(&r.name, num_up);
+        w.shapes.insert(name.clone(), transformed_shape(view.shape(), r.transform));
+        if read == Read::Tensors
+            && let Some(t) = load_view(&view, r.transform, dtype, device)?
+        {
+            w.tensors.insert(name, t);
+        }
+    }
+    w.unrecognised.sort();
+    Ok(w)
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| EngineError::Other(format!("{}: invalid JSON: {e}", path.display())))
+}
+
+/// The safetensors files holding one diffusers component, preferring full precision.
+fn component_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    for stem in ["diffusion_pytorch_model", "model"] {
+        for variant in ["", ".fp16"] {
+            let single = dir.join(format!("{stem}{variant}.safetensors"));
+            if single.is_file() {
+                return Ok(vec![single]);
+            }
+            let index = dir.join(format!("{stem}{variant}.safetensors.index.json"));
+            if index.is_file() {
+                let v = read_json(&index)?;
+                let mut files: Vec<PathBuf> = v["weight_map"]
+                    .as_object()
+                    .map(|m| m.values().filter_map(|f| f.as_str()).map(|f| dir.join(f)).collect())
+                    .unwrap_or_default();
+                files.sort();
+                files.dedup();
+                return Ok(files);
+            }
+        }
+    }
+    for stem in ["diffusion_pytorch_model.bin", "pytorch_model.bin"] {
+        let p = dir.join(stem);
+        if p.is_file() {
+            return Err(EngineError::PickleRefused {
+                path: p,
+                kind: "a torch .bin file",
+            });
+        }
+    }
+    Err(EngineError::UnknownArchitecture(format!(
+        "{} holds no .safetensors weights",
+        dir.display()
+    )))
+}
+
+fn load_diffusers(dir: &Path, dtype: DType, device: &Device, read: Read) -> Result<Weights> {
+    if !dir.join("model_index.json").is_file() {
+        return Err(EngineError::UnknownArchitecture(format!(
+            "{} is a folder without model_index.json (expected a diffusers pipeline folder)",
+            dir.display()
+        )));
+    }
+    let mut w = empty(Layout::Diffusers);
+    w.configs.insert("model_index".into(), read_json(&dir.join("model_index.json"))?);
+    let sched = dir.join("scheduler/scheduler_config.json");
+    if sched.is_file() {
+        w.configs.insert("scheduler".into(), read_json(&sched)?);
+    }
+    for component in ["unet", "vae", "text_encoder", "text_encoder_2"] {
+        let cdir = dir.join(component);
+        if !cdir.is_dir() {
+            continue;
+        }
+        let cfg = cdir.join("config.json");
+        if cfg.is_file() {
+            w.configs.insert(component.into(), read_json(&cfg)?);
+        }
+        for f in component_files(&cdir)? {
+            let file = SafetensorsFile::open(&f)?;
+            let st = file.parse()?;
+            for (name, view) in st.iter() {
+                let Some(canon) = convert::diffusers_key(component, name) else {
+                    continue;
+                };
+                w.stored_dtypes.insert(dtype_name(view.dtype()).to_string());
+                w.bytes += view.data().len() as u64;
+                if !is_float(view.dtype()) {
+                    continue;
+                }
+                w.shapes.insert(canon.clone(), view.shape().to_vec());
+                if read == Read::Tensors
+                    && let Some(t) = load_view(&view, Transform::None, dtype, device)?
+                {
+                    w.tensors.insert(canon, t);
+                }
+            }
+        }
+    }
+    Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file whose header length starts with bytes that look like a pickle
+    /// protocol marker (0x80, 0x03) is still a safetensors file; a real pickle is refused.
+    #[test]
+    fn pickle_detection_looks_past_the_header_length() {
+        let dir = std::env::temp_dir().join(format!("latent-pickle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut header = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#.to_vec();
+        header.resize(0x0380, b' ');
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        assert_eq!(&bytes[..2], &[0x80, 0x03]);
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&1f32.to_le_bytes());
+        let st = dir.join("model.safetensors");
+        std::fs::write(&st, &bytes).expect("write");
+        assert!(refuse_pickle(&st).is_ok());
+        assert!(SafetensorsFile::open(&st).is_ok());
+        let pickle = dir.join("model2.safetensors");
+        std::fs::write(&pickle, b"\x80\x02}q\x00(X\x05\x00\x00\x00state").expect("write");
+        assert!(matches!(refuse_pickle(&pickle), Err(EngineError::PickleRefused { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,213 @@
+//! A request checked against the loaded model, what it will cost (NFE, CFG's double pass and
+//! truncation counted, the feature cache's whole/shallow split), and the A1111 parameters it
+//! is written with.
+
+use crate::error::{EngineError, Result};
+use crate::metadata::Parameters;
+use crate::protocol::GenerateRequest;
+use crate::sampling::schedule::ScheduleKind;
+use crate::sampling::{self, SolverInfo, SolverParams};
+
+use super::Pipeline;
+
+/// The longest feature-cache interval a request may ask for (DeepCache uses 2-10).
+pub const MAX_FEATURE_CACHE: u32 = 20;
+
+/// The highest token merging ratio a request may ask for (A1111 allows up to 0.9).
+pub const MAX_TOKEN_MERGE: f64 = 0.9;
+
+/// A request checked against the loaded model.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub request: GenerateRequest,
+    pub solver: &'static SolverInfo,
+    pub schedule: ScheduleKind,
+    pub params: SolverParams,
+    pub latent_size: (usize, usize),
+}
+
+impl Pipeline {
+    /// Checks a request against this model and turns it into a job; nothing runs yet.
+    pub fn validate(&self, request: &GenerateRequest) -> Result<Job> {
+        let r = request;
+        let scale = self.config.vae.scale() as u32;
+        let bad = |m: String| Err(EngineError::InvalidRequest(m));
+        if r.width == 0 || r.height == 0 || !r.width.is_multiple_of(8) || !r.height.is_multiple_of(8) {
+            return bad(format!("size {}x{} must be positive multiples of 8", r.width, r.height));
+        }
+        if !r.width.is_multiple_of(scale) || !r.height.is_multiple_of(scale) {
+            return bad(format!(
+                "size {}x{} must be a multiple of this model's {scale}-pixel latent grid",
+                r.width, r.height
+            ));
+        }
+        if r.width > 8192 || r.height > 8192 || (r.width as u64 * r.height as u64) > 4096 * 4096 {
+            return bad(format!(
+                "size {}x{} is too large (at most 4096x4096 pixels in total)",
+                r.width, r.height
+            ));
+        }
+        if r.width / scale < 8 || r.height / scale < 8 {
+            return bad(format!(
+                "size {}x{} is too small for this model (at least {} pixels per side)",
+                r.width,
+                r.height,
+                8 * scale
+            ));
+        }
+        if r.steps == 0 || r.steps > 1000 {
+            return bad(format!("steps must be between 1 and 1000, got {}", r.steps));
+        }
+        if !r.cfg_scale.is_finite() || r.cfg_scale < 0.0 || r.cfg_scale > 100.0 {
+            return bad(format!("CFG scale must be a number between 0 and 100, got {}", r.cfg_scale));
+        }
+        if r.clip_skip == 0 || r.clip_skip as usize > self.config.text[0].layers {
+            return bad(format!(
+                "clip skip must be between 1 and {}, got {}",
+                self.config.text[0].layers, r.clip_skip
+            ));
+        }
+        let solver = sampling::solver_info(&r.solver)?;
+        let schedule = ScheduleKind::parse(&r.schedule).ok_or_else(|| {
+            let names: Vec<&str> = sampling::schedule::SCHEDULES.iter().map(|(n, _)| *n).collect();
+            EngineError::InvalidRequest(format!("unknown schedule '{}' (known: {})", r.schedule, names.join(", ")))
+        })?;
+        let mut params = sampling::default_params(solver);
+        if let Some(eta) = r.eta {
+            if !eta.is_finite() || !(0.0..=10.0).contains(&eta) {
+                return bad(format!("eta must be between 0 and 10, got {eta}"));
+            }
+            params.eta = eta;
+        }
+        if !r.cfg_rescale.is_finite() || !(0.0..=1.0).contains(&r.cfg_rescale) {
+            return bad(format!("CFG rescale must be between 0 and 1, got {}", r.cfg_rescale));
+        }
+        if !r.cfg_until.is_finite() || !(0.0..=1.0).contains(&r.cfg_until) {
+            return bad(format!("CFG until must be a fraction between 0 and 1, got {}", r.cfg_until));
+        }
+        if !(1..=MAX_FEATURE_CACHE).contains(&r.feature_cache) {
+            return bad(format!(
+                "the feature cache interval must be between 1 (off) and {MAX_FEATURE_CACHE}, got {}",
+                r.feature_cache
+            ));
+        }
+        if !r.token_merge.is_finite() || !(0.0..=MAX_TOKEN_MERGE).contains(&r.token_merge) {
+            return bad(format!(
+                "the token merging ratio must be between 0 (off) and {MAX_TOKEN_MERGE}, got {}",
+                r.token_merge
+            ));
+        }
+        if r.feature_cache > 1 && !self.unet.caches_deep_features() {
+            return bad("this model's UNet has a single level: the feature cache does not apply".into());
+        }
+        Ok(Job {
+            request: r.clone(),
+            solver,
+            schedule,
+            params,
+            latent_size: ((r.height / scale) as usize, (r.width / scale) as usize),
+        })
+    }
+
+    /// Network evaluations a job will spend (CFG's double pass counted).
+    pub fn nfe(&self, job: &Job) -> u32 {
+        planned_nfe(job)
+    }
+
+    /// The A1111 `parameters` of a job on this model.
+    pub fn parameters(&self, job: &Job, nfe: u32) -> Parameters {
+        let r = &job.request;
+        let mut p = Parameters {
+            prompt: r.prompt.clone(),
+            negative: r.negative.clone(),
+            pairs: vec![],
+        };
+        p.push("Steps", r.steps)
+            .push("Sampler", job.solver.a1111)
+            .push("Schedule type", job.schedule.a1111())
+            .push("CFG scale", r.cfg_scale)
+            .push("Seed", r.seed)
+            .push("Size", format!("{}x{}", r.width, r.height));
+        if let Some(h) = &self.hash {
+            p.push("Model hash", h);
+        }
+        p.push("Model", &self.name);
+        if r.clip_skip > 1 {
+            p.push("Clip skip", r.clip_skip);
+        }
+        if !self.lora_hashes.is_empty() {
+            let list: Vec<String> = self.lora_hashes.iter().map(|(n, h)| format!("{n}: {h}")).collect();
+            p.push("Lora hashes", list.join(", "));
+        }
+        if r.cfg_rescale > 0.0 {
+            p.push("CFG rescale", r.cfg_rescale);
+        }
+        if r.cfg_until < 1.0 {
+            p.push("CFG until", r.cfg_until);
+        }
+        if r.feature_cache > 1 {
+            p.push("Feature cache", r.feature_cache);
+        }
+        if r.token_merge > 0.0 {
+            p.push("Token merging ratio", r.token_merge);
+        }
+        if job.params.eta != job.solver.default_eta {
+            p.push("Eta", job.params.eta);
+        }
+        p.push("Solver", job.solver.name).push("Schedule", &r.schedule);
+        p.push("NFE", nfe)
+            .push("Version", format!("Latent Studio {}", env!("CARGO_PKG_VERSION")));
+        p
+    }
+}
+
+pub(super) fn uses_cfg(scale: f64) -> bool {
+    (scale - 1.0).abs() > 1e-9
+}
+
+/// Steps (counted from 0) that still run the unconditional pass: `ceil(cfg_until * steps)`.
+pub(super) fn guided_steps(r: &GenerateRequest) -> u32 {
+    if !uses_cfg(r.cfg_scale) {
+        0
+    } else {
+        (r.cfg_until * r.steps as f64).ceil() as u32
+    }
+}
+
+/// Network evaluations a job will spend, CFG's passes and truncation included.
+pub fn planned_nfe(job: &Job) -> u32 {
+    nfe_of(job.solver, &job.request)
+}
+
+/// The NFE a request will spend, known before any model is loaded (the window shows it
+/// beside the sliders); `None` for an unknown solver.
+pub fn request_nfe(request: &GenerateRequest) -> Option<u32> {
+    let solver = sampling::SOLVERS.iter().find(|s| s.name == request.solver)?;
+    Some(nfe_of(solver, request))
+}
+
+/// Of [`request_nfe`], the evaluations that run the whole UNet: all of them without the
+/// feature cache; with it, the first evaluation of every `feature_cache`-th step.
+pub fn request_whole_nfe(request: &GenerateRequest) -> Option<u32> {
+    let solver = sampling::SOLVERS.iter().find(|s| s.name == request.solver)?;
+    if request.feature_cache <= 1 {
+        return Some(nfe_of(solver, request));
+    }
+    let guided = guided_steps(request);
+    Some(
+        (0..request.steps)
+            .filter(|k| k.is_multiple_of(request.feature_cache))
+            .map(|k| if k < guided { 2 } else { 1 })
+            .sum(),
+    )
+}
+
+fn nfe_of(solver: &sampling::SolverInfo, request: &GenerateRequest) -> u32 {
+    let guided = guided_steps(request);
+    (0..request.steps)
+        .map(|k| {
+            let evals = sampling::evaluations(solver, k + 1) - sampling::evaluations(solver, k);
+            evals * if k < guided { 2 } else { 1 }
+        })
+        .sum()
+}

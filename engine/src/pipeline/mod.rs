@@ -1,0 +1,374 @@
+//! A loaded model and the tasks it runs. `Pipeline` owns the networks and the LoRA state
+//! (mod.rs); a request becomes a validated [`Job`] with its planned cost (job.rs); text
+//! becomes conditioning (text.rs); every task samples through one guided denoiser
+//! (guided.rs) and decodes through one VAE path (here). One file per task: txt2img.rs now;
+//! img2img, inpainting and hires fix will be its siblings.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use candle_core::{DType as CDType, Device, Tensor};
+
+use crate::checkpoint::{self, architecture};
+use crate::error::{EngineError, Result};
+use crate::nets::clip::ClipText;
+use crate::nets::config::{Family, ModelConfig};
+use crate::nets::unet::Unet;
+use crate::nets::vae::{VaeDecoder, VaeTiling};
+use crate::nets::weights::Weights;
+use crate::preview::{LatentRgb, to_u8};
+use crate::protocol::{DType, DeviceKind, ImageRgb8, LatentsOut, ModelInfo, ModelSpec, Prediction, Timings};
+use crate::sampling::schedule::ModelSchedule;
+
+mod guided;
+mod job;
+mod text;
+mod txt2img;
+
+pub use job::{Job, MAX_FEATURE_CACHE, MAX_TOKEN_MERGE, planned_nfe, request_nfe, request_whole_nfe};
+
+/// Opens the candle device for `kind`, with a clear error where this build lacks it.
+pub fn open_device(kind: DeviceKind) -> Result<Device> {
+    match kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda(i) => Device::new_cuda(i).map_err(|e| EngineError::DeviceUnavailable(format!("cuda:{i} ({e})"))),
+        DeviceKind::Metal(i) => Device::new_metal(i).map_err(|e| EngineError::DeviceUnavailable(format!("metal:{i} ({e})"))),
+    }
+}
+
+fn candle_dtype(d: DType) -> CDType {
+    match d {
+        DType::F32 => CDType::F32,
+        DType::F16 => CDType::F16,
+        DType::BF16 => CDType::BF16,
+    }
+}
+
+/// What `info` and the status bar show about a loaded checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    pub unrecognised: Vec<String>,
+    pub stored_dtypes: Vec<String>,
+    pub parameters: Vec<(String, usize)>,
+    pub bytes: u64,
+}
+
+/// Reads a checkpoint and infers its configuration without building the networks.
+pub fn inspect(path: &Path) -> Result<(ModelConfig, LoadReport)> {
+    let w = checkpoint::load_shapes(path)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+    let cfg = architecture::infer(&w, name)?;
+    Ok((cfg, report(&w)))
+}
+
+fn report(w: &Weights) -> LoadReport {
+    let mut parameters = vec![];
+    for (label, prefix) in [
+        ("text encoder", "te1."),
+        ("text encoder 2", "te2."),
+        ("unet", "unet."),
+        ("vae", "vae."),
+    ] {
+        let n = w.parameters(prefix);
+        if n > 0 {
+            parameters.push((label.to_string(), n));
+        }
+    }
+    LoadReport {
+        unrecognised: w.unrecognised.clone(),
+        stored_dtypes: w.stored_dtypes.iter().cloned().collect(),
+        parameters,
+        bytes: w.bytes,
+    }
+}
+
+/// What the pipeline tells its caller while it runs.
+pub trait Hooks {
+    /// Polled before every network evaluation.
+    fn cancelled(&self) -> bool;
+    /// Step `step` of `total` finished.
+    fn progress(&mut self, step: u32, total: u32, step_time: Duration);
+    /// Whether a preview of step `step` is wanted (previews cost a little).
+    fn wants_preview(&self, step: u32) -> bool;
+    /// A preview of the clean estimate at `step`.
+    fn preview(&mut self, step: u32, image: ImageRgb8);
+    /// Something the user should know that does not stop the job (unmatched LoRA layers).
+    fn warning(&mut self, _message: String) {}
+}
+
+/// Hooks that never cancel and want no previews: for driving a [`Pipeline`] directly (tests,
+/// benchmarks, scripts).
+pub struct Quiet;
+
+impl Hooks for Quiet {
+    fn cancelled(&self) -> bool {
+        false
+    }
+    fn progress(&mut self, _: u32, _: u32, _: Duration) {}
+    fn wants_preview(&self, _: u32) -> bool {
+        false
+    }
+    fn preview(&mut self, _: u32, _: ImageRgb8) {}
+}
+
+/// The result of one generation.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub image: ImageRgb8,
+    pub latents: LatentsOut,
+    pub metadata: String,
+    pub timings: Timings,
+}
+
+/// A loaded model ready to generate.
+pub struct Pipeline {
+    pub config: ModelConfig,
+    pub name: String,
+    pub path: PathBuf,
+    pub report: LoadReport,
+    pub hash: Option<String>,
+    text: Vec<ClipText>,
+    unet: Unet,
+    vae: VaeDecoder,
+    /// The checkpoint's own weights (W0), kept so LoRA changes always start from them; they
+    /// share storage with the networks, so keeping them costs nothing until a LoRA is merged.
+    base: Weights,
+    lora_table: Option<std::collections::HashMap<String, String>>,
+    /// Short hashes of the LoRA files merged now, for the metadata.
+    lora_hashes: Vec<(String, String)>,
+    device: Device,
+    dtype: DType,
+    schedule: ModelSchedule,
+    preview: LatentRgb,
+    /// Whether the VAE decodes big images in tiles (default: when memory would not fit).
+    pub vae_tiling: VaeTiling,
+}
+
+/// Memory one VAE decode may use: half of what the system has available now (Linux's
+/// `MemAvailable`), or 4 GiB where that is unknown.
+pub fn decode_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map(|kib| kib * 1024 / 2)
+        .unwrap_or(4 << 30)
+}
+
+/// A1111's short model hash: the first 10 hex digits of the file's SHA-256.
+fn file_hash(path: &Path) -> Option<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let d = h.finalize();
+    Some(d.iter().take(5).map(|b| format!("{b:02x}")).collect())
+}
+
+impl Pipeline {
+    /// Loads a checkpoint (single file or diffusers folder) and builds the networks.
+    pub fn load(spec: &ModelSpec) -> Result<Self> {
+        let device = open_device(spec.device)?;
+        let w = checkpoint::load(&spec.path, candle_dtype(spec.dtype), &device)?;
+        let name = spec
+            .path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "model".into());
+        let mut cfg = architecture::infer(&w, &name)?;
+        if let Some(p) = spec.prediction {
+            cfg.prediction = p;
+        }
+        let hash = if spec.path.is_file() { file_hash(&spec.path) } else { None };
+        let mut pipe = Self::from_weights(w, cfg, &name, spec.dtype, device)?;
+        pipe.path = spec.path.clone();
+        pipe.hash = hash;
+        pipe.vae_tiling = spec.vae_tiling;
+        Ok(pipe)
+    }
+
+    /// Builds the networks from weights already in memory (checkpoints, synthetic models).
+    pub fn from_weights(mut w: Weights, cfg: ModelConfig, name: &str, dtype: DType, device: Device) -> Result<Self> {
+        if dtype == DType::BF16 && device.is_cpu() {
+            // candle 0.11 has no bf16 matrix multiply on CPU: keep bf16's rounding of the
+            // weights but compute in f32.
+            for t in w.tensors.values_mut() {
+                *t = t.to_dtype(CDType::F32)?;
+            }
+        }
+        let text = cfg.text.iter().map(|t| ClipText::new(&w, t)).collect::<Result<Vec<_>>>()?;
+        let unet = Unet::new(&w, &cfg.unet)?;
+        let vae = VaeDecoder::new(&w, &cfg.vae)?;
+        let report = report(&w);
+        let schedule = ModelSchedule::for_model(cfg.zero_terminal_snr);
+        let preview = LatentRgb::from_metadata(&w.metadata).unwrap_or(if cfg.family == Family::Sdxl {
+            LatentRgb::SDXL
+        } else {
+            LatentRgb::SD1
+        });
+        Ok(Self {
+            config: cfg,
+            name: name.to_string(),
+            path: PathBuf::new(),
+            report,
+            hash: None,
+            text,
+            unet,
+            vae,
+            base: w,
+            lora_table: None,
+            lora_hashes: vec![],
+            device,
+            dtype,
+            schedule,
+            preview,
+            vae_tiling: VaeTiling::Auto,
+        })
+    }
+
+    /// The checkpoint's own weights (what LoRA merges start from).
+    pub fn base_weights(&self) -> &Weights {
+        &self.base
+    }
+
+    /// Summary for the window and the CLI.
+    pub fn info(&self) -> ModelInfo {
+        let c = &self.config;
+        let pred = match c.prediction {
+            Prediction::Epsilon => "eps",
+            Prediction::V => "v",
+        };
+        let cpu_bf16 = self.dtype == DType::BF16 && self.device.is_cpu();
+        ModelInfo {
+            name: self.name.clone(),
+            family: c.family.name().to_string(),
+            summary: format!(
+                "{} UNet {:?}, context {}, {} latent channels, {}-prediction",
+                c.family.name(),
+                c.unet.block_out_channels,
+                c.unet.context_dim,
+                c.vae.latent_channels,
+                pred
+            ) + if cpu_bf16 { " (bf16 weights, f32 compute on CPU)" } else { "" },
+            dtype: self.dtype,
+            device: match self.device.location() {
+                candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+                candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+            },
+            default_size: c.default_size,
+            default_guidance: c.default_guidance,
+        }
+    }
+
+    /// Replaces the merged LoRA set (empty: back to the checkpoint's own weights). Every merge
+    /// starts from the kept originals, so strengths can change any number of times without
+    /// drift or disk access. On error the model is left exactly as it was.
+    pub fn apply_loras(&mut self, loras: &[(&crate::lora::LoraFile, f32, f32)]) -> Result<Vec<crate::lora::LoraReport>> {
+        if self.lora_table.is_none() {
+            let cfg = &self.config.unet;
+            let up_attn: Vec<bool> = cfg.up_attention.iter().map(Option::is_some).collect();
+            let lpb = cfg.layers_per_block;
+            let names = self.base.tensors.keys().filter(|k| k.ends_with(".weight")).map(|k| {
+                let ldm = k
+                    .strip_prefix("unet.")
+                    .and_then(|p| p.strip_suffix(".weight"))
+                    .and_then(|p| crate::checkpoint::convert::unet_module_to_ldm(p, lpb, &up_attn));
+                (k.as_str(), ldm)
+            });
+            self.lora_table = Some(crate::lora::keys::table(names));
+        }
+        let table = self
+            .lora_table
+            .as_ref()
+            .ok_or_else(|| EngineError::Other("LoRA table missing".into()))?;
+        let (replacements, reports) = if loras.is_empty() {
+            (Default::default(), vec![])
+        } else {
+            crate::lora::merge_into(&self.base.tensors, table, loras)?
+        };
+        let mut merged = self.base.clone();
+        for (k, t) in replacements {
+            merged.tensors.insert(k, t);
+        }
+        let text = self
+            .config
+            .text
+            .iter()
+            .map(|t| ClipText::new(&merged, t))
+            .collect::<Result<Vec<_>>>()?;
+        let unet = Unet::new(&merged, &self.config.unet)?;
+        self.text = text;
+        self.unet = unet;
+        self.lora_hashes = loras.iter().map(|(f, _, _)| (f.name.clone(), f.hash.clone())).collect();
+        Ok(reports)
+    }
+
+    /// The UNet (for tests and benchmarks).
+    pub fn unet(&self) -> &Unet {
+        &self.unet
+    }
+
+    /// The latent-to-RGB map of the live previews (fitted ones from the metadata, or the
+    /// family's).
+    pub fn preview_coefficients(&self) -> &LatentRgb {
+        &self.preview
+    }
+
+    /// The VAE decoder (for tests and benchmarks).
+    pub fn vae(&self) -> &VaeDecoder {
+        &self.vae
+    }
+
+    /// The device the networks live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+impl Pipeline {
+    /// Final latents (`[1, c, h, w]`, unscaled) -> checked values and the decoded image:
+    /// the one VAE path every task ends with.
+    fn decode(&self, latents: &Tensor) -> Result<(Vec<f32>, ImageRgb8)> {
+        let flat: Vec<f32> = latents.flatten_all()?.to_vec1()?;
+        if flat.iter().any(|v| !v.is_finite()) {
+            return Err(EngineError::NonFinite("latents after denoising"));
+        }
+        let decoded = self
+            .vae
+            .decode_with(&(latents / self.config.vae.scaling_factor)?, self.vae_tiling, decode_budget())?;
+        Ok((flat, to_image(&decoded)?))
+    }
+}
+
+/// `[1, 3, h, w]` in [-1, 1] -> 8-bit RGB.
+fn to_image(decoded: &Tensor) -> Result<ImageRgb8> {
+    let (_, _, h, w) = decoded.dims4()?;
+    let data: Vec<f32> = decoded.get(0)?.flatten_all()?.to_vec1()?;
+    if data.iter().any(|v| !v.is_finite()) {
+        return Err(EngineError::NonFinite("decoded image"));
+    }
+    let plane = h * w;
+    let mut pixels = Vec::with_capacity(plane * 3);
+    for p in 0..plane {
+        for ch in 0..3 {
+            pixels.push(to_u8(data[ch * plane + p] / 2.0 + 0.5));
+        }
+    }
+    Ok(ImageRgb8 {
+        width: w as u32,
+        height: h as u32,
+        pixels,
+    })
+}
