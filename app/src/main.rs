@@ -39,6 +39,20 @@ fn fix_thread_count() {
     }
 }
 
+/// The error and its causes on one line, each said once: a message that already ends with
+/// its cause's text (thiserror's `{source}`) does not repeat it.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = vec![];
+    for c in e.chain() {
+        let text = c.to_string();
+        if parts.last().is_some_and(|p| p.ends_with(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ").split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn main() -> ExitCode {
     fix_thread_count();
     keep_freed_memory();
@@ -47,8 +61,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One clear line, no backtrace: these are user errors (bad file, bad size, ...).
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            let line = chain.join(": ").split_whitespace().collect::<Vec<_>>().join(" ");
+            let line = one_line(&e);
             eprintln!("error: {line}");
             ExitCode::FAILURE
         }

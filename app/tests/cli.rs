@@ -437,3 +437,125 @@ fn generate_without_a_model_uses_the_embedded_one_or_says_it_is_missing() {
         assert!(!out.exists());
     }
 }
+
+/// Outputs are checked before the model loads (the model here is garbage: a later check
+/// would report that instead), with one line naming the path and the reason, and nothing is
+/// left behind.
+#[test]
+fn outputs_are_checked_before_any_work() {
+    let garbage = scratch("garbage-for-out.safetensors");
+    std::fs::write(&garbage, vec![0x5au8; 4096]).expect("write");
+    let cases: [(&str, Vec<String>, &str); 6] = [
+        (
+            "missing folder",
+            vec!["--out".into(), "/nonexistent-dir/x.png".into()],
+            "cannot write /nonexistent-dir/x.png: folder /nonexistent-dir does not exist",
+        ),
+        (
+            "folder is a file",
+            vec!["--out".into(), format!("{}/x.png", garbage.display())],
+            "is not a folder",
+        ),
+        (
+            "jpeg",
+            vec!["--out".into(), scratch("x.jpg").display().to_string()],
+            "give a name ending in .png",
+        ),
+        (
+            "no extension",
+            vec!["--out".into(), scratch("noext").display().to_string()],
+            "give a name ending in .png",
+        ),
+        (
+            "latents folder",
+            vec![
+                "--out".into(),
+                scratch("lat-ok.png").display().to_string(),
+                "--latents-out".into(),
+                "/nonexistent-dir/l.safetensors".into(),
+            ],
+            "cannot write /nonexistent-dir/l.safetensors: folder /nonexistent-dir does not exist",
+        ),
+        (
+            "latents exists",
+            vec![
+                "--out".into(),
+                scratch("lat-ok2.png").display().to_string(),
+                "--latents-out".into(),
+                garbage.display().to_string(),
+            ],
+            "choose another --latents-out",
+        ),
+    ];
+    for (what, args, needle) in cases {
+        let mut c = bin();
+        c.args(["generate", "--model"])
+            .arg(&garbage)
+            .args(["--prompt", "a cat"])
+            .args(&args);
+        let o = c.output().expect("run");
+        assert_clean_failure(&o, needle);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!stderr.contains(".tmp") && !stderr.contains("os error 2): "), "{what}: {stderr}");
+    }
+    for left in ["lat-ok.png", "lat-ok2.png", "x.jpg", "noext"] {
+        assert!(!scratch(left).exists(), "{left} was left behind");
+    }
+}
+
+/// Size, steps and seed are checked before the model loads (garbage model again), and say
+/// which value was wrong.
+#[test]
+fn numbers_are_checked_before_any_work() {
+    let garbage = scratch("garbage-for-numbers.safetensors");
+    std::fs::write(&garbage, vec![0x5au8; 4096]).expect("write");
+    for (args, needle) in [
+        (["--width", "-64"], "'-64' for '--width"),
+        (["--height", "100"], "'100' for '--height"),
+        (["--steps", "0"], "'0' for '--steps"),
+        (["--steps", "5000"], "'5000' for '--steps"),
+        (["--seed", "-2"], "'-2' for '--seed"),
+    ] {
+        let mut c = bin();
+        c.args(["generate", "--model"]).arg(&garbage).args(["--prompt", "a cat"]).args(args);
+        assert_clean_failure(&c.output().expect("run"), needle);
+    }
+    // The usage line of a missing --prompt lists only what is required.
+    let o = bin().arg("generate").output().expect("run");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(stderr.contains("Usage: latent-studio generate --prompt <PROMPT>\n"), "{stderr}");
+}
+
+/// `--seed -1` is A1111's "random": the seed chosen is printed and is the one written.
+#[test]
+fn seed_minus_one_is_random_and_written() {
+    let out = scratch("seed-random.png");
+    let mut c = bin();
+    c.args(["generate", "--model"])
+        .arg(fixture("sd1/sd1-tiny.safetensors"))
+        .args(["--prompt", "a cat", "--steps", "2", "--seed", "-1", "--out"])
+        .arg(&out);
+    let o = c.output().expect("run");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let printed: u64 = stderr
+        .split("seed ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no seed printed: {stderr}"));
+    let text = latent_engine::image_io::read_png_parameters(&out)
+        .expect("read")
+        .expect("parameters");
+    assert!(text.contains(&format!("Seed: {printed},")), "{printed} vs {text}");
+}
+
+/// `info` on a missing file says so once.
+#[test]
+fn info_on_a_missing_file_says_it_once() {
+    let o = bin().args(["info", "/nonexistent/model.safetensors"]).output().expect("run");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_clean_failure(&o, "no such file");
+    assert_eq!(stderr.matches("no such file").count(), 1, "{stderr}");
+}

@@ -20,20 +20,21 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "")]
     negative: String,
     /// Image width in pixels (multiple of 8); default: the model's native size.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = pixels)]
     width: Option<u32>,
     /// Image height in pixels (multiple of 8); default: the model's native size.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = pixels)]
     height: Option<u32>,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, allow_negative_numbers = true, value_parser = steps)]
     steps: u32,
     /// Classifier-free guidance scale (1 disables guidance and halves the cost); default: the
     /// one the model is made for (7 for most, 2 for the embedded model, 1 for Turbo/LCM).
     #[arg(long)]
     cfg: Option<f64>,
-    /// Seed of the initial noise (torch CPU generator compatible); random when omitted.
-    #[arg(long)]
-    seed: Option<u64>,
+    /// Seed of the initial noise (torch CPU generator compatible); random when omitted or -1
+    /// (A1111's convention). The seed used is printed and written to the metadata.
+    #[arg(long, allow_negative_numbers = true, value_parser = seed)]
+    seed: Option<i64>,
     /// Solver (see `latent-studio solvers`).
     #[arg(long, default_value = "euler")]
     solver: String,
@@ -67,7 +68,8 @@ pub struct GenerateArgs {
     /// Override what the checkpoint says it predicts: eps or v.
     #[arg(long)]
     prediction: Option<String>,
-    /// Output PNG (never overwritten); default: the next free `latent-NNNNN.png` here.
+    /// Output PNG (never overwritten; the name must end in .png); default: the next free
+    /// `latent-NNNNN.png` here.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Also write the final latents (before VAE decode) as tensor `latents`.
@@ -100,12 +102,94 @@ fn parse_lora_arg(arg: &str) -> Result<LoraSpec> {
     Ok(LoraSpec::new(arg, 1.0))
 }
 
-fn refuse_existing(path: &Path) -> Result<()> {
+/// `--width`/`--height`: a positive multiple of 8 up to 8192 (the model may ask for more).
+fn pixels(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<i64>() {
+        Ok(v) if v > 0 && v % 8 == 0 && v <= 8192 => Ok(v as u32),
+        Ok(v) => Err(format!("{v}: sizes must be positive multiples of 8, at most 8192")),
+        Err(_) => Err(format!("'{text}' is not a whole number of pixels")),
+    }
+}
+
+/// `--steps`: 1 to 1000.
+fn steps(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<i64>() {
+        Ok(v) if (1..=1000).contains(&v) => Ok(v as u32),
+        Ok(v) => Err(format!("{v} is not between 1 and 1000")),
+        Err(_) => Err(format!("'{text}' is not a whole number of steps")),
+    }
+}
+
+/// `--seed`: 0 to 2^32-1 as A1111 and ComfyUI write them (larger ones up to 2^63 work too),
+/// or -1 for a random one.
+fn seed(text: &str) -> Result<i64, String> {
+    match text.trim().parse::<i64>() {
+        Ok(v) if v >= -1 => Ok(v),
+        Ok(v) => Err(format!("{v} is not a seed (0 or more, or -1 for a random one)")),
+        Err(_) => Err(format!("'{text}' is not a whole number (or -1 for a random seed)")),
+    }
+}
+
+/// A seed A1111 and ComfyUI both accept (below 2^32), from the clock.
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64 ^ d.as_secs())
+        .unwrap_or(0);
+    nanos & 0xffff_ffff
+}
+
+/// Checks before any work that `path` (given with `flag`) can be written as a new file: it
+/// does not exist, it has the extension the data needs, and its folder exists and takes a
+/// new file. One line that names the path and the reason.
+fn check_output(path: &Path, flag: &str, extension: &str) -> Result<()> {
     if path.exists() {
         bail!(
-            "{} already exists; choose another --out (Latent Studio never overwrites images)",
+            "{} already exists; choose another {flag} (Latent Studio never overwrites files)",
             path.display()
         );
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    if ext.as_deref() != Some(extension) {
+        let what = match extension {
+            "png" => "a PNG image (the format that carries the generation parameters)",
+            _ => "a safetensors file",
+        };
+        bail!(
+            "cannot write {}: {flag} writes {what}; give a name ending in .{extension}",
+            path.display()
+        );
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.exists() {
+        bail!("cannot write {}: folder {} does not exist", path.display(), dir.display());
+    }
+    if !dir.is_dir() {
+        bail!("cannot write {}: {} is not a folder", path.display(), dir.display());
+    }
+    let probe = dir.join(format!(".latent-studio-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => bail!(
+            "cannot write {}: folder {} does not take new files ({e})",
+            path.display(),
+            dir.display()
+        ),
+    }
+}
+
+/// Writes the image and, when asked, the latents: both or neither (a latents file that
+/// cannot be written takes the image it came with away again).
+fn write_outputs(image: (&Path, &[u8]), latents: Option<(&Path, &[u8])>) -> Result<()> {
+    write_new_file(image.0, image.1)?;
+    if let Some((path, bytes)) = latents
+        && let Err(e) = write_new_file(path, bytes)
+    {
+        let _ = std::fs::remove_file(image.0);
+        return Err(e.into());
     }
     Ok(())
 }
@@ -120,10 +204,10 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
         Some(other) => bail!("unknown --prediction '{other}' (eps, v)"),
     };
     if let Some(o) = &g.out {
-        refuse_existing(o)?;
+        check_output(o, "--out", "png")?;
     }
     if let Some(o) = &g.latents_out {
-        refuse_existing(o)?;
+        check_output(o, "--latents-out", "safetensors")?;
     }
     let model = match g.model.clone().or_else(crate::assets::embedded_model) {
         Some(m) => m,
@@ -181,13 +265,10 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
             }
         }
     }
-    let seed = g.seed.unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() as u64 ^ d.as_secs())
-            .unwrap_or(0);
-        nanos & 0xffff_ffff
-    });
+    let seed = match g.seed {
+        Some(s) if s >= 0 => s as u64,
+        _ => random_seed(),
+    };
     let request = GenerateRequest {
         prompt: g.prompt.clone(),
         negative: g.negative.clone(),
@@ -235,10 +316,12 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
             } => {
                 eprintln!();
                 let out = g.out.clone().unwrap_or_else(|| next_free_name(Path::new("."), "latent"));
-                write_new_file(&out, &encode_png(&image, &metadata)?)?;
-                if let (Some(path), Some(lat)) = (&g.latents_out, latents) {
-                    write_new_file(path, &latents_safetensors(&lat)?)?;
-                }
+                let png = encode_png(&image, &metadata)?;
+                let lat = match (&g.latents_out, latents) {
+                    (Some(path), Some(lat)) => Some((path.as_path(), latents_safetensors(&lat)?)),
+                    _ => None,
+                };
+                write_outputs((&out, &png), lat.as_ref().map(|(p, b)| (*p, b.as_slice())))?;
                 eprintln!(
                     "wrote {} ({}x{}) in {:.2} s: text {:.2} s, denoise {:.2} s, VAE {:.2} s, NFE {}{}",
                     out.display(),
