@@ -613,3 +613,296 @@ fn first_start_without_a_model_says_how_to_open_one() {
     assert!(s.harness.query_by_label_contains("Open a model to start").is_some());
     s.snapshot("empty");
 }
+
+/// A folder holding a LoRA named `outline` (the fixture file), as the shipped folder does.
+fn outline_dir(name: &str) -> (PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let lora = dir.join("outline.safetensors");
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/lora/sd1-kohya.safetensors");
+    std::fs::copy(&fixture, &lora).expect("copy the fixture LoRA");
+    (dir, lora)
+}
+
+/// Drops a PNG carrying `text` on the window.
+fn drop_png(s: &mut Studio, name: &str, text: &str) {
+    let png = s.out.join(name);
+    std::fs::write(
+        &png,
+        latent_engine::image_io::encode_png(&solid(8, 8, [0, 200, 0]), text).expect("png"),
+    )
+    .expect("write");
+    s.harness.input_mut().dropped_files.push(Arc::new(Dropped(png)));
+    s.harness.step();
+    s.harness.step();
+}
+
+fn said(s: &Studio, part: &str) -> bool {
+    s.harness.state().session.messages.iter().any(|m| m.text.contains(part))
+}
+
+#[test]
+fn the_demo_lora_is_listed_disabled_on_first_start() {
+    let (dir, lora) = outline_dir("demo-listed-loras");
+    let mut s = studio_in("demo-listed", settings(), Some("/models/fake.safetensors"), Some(dir));
+    s.loaded();
+    let loras = s.harness.state().settings.loras.clone();
+    assert_eq!(loras.len(), 1, "{loras:?}");
+    assert_eq!((loras[0].path.as_path(), loras[0].enabled), (lora.as_path(), false));
+    assert!(s.harness.query_by_label("outline").is_some(), "the panel shows it");
+    // Generating does not use it until it is ticked.
+    s.harness.get_by_label("Generate").click();
+    s.until("sent", |_, log| !log.requests.is_empty());
+    assert!(s.log.lock().expect("log").loras.iter().all(Vec::is_empty));
+}
+
+#[test]
+fn restoring_an_image_sets_the_lora_panel_to_the_set_it_was_made_with() {
+    let (dir, lora) = outline_dir("restore-loras-dir");
+    let mut st = settings();
+    st.loras.push(LoraEntry {
+        path: lora.clone(),
+        strength: 0.8,
+        enabled: true,
+    });
+    let mut s = studio_in("restore-loras", st, Some("/models/fake.safetensors"), Some(dir));
+    s.loaded();
+    s.until("panel applied at start", |_, log| log.loras.last().is_some_and(|l| l.len() == 1));
+    // An image made without any LoRA: the panel's outline is switched off, and the engine told.
+    let plain = "a star\nSteps: 6, Sampler: Euler, CFG scale: 3, Seed: 7, Size: 64x64";
+    drop_png(&mut s, "plain.png", plain);
+    assert!(!s.harness.state().settings.loras[0].enabled);
+    s.until("no LoRA sent", |_, log| log.loras.last().is_some_and(Vec::is_empty));
+    // One made with outline at 0.6 (our `Lora weights`): on again at that strength.
+    let with = "a star\nSteps: 6, Sampler: Euler, CFG scale: 3, Seed: 7, Size: 64x64, \
+                Lora hashes: \"outline: 0123456789ab\", Lora weights: \"outline: 0.6\"";
+    drop_png(&mut s, "with.png", with);
+    let e = s.harness.state().settings.loras[0].clone();
+    assert_eq!((e.enabled, e.strength), (true, 0.6));
+    s.until("outline sent", |_, log| {
+        log.loras.last().is_some_and(|l| l.len() == 1 && l[0].strength == 0.6)
+    });
+    // One made with a LoRA this machine lacks: said, by name and hash.
+    let ghost = "a star\nSteps: 6, Sampler: Euler, CFG scale: 3, Seed: 7, Size: 64x64, \
+                 Lora hashes: \"ghost: feedfacecafe\"";
+    drop_png(&mut s, "ghost.png", ghost);
+    assert!(said(&s, "ghost (hash feedfacecafe)"), "{:?}", s.harness.state().session.messages);
+    assert!(!s.harness.state().settings.loras[0].enabled, "outline is off again");
+}
+
+#[test]
+fn unreadable_parameters_still_restore_the_prompt_and_say_what_was_skipped() {
+    let mut s = studio("restore-partial", settings(), Some("/models/fake.safetensors"));
+    s.loaded();
+    // As in A1111, a last line that is not settings belongs to the negative prompt.
+    drop_png(&mut s, "odd.png", "a red square\nNegative prompt: dull\nthis line is not settings");
+    let p = s.harness.state().settings.params.clone();
+    assert_eq!(
+        (p.prompt.as_str(), p.negative.as_str()),
+        ("a red square", "dull\nthis line is not settings")
+    );
+    assert_eq!(p.steps, 6, "the rest is kept");
+    assert!(said(&s, "Only the prompt was restored"), "{:?}", s.harness.state().session.messages);
+    // A readable line with a value that cannot be used: the rest restored, that one named.
+    drop_png(&mut s, "bad-steps.png", "a blue square\nSteps: many, Seed: 99, Size: 64x64");
+    let p = s.harness.state().settings.params.clone();
+    assert_eq!((p.prompt.as_str(), p.seed, p.steps), ("a blue square", 99, 6));
+    assert!(said(&s, "Steps"), "{:?}", s.harness.state().session.messages);
+}
+
+#[test]
+fn a_new_job_takes_the_canvas_back_from_a_history_image() {
+    let mut s = studio("canvas-follows", settings(), Some("/models/fake.safetensors"));
+    s.loaded();
+    for n in 1..=2 {
+        s.harness.get_by_label("Generate").click();
+        s.until("finished", |a, _| a.session.history.len() == n);
+    }
+    s.harness.state_mut().select_history(1);
+    assert!(matches!(
+        s.harness.state().session.shown,
+        latent_studio::gui::state::Shown::History(1)
+    ));
+    s.harness.get_by_label("Generate").click();
+    s.until("third", |a, _| a.session.history.len() == 3);
+    assert!(
+        matches!(s.harness.state().session.shown, latent_studio::gui::state::Shown::Live),
+        "the canvas shows the new image"
+    );
+    assert_eq!(s.harness.state().session.strip.len(), 6, "the strip holds the new run's steps");
+}
+
+#[test]
+fn a_typed_nan_does_not_reach_the_cfg_slider() {
+    let mut s = studio("cfg-nan", settings(), Some("/models/fake.safetensors"));
+    s.loaded();
+    let before = s.harness.state().settings.params.cfg_scale;
+    // The slider's number field: focused, it becomes a text field; type, press Enter.
+    s.harness
+        .get_by_role_and_label(egui::accesskit::Role::SpinButton, "CFG scale")
+        .focus();
+    s.harness.run_steps(2);
+    // Now in edit mode (still a spin button, holding the text).
+    let edit = s.harness.get_by_role_and_label(egui::accesskit::Role::SpinButton, "CFG scale");
+    assert!(edit.accesskit_node().is_focused());
+    edit.type_text("nan");
+    s.harness.step();
+    s.harness.key_press(egui::Key::Enter);
+    s.harness.run_steps(2);
+    let after = s.harness.state().settings.params.cfg_scale;
+    assert!(after.is_finite() && after == before, "cfg became {after}");
+}
+
+#[test]
+fn without_a_file_dialog_a_path_field_opens_what_is_typed() {
+    let mut s = studio("path-field", settings(), None);
+    s.harness.run_steps(2);
+    let models = temp_dir("path-field-models");
+    std::fs::create_dir_all(models.join("sd15")).expect("dir");
+    std::fs::create_dir_all(models.join("sdxl")).expect("dir");
+    let model = models.join("sd15").join("tiny.safetensors");
+    // A one-tensor safetensors file: enough to be taken for a model.
+    let header = br#"{"model.diffusion_model.x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0; 4]);
+    std::fs::write(&model, bytes).expect("file");
+    s.harness.get_by_label("File").click();
+    s.harness.run_steps(2);
+    s.harness
+        .get_by_role_and_label(egui::accesskit::Role::Button, "Open model file…")
+        .click();
+    s.harness.run_steps(2);
+    assert!(s.harness.query_by_label_contains("type the path instead").is_some(), "it says why");
+    let field = s
+        .harness
+        .get_by_role_and_label(egui::accesskit::Role::TextInput, "File (.safetensors)");
+    field.focus();
+    // Completion lists the folders under what is typed.
+    field.type_text(&format!("{}/s", models.display()));
+    s.harness.run_steps(2);
+    assert!(s.harness.query_by_label("sd15/").is_some() && s.harness.query_by_label("sdxl/").is_some());
+    s.harness.get_by_label("sd15/").click();
+    s.harness.run_steps(2);
+    assert!(
+        s.harness.query_by_label("tiny.safetensors").is_some(),
+        "the file in the folder is offered"
+    );
+    // A path that is not there: said in the field, nothing opened.
+    s.harness.get_by_label("Open").click();
+    s.harness.run_steps(2);
+    assert!(s.harness.query_by_label_contains("is a folder").is_some());
+    s.harness.get_by_label("tiny.safetensors").click();
+    s.harness.run_steps(2);
+    s.harness.get_by_label("Open").click();
+    s.until("the model requested", |_, log| !log.loads.is_empty());
+    assert_eq!(s.log.lock().expect("log").loads[0].path, model);
+    assert!(s.harness.state().session.path_field.is_none(), "the field closes");
+}
+
+#[test]
+fn live_mode_cancels_quietly() {
+    let mut st = settings();
+    st.live = true;
+    st.params.prompt = "live".into();
+    let mut s = studio("live-quiet", st, Some("/models/fake.safetensors"));
+    *s.mode.lock().expect("mode") = Mode::Hold;
+    s.loaded();
+    s.until("running", |a, _| a.session.running().is_some());
+    s.harness.state_mut().settings.params.steps = 9;
+    s.until("second live job", |_, log| log.requests.len() == 2);
+    s.until("the first cancelled", |_, log| !log.cancelled_at.is_empty());
+    s.harness.run_steps(3);
+    assert!(!said(&s, "Cancelled"), "{:?}", s.harness.state().session.messages);
+    // A cancel the user asks for is still said.
+    s.harness.key_press(egui::Key::Escape);
+    s.until("cancelled", |_, log| log.cancelled_at.len() == 2);
+    s.harness.run_steps(3);
+    assert!(said(&s, "Cancelled at step"));
+}
+
+/// The studio on the real engine and the embedded model, with the shipped LoRA folder.
+fn real_studio(name: &str, settings: Settings) -> Harness<'static, StudioApp> {
+    let out = temp_dir(name);
+    let launch = Launch {
+        settings: Some(settings),
+        backend: None,
+        model: latent_studio::assets::embedded_model(),
+        default_model: None,
+        builtin_loras: latent_studio::assets::embedded_lora_dir(),
+        output_dir: Some(out),
+        load_history: false,
+        dialogs: false,
+    };
+    let mut h = Harness::builder()
+        .with_size([1200.0, 760.0])
+        .with_max_steps(8)
+        .build_eframe(move |cc| StudioApp::new(cc, launch).expect("the app starts"));
+    h.state_mut().set_memory_display(false);
+    h
+}
+
+fn real_until(h: &mut Harness<'static, StudioApp>, what: &str, done: impl Fn(&StudioApp) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        h.step();
+        assert!(start.elapsed() < Duration::from_secs(120), "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.step();
+}
+
+#[test]
+fn restore_then_generate_gives_the_same_image_bit_for_bit() {
+    let mut st = Settings::default();
+    st.params.prompt = "a yellow star on a black background".into();
+    st.params.seed = 5;
+    st.params.seed_mode = SeedMode::Fixed;
+    st.params.steps = 8;
+    let mut h = real_studio("restore-real", st);
+    real_until(&mut h, "model loaded", |a| matches!(a.session.model, ModelState::Loaded { .. }));
+    let done = |n: usize| move |a: &StudioApp| a.session.history.len() == n && a.session.jobs.is_empty();
+    h.state_mut().generate();
+    real_until(&mut h, "A", done(1));
+    // B: the demo LoRA ticked (it is listed, disabled) and a new seed.
+    {
+        let app = h.state_mut();
+        let i = app
+            .settings
+            .loras
+            .iter()
+            .position(|l| l.name() == "outline")
+            .expect("the demo LoRA is listed");
+        app.settings.loras[i].enabled = true;
+        app.settings.params.seed = 6;
+        app.push_loras();
+        app.generate();
+    }
+    real_until(&mut h, "B", done(2));
+    assert!(h.state().session.history[0].parameters.contains("Lora hashes"));
+    // Restore A, generate C: the same pixels, and no LoRA in its metadata.
+    h.state_mut().select_history(1);
+    assert!(h.state().settings.loras.iter().all(|l| !l.enabled), "A had no LoRA");
+    h.state_mut().generate();
+    real_until(&mut h, "C", done(3));
+    let a = &h.state().session.history[2];
+    let c = &h.state().session.history[0];
+    assert!(!c.parameters.contains("Lora hashes"), "{}", c.parameters);
+    let (a, c) = (a.full.clone().expect("A pixels"), c.full.clone().expect("C pixels"));
+    assert_eq!((a.width, a.height), (c.width, c.height));
+    assert!(a.pixels == c.pixels, "restore then Generate must give the same image");
+    // A tag whose strength is not a number is left off, and said.
+    h.state_mut().settings.params.prompt = "a yellow star <lora:outline:zzz>".into();
+    h.state_mut().generate();
+    real_until(&mut h, "D", done(4));
+    let d = &h.state().session.history[0];
+    assert!(!d.parameters.contains("Lora hashes"), "{}", d.parameters);
+    assert!(
+        h.state()
+            .session
+            .messages
+            .iter()
+            .any(|m| m.text.contains("<lora:outline:zzz>: the strength is not a number")),
+        "{:?}",
+        h.state().session.messages
+    );
+}

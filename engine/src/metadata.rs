@@ -184,6 +184,119 @@ impl Parameters {
     }
 }
 
+/// One LoRA an image was made with, from `Lora hashes` (A1111) and `Lora weights` (ours).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraUse {
+    pub name: String,
+    pub hash: Option<String>,
+    /// `None` when only A1111's hash list names it (its strength is in the prompt's tag).
+    pub weight: Option<f32>,
+}
+
+/// `0.8`, `1`, `0.65`: a strength with at most 2 decimals, trailing zeros dropped.
+pub fn short_number(v: f64) -> String {
+    let s = format!("{v:.2}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() || s == "-" || s == "-0" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// `"a: x, b: y"` -> [(a, x), (b, y)].
+fn name_list(v: &str) -> Vec<(String, String)> {
+    v.split(',')
+        .filter_map(|item| {
+            let (n, x) = item.rsplit_once(':')?;
+            let n = n.trim();
+            (!n.is_empty()).then(|| (n.to_string(), x.trim().to_string()))
+        })
+        .collect()
+}
+
+impl Parameters {
+    /// A text whose last line is not a parameter line, read as a prompt (and negative prompt)
+    /// only: what a restore can still take from it.
+    pub fn prompt_only(text: &str) -> Self {
+        let text = text.trim_end();
+        let (prompt, negative) = match text.find("\nNegative prompt:") {
+            Some(i) => (&text[..i], text[i + "\nNegative prompt:".len()..].trim_start()),
+            None => match text.strip_prefix("Negative prompt:") {
+                Some(n) => ("", n.trim_start()),
+                None => (text, ""),
+            },
+        };
+        Self {
+            prompt: prompt.to_string(),
+            negative: negative.to_string(),
+            pairs: vec![],
+        }
+    }
+
+    /// The LoRAs the image was made with, in the order `Lora hashes` lists them.
+    pub fn loras(&self) -> Vec<LoraUse> {
+        let hashes = self.get("Lora hashes").map(name_list).unwrap_or_default();
+        let weights = self.get("Lora weights").map(name_list).unwrap_or_default();
+        let mut out: Vec<LoraUse> = hashes
+            .into_iter()
+            .map(|(name, h)| LoraUse {
+                name,
+                hash: Some(h).filter(|h| !h.is_empty()),
+                weight: None,
+            })
+            .collect();
+        for (name, w) in weights {
+            let Some(w) = w.parse::<f32>().ok().filter(|w| w.is_finite()) else {
+                continue;
+            };
+            match out.iter_mut().find(|l| l.name == name) {
+                Some(l) => l.weight = Some(w),
+                None => out.push(LoraUse {
+                    name,
+                    hash: None,
+                    weight: Some(w),
+                }),
+            }
+        }
+        out
+    }
+
+    /// Settings the text carries that a restore cannot use (a value that does not parse, a
+    /// sampler this studio does not have), as `Key (value)`, for the message that says what
+    /// was skipped.
+    pub fn unusable(&self) -> Vec<String> {
+        let mut out = vec![];
+        let bad = |k: &str, ok: &dyn Fn(&str) -> bool, out: &mut Vec<String>| {
+            if let Some(v) = self.get(k)
+                && !ok(v.trim())
+            {
+                out.push(format!("{k} ({v})"));
+            }
+        };
+        let positive = |v: &str| v.parse::<f64>().is_ok_and(|x| x.is_finite() && x >= 1.0);
+        let finite = |v: &str| v.parse::<f64>().is_ok_and(f64::is_finite);
+        bad("Steps", &positive, &mut out);
+        bad("CFG scale", &finite, &mut out);
+        bad("Seed", &|v: &str| v.parse::<i128>().is_ok(), &mut out);
+        bad(
+            "Size",
+            &|v: &str| {
+                v.split_once('x')
+                    .is_some_and(|(w, h)| w.trim().parse::<u32>().is_ok() && h.trim().parse::<u32>().is_ok())
+            },
+            &mut out,
+        );
+        bad("Clip skip", &positive, &mut out);
+        if self.sampler().0.is_none()
+            && let Some(v) = self.get("Sampler").or(self.get("Solver"))
+        {
+            out.push(format!("Sampler ({v})"));
+        }
+        out
+    }
+}
+
 /// The regular expression A1111 uses to split the parameter line into pairs.
 pub fn pair_regex() -> regex::Regex {
     #[allow(clippy::unwrap_used)] // a constant pattern, covered by tests
@@ -278,6 +391,32 @@ mod tests {
             (r.prompt.as_str(), r.negative.as_str(), r.cfg_scale, r.clip_skip, r.cfg_rescale),
             ("cat", "dog", 4.5, 2, 0.7)
         );
+    }
+
+    #[test]
+    fn loras_prompt_only_and_unusable_values() {
+        let p = Parameters::parse("a <lora:ink:0.5>\nSteps: x, Sampler: Magic, CFG scale: 7, Seed: 1, Lora hashes: \"outline: 3c6c5e9d5b, ink: 11\", Lora weights: \"outline: 0.8\"")
+            .expect("parses");
+        assert_eq!(
+            p.loras(),
+            vec![
+                LoraUse {
+                    name: "outline".into(),
+                    hash: Some("3c6c5e9d5b".into()),
+                    weight: Some(0.8)
+                },
+                LoraUse {
+                    name: "ink".into(),
+                    hash: Some("11".into()),
+                    weight: None
+                },
+            ]
+        );
+        assert_eq!(p.unusable(), vec!["Steps (x)".to_string(), "Sampler (Magic)".to_string()]);
+        let q = Parameters::prompt_only("a cat\nin a hat\nNegative prompt: dog\ngarbage line");
+        assert_eq!((q.prompt.as_str(), q.negative.as_str()), ("a cat\nin a hat", "dog\ngarbage line"));
+        assert_eq!(short_number(0.8f32 as f64), "0.8");
+        assert_eq!(short_number(1.0), "1");
     }
 
     #[test]

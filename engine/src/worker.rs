@@ -144,6 +144,9 @@ impl Backend for PipelineBackend {
         Ok((request.steps, p.nfe(&job)))
     }
     fn generate(&mut self, request: &GenerateRequest, hooks: &mut dyn Hooks) -> Result<Output> {
+        for tag in crate::lora::prompt_tags(&request.prompt).invalid {
+            hooks.warning(format!("{tag}: the strength is not a number, so this LoRA is left off"));
+        }
         let set = self.effective(&request.prompt)?;
         if let Some(reports) = self.ensure(set)? {
             for r in reports.iter().filter(|r| !r.unmatched.is_empty()) {

@@ -18,6 +18,35 @@ pub enum Dialog {
     OutputDir,
 }
 
+impl Dialog {
+    /// What the dialog (or the path field standing in for it) is titled.
+    pub fn title(self) -> &'static str {
+        match self {
+            Dialog::ModelFile => "Open a model file",
+            Dialog::ModelFolder => "Open a diffusers folder",
+            Dialog::Image => "Restore settings from an image",
+            Dialog::Lora => "Add a LoRA",
+            Dialog::ModelDir => "Add a model folder",
+            Dialog::LoraDir => "Add a LoRA folder",
+            Dialog::OutputDir => "Choose the output folder",
+        }
+    }
+
+    /// It picks a folder rather than a file.
+    pub fn wants_folder(self) -> bool {
+        matches!(self, Dialog::ModelFolder | Dialog::ModelDir | Dialog::LoraDir | Dialog::OutputDir)
+    }
+
+    /// The file name endings it picks (files only).
+    pub fn extensions(self) -> &'static [&'static str] {
+        match self {
+            Dialog::ModelFile | Dialog::Lora => &["safetensors"],
+            Dialog::Image => &["png"],
+            _ => &[],
+        }
+    }
+}
+
 /// A request from a panel to the app.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
@@ -41,6 +70,8 @@ pub enum Action {
     Rescan,
     /// Apply the theme in the settings.
     ApplyTheme,
+    /// The user picked these paths (in a dialog or the path field).
+    Picked(Dialog, Vec<PathBuf>),
 }
 
 /// What a panel draws and edits, and where it puts what the user asked for.

@@ -16,7 +16,7 @@ use super::actions::{Action, Dialog, View};
 use super::files::{FileEvent, FileJob, FileKind, FileWorker, classify};
 use super::panels;
 use super::state::{
-    HistoryItem, Job, Level, ModelState, SeedMode, Session, Settings, Shown, StripFrame, ThemeChoice, file_name, random_seed,
+    HistoryItem, Job, Level, ModelState, PathField, SeedMode, Session, Settings, Shown, StripFrame, ThemeChoice, file_name, random_seed,
 };
 use crate::assets::{embedded_lora_dir, embedded_model};
 
@@ -63,9 +63,28 @@ impl Default for Launch {
 
 /// Dialog threads send what the user picked here.
 type DialogChannel = (
-    crossbeam_channel::Sender<(Dialog, Vec<PathBuf>)>,
-    crossbeam_channel::Receiver<(Dialog, Vec<PathBuf>)>,
+    crossbeam_channel::Sender<(Dialog, DialogAnswer)>,
+    crossbeam_channel::Receiver<(Dialog, DialogAnswer)>,
 );
+
+/// The paths picked (none when cancelled), or why the dialog could not show.
+type DialogAnswer = Result<Vec<PathBuf>, String>;
+
+/// A dialog that returns nothing sooner than this never showed (a portal that is missing or
+/// refuses answers within milliseconds; a person takes longer to cancel).
+const DIALOG_FAILED_WITHIN: Duration = Duration::from_millis(400);
+
+/// Why no desktop portal can show a file dialog here, if that is known before trying: on
+/// Linux the portal answers over the D-Bus session bus, so without one there is none.
+fn no_portal() -> Option<&'static str> {
+    if !cfg!(all(unix, not(target_os = "macos"))) {
+        return None;
+    }
+    let bus_named = std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some_and(|v| !v.is_empty());
+    let bus_socket = std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| Path::new(&d).join("bus").exists());
+    (!bus_named && !bus_socket)
+        .then_some("No file dialog here: there is no D-Bus session, so no desktop portal can show one. Type the path instead.")
+}
 
 /// The studio: persisted settings, session state, the engine and the file thread.
 pub struct StudioApp {
@@ -130,6 +149,7 @@ impl StudioApp {
         };
         app.apply_theme(ctx);
         app.rescan();
+        app.list_builtin_loras();
         if launch.load_history {
             let dir = app.settings.output_dir.clone();
             let _ = app.files.send(FileJob::LoadHistory { dir, limit: HISTORY_LIMIT });
@@ -151,6 +171,26 @@ impl StudioApp {
         lora_dirs.extend(self.settings.lora_dirs.iter().cloned());
         lora_dirs.extend(self.builtin_loras.iter().cloned());
         self.session.found_loras = super::files::scan_loras(&lora_dirs);
+    }
+
+    /// Lists the shipped LoRAs (the demo `outline`) in the panel, disabled, when they are not
+    /// there yet: a newcomer finds them ready to tick.
+    fn list_builtin_loras(&mut self) {
+        let Some(dir) = self.builtin_loras.clone() else { return };
+        for path in self.session.found_loras.iter().filter(|p| p.starts_with(&dir)) {
+            if !self
+                .settings
+                .loras
+                .iter()
+                .any(|l| l.name().eq_ignore_ascii_case(&super::state::LoraEntry::name_of(path)))
+            {
+                self.settings.loras.push(super::state::LoraEntry {
+                    path: path.clone(),
+                    strength: 1.0,
+                    enabled: false,
+                });
+            }
+        }
     }
 
     pub fn apply_theme(&self, ctx: &egui::Context) {
@@ -207,6 +247,12 @@ impl StudioApp {
             );
             return 0;
         }
+        if self.settings.params.prompt.trim().is_empty() && !self.settings.live {
+            self.session.say(
+                Level::Info,
+                "The prompt is empty, so the model draws whatever it likes: type what you want to see.",
+            );
+        }
         let p = &mut self.settings.params;
         if p.seed_mode == SeedMode::Random {
             p.seed = random_seed();
@@ -248,21 +294,50 @@ impl StudioApp {
         }
     }
 
-    /// Restores the settings an A1111/Latent Studio parameters text carries.
+    /// Restores the settings an A1111/Latent Studio parameters text carries, the LoRA panel
+    /// included, so that Generate makes the same image again; says what could not be
+    /// restored. A text without a readable settings line still restores its prompt.
     pub fn restore(&mut self, text: &str) -> bool {
-        match Parameters::parse(text) {
-            Some(p) => {
-                self.settings.params.restore(&p);
-                if super::state::panel_from_prompt(&self.settings.params.prompt, &mut self.settings.loras, &self.session.found_loras) {
-                    self.push_loras();
-                }
-                true
-            }
-            None => {
-                self.session.say(Level::Warning, "This image carries no generation parameters.");
-                false
-            }
+        if text.trim().is_empty() {
+            self.session.say(Level::Warning, "This image carries no generation parameters.");
+            return false;
         }
+        let (p, whole) = match Parameters::parse(text) {
+            Some(p) => (p, true),
+            None => (Parameters::prompt_only(text), false),
+        };
+        if whole {
+            self.settings.params.restore(&p);
+        } else {
+            self.settings.params.prompt = p.prompt.clone();
+            self.settings.params.negative = p.negative.clone();
+        }
+        let before = self.settings.loras.clone();
+        let missing = super::state::panel_from_image(&p, &mut self.settings.loras, &self.session.found_loras);
+        if self.settings.loras != before {
+            self.push_loras();
+        }
+        if !whole {
+            self.session.say(
+                Level::Warning,
+                "Only the prompt was restored: the settings line (steps, sampler, seed, …) could not be read.",
+            );
+        }
+        let skipped = p.unusable();
+        if !skipped.is_empty() {
+            self.session
+                .say(Level::Warning, format!("Not restored (kept as they were): {}.", skipped.join(", ")));
+        }
+        if !missing.is_empty() {
+            self.session.say(
+                Level::Warning,
+                format!(
+                    "This image was made with {} not found in your LoRA folders; it is left out.",
+                    missing.join(", ")
+                ),
+            );
+        }
+        true
     }
 
     /// Opens whatever was dropped or chosen: model, LoRA or PNG.
@@ -334,46 +409,69 @@ impl StudioApp {
         }
     }
 
-    /// Opens a native file dialog on its own thread; the answer arrives with the events.
+    /// Opens a native file dialog on its own thread; the answer arrives with the events. Where
+    /// no dialog can open (no desktop portal, dialogs off) or one fails at once, a path field
+    /// stands in for it, with a line that says why.
     pub fn dialog(&mut self, kind: Dialog) {
+        let start = self.dialog_start(kind);
         let Some((tx, _)) = self.dialogs.clone() else {
-            self.session
-                .say(Level::Info, "File dialogs are off here; drop files on the window instead.");
+            self.path_field(
+                kind,
+                start.as_deref(),
+                "File dialogs are off in this window: type the path instead.",
+            );
             return;
         };
+        if let Some(why) = no_portal() {
+            self.path_field(kind, start.as_deref(), why);
+            return;
+        }
         let ctx = self.ctx.clone();
-        let start = match kind {
-            Dialog::OutputDir | Dialog::Image => Some(self.settings.output_dir.clone()),
-            Dialog::ModelFile | Dialog::ModelFolder | Dialog::ModelDir => self.settings.model_dirs.first().cloned(),
-            Dialog::Lora | Dialog::LoraDir => self.settings.lora_dirs.first().cloned(),
-        };
         let spawned = std::thread::Builder::new().name("latent-dialog".into()).spawn(move || {
-            let mut d = rfd::AsyncFileDialog::new();
+            let mut d = rfd::AsyncFileDialog::new().set_title(kind.title());
             if let Some(dir) = start.filter(|d| d.is_dir()) {
                 d = d.set_directory(dir);
             }
-            let one = |f: Option<rfd::FileHandle>| f.map(|h| vec![h.path().to_path_buf()]).unwrap_or_default();
+            let exts = kind.extensions();
+            if !exts.is_empty() {
+                d = d.add_filter(if kind == Dialog::Image { "PNG image" } else { "safetensors" }, exts);
+            }
+            let asked = Instant::now();
+            let one = |f: Option<rfd::FileHandle>| f.map(|h| vec![h.path().to_path_buf()]);
             let paths = match kind {
-                Dialog::ModelFile => one(pollster::block_on(
-                    d.add_filter("Checkpoint", &["safetensors"]).set_title("Open a model").pick_file(),
-                )),
-                Dialog::Image => one(pollster::block_on(
-                    d.add_filter("PNG image", &["png"])
-                        .set_title("Restore settings from an image")
-                        .pick_file(),
-                )),
-                Dialog::Lora => pollster::block_on(d.add_filter("LoRA", &["safetensors"]).set_title("Add LoRAs").pick_files())
-                    .map(|v| v.iter().map(|h| h.path().to_path_buf()).collect())
-                    .unwrap_or_default(),
+                Dialog::ModelFile | Dialog::Image => one(pollster::block_on(d.pick_file())),
+                Dialog::Lora => pollster::block_on(d.pick_files()).map(|v| v.iter().map(|h| h.path().to_path_buf()).collect()),
                 Dialog::ModelFolder | Dialog::ModelDir | Dialog::LoraDir | Dialog::OutputDir => one(pollster::block_on(d.pick_folder())),
             };
-            if !paths.is_empty() && tx.send((kind, paths)).is_ok() {
+            let answer = match paths {
+                Some(p) => Ok(p),
+                // Nobody closes a dialog this fast: the portal refused or is not there.
+                None if asked.elapsed() < DIALOG_FAILED_WITHIN => {
+                    Err("The file dialog did not open (no desktop portal answered): type the path instead.".to_owned())
+                }
+                None => Ok(vec![]),
+            };
+            if tx.send((kind, answer)).is_ok() {
                 ctx.request_repaint();
             }
         });
         if let Err(e) = spawned {
-            self.session.say(Level::Error, format!("cannot open a file dialog: {e}"));
+            self.path_field(kind, None, format!("The file dialog could not start ({e}): type the path instead."));
         }
+    }
+
+    /// Where dialog `kind` starts.
+    fn dialog_start(&self, kind: Dialog) -> Option<PathBuf> {
+        match kind {
+            Dialog::OutputDir | Dialog::Image => Some(self.settings.output_dir.clone()),
+            Dialog::ModelFile | Dialog::ModelFolder | Dialog::ModelDir => self.settings.model_dirs.first().cloned(),
+            Dialog::Lora | Dialog::LoraDir => self.settings.lora_dirs.first().cloned(),
+        }
+    }
+
+    /// Shows the path field standing in for dialog `kind`.
+    fn path_field(&mut self, kind: Dialog, start: Option<&Path>, why: impl Into<String>) {
+        self.session.path_field = Some(PathField::new(kind, start, why));
     }
 
     /// What the user picked in a dialog.
@@ -414,13 +512,21 @@ impl StudioApp {
         while let Ok(e) = self.files.events.try_recv() {
             self.on_file_event(ctx, e);
         }
-        let picked: Vec<(Dialog, Vec<PathBuf>)> = self.dialogs.as_ref().map(|(_, rx)| rx.try_iter().collect()).unwrap_or_default();
-        for (kind, paths) in picked {
-            self.on_dialog(kind, paths);
+        let picked: Vec<_> = self.dialogs.as_ref().map(|(_, rx)| rx.try_iter().collect()).unwrap_or_default();
+        for (kind, answer) in picked {
+            match answer {
+                Ok(paths) => self.on_dialog(kind, paths),
+                Err(why) => {
+                    let start = self.dialog_start(kind);
+                    self.path_field(kind, start.as_deref(), why);
+                }
+            }
         }
     }
 
     fn on_event(&mut self, ctx: &egui::Context, e: Event) {
+        let canvas_filter = self.settings.canvas_filter();
+        let live = self.settings.live;
         let s = &mut self.session;
         match e {
             Event::ModelLoaded { info } => {
@@ -454,10 +560,9 @@ impl StudioApp {
                     j.nfe = nfe;
                     j.started = Some(Instant::now());
                 }
+                // A new job takes the canvas and the strip back to the run that forms.
                 s.strip.clear();
-                if !matches!(s.shown, Shown::History(_)) {
-                    s.shown = Shown::Live;
-                }
+                s.shown = Shown::Live;
             }
             Event::Progress { id, step, step_time, .. } => {
                 if let Some(j) = s.jobs.iter_mut().find(|j| j.id == id) {
@@ -467,7 +572,7 @@ impl StudioApp {
             }
             Event::Preview { id, step, image } => {
                 if s.jobs.front().is_some_and(|j| j.id == id) {
-                    let tex = ctx.load_texture(format!("preview-{id}-{step}"), to_color_image(&image), egui::TextureOptions::LINEAR);
+                    let tex = ctx.load_texture(format!("preview-{id}-{step}"), to_color_image(&image), canvas_filter);
                     s.canvas = Some((tex.clone(), [image.width, image.height]));
                     s.strip.push(StripFrame { step, texture: tex });
                 }
@@ -490,7 +595,7 @@ impl StudioApp {
                 }
                 s.jobs.retain(|j| j.id != id);
                 let image = Arc::new(image);
-                let tex = ctx.load_texture(format!("image-{id}"), to_color_image(&image), egui::TextureOptions::LINEAR);
+                let tex = ctx.load_texture(format!("image-{id}"), to_color_image(&image), canvas_filter);
                 s.canvas = Some((tex.clone(), [image.width, image.height]));
                 s.last = Some(timings.clone());
                 s.last_image = Some(image.clone());
@@ -527,7 +632,9 @@ impl StudioApp {
             }
             Event::Cancelled { id, at_step } => {
                 s.jobs.retain(|j| j.id != id);
-                if at_step > 0 {
+                // Live mode cancels stale jobs itself: no banner for those (it would move the
+                // layout under the sliders at every change).
+                if at_step > 0 && !(live && s.live_cancelled.remove(&id)) {
                     s.say(Level::Info, format!("Cancelled at step {at_step}."));
                 }
             }
@@ -588,7 +695,7 @@ impl StudioApp {
                 let tex = ctx.load_texture(
                     format!("full-{}", path.display()),
                     to_color_image(&image),
-                    egui::TextureOptions::LINEAR,
+                    self.settings.canvas_filter(),
                 );
                 if let Some(i) = s.history.iter().position(|h| h.path.as_ref() == Some(&path)) {
                     let h = &mut s.history[i];
@@ -630,6 +737,7 @@ impl StudioApp {
         let changed = *self.session.live_changed.get_or_insert_with(Instant::now);
         let rested = changed.elapsed();
         if rested >= LIVE_DEBOUNCE {
+            self.session.live_cancelled.extend(self.session.jobs.iter().map(|j| j.id));
             self.cancel();
             let mode = self.settings.params.seed_mode;
             self.settings.params.seed_mode = SeedMode::Fixed;
@@ -707,6 +815,7 @@ impl StudioApp {
         egui::CentralPanel::default().show(ui, |ui| self.panel(ui, panels::canvas::show));
         let mut actions = vec![];
         panels::windows::show(&mut View::new(&mut self.settings, &mut self.session, &mut actions), &ctx);
+        panels::path_field::show(&mut View::new(&mut self.settings, &mut self.session, &mut actions), &ctx);
         for a in actions {
             self.apply(a, &ctx);
         }
@@ -743,6 +852,7 @@ impl StudioApp {
             Action::PushLoras => self.push_loras(),
             Action::Rescan => self.rescan(),
             Action::ApplyTheme => self.apply_theme(ctx),
+            Action::Picked(kind, paths) => self.on_dialog(kind, paths),
         }
     }
 

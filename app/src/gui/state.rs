@@ -131,7 +131,12 @@ pub struct LoraEntry {
 impl LoraEntry {
     /// The name `<lora:name>` tags use: the file stem.
     pub fn name(&self) -> String {
-        self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        Self::name_of(&self.path)
+    }
+
+    /// The tag name of a LoRA file.
+    pub fn name_of(path: &Path) -> String {
+        path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
     }
 }
 
@@ -154,6 +159,9 @@ pub struct Settings {
     /// Regenerate when a slider moves.
     pub live: bool,
     pub theme: ThemeChoice,
+    /// Magnified images are drawn with sharp pixels (nearest neighbour) rather than smoothed:
+    /// the embedded model's 64x64 pictures stay crisp on a large canvas.
+    pub sharp_pixels: bool,
     /// Native size of the model loaded last: a model with another one (SD 1.5 -> SDXL, or
     /// the 64x64 embedded model) sets the size sliders to its own; the same one keeps the
     /// user's size.
@@ -178,6 +186,7 @@ impl Default for Settings {
             loras: vec![],
             live: false,
             theme: ThemeChoice::System,
+            sharp_pixels: true,
             native_size: None,
             native_guidance: None,
         }
@@ -202,6 +211,18 @@ impl Settings {
         self.recent_models.insert(0, path.to_path_buf());
         self.recent_models.truncate(10);
         self.model = Some(path.to_path_buf());
+    }
+
+    /// How the canvas samples images it magnifies (shrunk ones are always smoothed).
+    pub fn canvas_filter(&self) -> egui::TextureOptions {
+        if self.sharp_pixels {
+            egui::TextureOptions {
+                magnification: egui::TextureFilter::Nearest,
+                ..egui::TextureOptions::LINEAR
+            }
+        } else {
+            egui::TextureOptions::LINEAR
+        }
     }
 
     /// The LoRA set the engine should merge: enabled panel entries.
@@ -240,6 +261,46 @@ pub fn panel_from_prompt(prompt: &str, loras: &mut Vec<LoraEntry>, known: &[Path
         }
     }
     changed
+}
+
+/// Sets the LoRA panel to the set an image was made with, so that generating again gives the
+/// same image: its `Lora weights`/`Lora hashes` entries and its prompt's tags are enabled (at
+/// their strengths), every other entry is disabled (kept in the panel, to tick again). A LoRA
+/// it names that is neither in the panel nor among `known` files is returned, described for
+/// the user.
+pub fn panel_from_image(p: &Parameters, loras: &mut Vec<LoraEntry>, known: &[PathBuf]) -> Vec<String> {
+    let uses = p.loras();
+    let (_, tags) = extract_prompt_tags(&p.prompt);
+    let named = |e: &LoraEntry, n: &str| e.name().eq_ignore_ascii_case(n);
+    for e in loras.iter_mut() {
+        let used = uses.iter().find(|u| named(e, &u.name));
+        e.enabled = used.is_some() || tags.iter().any(|(n, _)| named(e, n));
+        if let Some(w) = used.and_then(|u| u.weight) {
+            e.strength = w;
+        }
+    }
+    let mut missing = vec![];
+    for u in &uses {
+        if loras.iter().any(|e| named(e, &u.name)) {
+            continue;
+        }
+        match known
+            .iter()
+            .find(|k| k.file_stem().is_some_and(|s| s.to_string_lossy().eq_ignore_ascii_case(&u.name)))
+        {
+            Some(path) => loras.push(LoraEntry {
+                path: path.clone(),
+                strength: u.weight.unwrap_or(1.0),
+                enabled: true,
+            }),
+            None => missing.push(match &u.hash {
+                Some(h) => format!("{} (hash {h})", u.name),
+                None => u.name.clone(),
+            }),
+        }
+    }
+    panel_from_prompt(&p.prompt, loras, known);
+    missing
 }
 
 /// The other direction: after a panel slider moved or an entry was disabled/removed, rewrite
@@ -396,6 +457,8 @@ pub struct Session {
     pub last_seed: Option<u64>,
     /// Live mode: the request last sent and when the sliders last changed.
     pub live_sent: Option<GenerateRequest>,
+    /// Jobs live mode cancelled because a setting changed (their cancel is not news).
+    pub live_cancelled: std::collections::HashSet<JobId>,
     pub live_changed: Option<Instant>,
     /// Files found in the model and LoRA folders.
     pub found_models: Vec<PathBuf>,
@@ -413,6 +476,123 @@ pub struct Session {
     /// Resident memory of the process for the status bar (refreshed by the app each frame,
     /// at most once a second; `None` when hidden or unknown).
     pub ram: Option<u64>,
+    /// The path field shown in place of a file dialog that could not open.
+    pub path_field: Option<PathField>,
+}
+
+/// A typed path standing in for a file dialog (no desktop portal, or dialogs off).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PathField {
+    pub kind: crate::gui::actions::Dialog,
+    pub text: String,
+    /// Why there is no dialog, said in the field's window.
+    pub why: String,
+    /// What was wrong with the last path tried.
+    pub error: Option<String>,
+}
+
+impl PathField {
+    pub fn new(kind: crate::gui::actions::Dialog, start: Option<&Path>, why: impl Into<String>) -> Self {
+        let text = start
+            .filter(|d| d.is_dir())
+            .map(|d| {
+                let mut t = d.display().to_string();
+                if !t.ends_with(std::path::MAIN_SEPARATOR) {
+                    t.push(std::path::MAIN_SEPARATOR);
+                }
+                t
+            })
+            .unwrap_or_default();
+        Self {
+            kind,
+            text,
+            why: why.into(),
+            error: None,
+        }
+    }
+
+    /// The path typed, `~` expanded.
+    pub fn path(&self) -> PathBuf {
+        expand_home(self.text.trim())
+    }
+
+    /// Checks the typed path is something this field picks: an existing folder, or an
+    /// existing file with one of its endings.
+    pub fn check(&self) -> Result<PathBuf, String> {
+        let path = self.path();
+        if self.text.trim().is_empty() {
+            return Err("Type a path first.".into());
+        }
+        if !path.exists() {
+            return Err(format!("{} does not exist.", path.display()));
+        }
+        if self.kind.wants_folder() {
+            if !path.is_dir() {
+                return Err(format!("{} is not a folder.", path.display()));
+            }
+        } else {
+            if path.is_dir() {
+                return Err(format!("{} is a folder: type a file in it.", path.display()));
+            }
+            let exts = self.kind.extensions();
+            let ext = path
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            if !exts.is_empty() && !exts.contains(&ext.as_str()) {
+                return Err(format!("{} is not a .{} file.", path.display(), exts.join(" or .")));
+            }
+        }
+        Ok(path)
+    }
+
+    /// What the typed text can complete to: folders (shown with a trailing separator) and,
+    /// for a file field, files with its endings, in the typed folder whose names start with
+    /// the typed rest (case-insensitive), sorted, at most `limit`.
+    pub fn completions(&self, limit: usize) -> Vec<String> {
+        let text = self.text.trim_start();
+        let sep = std::path::MAIN_SEPARATOR;
+        let (dir_text, prefix) = match text.rfind(['/', sep]) {
+            Some(i) => (&text[..=i], &text[i + 1..]),
+            None => ("", text),
+        };
+        let dir = if dir_text.is_empty() {
+            PathBuf::from(".")
+        } else {
+            expand_home(dir_text)
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else { return vec![] };
+        let prefix = prefix.to_lowercase();
+        let exts = self.kind.extensions();
+        let mut out: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.to_lowercase().starts_with(&prefix) || (name.starts_with('.') && !prefix.starts_with('.')) {
+                    return None;
+                }
+                let is_dir = e.path().is_dir();
+                if is_dir {
+                    return Some(format!("{dir_text}{name}{sep}"));
+                }
+                let ext = Path::new(&name).extension().map(|x| x.to_string_lossy().to_ascii_lowercase());
+                (!self.kind.wants_folder() && ext.is_some_and(|x| exts.contains(&x.as_str()))).then(|| format!("{dir_text}{name}"))
+            })
+            .collect();
+        out.sort_by_key(|a| a.to_lowercase());
+        out.truncate(limit);
+        out
+    }
+}
+
+/// `~/x` as the home folder's `x`.
+fn expand_home(text: &str) -> PathBuf {
+    match (text.strip_prefix('~'), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with(['/', std::path::MAIN_SEPARATOR]) => {
+            PathBuf::from(home).join(rest.trim_start_matches(['/', std::path::MAIN_SEPARATOR]))
+        }
+        _ => PathBuf::from(text),
+    }
 }
 
 impl Session {
@@ -470,6 +650,79 @@ mod tests {
             strength,
             enabled,
         }
+    }
+
+    #[test]
+    fn the_path_field_checks_and_completes() {
+        use crate::gui::actions::Dialog;
+        let root = std::env::temp_dir().join(format!("latent-path-field-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("Models")).expect("dir");
+        std::fs::create_dir_all(root.join("loras")).expect("dir");
+        std::fs::create_dir_all(root.join(".hidden")).expect("dir");
+        std::fs::write(root.join("model.safetensors"), b"x").expect("file");
+        std::fs::write(root.join("notes.txt"), b"x").expect("file");
+        let field = |kind, text: String| PathField {
+            kind,
+            text,
+            why: String::new(),
+            error: None,
+        };
+        let r = root.display().to_string();
+        let sep = std::path::MAIN_SEPARATOR;
+        // Folders (case-insensitive prefix, hidden ones only when asked) and matching files.
+        let f = field(Dialog::ModelFile, format!("{r}{sep}m"));
+        assert_eq!(
+            f.completions(10),
+            vec![format!("{r}{sep}model.safetensors"), format!("{r}{sep}Models{sep}")]
+        );
+        let f = field(Dialog::ModelDir, format!("{r}{sep}"));
+        assert_eq!(
+            f.completions(10),
+            vec![format!("{r}{sep}loras{sep}"), format!("{r}{sep}Models{sep}")]
+        );
+        assert_eq!(
+            field(Dialog::ModelDir, format!("{r}{sep}.h")).completions(10),
+            vec![format!("{r}{sep}.hidden{sep}")]
+        );
+        assert_eq!(field(Dialog::ModelDir, format!("{r}{sep}")).completions(1).len(), 1);
+        assert!(field(Dialog::ModelDir, format!("{r}{sep}nowhere{sep}x")).completions(10).is_empty());
+        // What each kind accepts.
+        assert_eq!(
+            field(Dialog::ModelFile, format!("{r}{sep}model.safetensors")).check(),
+            Ok(root.join("model.safetensors"))
+        );
+        assert!(
+            field(Dialog::ModelFile, format!("{r}{sep}notes.txt"))
+                .check()
+                .err()
+                .unwrap_or_default()
+                .contains("not a .safetensors file")
+        );
+        assert!(
+            field(Dialog::ModelFile, r.clone())
+                .check()
+                .err()
+                .unwrap_or_default()
+                .contains("is a folder")
+        );
+        assert!(
+            field(Dialog::ModelDir, format!("{r}{sep}model.safetensors"))
+                .check()
+                .err()
+                .unwrap_or_default()
+                .contains("not a folder")
+        );
+        assert!(
+            field(Dialog::OutputDir, format!("{r}{sep}gone"))
+                .check()
+                .err()
+                .unwrap_or_default()
+                .contains("does not exist")
+        );
+        assert!(field(Dialog::OutputDir, "  ".into()).check().is_err());
+        assert_eq!(field(Dialog::LoraDir, format!("{r}{sep}loras")).check(), Ok(root.join("loras")));
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

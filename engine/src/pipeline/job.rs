@@ -136,8 +136,16 @@ impl Pipeline {
             p.push("Clip skip", r.clip_skip);
         }
         if !self.lora_hashes.is_empty() {
-            let list: Vec<String> = self.lora_hashes.iter().map(|(n, h)| format!("{n}: {h}")).collect();
+            let list: Vec<String> = self.lora_hashes.iter().map(|(n, h, _)| format!("{n}: {h}")).collect();
             p.push("Lora hashes", list.join(", "));
+            // Ours: the strengths, so a restore reproduces LoRAs set in the panel (A1111 keeps
+            // them only in prompt tags).
+            let list: Vec<String> = self
+                .lora_hashes
+                .iter()
+                .map(|(n, _, w)| format!("{n}: {}", crate::metadata::short_number(f64::from(*w))))
+                .collect();
+            p.push("Lora weights", list.join(", "));
         }
         if r.cfg_rescale > 0.0 {
             p.push("CFG rescale", r.cfg_rescale);

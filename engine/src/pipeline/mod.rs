@@ -134,8 +134,8 @@ pub struct Pipeline {
     /// share storage with the networks, so keeping them costs nothing until a LoRA is merged.
     base: Weights,
     lora_table: Option<std::collections::HashMap<String, String>>,
-    /// Short hashes of the LoRA files merged now, for the metadata.
-    lora_hashes: Vec<(String, String)>,
+    /// Name, short hash and strength of each LoRA file merged now, for the metadata.
+    lora_hashes: Vec<(String, String, f32)>,
     device: Device,
     dtype: DType,
     schedule: ModelSchedule,
@@ -311,7 +311,7 @@ impl Pipeline {
         let unet = Unet::new(&merged, &self.config.unet)?;
         self.text = text;
         self.unet = unet;
-        self.lora_hashes = loras.iter().map(|(f, _, _)| (f.name.clone(), f.hash.clone())).collect();
+        self.lora_hashes = loras.iter().map(|(f, u, _)| (f.name.clone(), f.hash.clone(), *u)).collect();
         Ok(reports)
     }
 

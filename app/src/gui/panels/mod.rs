@@ -6,6 +6,7 @@ pub mod canvas;
 pub mod gallery;
 pub mod lora;
 pub mod model;
+pub mod path_field;
 pub mod prompt;
 pub mod sampler;
 pub mod status;
@@ -81,6 +82,9 @@ pub fn top_bar(view: &mut View, ui: &mut egui::Ui) {
                 if view.settings.theme != before {
                     view.act(Action::ApplyTheme);
                 }
+                ui.separator();
+                ui.checkbox(&mut view.settings.sharp_pixels, "Sharp pixels when magnified")
+                    .on_hover_text("Nearest-neighbour zoom for small images (applies to images made or opened from now on)");
             });
             ui.menu_button("Help", |ui| {
                 ui.label(format!("Latent Studio {}", env!("CARGO_PKG_VERSION")));

@@ -11,7 +11,7 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
     ui.add(
         egui::TextEdit::multiline(&mut view.settings.params.prompt)
             .id_salt("prompt")
-            .hint_text("a red apple on a wooden table <lora:name:0.8>")
+            .hint_text("a yellow star on a black background <lora:outline:1>")
             .desired_rows(4)
             .desired_width(f32::INFINITY),
     )

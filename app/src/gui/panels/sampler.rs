@@ -39,6 +39,12 @@ fn presets(family: &str, native: (u32, u32)) -> Vec<(u32, u32)> {
     list.to_vec()
 }
 
+/// What a typed slider value may be: a finite number (`nan`, `inf` and words are refused, so
+/// the slider keeps its value, as the CLI refuses them).
+fn finite(text: &str) -> Option<f64> {
+    text.trim().parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
 pub fn show(view: &mut View, ui: &mut egui::Ui) {
     ui.heading("Sampler");
     let p = &mut view.settings.params;
@@ -81,13 +87,13 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
         ui.end_row();
 
         let l = ui.label("CFG scale");
-        ui.add(egui::Slider::new(&mut p.cfg_scale, 1.0..=30.0).step_by(0.5))
+        ui.add(egui::Slider::new(&mut p.cfg_scale, 1.0..=30.0).step_by(0.5).custom_parser(finite))
             .labelled_by(l.id)
             .on_hover_text("Classifier-free guidance; 1 skips the unconditional pass (half the NFE)");
         ui.end_row();
 
         let l = ui.label("CFG rescale");
-        ui.add(egui::Slider::new(&mut p.cfg_rescale, 0.0..=1.0).step_by(0.05))
+        ui.add(egui::Slider::new(&mut p.cfg_rescale, 0.0..=1.0).step_by(0.05).custom_parser(finite))
             .labelled_by(l.id)
             .on_hover_text("Guidance rescale (Lin et al. 2023): tames over-saturation at high CFG; 0.7 is typical");
         ui.end_row();
@@ -102,12 +108,17 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
         ui.end_row();
 
         let l = ui.label("Token merging");
-        ui.add(egui::Slider::new(&mut p.token_merge, 0.0..=0.75).step_by(0.05).fixed_decimals(2))
-            .labelled_by(l.id)
-            .on_hover_text(
-                "ToMe for SD: merge this share of the most similar tokens before each self-attention \
+        ui.add(
+            egui::Slider::new(&mut p.token_merge, 0.0..=0.75)
+                .step_by(0.05)
+                .fixed_decimals(2)
+                .custom_parser(finite),
+        )
+        .labelled_by(l.id)
+        .on_hover_text(
+            "ToMe for SD: merge this share of the most similar tokens before each self-attention \
                  at the top level (A1111's token merging ratio). 0 = off; 0.3-0.5 speeds up large images",
-            );
+        );
         ui.end_row();
 
         let l = ui.label("Width");
