@@ -559,3 +559,23 @@ fn info_on_a_missing_file_says_it_once() {
     assert_clean_failure(&o, "no such file");
     assert_eq!(stderr.matches("no such file").count(), 1, "{stderr}");
 }
+
+#[test]
+fn prompt_prints_a1111s_schedule_and_weights() {
+    let out = bin()
+        .args(["prompt", "--steps", "10", "--json", "a [(dog:1.2):cat:3] BREAK x"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let want = serde_json::json!({"schedule": [
+        {"until_step": 3, "text": "a (dog:1.2) BREAK x", "attention": [["a ", 1.0], ["dog", 1.2], ["", 1.0], ["BREAK", -1.0], ["x", 1.0]]},
+        {"until_step": 10, "text": "a cat BREAK x", "attention": [["a cat", 1.0], ["BREAK", -1.0], ["x", 1.0]]},
+    ]});
+    assert_eq!(v, want);
+    let human = bin().args(["prompt", "--steps", "4", "[a|b]"]).output().expect("run");
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("calls 0..=1: \"a\"") && text.contains("call 2: \"b\""), "{text}");
+    let bad = bin().args(["prompt", "--steps", "0", "a"]).output().expect("run");
+    assert!(!bad.status.success());
+}

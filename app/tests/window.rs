@@ -906,3 +906,29 @@ fn restore_then_generate_gives_the_same_image_bit_for_bit() {
         h.state().session.messages
     );
 }
+
+#[test]
+fn weight_keys_token_counter_and_emphasis_reach_the_request() {
+    let mut settings = settings();
+    settings.params.emphasis = latent_engine::protocol::Emphasis::NoNorm;
+    let mut s = studio("weight-keys", settings, Some("/models/fake.safetensors"));
+    s.loaded();
+    s.type_prompt("a red cat");
+    s.harness.step();
+    assert!(s.harness.query_by_label("3/75").is_some(), "token counter");
+    // The cursor is after "cat": Ctrl+Up weights that word, again raises it.
+    s.harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::ArrowUp);
+    s.harness.step();
+    assert_eq!(s.harness.state().settings.params.prompt, "a red (cat:1.1)");
+    s.harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::ArrowUp);
+    s.harness.step();
+    assert_eq!(s.harness.state().settings.params.prompt, "a red (cat:1.2)");
+    s.harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::ArrowDown);
+    s.harness.step();
+    assert_eq!(s.harness.state().settings.params.prompt, "a red (cat:1.1)");
+    s.harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    s.until("the engine received the request", |_, log| !log.requests.is_empty());
+    let r = s.log.lock().expect("log").requests[0].clone();
+    assert_eq!(r.prompt, "a red (cat:1.1)");
+    assert_eq!(r.emphasis, latent_engine::protocol::Emphasis::NoNorm);
+}

@@ -132,6 +132,8 @@ impl Parameters {
         r.cfg_until = num("CFG until").unwrap_or(1.0);
         r.feature_cache = num("Feature cache").filter(|v| *v >= 1.0).map_or(1, |v| v as u32);
         r.token_merge = num("Token merging ratio").filter(|v| v.is_finite() && *v >= 0.0).unwrap_or(0.0);
+        // A1111 writes `Emphasis` only when it is not the default "Original".
+        r.emphasis = self.get("Emphasis").and_then(crate::protocol::Emphasis::parse).unwrap_or_default();
         r.eta = num("Eta");
         let (solver, schedule) = self.sampler();
         if let Some(s) = solver {

@@ -168,6 +168,61 @@ pub struct GenerateRequest {
     /// Token merging (ToMe for SD): share of the top level's tokens merged away before each
     /// self-attention. 0 = off; 0.3-0.5 are usual.
     pub token_merge: f64,
+    /// How `(word:1.2)` weights act on the text encoding (A1111's "Emphasis" setting).
+    #[serde(default)]
+    pub emphasis: Emphasis,
+}
+
+/// How prompt weights act on the text encoder's output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Emphasis {
+    /// A1111's default: each token's hidden state times its weight, then the whole encoding
+    /// rescaled to its original mean.
+    #[default]
+    Original,
+    /// A1111's "No norm": times the weight, no rescaling.
+    NoNorm,
+    /// ComfyUI's: a weighted token moves away from the empty prompt's encoding at its
+    /// position, `empty + (z - empty) * weight`.
+    Comfy,
+    /// A1111's "Ignore": brackets and `BREAK` are read, the weights are not used.
+    Ignore,
+    /// A1111's "None": no attention syntax at all; brackets are text.
+    None,
+}
+
+impl Emphasis {
+    pub const ALL: [Emphasis; 5] = [
+        Emphasis::Original,
+        Emphasis::NoNorm,
+        Emphasis::Comfy,
+        Emphasis::Ignore,
+        Emphasis::None,
+    ];
+
+    /// The name A1111 writes after `Emphasis:` in the parameters (ComfyUI's is ours).
+    pub fn name(self) -> &'static str {
+        match self {
+            Emphasis::Original => "Original",
+            Emphasis::NoNorm => "No norm",
+            Emphasis::Comfy => "Comfy",
+            Emphasis::Ignore => "Ignore",
+            Emphasis::None => "None",
+        }
+    }
+
+    /// From the metadata name or a command-line spelling (`no-norm`), any case.
+    pub fn parse(s: &str) -> Option<Emphasis> {
+        let k: String = s
+            .trim()
+            .to_ascii_lowercase()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
+        Emphasis::ALL
+            .into_iter()
+            .find(|e| e.name().to_ascii_lowercase().replace(' ', "") == k)
+    }
 }
 
 impl Default for GenerateRequest {
@@ -189,6 +244,7 @@ impl Default for GenerateRequest {
             preview_every: 1,
             feature_cache: 1,
             token_merge: 0.0,
+            emphasis: Emphasis::Original,
         }
     }
 }

@@ -158,41 +158,83 @@ impl ClipTokenizer {
     /// cut after a nearby comma when a window fills up, wrapped in BOS/EOS and padded with
     /// `pad`. An empty prompt gives one window.
     pub fn windows(&self, text: &str, pad: u32) -> Vec<Vec<u32>> {
-        let tokens = self.encode(text);
-        let mut chunks: Vec<Vec<u32>> = vec![];
-        let mut current: Vec<u32> = vec![];
-        let mut last_comma: Option<usize> = None;
-        for t in tokens {
-            if current.len() == CHUNK {
-                match last_comma {
-                    Some(c) if current.len() - c <= COMMA_BACKTRACK => {
-                        let rest = current.split_off(c + 1);
-                        chunks.push(std::mem::replace(&mut current, rest));
-                    }
-                    _ => chunks.push(std::mem::take(&mut current)),
-                }
-                last_comma = current.iter().rposition(|&x| x == self.comma);
-            }
-            if t == self.comma {
-                last_comma = Some(current.len());
-            }
-            current.push(t);
-        }
-        if !current.is_empty() || chunks.is_empty() {
-            chunks.push(current);
-        }
-        chunks
+        self.weighted_windows(&[(text.to_string(), 1.0)], pad)
             .into_iter()
-            .map(|c| {
-                let mut w = Vec::with_capacity(WINDOW);
-                w.push(BOS);
-                w.extend(c);
-                w.push(EOS);
-                w.resize(WINDOW, pad);
-                w
-            })
+            .map(|w| w.tokens)
             .collect()
     }
+
+    /// A1111's `tokenize_line` over weighted pieces (`prompt::parse_attention`): each piece
+    /// tokenized on its own, its weight on each of its tokens; the `BREAK` marker closes the
+    /// window; a full window moves the tokens after its last comma (within 20) to the next.
+    /// BOS, EOS and padding have weight 1. An empty prompt gives one window.
+    pub fn weighted_windows(&self, pieces: &[(String, f64)], pad: u32) -> Vec<Window> {
+        let mut windows = vec![];
+        let mut tokens: Vec<u32> = vec![];
+        let mut weights: Vec<f32> = vec![];
+        let mut last_comma: Option<usize> = None;
+        let close = |tokens: &mut Vec<u32>, weights: &mut Vec<f32>, windows: &mut Vec<Window>| {
+            let mut t = Vec::with_capacity(WINDOW);
+            t.push(BOS);
+            t.append(tokens);
+            t.push(EOS);
+            t.resize(WINDOW, pad);
+            let mut w = Vec::with_capacity(WINDOW);
+            w.push(1.0);
+            w.append(weights);
+            w.resize(WINDOW, 1.0);
+            windows.push(Window { tokens: t, weights: w });
+        };
+        for piece in pieces {
+            if crate::prompt::is_break(piece) {
+                close(&mut tokens, &mut weights, &mut windows);
+                last_comma = None;
+                continue;
+            }
+            let weight = piece.1 as f32;
+            for t in self.encode(&piece.0) {
+                if t == self.comma {
+                    last_comma = Some(tokens.len());
+                } else if tokens.len() == CHUNK
+                    && let Some(c) = last_comma
+                    && tokens.len() - c <= COMMA_BACKTRACK
+                {
+                    let mut rest = tokens.split_off(c + 1);
+                    let mut rest_w = weights.split_off(c + 1);
+                    close(&mut tokens, &mut weights, &mut windows);
+                    tokens.append(&mut rest);
+                    weights.append(&mut rest_w);
+                    last_comma = None;
+                }
+                if tokens.len() == CHUNK {
+                    close(&mut tokens, &mut weights, &mut windows);
+                    last_comma = None;
+                }
+                tokens.push(t);
+                weights.push(weight);
+            }
+        }
+        if !tokens.is_empty() || windows.is_empty() {
+            close(&mut tokens, &mut weights, &mut windows);
+        }
+        windows
+    }
+
+    /// Prompt tokens (BOS/EOS/padding left out) in each window of `pieces`, for a counter
+    /// like A1111's `42/75`.
+    pub fn window_counts(&self, pieces: &[(String, f64)]) -> Vec<usize> {
+        self.weighted_windows(pieces, EOS)
+            .iter()
+            .map(|w| w.tokens[1..].iter().position(|&t| t == EOS).unwrap_or(CHUNK))
+            .collect()
+    }
+}
+
+/// One 77-token CLIP window and the attention weight of each position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    pub tokens: Vec<u32>,
+    pub weights: Vec<f32>,
 }
 
 #[cfg(test)]
@@ -233,5 +275,25 @@ mod tests {
         assert_eq!(w[0][71], t.comma);
         assert_eq!(w[0][72], EOS);
         assert_eq!(&w[1][1..21], &vec![t.encode("blue")[0]; 20][..]);
+    }
+
+    #[test]
+    fn weights_follow_their_tokens_and_break_closes_the_window() {
+        let t = tok();
+        let pieces = crate::prompt::parse_attention("a (red:1.5) cat BREAK [dog]");
+        let w = t.weighted_windows(&pieces, EOS);
+        assert_eq!(w.len(), 2);
+        let red = t.encode("red")[0];
+        assert_eq!(w[0].tokens[2], red);
+        assert_eq!(w[0].weights[..5], [1.0, 1.0, 1.5, 1.0, 1.0]);
+        assert_eq!(w[1].tokens[1], t.encode("dog")[0]);
+        assert!((w[1].weights[1] - 1.0 / 1.1).abs() < 1e-6);
+        assert_eq!(w[1].weights[2], 1.0);
+        assert_eq!(t.window_counts(&pieces), vec![3, 1]);
+        // A comma arriving when the window is full starts the next window (A1111's `elif`).
+        let full = vec!["red"; 75].join(" ") + ", blue";
+        let w = t.windows(&full, EOS);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[1][1], t.comma);
     }
 }

@@ -61,6 +61,10 @@ pub struct GenerateArgs {
     /// self-attention (0 = off; 0.3-0.5 usual; A1111's "Token merging ratio").
     #[arg(long, default_value_t = 0.0)]
     token_merge: f64,
+    /// How (word:1.2) weights act: original (A1111's default), no-norm, comfy, ignore, none
+    /// (brackets are plain text).
+    #[arg(long, default_value = "original", value_parser = parse_emphasis)]
+    emphasis: latent_engine::protocol::Emphasis,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, default_value = "f32")]
@@ -286,6 +290,7 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
         preview_every: 0,
         feature_cache: g.feature_cache,
         token_merge: g.token_merge,
+        emphasis: g.emphasis,
     };
     let id = engine.generate(request)?;
     let mut stderr = std::io::stderr();
@@ -349,4 +354,8 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
             _ => {}
         }
     }
+}
+
+fn parse_emphasis(s: &str) -> std::result::Result<latent_engine::protocol::Emphasis, String> {
+    latent_engine::protocol::Emphasis::parse(s).ok_or_else(|| format!("unknown emphasis {s:?}: original, no-norm, comfy, ignore or none"))
 }

@@ -1,10 +1,11 @@
-//! The command line: `generate`, `info`, `solvers`, `lora-info`, `bench`, the training
+//! The command line: `generate`, `info`, `solvers`, `prompt`, `lora-info`, `bench`, the training
 //! commands; no subcommand opens the window. This file holds the argument types and the
 //! dispatch; each subcommand family has its own file (the HTTP server's `serve` will too).
 
 mod bench;
 mod generate;
 mod info;
+mod prompt;
 mod train;
 
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ enum Cmd {
     },
     /// List the solvers with their order and cost, and the schedules.
     Solvers,
+    /// Show how a prompt in A1111's syntax is read: its schedule over the steps and each
+    /// text's weighted pieces (--json for scripts).
+    Prompt(prompt::PromptArgs),
     /// Show what a LoRA file is: format, target family, rank, alpha, tensors, trigger words.
     LoraInfo {
         /// A LoRA .safetensors file.
@@ -78,6 +82,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(Cmd::Info { path }) => info::info(&path),
         Some(Cmd::LoraInfo { path }) => info::lora_info(&path),
         Some(Cmd::Solvers) => info::solvers(),
+        Some(Cmd::Prompt(a)) => prompt::prompt(a),
         Some(Cmd::MakeDataset(a)) => train::make_dataset_cmd(a),
         Some(Cmd::Train(a)) => train::train(*a),
         Some(Cmd::TrainLora(a)) => train::train_lora(a),

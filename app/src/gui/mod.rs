@@ -6,6 +6,7 @@ pub mod actions;
 pub mod app;
 pub mod files;
 pub mod panels;
+pub mod prompt_edit;
 pub mod state;
 
 use std::path::PathBuf;

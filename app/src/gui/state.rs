@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 use latent_engine::lora::extract_prompt_tags;
 use latent_engine::metadata::Parameters;
-use latent_engine::protocol::{DType, GenerateRequest, ImageRgb8, JobId, LoraSpec, ModelInfo, Timings};
+use latent_engine::protocol::{DType, Emphasis, GenerateRequest, ImageRgb8, JobId, LoraSpec, ModelInfo, Timings};
 use serde::{Deserialize, Serialize};
 
 /// Light, dark, or whatever the system says.
@@ -51,6 +51,9 @@ pub struct Params {
     pub feature_cache: u32,
     /// Token merging ratio (0 = off).
     pub token_merge: f64,
+    /// How prompt weights act (A1111's "Emphasis").
+    #[serde(default)]
+    pub emphasis: Emphasis,
 }
 
 impl Default for Params {
@@ -72,6 +75,7 @@ impl Default for Params {
             clip_skip: 1,
             feature_cache: 1,
             token_merge: 0.0,
+            emphasis: Emphasis::Original,
         }
     }
 }
@@ -96,6 +100,7 @@ impl Params {
             preview_every: 1,
             feature_cache: self.feature_cache,
             token_merge: self.token_merge,
+            emphasis: self.emphasis,
         }
     }
 
@@ -117,6 +122,7 @@ impl Params {
         self.clip_skip = r.clip_skip;
         self.feature_cache = r.feature_cache;
         self.token_merge = r.token_merge;
+        self.emphasis = r.emphasis;
     }
 }
 

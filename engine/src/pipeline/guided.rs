@@ -45,6 +45,8 @@ struct Guided<'a> {
     guided_steps: u32,
     guided: bool,
     hooks: &'a mut dyn Hooks,
+    /// Denoiser calls so far: what the prompt's schedule counts (A1111's `CFGDenoiser.step`).
+    calls: u32,
     nfe: u32,
     step: u32,
     total: u32,
@@ -88,12 +90,14 @@ impl Denoise for Guided<'_> {
         let batch = if guided { Tensor::cat(&[&x_in, &x_in], 0)? } else { x_in };
         let timesteps = vec![t; b];
         // Row 1 of the conditioning batch is the prompt, row 0 the negative prompt.
+        let cond = self.cond.at_call(self.calls);
+        self.calls += 1;
         let (context, pooled, ids) = if guided || !self.guided {
-            (self.cond.context.clone(), self.cond.pooled.clone(), self.added.cloned())
+            (cond.context.clone(), cond.pooled.clone(), self.added.cloned())
         } else {
             (
-                self.cond.context.narrow(0, 1, 1)?,
-                self.cond.pooled.as_ref().map(|p| p.narrow(0, 1, 1)).transpose()?,
+                cond.context.narrow(0, 1, 1)?,
+                cond.pooled.as_ref().map(|p| p.narrow(0, 1, 1)).transpose()?,
                 self.added.map(|a| a.narrow(0, 1, 1)).transpose()?,
             )
         };
@@ -216,6 +220,7 @@ impl Pipeline {
             guided_steps: guided_steps(r),
             guided,
             hooks,
+            calls: 0,
             nfe: 0,
             step: 0,
             total: r.steps,

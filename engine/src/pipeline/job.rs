@@ -159,6 +159,9 @@ impl Pipeline {
         if r.token_merge > 0.0 {
             p.push("Token merging ratio", r.token_merge);
         }
+        if r.emphasis != crate::protocol::Emphasis::Original {
+            p.push("Emphasis", r.emphasis.name());
+        }
         if job.params.eta != job.solver.default_eta {
             p.push("Eta", job.params.eta);
         }

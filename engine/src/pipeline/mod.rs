@@ -26,6 +26,7 @@ mod text;
 mod txt2img;
 
 pub use job::{Job, MAX_FEATURE_CACHE, MAX_TOKEN_MERGE, planned_nfe, request_nfe, request_whole_nfe};
+pub use text::{ScheduledConditioning, TextInput};
 
 /// Opens the candle device for `kind`, with a clear error where this build lacks it.
 pub fn open_device(kind: DeviceKind) -> Result<Device> {

@@ -17,7 +17,14 @@ impl Pipeline {
     pub fn generate(&self, job: &Job, hooks: &mut dyn Hooks) -> Result<Output> {
         let t0 = Instant::now();
         let r = &job.request;
-        let cond = self.encode(&r.prompt, &r.negative, r.clip_skip, uses_cfg(r.cfg_scale))?;
+        let cond = self.encode(&super::TextInput {
+            prompt: &r.prompt,
+            negative: &r.negative,
+            clip_skip: r.clip_skip,
+            with_uncond: uses_cfg(r.cfg_scale),
+            steps: r.steps,
+            emphasis: r.emphasis,
+        })?;
         // On a GPU the work is queued: each stage's time ends when the device has done it.
         self.device.synchronize()?;
         let t_text = t0.elapsed();

@@ -3,28 +3,76 @@
 use eframe::egui;
 
 use crate::gui::actions::{Action, View};
+use crate::gui::prompt_edit::{counter_text, edit_weight, token_counts};
 use crate::gui::state::panel_from_prompt;
 
+/// Ids of the two prompt fields (for the weight keys).
+pub const PROMPT_ID: &str = "prompt-field";
+pub const NEGATIVE_ID: &str = "negative-field";
+
+/// A1111's Ctrl+Up / Ctrl+Down on the focused field: raise or lower the weight of the
+/// selection or of the word (or weighted block) under the cursor.
+fn weight_keys(ui: &egui::Ui, id: egui::Id, text: &mut String) {
+    if !ui.memory(|m| m.has_focus(id)) {
+        return;
+    }
+    let up = ui.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::ArrowUp));
+    let down = !up && ui.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::ArrowDown));
+    if !up && !down {
+        return;
+    }
+    let Some(mut state) = egui::TextEdit::load_state(ui.ctx(), id) else {
+        return;
+    };
+    let (a, b) = state.cursor.char_range().map_or((0, 0), |r| {
+        let (x, y): (usize, usize) = (r.primary.index.into(), r.secondary.index.into());
+        (x.min(y), x.max(y))
+    });
+    if let Some((new, (s, e))) = edit_weight(text, (a, b), up) {
+        *text = new;
+        state.cursor.set_char_range(Some(egui::text::CCursorRange::two(
+            egui::text::CCursor::new(s),
+            egui::text::CCursor::new(e),
+        )));
+        state.store(ui.ctx(), id);
+    }
+}
+
 pub fn show(view: &mut View, ui: &mut egui::Ui) {
-    let label = ui.label("Prompt");
+    let counts = token_counts(&view.settings.params.prompt, view.settings.params.steps);
+    let label = ui
+        .horizontal(|ui| {
+            let label = ui.label("Prompt");
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                ui.weak(counter_text(&counts))
+                    .on_hover_text("Prompt tokens per 75-token window (BREAK or a long prompt starts another)");
+            });
+            label
+        })
+        .inner;
     let before = view.settings.params.prompt.clone();
+    let prompt_id = egui::Id::unique(PROMPT_ID);
+    weight_keys(ui, prompt_id, &mut view.settings.params.prompt);
     ui.add(
         egui::TextEdit::multiline(&mut view.settings.params.prompt)
-            .id_salt("prompt")
+            .id(prompt_id)
             .hint_text("a yellow star on a black background <lora:outline:1>")
             .desired_rows(4)
             .desired_width(f32::INFINITY),
     )
-    .labelled_by(label.id);
+    .labelled_by(label.id)
+    .on_hover_text("A1111 syntax: (word:1.2) [word] [from:to:0.5] [a|b] BREAK; Ctrl+Up/Down weights the word under the cursor");
     if view.settings.params.prompt != before
         && panel_from_prompt(&view.settings.params.prompt, &mut view.settings.loras, &view.session.found_loras)
     {
         view.act(Action::PushLoras);
     }
     let label = ui.label("Negative prompt");
+    let negative_id = egui::Id::unique(NEGATIVE_ID);
+    weight_keys(ui, negative_id, &mut view.settings.params.negative);
     ui.add(
         egui::TextEdit::multiline(&mut view.settings.params.negative)
-            .id_salt("negative")
+            .id(negative_id)
             .hint_text("what to avoid")
             .desired_rows(2)
             .desired_width(f32::INFINITY),

@@ -121,6 +121,19 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
         );
         ui.end_row();
 
+        let l = ui.label("Emphasis");
+        egui::ComboBox::from_id_salt("emphasis")
+            .selected_text(p.emphasis.name())
+            .show_ui(ui, |ui| {
+                for e in latent_engine::protocol::Emphasis::ALL {
+                    ui.selectable_value(&mut p.emphasis, e, e.name()).on_hover_text(emphasis_help(e));
+                }
+            })
+            .response
+            .labelled_by(l.id)
+            .on_hover_text("How (word:1.2) weights act on the text encoding (A1111's Emphasis setting)");
+        ui.end_row();
+
         let l = ui.label("Width");
         ui.add(egui::Slider::new(&mut p.width, 64..=2048).step_by(8.0)).labelled_by(l.id);
         ui.end_row();
@@ -187,4 +200,15 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
         "NFE: UNet passes, CFG's two passes counted. Time per image is about NFE × one pass; \
          with the feature cache the passes that are not whole run only the UNet's top level.",
     );
+}
+
+fn emphasis_help(e: latent_engine::protocol::Emphasis) -> &'static str {
+    use latent_engine::protocol::Emphasis;
+    match e {
+        Emphasis::Original => "A1111's default: tokens scaled by their weight, then the encoding restored to its mean",
+        Emphasis::NoNorm => "A1111's No norm: tokens scaled by their weight, no rescaling",
+        Emphasis::Comfy => "ComfyUI's: a weighted token moves away from the empty prompt's encoding",
+        Emphasis::Ignore => "Brackets and BREAK are read, the weights are not used",
+        Emphasis::None => "No syntax: brackets are plain text",
+    }
 }
