@@ -4,48 +4,8 @@
 
 use std::path::PathBuf;
 
+pub use super::state::Dialog;
 use super::state::{Session, Settings};
-
-/// Which file dialog to open.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialog {
-    ModelFile,
-    ModelFolder,
-    Image,
-    Lora,
-    ModelDir,
-    LoraDir,
-    OutputDir,
-}
-
-impl Dialog {
-    /// What the dialog (or the path field standing in for it) is titled.
-    pub fn title(self) -> &'static str {
-        match self {
-            Dialog::ModelFile => "Open a model file",
-            Dialog::ModelFolder => "Open a diffusers folder",
-            Dialog::Image => "Restore settings from an image",
-            Dialog::Lora => "Add a LoRA",
-            Dialog::ModelDir => "Add a model folder",
-            Dialog::LoraDir => "Add a LoRA folder",
-            Dialog::OutputDir => "Choose the output folder",
-        }
-    }
-
-    /// It picks a folder rather than a file.
-    pub fn wants_folder(self) -> bool {
-        matches!(self, Dialog::ModelFolder | Dialog::ModelDir | Dialog::LoraDir | Dialog::OutputDir)
-    }
-
-    /// The file name endings it picks (files only).
-    pub fn extensions(self) -> &'static [&'static str] {
-        match self {
-            Dialog::ModelFile | Dialog::Lora => &["safetensors"],
-            Dialog::Image => &["png"],
-            _ => &[],
-        }
-    }
-}
 
 /// A request from a panel to the app.
 #[derive(Clone, Debug, PartialEq)]

@@ -29,6 +29,47 @@ pub enum SeedMode {
     Random,
 }
 
+/// Which file dialog to open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialog {
+    ModelFile,
+    ModelFolder,
+    Image,
+    Lora,
+    ModelDir,
+    LoraDir,
+    OutputDir,
+}
+
+impl Dialog {
+    /// What the dialog (or the path field standing in for it) is titled.
+    pub fn title(self) -> &'static str {
+        match self {
+            Dialog::ModelFile => "Open a model file",
+            Dialog::ModelFolder => "Open a diffusers folder",
+            Dialog::Image => "Restore settings from an image",
+            Dialog::Lora => "Add a LoRA",
+            Dialog::ModelDir => "Add a model folder",
+            Dialog::LoraDir => "Add a LoRA folder",
+            Dialog::OutputDir => "Choose the output folder",
+        }
+    }
+
+    /// It picks a folder rather than a file.
+    pub fn wants_folder(self) -> bool {
+        matches!(self, Dialog::ModelFolder | Dialog::ModelDir | Dialog::LoraDir | Dialog::OutputDir)
+    }
+
+    /// The file name endings it picks (files only).
+    pub fn extensions(self) -> &'static [&'static str] {
+        match self {
+            Dialog::ModelFile | Dialog::Lora => &["safetensors"],
+            Dialog::Image => &["png"],
+            _ => &[],
+        }
+    }
+}
+
 /// The sliders: everything one generation needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -489,7 +530,7 @@ pub struct Session {
 /// A typed path standing in for a file dialog (no desktop portal, or dialogs off).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PathField {
-    pub kind: crate::gui::actions::Dialog,
+    pub kind: Dialog,
     pub text: String,
     /// Why there is no dialog, said in the field's window.
     pub why: String,
@@ -498,7 +539,7 @@ pub struct PathField {
 }
 
 impl PathField {
-    pub fn new(kind: crate::gui::actions::Dialog, start: Option<&Path>, why: impl Into<String>) -> Self {
+    pub fn new(kind: Dialog, start: Option<&Path>, why: impl Into<String>) -> Self {
         let text = start
             .filter(|d| d.is_dir())
             .map(|d| {
@@ -660,7 +701,6 @@ mod tests {
 
     #[test]
     fn the_path_field_checks_and_completes() {
-        use crate::gui::actions::Dialog;
         let root = std::env::temp_dir().join(format!("latent-path-field-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("Models")).expect("dir");
