@@ -173,10 +173,13 @@ fn unet_config(w: &Weights, h: &Hints) -> Result<UnetConfig> {
         .or_else(|| h.cfg("unet", "attention_head_dim").and_then(from_list))
         .or_else(|| h.ours.get("unet_heads").and_then(from_list))
         .unwrap_or_else(|| {
-            if context_dim == 768 {
-                vec![8; n_down]
-            } else {
+            // Without a config, the structure says it: SD 1.x UNets (convolutional `proj_in`)
+            // have 8 heads in every block (diffusers' `attention_head_dim=8`), whatever the
+            // text width; SD 2.x and SDXL (linear `proj_in`) 64-wide heads.
+            if linear_projection {
                 block_out_channels.iter().map(|c| (c / 64).max(1)).collect()
+            } else {
+                block_out_channels.iter().map(|c| if c % 8 == 0 { 8 } else { 1 }).collect()
             }
         });
     if heads.len() != n_down {
@@ -371,5 +374,28 @@ mod tests {
         let turbo = infer(&w, "sd_turbo").expect("config");
         assert!(turbo.few_step);
         assert_eq!(turbo.default_guidance, 1.0);
+    }
+
+    /// A single file without our metadata (a community SD 1.x file whose text width is not
+    /// 768) gets SD 1.x's 8 heads from its convolutional `proj_in`, as its diffusers folder
+    /// (`attention_head_dim: 8`) says; SD 2.x-style linear projections get 64-wide heads.
+    #[test]
+    fn unet_heads_follow_the_structure_not_the_text_width() {
+        let fixtures = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let load =
+            |rel: &str| crate::checkpoint::load(&fixtures.join(rel), candle_core::DType::F32, &candle_core::Device::Cpu).expect("fixture");
+        let mut single = load("sd1/sd1-tiny.safetensors");
+        single.metadata.remove("latent_studio");
+        let cfg = infer(&single, "community-sd1").expect("config");
+        assert_ne!(cfg.unet.context_dim, 768);
+        assert_eq!(cfg.unet.heads, vec![8, 8]);
+        let mut folder = load("sd1/diffusers");
+        if let Some(c) = folder.configs.get_mut("unet") {
+            c["attention_head_dim"] = serde_json::json!(8);
+        }
+        assert_eq!(infer(&folder, "sd1-folder").expect("config").unet.heads, cfg.unet.heads);
+        let mut sd2 = load("sd2/sd2-tiny.safetensors");
+        sd2.metadata.remove("latent_studio");
+        assert_eq!(infer(&sd2, "community-sd2").expect("config").unet.heads, vec![1, 1]);
     }
 }
