@@ -579,3 +579,22 @@ fn prompt_prints_a1111s_schedule_and_weights() {
     let bad = bin().args(["prompt", "--steps", "0", "a"]).output().expect("run");
     assert!(!bad.status.success());
 }
+
+#[test]
+fn generate_with_a_vae_file_names_it_in_the_png() {
+    let out = scratch("vae.png");
+    let vae = fixture("vae/tiny-vae.safetensors");
+    let vae = vae.to_str().expect("utf-8 path");
+    let run = generate(&fixture("sd1/sd1-tiny.safetensors"), &["--vae", vae], &out);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = latent_engine::image_io::read_png_parameters(&out)
+        .expect("reads")
+        .expect("has parameters");
+    assert!(text.contains("VAE: tiny-vae.safetensors"), "{text}");
+    let bad = generate(
+        &fixture("sd1/sd1-tiny.safetensors"),
+        &["--vae", "/nonexistent/vae.safetensors"],
+        &scratch("vae-bad.png"),
+    );
+    assert_clean_failure(&bad, "vae.safetensors");
+}

@@ -932,3 +932,25 @@ fn weight_keys_token_counter_and_emphasis_reach_the_request() {
     assert_eq!(r.prompt, "a red (cat:1.1)");
     assert_eq!(r.emphasis, latent_engine::protocol::Emphasis::NoNorm);
 }
+
+#[test]
+fn the_vae_picker_lists_the_vae_folder_and_reloads_with_the_choice() {
+    let root = temp_dir("vae-root");
+    let vae_dir = root.join("models/VAE");
+    std::fs::create_dir_all(&vae_dir).expect("dir");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/vae/tiny-vae.safetensors");
+    std::fs::copy(&fixture, vae_dir.join("tiny-vae.safetensors")).expect("copy");
+    let mut settings = settings();
+    settings.model_dirs = vec![root.clone()];
+    let mut s = studio("vae-picker", settings, Some("/models/fake.safetensors"));
+    s.loaded();
+    assert_eq!(s.harness.state().session.found_vaes, vec![vae_dir.join("tiny-vae.safetensors")]);
+    s.harness.get_by_label("VAE").click();
+    s.harness.run_steps(2);
+    s.harness.get_by_label("tiny-vae.safetensors").click();
+    s.until("reloaded with the VAE", |_, log| log.loads.len() >= 2);
+    let load = s.log.lock().expect("log").loads[1].clone();
+    assert_eq!(load.path, Path::new("/models/fake.safetensors"));
+    assert_eq!(load.vae, Some(vae_dir.join("tiny-vae.safetensors")));
+    assert_eq!(s.harness.state().settings.vae, Some(vae_dir.join("tiny-vae.safetensors")));
+}

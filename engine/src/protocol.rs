@@ -102,6 +102,8 @@ pub struct ModelSpec {
     /// Overrides what the checkpoint says or what is inferred.
     pub prediction: Option<Prediction>,
     pub vae_tiling: VaeTiling,
+    /// A VAE to use instead of the checkpoint's own (single file or diffusers folder).
+    pub vae: Option<PathBuf>,
 }
 
 impl ModelSpec {
@@ -113,6 +115,7 @@ impl ModelSpec {
             device: DeviceKind::Cpu,
             prediction: None,
             vae_tiling: VaeTiling::Auto,
+            vae: None,
         }
     }
 }

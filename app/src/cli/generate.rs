@@ -65,6 +65,10 @@ pub struct GenerateArgs {
     /// (brackets are plain text).
     #[arg(long, default_value = "original", value_parser = parse_emphasis)]
     emphasis: latent_engine::protocol::Emphasis,
+    /// A VAE to decode with instead of the checkpoint's own: an A1111-style .safetensors VAE
+    /// file (models/VAE) or a diffusers vae/ folder.
+    #[arg(long)]
+    vae: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, default_value = "f32")]
@@ -241,6 +245,7 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
         device,
         prediction,
         vae_tiling,
+        vae: g.vae.clone(),
     })?;
     let info = loop {
         match engine.recv_timeout(Duration::from_secs(3600)) {

@@ -171,6 +171,7 @@ impl StudioApp {
         lora_dirs.extend(self.settings.lora_dirs.iter().cloned());
         lora_dirs.extend(self.builtin_loras.iter().cloned());
         self.session.found_loras = super::files::scan_loras(&lora_dirs);
+        self.session.found_vaes = super::files::scan_vaes(&self.settings.model_dirs);
     }
 
     /// Lists the shipped LoRAs (the demo `outline`) in the panel, disabled, when they are not
@@ -212,6 +213,7 @@ impl StudioApp {
             } else {
                 latent_engine::VaeTiling::Off
             },
+            vae: self.settings.vae.clone(),
             ..ModelSpec::new(path)
         };
         match self.engine.load_model(spec) {

@@ -149,6 +149,18 @@ pub fn scan_loras(dirs: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
+/// VAE files in the `VAE` (A1111's `models/VAE`) or `vae` (ComfyUI's `models/vae`) folders
+/// of the model folders.
+pub fn scan_vaes(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for d in dirs {
+        for c in candidates(d, &["VAE", "vae"]).into_iter().skip(1) {
+            walk(&c, 1, &mut out, &|p| p.is_file() && classify(p) != FileKind::Lora);
+        }
+    }
+    out
+}
+
 /// Work for the file thread.
 pub enum FileJob {
     /// Save a finished image into `dir` under a fresh name.

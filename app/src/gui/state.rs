@@ -201,6 +201,8 @@ pub struct Settings {
     pub dtype: DType,
     /// VAE tiling at the next load: true = automatic (tile only when memory is short).
     pub vae_auto_tiling: bool,
+    /// A VAE file to decode with instead of the checkpoint's own.
+    pub vae: Option<PathBuf>,
     pub params: Params,
     pub loras: Vec<LoraEntry>,
     /// Regenerate when a slider moves.
@@ -229,6 +231,7 @@ impl Default for Settings {
             output_dir: default_output_dir(),
             dtype: DType::F32,
             vae_auto_tiling: true,
+            vae: None,
             params: Params::default(),
             loras: vec![],
             live: false,
@@ -510,6 +513,8 @@ pub struct Session {
     /// Files found in the model and LoRA folders.
     pub found_models: Vec<PathBuf>,
     pub found_loras: Vec<PathBuf>,
+    /// VAE files in the model folders' `VAE`/`vae` folders.
+    pub found_vaes: Vec<PathBuf>,
     /// The last finished image (for the clipboard).
     pub last_image: Option<Arc<ImageRgb8>>,
     /// LoRA name -> "applied/total layers" from the engine's last report.

@@ -289,6 +289,21 @@ fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result
             Err(k) => w.unrecognised.push(k),
         }
     }
+    read_renamed(&file, &st, renamed, &mut w, dtype, device, read)?;
+    w.unrecognised.sort();
+    Ok(w)
+}
+
+/// Reads the tensors of `renamed` (source name -> canonical name) into `w`.
+fn read_renamed(
+    file: &SafetensorsFile,
+    st: &safetensors::SafeTensors,
+    renamed: Vec<(String, Renamed)>,
+    w: &mut Weights,
+    dtype: DType,
+    device: &Device,
+    read: Read,
+) -> Result<()> {
     let num_up = renamed
         .iter()
         .filter_map(|(_, r)| r.name.strip_prefix("vae.decoder.up_blocks.@"))
@@ -310,6 +325,100 @@ fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result
             w.tensors.insert(name, t);
         }
     }
+    Ok(())
+}
+
+/// Loads a VAE on its own, into the canonical `vae.*` names: an A1111-style single file (bare
+/// LDM names, `encoder.down.0...`, or with the `first_stage_model.` prefix), a diffusers-named
+/// single file (`encoder.down_blocks.0...`, as the SDXL fp16-fix VAE ships), a diffusers `vae/`
+/// folder, or a pipeline folder (its `vae/`). Anything else is a clear error.
+pub fn load_vae(path: &Path, dtype: DType, device: &Device) -> Result<Weights> {
+    let not_a_vae = |why: &str| EngineError::UnknownArchitecture(format!("{} is not a VAE: {why}", path.display()));
+    if path.is_dir() {
+        let dir = if path.join("vae").join("config.json").is_file() {
+            path.join("vae")
+        } else {
+            path.to_path_buf()
+        };
+        let mut w = empty(Layout::Diffusers);
+        let cfg = dir.join("config.json");
+        if cfg.is_file() {
+            w.configs.insert("vae".into(), read_json(&cfg)?);
+        }
+        for f in component_files(&dir)? {
+            let file = SafetensorsFile::open(&f)?;
+            let st = file.parse()?;
+            let renamed: Vec<(String, Renamed)> = st
+                .names()
+                .into_iter()
+                .filter_map(|n| {
+                    convert::diffusers_key("vae", n).map(|c| {
+                        (
+                            n.to_string(),
+                            Renamed {
+                                name: c,
+                                transform: Transform::None,
+                            },
+                        )
+                    })
+                })
+                .collect();
+            read_renamed(&file, &st, renamed, &mut w, dtype, device, Read::Tensors)?;
+        }
+        if !w.has("vae.decoder.conv_in.weight") {
+            return Err(not_a_vae("the folder has no VAE decoder weights"));
+        }
+        return Ok(w);
+    }
+    if !path.exists() {
+        return Err(EngineError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+        });
+    }
+    let file = SafetensorsFile::open(path)?;
+    let st = file.parse()?;
+    let mut w = empty(Layout::SingleFile);
+    w.metadata = file.metadata()?;
+    let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    let diffusers_named = names
+        .iter()
+        .any(|n| n.contains(".down_blocks.") || n.contains(".up_blocks.") || n.contains(".mid_block."));
+    let mut renamed: Vec<(String, Renamed)> = vec![];
+    for n in &names {
+        let bare = ["encoder.", "decoder.", "quant_conv.", "post_quant_conv."]
+            .iter()
+            .any(|p| n.starts_with(p));
+        let mapped = if let Some(rest) = n.strip_prefix("vae.") {
+            Some(vec![Renamed {
+                name: format!("vae.{rest}"),
+                transform: Transform::None,
+            }])
+        } else if n.starts_with("first_stage_model.") {
+            convert::ldm_key(n, 1).ok()
+        } else if bare && diffusers_named {
+            convert::diffusers_key("vae", n).map(|c| {
+                vec![Renamed {
+                    name: c,
+                    transform: Transform::None,
+                }]
+            })
+        } else if bare {
+            convert::ldm_key(&format!("first_stage_model.{n}"), 1).ok()
+        } else {
+            None
+        };
+        match mapped {
+            Some(list) => renamed.extend(list.into_iter().filter(|r| r.name.starts_with("vae.")).map(|r| (n.clone(), r))),
+            None => w.unrecognised.push(n.clone()),
+        }
+    }
+    if !renamed.iter().any(|(_, r)| r.name.starts_with("vae.decoder.")) {
+        return Err(not_a_vae(
+            "it has no VAE decoder tensors (encoder.*/decoder.* or first_stage_model.*)",
+        ));
+    }
+    read_renamed(&file, &st, renamed, &mut w, dtype, device, Read::Tensors)?;
     w.unrecognised.sort();
     Ok(w)
 }

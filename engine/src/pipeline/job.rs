@@ -132,6 +132,12 @@ impl Pipeline {
             p.push("Model hash", h);
         }
         p.push("Model", &self.name);
+        if let Some((name, hash)) = &self.vae_override {
+            if let Some(h) = hash {
+                p.push("VAE hash", h);
+            }
+            p.push("VAE", name);
+        }
         if r.clip_skip > 1 {
             p.push("Clip skip", r.clip_skip);
         }

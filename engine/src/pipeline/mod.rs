@@ -128,6 +128,8 @@ pub struct Pipeline {
     pub path: PathBuf,
     pub report: LoadReport,
     pub hash: Option<String>,
+    /// The VAE file used instead of the checkpoint's own: its file name and short hash.
+    pub vae_override: Option<(String, Option<String>)>,
     text: Vec<ClipText>,
     unet: Unet,
     vae: VaeDecoder,
@@ -176,11 +178,49 @@ fn file_hash(path: &Path) -> Option<String> {
     Some(d.iter().take(5).map(|b| format!("{b:02x}")).collect())
 }
 
+/// Puts the VAE of `path` in place of the checkpoint's: its tensors replace every `vae.*`
+/// tensor, its configuration the VAE part of `cfg` (the checkpoint's scaling factor is kept
+/// unless the VAE's own config gives one). A VAE whose latent channels differ from the
+/// model's is refused, naming both.
+fn replace_vae(w: &mut Weights, cfg: &mut ModelConfig, path: &Path, dtype: CDType, device: &Device) -> Result<()> {
+    let v = checkpoint::load_vae(path, dtype, device)?;
+    let own_scaling = v
+        .configs
+        .get("vae")
+        .and_then(|c| c.get("scaling_factor"))
+        .and_then(serde_json::Value::as_f64);
+    w.tensors.retain(|k, _| !k.starts_with("vae."));
+    w.shapes.retain(|k, _| !k.starts_with("vae."));
+    w.tensors.extend(v.tensors);
+    w.shapes.extend(v.shapes);
+    match v.configs.get("vae") {
+        Some(c) => w.configs.insert("vae".into(), c.clone()),
+        None => w.configs.remove("vae"),
+    };
+    let merged = architecture::infer(w, &cfg_name(path))?;
+    if merged.vae.latent_channels != cfg.vae.latent_channels {
+        return Err(EngineError::InvalidRequest(format!(
+            "VAE {} has {} latent channels, the model {}: it is a VAE for another family",
+            path.display(),
+            merged.vae.latent_channels,
+            cfg.vae.latent_channels
+        )));
+    }
+    let scaling = own_scaling.unwrap_or(cfg.vae.scaling_factor);
+    cfg.vae = merged.vae;
+    cfg.vae.scaling_factor = scaling;
+    Ok(())
+}
+
+fn cfg_name(path: &Path) -> String {
+    path.file_stem().and_then(|n| n.to_str()).unwrap_or("vae").to_string()
+}
+
 impl Pipeline {
     /// Loads a checkpoint (single file or diffusers folder) and builds the networks.
     pub fn load(spec: &ModelSpec) -> Result<Self> {
         let device = open_device(spec.device)?;
-        let w = checkpoint::load(&spec.path, candle_dtype(spec.dtype), &device)?;
+        let mut w = checkpoint::load(&spec.path, candle_dtype(spec.dtype), &device)?;
         let name = spec
             .path
             .file_stem()
@@ -191,10 +231,19 @@ impl Pipeline {
         if let Some(p) = spec.prediction {
             cfg.prediction = p;
         }
+        let vae_override = match &spec.vae {
+            Some(v) => {
+                replace_vae(&mut w, &mut cfg, v, candle_dtype(spec.dtype), &device)?;
+                let file = v.file_name().and_then(|n| n.to_str()).unwrap_or("vae").to_string();
+                Some((file, if v.is_file() { file_hash(v) } else { None }))
+            }
+            None => None,
+        };
         let hash = if spec.path.is_file() { file_hash(&spec.path) } else { None };
         let mut pipe = Self::from_weights(w, cfg, &name, spec.dtype, device)?;
         pipe.path = spec.path.clone();
         pipe.hash = hash;
+        pipe.vae_override = vae_override;
         pipe.vae_tiling = spec.vae_tiling;
         Ok(pipe)
     }
@@ -224,6 +273,7 @@ impl Pipeline {
             path: PathBuf::new(),
             report,
             hash: None,
+            vae_override: None,
             text,
             unet,
             vae,

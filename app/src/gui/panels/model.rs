@@ -63,4 +63,47 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
     if let Some(p) = choice {
         view.act(Action::OpenPath(p.clone()));
     }
+    vae_picker(view, ui, current.as_deref());
+}
+
+/// "VAE": the checkpoint's own or a file from the model folders' VAE folders; a change
+/// reloads the model with it (the current model keeps serving until then).
+fn vae_picker(view: &mut View, ui: &mut egui::Ui, model: Option<&std::path::Path>) {
+    let mut options = view.session.found_vaes.clone();
+    if let Some(v) = &view.settings.vae
+        && !options.contains(v)
+    {
+        options.push(v.clone());
+    }
+    let before = view.settings.vae.clone();
+    ui.horizontal(|ui| {
+        let l = ui.label("VAE");
+        let label = view
+            .settings
+            .vae
+            .as_deref()
+            .map(file_name)
+            .unwrap_or_else(|| "the checkpoint's own".into());
+        egui::ComboBox::from_id_salt("vae-picker")
+            .selected_text(label)
+            .width(150.0)
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut view.settings.vae, None, "the checkpoint's own");
+                for p in &options {
+                    ui.selectable_value(&mut view.settings.vae, Some(p.clone()), file_name(p))
+                        .on_hover_text(p.display().to_string());
+                }
+                if options.is_empty() {
+                    ui.weak("VAE files go in a VAE folder of a model folder (models/VAE)");
+                }
+            })
+            .response
+            .labelled_by(l.id)
+            .on_hover_text("Decode with another VAE (A1111's models/VAE, ComfyUI's models/vae)");
+    });
+    if view.settings.vae != before
+        && let Some(m) = model
+    {
+        view.act(Action::OpenModel(m.to_path_buf()));
+    }
 }
