@@ -598,3 +598,97 @@ fn generate_with_a_vae_file_names_it_in_the_png() {
     );
     assert_clean_failure(&bad, "vae.safetensors");
 }
+
+#[test]
+fn generate_with_an_embedding_folder_writes_ti_hashes() {
+    let out = scratch("ti.png");
+    let dir = fixture("embeddings");
+    let dir = dir.to_str().expect("utf-8 path");
+    let mut c = bin();
+    c.args(["generate", "--model"])
+        .arg(fixture("sd1/sd1-tiny.safetensors"))
+        .args([
+            "--prompt",
+            "a tinystyle cat",
+            "--seed",
+            "1",
+            "--steps",
+            "3",
+            "--embeddings",
+            dir,
+            "--out",
+        ])
+        .arg(&out);
+    let run = c.output().expect("run");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = latent_engine::image_io::read_png_parameters(&out)
+        .expect("reads")
+        .expect("has parameters");
+    assert!(text.contains("TI hashes: \"tinystyle: "), "{text}");
+    let bad = generate(
+        &fixture("sd1/sd1-tiny.safetensors"),
+        &["--embeddings", "/nonexistent-embeddings"],
+        &scratch("ti-bad.png"),
+    );
+    assert_clean_failure(&bad, "nonexistent-embeddings");
+}
+
+#[test]
+fn decode_writes_the_latents_with_each_decoder() {
+    let png = scratch("dec-src.png");
+    let lat = scratch("dec-src.safetensors");
+    let lat_s = lat.to_str().expect("utf-8 path").to_string();
+    let run = generate(&fixture("sd1/sd1-tiny.safetensors"), &["--latents-out", &lat_s], &png);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    for (name, extra) in [
+        ("dec-vae.png", vec![]),
+        (
+            "dec-other-vae.png",
+            vec!["--vae".to_string(), fixture("vae/diffusers").display().to_string()],
+        ),
+        (
+            "dec-tiny.png",
+            vec![
+                "--tiny".to_string(),
+                fixture("taesd/taesd_decoder.safetensors").display().to_string(),
+            ],
+        ),
+    ] {
+        let out = scratch(name);
+        let r = bin()
+            .args(["decode", "--model"])
+            .arg(fixture("sd1/sd1-tiny.safetensors"))
+            .args(["--latents", &lat_s, "--out"])
+            .arg(&out)
+            .args(&extra)
+            .output()
+            .expect("run");
+        assert!(r.status.success(), "{name}: {}", String::from_utf8_lossy(&r.stderr));
+        let img = image::open(&out).expect("png");
+        assert!(img.width() >= 16, "{name}");
+    }
+    // The tiny decoder upsamples by 8 whatever the model's VAE does.
+    let tiny = image::open(scratch_existing("dec-tiny.png")).expect("png");
+    let bytes = std::fs::read(&lat).expect("latents");
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("header length")) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("header");
+    let shape: Vec<u64> = header["latents"]["shape"]
+        .as_array()
+        .expect("shape")
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    assert_eq!((u64::from(tiny.width()), u64::from(tiny.height())), (shape[3] * 8, shape[2] * 8));
+    let bad = bin()
+        .args(["decode", "--model"])
+        .arg(fixture("sd1/sd1-tiny.safetensors"))
+        .args(["--latents", "/nonexistent.safetensors", "--out"])
+        .arg(scratch("dec-bad.png"))
+        .output()
+        .expect("run");
+    assert_clean_failure(&bad, "nonexistent.safetensors");
+}
+
+fn scratch_existing(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("latent-cli-{}", std::process::id())).join(name)
+}

@@ -934,17 +934,25 @@ fn weight_keys_token_counter_and_emphasis_reach_the_request() {
 }
 
 #[test]
-fn the_vae_picker_lists_the_vae_folder_and_reloads_with_the_choice() {
+fn the_vae_and_preview_pickers_list_their_folders_and_reload_with_the_choice() {
     let root = temp_dir("vae-root");
     let vae_dir = root.join("models/VAE");
     std::fs::create_dir_all(&vae_dir).expect("dir");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/vae/tiny-vae.safetensors");
     std::fs::copy(&fixture, vae_dir.join("tiny-vae.safetensors")).expect("copy");
+    let approx = root.join("models/VAE-approx");
+    std::fs::create_dir_all(&approx).expect("dir");
+    let taesd = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/taesd/taesd_decoder.safetensors");
+    std::fs::copy(&taesd, approx.join("taesd_decoder.safetensors")).expect("copy");
     let mut settings = settings();
     settings.model_dirs = vec![root.clone()];
     let mut s = studio("vae-picker", settings, Some("/models/fake.safetensors"));
     s.loaded();
     assert_eq!(s.harness.state().session.found_vaes, vec![vae_dir.join("tiny-vae.safetensors")]);
+    assert_eq!(
+        s.harness.state().session.found_tiny_decoders,
+        vec![approx.join("taesd_decoder.safetensors")]
+    );
     s.harness.get_by_label("VAE").click();
     s.harness.run_steps(2);
     s.harness.get_by_label("tiny-vae.safetensors").click();
@@ -953,4 +961,12 @@ fn the_vae_picker_lists_the_vae_folder_and_reloads_with_the_choice() {
     assert_eq!(load.path, Path::new("/models/fake.safetensors"));
     assert_eq!(load.vae, Some(vae_dir.join("tiny-vae.safetensors")));
     assert_eq!(s.harness.state().settings.vae, Some(vae_dir.join("tiny-vae.safetensors")));
+    // The preview decoder picker reloads with the tiny decoder.
+    s.harness.get_by_label("Previews").click();
+    s.harness.run_steps(2);
+    s.harness.get_by_label("taesd_decoder.safetensors").click();
+    s.until("reloaded with the tiny decoder", |_, log| log.loads.len() >= 3);
+    let load = s.log.lock().expect("log").loads[2].clone();
+    assert_eq!(load.tiny_decoder, Some(approx.join("taesd_decoder.safetensors")));
+    assert_eq!(load.vae, Some(vae_dir.join("tiny-vae.safetensors")));
 }

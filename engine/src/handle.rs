@@ -20,6 +20,9 @@ pub struct EngineConfig {
     /// Folders searched for `<lora:name>` prompt tags (A1111 `models/Lora`, ComfyUI
     /// `models/loras`, ...); the folders of the panel's LoRAs are searched too.
     pub lora_dirs: Vec<std::path::PathBuf>,
+    /// Folders searched for textual-inversion embeddings named in prompts (A1111's
+    /// `embeddings/`).
+    pub embedding_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -29,6 +32,7 @@ impl Default for EngineConfig {
             command_capacity: 64,
             event_capacity: 256,
             lora_dirs: vec![],
+            embedding_dirs: vec![],
         }
     }
 }
@@ -46,7 +50,7 @@ impl EngineHandle {
     /// Spawns the engine with the real pipeline. `waker` is called after every event (a
     /// window passes `ctx.request_repaint()`); it must not block.
     pub fn spawn(config: EngineConfig, waker: impl Fn() + Send + Sync + 'static) -> Result<Self> {
-        let backend = PipelineBackend::new(config.lora_dirs.clone());
+        let backend = PipelineBackend::new(config.lora_dirs.clone()).with_embedding_dirs(config.embedding_dirs.clone());
         Self::spawn_with_backend(config, Box::new(backend), waker)
     }
 

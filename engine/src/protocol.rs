@@ -104,6 +104,8 @@ pub struct ModelSpec {
     pub vae_tiling: VaeTiling,
     /// A VAE to use instead of the checkpoint's own (single file or diffusers folder).
     pub vae: Option<PathBuf>,
+    /// A tiny decoder (TAESD family) for the step previews instead of the latent projection.
+    pub tiny_decoder: Option<PathBuf>,
 }
 
 impl ModelSpec {
@@ -116,6 +118,7 @@ impl ModelSpec {
             prediction: None,
             vae_tiling: VaeTiling::Auto,
             vae: None,
+            tiny_decoder: None,
         }
     }
 }

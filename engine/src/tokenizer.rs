@@ -169,11 +169,20 @@ impl ClipTokenizer {
     /// window; a full window moves the tokens after its last comma (within 20) to the next.
     /// BOS, EOS and padding have weight 1. An empty prompt gives one window.
     pub fn weighted_windows(&self, pieces: &[(String, f64)], pad: u32) -> Vec<Window> {
+        self.weighted_windows_with(pieces, pad, &NoEmbeddings).unwrap_or_default()
+    }
+
+    /// [`Self::weighted_windows`] with textual-inversion embeddings: where `lookup` finds
+    /// one at a token, its vectors take as many positions (with the piece's weight) in
+    /// place of the name's tokens, moved whole to the next window where they do not fit,
+    /// as A1111's `tokenize_line` does.
+    pub fn weighted_windows_with(&self, pieces: &[(String, f64)], pad: u32, lookup: &dyn EmbeddingLookup) -> Result<Vec<Window>> {
         let mut windows = vec![];
         let mut tokens: Vec<u32> = vec![];
         let mut weights: Vec<f32> = vec![];
         let mut last_comma: Option<usize> = None;
-        let close = |tokens: &mut Vec<u32>, weights: &mut Vec<f32>, windows: &mut Vec<Window>| {
+        let mut fixes: Vec<(usize, usize)> = vec![];
+        let close = |tokens: &mut Vec<u32>, weights: &mut Vec<f32>, fixes: &mut Vec<(usize, usize)>, windows: &mut Vec<Window>| {
             let mut t = Vec::with_capacity(WINDOW);
             t.push(BOS);
             t.append(tokens);
@@ -183,16 +192,25 @@ impl ClipTokenizer {
             w.push(1.0);
             w.append(weights);
             w.resize(WINDOW, 1.0);
-            windows.push(Window { tokens: t, weights: w });
+            // Positions inside the window: after BOS.
+            let fixes = std::mem::take(fixes).into_iter().map(|(p, e)| (p + 1, e)).collect();
+            windows.push(Window {
+                tokens: t,
+                weights: w,
+                fixes,
+            });
         };
         for piece in pieces {
             if crate::prompt::is_break(piece) {
-                close(&mut tokens, &mut weights, &mut windows);
+                close(&mut tokens, &mut weights, &mut fixes, &mut windows);
                 last_comma = None;
                 continue;
             }
             let weight = piece.1 as f32;
-            for t in self.encode(&piece.0) {
+            let ids = self.encode(&piece.0);
+            let mut i = 0;
+            while i < ids.len() {
+                let t = ids[i];
                 if t == self.comma {
                     last_comma = Some(tokens.len());
                 } else if tokens.len() == CHUNK
@@ -201,23 +219,39 @@ impl ClipTokenizer {
                 {
                     let mut rest = tokens.split_off(c + 1);
                     let mut rest_w = weights.split_off(c + 1);
-                    close(&mut tokens, &mut weights, &mut windows);
+                    // Embeddings after the cut move with their positions.
+                    let moved: Vec<(usize, usize)> = fixes.iter().filter(|f| f.0 > c).map(|&(p, e)| (p - c - 1, e)).collect();
+                    fixes.retain(|f| f.0 <= c);
+                    close(&mut tokens, &mut weights, &mut fixes, &mut windows);
                     tokens.append(&mut rest);
                     weights.append(&mut rest_w);
+                    fixes = moved;
                     last_comma = None;
                 }
                 if tokens.len() == CHUNK {
-                    close(&mut tokens, &mut weights, &mut windows);
+                    close(&mut tokens, &mut weights, &mut fixes, &mut windows);
                     last_comma = None;
+                }
+                if let Some(m) = lookup.at(&ids[i..])? {
+                    if tokens.len() + m.vectors > CHUNK {
+                        close(&mut tokens, &mut weights, &mut fixes, &mut windows);
+                        last_comma = None;
+                    }
+                    fixes.push((tokens.len(), m.id));
+                    tokens.extend(std::iter::repeat_n(0, m.vectors));
+                    weights.extend(std::iter::repeat_n(weight, m.vectors));
+                    i += m.tokens.max(1);
+                    continue;
                 }
                 tokens.push(t);
                 weights.push(weight);
+                i += 1;
             }
         }
         if !tokens.is_empty() || windows.is_empty() {
-            close(&mut tokens, &mut weights, &mut windows);
+            close(&mut tokens, &mut weights, &mut fixes, &mut windows);
         }
-        windows
+        Ok(windows)
     }
 
     /// Prompt tokens (BOS/EOS/padding left out) in each window of `pieces`, for a counter
@@ -235,6 +269,32 @@ impl ClipTokenizer {
 pub struct Window {
     pub tokens: Vec<u32>,
     pub weights: Vec<f32>,
+    /// `(position, embedding id)`: an embedding's vectors start at that position (their
+    /// token ids there are placeholders).
+    pub fixes: Vec<(usize, usize)>,
+}
+
+/// An embedding found at a token: how many prompt tokens its name takes, which one it is,
+/// how many positions its vectors take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddingMatch {
+    pub tokens: usize,
+    pub id: usize,
+    pub vectors: usize,
+}
+
+/// Finds the textual-inversion embedding whose name's tokens start `tokens`, if any.
+pub trait EmbeddingLookup {
+    fn at(&self, tokens: &[u32]) -> Result<Option<EmbeddingMatch>>;
+}
+
+/// No embeddings.
+pub struct NoEmbeddings;
+
+impl EmbeddingLookup for NoEmbeddings {
+    fn at(&self, _: &[u32]) -> Result<Option<EmbeddingMatch>> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ pub struct PipelineBackend {
     cache: HashMap<PathBuf, LoraFile>,
     applied: Vec<Applied>,
     lora_dirs: Vec<PathBuf>,
+    embedding_dirs: Vec<PathBuf>,
 }
 
 /// Finds `<name>.safetensors` (case-insensitive) in `dirs` and their subfolders.
@@ -71,6 +72,23 @@ fn find_lora(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
     dirs.iter().find_map(|d| walk(d, name, 3))
 }
 
+/// Where a model's embeddings are looked for: the configured folders, then an `embeddings`
+/// folder beside the checkpoint and up to two levels above it (A1111's `embeddings/` beside
+/// `models/`, ComfyUI's `models/embeddings` beside `models/checkpoints`).
+pub fn embedding_dirs_for(model: &Path, configured: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs = configured.to_vec();
+    let mut up = model.parent();
+    for _ in 0..3 {
+        let Some(d) = up else { break };
+        let e = d.join("embeddings");
+        if e.is_dir() && !dirs.contains(&e) {
+            dirs.push(e);
+        }
+        up = d.parent();
+    }
+    dirs
+}
+
 impl PipelineBackend {
     /// A backend that resolves `<lora:name>` prompt tags in `lora_dirs`.
     pub fn new(lora_dirs: Vec<PathBuf>) -> Self {
@@ -78,6 +96,12 @@ impl PipelineBackend {
             lora_dirs,
             ..Default::default()
         }
+    }
+
+    /// Also looks for textual-inversion embeddings in `dirs`.
+    pub fn with_embedding_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.embedding_dirs = dirs;
+        self
     }
 
     /// Panel LoRAs plus the prompt's tags (a tag overrides the panel's strength for its file).
@@ -130,7 +154,8 @@ impl PipelineBackend {
 impl Backend for PipelineBackend {
     fn load_model(&mut self, spec: &ModelSpec) -> Result<ModelInfo> {
         // Build the new model before dropping the old one: a failed load keeps serving.
-        let p = Pipeline::load(spec)?;
+        let mut p = Pipeline::load(spec)?;
+        p.embedding_dirs = embedding_dirs_for(&spec.path, &self.embedding_dirs);
         let info = p.info();
         self.pipeline = Some(p);
         // The new model starts without LoRAs; the panel's set is merged at the next job.

@@ -94,6 +94,11 @@ pub struct GenerateArgs {
     /// of --lora files are searched too.
     #[arg(long = "lora-dir", value_name = "DIR")]
     lora_dirs: Vec<PathBuf>,
+    /// A folder of textual-inversion embeddings (.safetensors) called by file name in the
+    /// prompts. Repeatable; an `embeddings` folder beside the model (or up to two levels
+    /// above it) is searched too.
+    #[arg(long = "embeddings", value_name = "DIR")]
+    embedding_dirs: Vec<PathBuf>,
 }
 
 /// `FILE[:STRENGTH]`: the strength is the part after the last colon when it is a number (so
@@ -150,7 +155,7 @@ fn random_seed() -> u64 {
 /// Checks before any work that `path` (given with `flag`) can be written as a new file: it
 /// does not exist, it has the extension the data needs, and its folder exists and takes a
 /// new file. One line that names the path and the reason.
-fn check_output(path: &Path, flag: &str, extension: &str) -> Result<()> {
+pub(super) fn check_output(path: &Path, flag: &str, extension: &str) -> Result<()> {
     if path.exists() {
         bail!(
             "{} already exists; choose another {flag} (Latent Studio never overwrites files)",
@@ -232,8 +237,14 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
     }
     let mut lora_dirs = g.lora_dirs.clone();
     lora_dirs.extend(crate::assets::embedded_lora_dir());
+    for d in &g.embedding_dirs {
+        if !d.is_dir() {
+            bail!("--embeddings {}: not a folder", d.display());
+        }
+    }
     let config = EngineConfig {
         lora_dirs,
+        embedding_dirs: g.embedding_dirs.clone(),
         ..EngineConfig::default()
     };
     let engine = EngineHandle::spawn(config, || {})?;
@@ -246,6 +257,7 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
         prediction,
         vae_tiling,
         vae: g.vae.clone(),
+        tiny_decoder: None,
     })?;
     let info = loop {
         match engine.recv_timeout(Duration::from_secs(3600)) {

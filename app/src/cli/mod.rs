@@ -3,6 +3,7 @@
 //! dispatch; each subcommand family has its own file (the HTTP server's `serve` will too).
 
 mod bench;
+mod decode;
 mod generate;
 mod info;
 mod prompt;
@@ -45,6 +46,9 @@ enum Cmd {
     },
     /// List the solvers with their order and cost, and the schedules.
     Solvers,
+    /// Decode a latents file (what `generate --latents-out` writes) with the model's VAE,
+    /// another VAE (--vae) or a tiny decoder (--tiny), to compare decoders.
+    Decode(decode::DecodeArgs),
     /// Show how a prompt in A1111's syntax is read: its schedule over the steps and each
     /// text's weighted pieces (--json for scripts).
     Prompt(prompt::PromptArgs),
@@ -83,6 +87,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(Cmd::LoraInfo { path }) => info::lora_info(&path),
         Some(Cmd::Solvers) => info::solvers(),
         Some(Cmd::Prompt(a)) => prompt::prompt(a),
+        Some(Cmd::Decode(a)) => decode::decode(a),
         Some(Cmd::MakeDataset(a)) => train::make_dataset_cmd(a),
         Some(Cmd::Train(a)) => train::train(*a),
         Some(Cmd::TrainLora(a)) => train::train_lora(a),

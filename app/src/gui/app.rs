@@ -126,6 +126,7 @@ impl StudioApp {
         lora_dirs.extend(launch.builtin_loras.clone());
         let config = EngineConfig {
             lora_dirs,
+            embedding_dirs: super::files::embedding_dirs(&settings.model_dirs),
             ..EngineConfig::default()
         };
         let engine = match launch.backend {
@@ -171,7 +172,8 @@ impl StudioApp {
         lora_dirs.extend(self.settings.lora_dirs.iter().cloned());
         lora_dirs.extend(self.builtin_loras.iter().cloned());
         self.session.found_loras = super::files::scan_loras(&lora_dirs);
-        self.session.found_vaes = super::files::scan_vaes(&self.settings.model_dirs);
+        self.session.found_vaes = super::files::scan_vaes(&self.settings.model_dirs, &["VAE", "vae"]);
+        self.session.found_tiny_decoders = super::files::scan_vaes(&self.settings.model_dirs, &["VAE-approx", "vae_approx"]);
     }
 
     /// Lists the shipped LoRAs (the demo `outline`) in the panel, disabled, when they are not
@@ -214,6 +216,7 @@ impl StudioApp {
                 latent_engine::VaeTiling::Off
             },
             vae: self.settings.vae.clone(),
+            tiny_decoder: self.settings.tiny_decoder.clone(),
             ..ModelSpec::new(path)
         };
         match self.engine.load_model(spec) {

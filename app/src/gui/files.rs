@@ -149,16 +149,26 @@ pub fn scan_loras(dirs: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// VAE files in the `VAE` (A1111's `models/VAE`) or `vae` (ComfyUI's `models/vae`) folders
-/// of the model folders.
-pub fn scan_vaes(dirs: &[PathBuf]) -> Vec<PathBuf> {
+/// Safetensors files in the `subdirs` of the model folders: VAE files (`VAE`, `vae`: A1111's
+/// `models/VAE`, ComfyUI's `models/vae`) or tiny decoders (`VAE-approx`, `vae_approx`).
+pub fn scan_vaes(dirs: &[PathBuf], subdirs: &[&str]) -> Vec<PathBuf> {
     let mut out = vec![];
     for d in dirs {
-        for c in candidates(d, &["VAE", "vae"]).into_iter().skip(1) {
+        for c in candidates(d, subdirs).into_iter().skip(1) {
             walk(&c, 1, &mut out, &|p| p.is_file() && classify(p) != FileKind::Lora);
         }
     }
     out
+}
+
+/// The `embeddings` folders of the model folders (A1111's `embeddings/`, ComfyUI's
+/// `models/embeddings`); the engine also looks beside each checkpoint it loads.
+pub fn embedding_dirs(model_dirs: &[PathBuf]) -> Vec<PathBuf> {
+    model_dirs
+        .iter()
+        .flat_map(|d| [d.join("embeddings"), d.join("models").join("embeddings")])
+        .filter(|d| d.is_dir())
+        .collect()
 }
 
 /// Work for the file thread.

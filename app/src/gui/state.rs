@@ -203,6 +203,8 @@ pub struct Settings {
     pub vae_auto_tiling: bool,
     /// A VAE file to decode with instead of the checkpoint's own.
     pub vae: Option<PathBuf>,
+    /// A tiny decoder (TAESD) for the step previews.
+    pub tiny_decoder: Option<PathBuf>,
     pub params: Params,
     pub loras: Vec<LoraEntry>,
     /// Regenerate when a slider moves.
@@ -232,6 +234,7 @@ impl Default for Settings {
             dtype: DType::F32,
             vae_auto_tiling: true,
             vae: None,
+            tiny_decoder: None,
             params: Params::default(),
             loras: vec![],
             live: false,
@@ -515,6 +518,8 @@ pub struct Session {
     pub found_loras: Vec<PathBuf>,
     /// VAE files in the model folders' `VAE`/`vae` folders.
     pub found_vaes: Vec<PathBuf>,
+    /// Tiny decoders in the model folders' `VAE-approx`/`vae_approx` folders.
+    pub found_tiny_decoders: Vec<PathBuf>,
     /// The last finished image (for the clipboard).
     pub last_image: Option<Arc<ImageRgb8>>,
     /// LoRA name -> "applied/total layers" from the engine's last report.

@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub mod architecture;
 pub mod convert;
+pub mod embedding;
 
 use crate::error::{EngineError, Result};
 use crate::nets::weights::{Layout, TextFlavor, Weights};
@@ -201,6 +202,24 @@ fn load_view(view: &safetensors::tensor::TensorView<'_>, transform: Transform, d
     Ok(Some(t.to_device(device)?))
 }
 
+/// A1111's short model hash: the first 10 hex digits of the file's SHA-256.
+pub fn short_hash(path: &Path) -> Option<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let d = h.finalize();
+    Some(d.iter().take(5).map(|b| format!("{b:02x}")).collect())
+}
+
 /// Loads a single file or a diffusers folder into canonical names.
 pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Weights> {
     load_with(path, dtype, device, Read::Tensors)
@@ -326,6 +345,65 @@ fn read_renamed(
         }
     }
     Ok(())
+}
+
+/// Loads a tiny decoder (TAESD family: `taesd`, `taesdxl`, ...) into the names `taesd.N.*`,
+/// N counting the decoder's layers from its first convolution (diffusers' `DecoderTiny`
+/// numbering): a diffusers `AutoencoderTiny` folder (or pipeline folder with one in
+/// `vae/`), or a single file in diffusers' names (`decoder.layers.N`) or madebyollin/taesd's
+/// (`N.*`, `decoder.N.*`: index 0 is the clamp).
+pub fn load_tiny_decoder(path: &Path, dtype: DType, device: &Device) -> Result<Weights> {
+    let not_tiny = |why: &str| EngineError::UnknownArchitecture(format!("{} is not a tiny decoder (TAESD): {why}", path.display()));
+    let files = if path.is_dir() {
+        let dir = if path.join("vae").join("config.json").is_file() {
+            path.join("vae")
+        } else {
+            path.to_path_buf()
+        };
+        component_files(&dir)?
+    } else if path.exists() {
+        vec![path.to_path_buf()]
+    } else {
+        return Err(EngineError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+        });
+    };
+    let mut w = empty(Layout::SingleFile);
+    for f in files {
+        let file = SafetensorsFile::open(&f)?;
+        let st = file.parse()?;
+        let mut found: Vec<(String, usize, String)> = vec![];
+        for n in st.names() {
+            let rest = n
+                .strip_prefix("decoder.layers.")
+                .or_else(|| n.strip_prefix("decoder."))
+                .or_else(|| (!n.starts_with("encoder.")).then_some(n));
+            if let Some((idx, tail)) = rest.and_then(|r| r.split_once('.'))
+                && let Ok(i) = idx.parse::<usize>()
+            {
+                found.push((n.to_string(), i, tail.to_string()));
+            }
+        }
+        let Some(first) = found.iter().map(|f| f.1).min() else { continue };
+        let renamed = found
+            .into_iter()
+            .map(|(src, i, tail)| {
+                (
+                    src,
+                    Renamed {
+                        name: format!("taesd.{}.{tail}", i - first),
+                        transform: Transform::None,
+                    },
+                )
+            })
+            .collect();
+        read_renamed(&file, &st, renamed, &mut w, dtype, device, Read::Tensors)?;
+    }
+    if !w.has("taesd.0.weight") {
+        return Err(not_tiny("no decoder layers (decoder.layers.N.* or N.*)"));
+    }
+    Ok(w)
 }
 
 /// Loads a VAE on its own, into the canonical `vae.*` names: an A1111-style single file (bare

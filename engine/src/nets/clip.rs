@@ -80,6 +80,12 @@ impl ClipText {
     /// Encodes `ids` (`[batch][tokens]`); returns the requested hidden state `[b, t, hidden]`
     /// and, if asked, the pooled projection `[b, proj]` taken at each row's first end token.
     pub fn forward(&self, ids: &[Vec<u32>], req: TextRequest) -> Result<(Tensor, Option<Tensor>)> {
+        self.forward_with(ids, &[], req)
+    }
+
+    /// [`Self::forward`] with input vectors put in place of token embeddings: each fix
+    /// `(row, position, vectors [n, hidden])` (textual-inversion embeddings).
+    pub fn forward_with(&self, ids: &[Vec<u32>], fixes: &[(usize, usize, Tensor)], req: TextRequest) -> Result<(Tensor, Option<Tensor>)> {
         let device = self.token_embedding.device().clone();
         let b = ids.len();
         let t = ids.first().map_or(0, Vec::len);
@@ -97,7 +103,35 @@ impl ClipText {
         }
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let ids_t = Tensor::from_vec(flat, (b * t,), &device)?;
-        let x = self.token_embedding.index_select(&ids_t, 0)?.reshape((b, t, self.config.hidden))?;
+        let mut x = self.token_embedding.index_select(&ids_t, 0)?.reshape((b, t, self.config.hidden))?;
+        if !fixes.is_empty() {
+            let mut rows = Vec::with_capacity(b);
+            for r in 0..b {
+                let mut row = x.get(r)?;
+                for (_, pos, v) in fixes.iter().filter(|f| f.0 == r) {
+                    if *pos >= t || v.dim(1)? != self.config.hidden {
+                        return Err(EngineError::InvalidRequest(format!(
+                            "an embedding of width {} at position {pos} does not fit this encoder (width {}, {t} positions)",
+                            v.dim(1)?,
+                            self.config.hidden
+                        )));
+                    }
+                    let n = v.dim(0)?.min(t - pos);
+                    let v = v.narrow(0, 0, n)?.to_dtype(row.dtype())?.to_device(row.device())?;
+                    let mut parts = vec![];
+                    if *pos > 0 {
+                        parts.push(row.narrow(0, 0, *pos)?);
+                    }
+                    parts.push(v);
+                    if pos + n < t {
+                        parts.push(row.narrow(0, pos + n, t - pos - n)?);
+                    }
+                    row = Tensor::cat(&parts, 0)?;
+                }
+                rows.push(row);
+            }
+            x = Tensor::stack(&rows, 0)?;
+        }
         let mut x = x.broadcast_add(&self.position_embedding.i(0..t)?)?;
         let total = self.layers.len();
         let keep = total + 1 - req.layer_from_end.clamp(1, total + 1);

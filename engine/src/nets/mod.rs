@@ -7,6 +7,7 @@ pub mod clip;
 pub mod config;
 pub mod layers;
 pub mod shapes;
+pub mod taesd;
 pub mod tome;
 pub mod unet;
 pub mod vae;

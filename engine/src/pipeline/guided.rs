@@ -166,7 +166,7 @@ impl Denoise for Guided<'_> {
         self.hooks.progress(self.step, self.total, dt);
         if self.hooks.wants_preview(self.step) {
             let p0 = Instant::now();
-            let img = self.pipe.preview.project(x0)?;
+            let img = self.pipe.preview_image(x0)?;
             self.hooks.preview(self.step, img);
             self.preview_time += p0.elapsed();
         }

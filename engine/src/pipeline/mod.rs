@@ -145,6 +145,12 @@ pub struct Pipeline {
     preview: LatentRgb,
     /// Whether the VAE decodes big images in tiles (default: when memory would not fit).
     pub vae_tiling: VaeTiling,
+    /// The tiny decoder the previews use, when one is loaded (else the latent projection).
+    pub tiny: Option<crate::nets::taesd::TinyDecoder>,
+    /// Folders searched for textual-inversion embeddings named in prompts.
+    pub embedding_dirs: Vec<PathBuf>,
+    /// Embedding files read so far (by path).
+    embedding_cache: std::sync::Mutex<std::collections::HashMap<PathBuf, crate::checkpoint::embedding::Embedding>>,
 }
 
 /// Memory one VAE decode may use: half of what the system has available now (Linux's
@@ -158,24 +164,6 @@ pub fn decode_budget() -> u64 {
         })
         .map(|kib| kib * 1024 / 2)
         .unwrap_or(4 << 30)
-}
-
-/// A1111's short model hash: the first 10 hex digits of the file's SHA-256.
-fn file_hash(path: &Path) -> Option<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    let d = h.finalize();
-    Some(d.iter().take(5).map(|b| format!("{b:02x}")).collect())
 }
 
 /// Puts the VAE of `path` in place of the checkpoint's: its tensors replace every `vae.*`
@@ -235,15 +223,22 @@ impl Pipeline {
             Some(v) => {
                 replace_vae(&mut w, &mut cfg, v, candle_dtype(spec.dtype), &device)?;
                 let file = v.file_name().and_then(|n| n.to_str()).unwrap_or("vae").to_string();
-                Some((file, if v.is_file() { file_hash(v) } else { None }))
+                Some((file, if v.is_file() { checkpoint::short_hash(v) } else { None }))
             }
             None => None,
         };
-        let hash = if spec.path.is_file() { file_hash(&spec.path) } else { None };
+        let hash = if spec.path.is_file() {
+            checkpoint::short_hash(&spec.path)
+        } else {
+            None
+        };
         let mut pipe = Self::from_weights(w, cfg, &name, spec.dtype, device)?;
         pipe.path = spec.path.clone();
         pipe.hash = hash;
         pipe.vae_override = vae_override;
+        if let Some(t) = &spec.tiny_decoder {
+            pipe.tiny = Some(pipe.load_tiny(t)?);
+        }
         pipe.vae_tiling = spec.vae_tiling;
         Ok(pipe)
     }
@@ -285,6 +280,9 @@ impl Pipeline {
             schedule,
             preview,
             vae_tiling: VaeTiling::Auto,
+            tiny: None,
+            embedding_dirs: vec![],
+            embedding_cache: Default::default(),
         })
     }
 
@@ -391,6 +389,48 @@ impl Pipeline {
 impl Pipeline {
     /// Final latents (`[1, c, h, w]`, unscaled) -> checked values and the decoded image:
     /// the one VAE path every task ends with.
+    /// Reads a tiny decoder (TAESD family) for this model's latents.
+    pub fn load_tiny(&self, path: &Path) -> Result<crate::nets::taesd::TinyDecoder> {
+        let w = checkpoint::load_tiny_decoder(path, CDType::F32, &self.device)?;
+        let t = crate::nets::taesd::TinyDecoder::new(&w)?;
+        if t.latent_channels != self.config.vae.latent_channels {
+            return Err(EngineError::InvalidRequest(format!(
+                "tiny decoder {} takes {} latent channels, the model has {}: it is for another family",
+                path.display(),
+                t.latent_channels,
+                self.config.vae.latent_channels
+            )));
+        }
+        Ok(t)
+    }
+
+    /// The preview of a clean estimate `x0` (UNet latents): the tiny decoder's image when
+    /// one is loaded, else the latent projection at latent resolution.
+    pub fn preview_image(&self, x0: &Tensor) -> Result<ImageRgb8> {
+        match &self.tiny {
+            Some(t) => to_image(&t.decode(&x0.narrow(0, 0, 1)?.to_dtype(CDType::F32)?)?),
+            None => self.preview.project(x0),
+        }
+    }
+
+    /// Decodes UNet-space latents `[1, c, h, w]` (what `--latents-out` writes) with the VAE,
+    /// or with the tiny decoder when `tiny` is set and one is loaded.
+    pub fn decode_latents(&self, latents: &Tensor, tiny: bool) -> Result<ImageRgb8> {
+        let latents = latents.to_device(&self.device)?.to_dtype(CDType::F32)?;
+        let (_, c, _, _) = latents.dims4()?;
+        if c != self.config.vae.latent_channels {
+            return Err(EngineError::InvalidRequest(format!(
+                "the latents have {c} channels, this model's VAE takes {}",
+                self.config.vae.latent_channels
+            )));
+        }
+        match (&self.tiny, tiny) {
+            (Some(t), true) => to_image(&t.decode(&latents)?),
+            (None, true) => Err(EngineError::InvalidRequest("no tiny decoder is loaded".into())),
+            _ => Ok(self.decode(&latents)?.1),
+        }
+    }
+
     fn decode(&self, latents: &Tensor) -> Result<(Vec<f32>, ImageRgb8)> {
         let flat: Vec<f32> = latents.flatten_all()?.to_vec1()?;
         if flat.iter().any(|v| !v.is_finite()) {

@@ -7,16 +7,18 @@
 //! text is encoded once and counted as often as the schedule lists it.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use candle_core::{DType as CDType, Tensor};
 
 use super::Pipeline;
+use crate::checkpoint::embedding::{self, Embedding};
 use crate::error::Result;
 use crate::nets::clip::TextRequest;
 use crate::nets::config::Family;
 use crate::prompt::{parse_attention, prompt_schedule};
 use crate::protocol::Emphasis;
-use crate::tokenizer::{ClipTokenizer, WINDOW, Window};
+use crate::tokenizer::{ClipTokenizer, EmbeddingLookup, EmbeddingMatch, WINDOW, Window};
 
 /// The UNet's conditioning from one denoiser call to a later one.
 pub(super) struct CondStep {
@@ -32,6 +34,8 @@ pub(super) struct CondStep {
 /// prompt's schedule (one entry for a prompt without editing or alternation).
 pub(super) struct Conditioning {
     steps: Vec<CondStep>,
+    /// Textual-inversion embeddings the prompts used: `(name, short hash)`.
+    pub(super) embeddings: Vec<(String, String)>,
     /// Distinct texts encoded (prompt and negative prompt, per encoder pass).
     texts_encoded: usize,
 }
@@ -51,6 +55,8 @@ pub struct ScheduledConditioning {
     pub entries: Vec<(i64, Tensor, Option<Tensor>)>,
     /// Distinct texts the encoders ran (per encoder).
     pub texts_encoded: usize,
+    /// Textual-inversion embeddings used: `(name, short hash)`.
+    pub embeddings: Vec<(String, String)>,
 }
 
 /// One prompt's schedule, encoded by one encoder: per distinct text its hidden states
@@ -99,6 +105,95 @@ struct Encoding<'a> {
     tok: &'a ClipTokenizer,
     steps: u32,
     emphasis: Emphasis,
+    embeddings: EmbeddingIndex<'a>,
+}
+
+type EmbeddingCache = std::sync::Mutex<HashMap<PathBuf, Embedding>>;
+
+/// The embeddings in the pipeline's folders, by the tokens of their names (longest first),
+/// read when a prompt first uses one.
+struct EmbeddingIndex<'a> {
+    names: Vec<(Vec<u32>, usize)>,
+    files: Vec<(String, PathBuf)>,
+    cache: &'a EmbeddingCache,
+    used: std::cell::RefCell<Vec<usize>>,
+}
+
+impl<'a> EmbeddingIndex<'a> {
+    fn new(dirs: &[PathBuf], tok: &ClipTokenizer, cache: &'a EmbeddingCache) -> Self {
+        let (files, _) = if dirs.is_empty() { (vec![], vec![]) } else { embedding::scan(dirs) };
+        let mut names: Vec<(Vec<u32>, usize)> = files
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (tok.encode(n), i))
+            .filter(|(ids, _)| !ids.is_empty())
+            .collect();
+        names.sort_by_key(|(ids, _)| std::cmp::Reverse(ids.len()));
+        Self {
+            names,
+            files,
+            cache,
+            used: Default::default(),
+        }
+    }
+
+    /// The embedding `id`, read once per pipeline.
+    fn get(&self, id: usize) -> Result<Embedding> {
+        let path = &self.files[id].1;
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| crate::error::EngineError::Other("embedding cache poisoned".into()))?;
+        if let Some(e) = cache.get(path) {
+            return Ok(e.clone());
+        }
+        let e = Embedding::open(path)?;
+        cache.insert(path.clone(), e.clone());
+        Ok(e)
+    }
+
+    /// ComfyUI's `embedding:name` (with or without the file extension) as the bare name A1111
+    /// finds; names no file has are left as written.
+    fn comfy_names(&self, text: &str) -> String {
+        static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+        let re = RE.get_or_init(|| regex::Regex::new(r"embedding:([^\s,()\[\]:|]+)").expect("regex"));
+        re.replace_all(text, |c: &regex::Captures| {
+            let name = &c[1];
+            let stem = name
+                .strip_suffix(".safetensors")
+                .or_else(|| name.strip_suffix(".pt"))
+                .unwrap_or(name);
+            match self.files.iter().find(|(n, _)| n.eq_ignore_ascii_case(stem)) {
+                Some((n, _)) => n.clone(),
+                None => c[0].to_string(),
+            }
+        })
+        .into_owned()
+    }
+
+    fn used(&self) -> Result<Vec<(String, String)>> {
+        let mut ids = self.used.borrow().clone();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().map(|i| self.get(i).map(|e| (e.name, e.hash))).collect()
+    }
+}
+
+impl EmbeddingLookup for EmbeddingIndex<'_> {
+    fn at(&self, tokens: &[u32]) -> Result<Option<EmbeddingMatch>> {
+        for (ids, id) in &self.names {
+            if tokens.starts_with(ids) {
+                let e = self.get(*id)?;
+                self.used.borrow_mut().push(*id);
+                return Ok(Some(EmbeddingMatch {
+                    tokens: ids.len(),
+                    id: *id,
+                    vectors: e.len(),
+                }));
+            }
+        }
+        Ok(None)
+    }
 }
 
 impl Pipeline {
@@ -124,6 +219,7 @@ impl Pipeline {
         Ok(ScheduledConditioning {
             entries: c.steps.into_iter().map(|s| (s.until, s.context, s.pooled)).collect(),
             texts_encoded: c.texts_encoded / self.text.len().max(1),
+            embeddings: c.embeddings,
         })
     }
 
@@ -138,14 +234,17 @@ impl Pipeline {
             steps,
             emphasis,
         } = *input;
+        let tok = ClipTokenizer::shared()?;
         let enc = Encoding {
-            tok: ClipTokenizer::shared()?,
+            tok,
             steps,
             emphasis,
+            embeddings: EmbeddingIndex::new(&self.embedding_dirs, tok, &self.embedding_cache),
         };
         // `<lora:name:w>` tags are resolved by the engine before a job runs; never encode them.
         let (prompt, _) = crate::lora::extract_prompt_tags(prompt);
         let (negative, _) = crate::lora::extract_prompt_tags(negative);
+        let (prompt, negative) = (enc.embeddings.comfy_names(&prompt), enc.embeddings.comfy_names(&negative));
         let sdxl = self.config.family == Family::Sdxl;
         let mut per_encoder: Vec<(EncodedPrompt, Option<EncodedPrompt>, Empty)> = vec![];
         let mut texts_encoded = 0;
@@ -233,7 +332,11 @@ impl Pipeline {
             }
             out.push(CondStep { until: b, context, pooled });
         }
-        Ok(Conditioning { steps: out, texts_encoded })
+        Ok(Conditioning {
+            steps: out,
+            texts_encoded,
+            embeddings: enc.embeddings.used()?,
+        })
     }
 
     /// The empty prompt's window through its encoder, `[77, width]`, encoded the first time
@@ -286,20 +389,26 @@ impl Pipeline {
         }
         let windows: Vec<Vec<Window>> = distinct
             .iter()
-            .map(|(t, _)| enc.tok.weighted_windows(&pieces(t, enc.emphasis), pad))
-            .collect();
+            .map(|(t, _)| enc.tok.weighted_windows_with(&pieces(t, enc.emphasis), pad, &enc.embeddings))
+            .collect::<Result<_>>()?;
         let k = windows.iter().map(Vec::len).max().unwrap_or(1);
         let empty_window = enc.tok.weighted_windows(&[(String::new(), 1.0)], pad).remove(0);
         let mut rows: Vec<Vec<u32>> = vec![];
         let mut weights: Vec<f32> = vec![];
+        let mut fixes: Vec<(usize, usize, Tensor)> = vec![];
         for w in &windows {
             for j in 0..k {
                 let win = w.get(j).unwrap_or(&empty_window);
+                for &(pos, id) in &win.fixes {
+                    let emb = enc.embeddings.get(id)?;
+                    let v = emb.for_encoder(i, self.text.len(), e.config.hidden)?.clone();
+                    fixes.push((rows.len(), pos, v));
+                }
                 rows.push(win.tokens.clone());
                 weights.extend_from_slice(&win.weights);
             }
         }
-        let (hidden, pool) = e.forward(&rows, req)?;
+        let (hidden, pool) = e.forward_with(&rows, &fixes, req)?;
         let hidden = hidden.to_dtype(CDType::F32)?;
         let weighted = weights.iter().any(|w| *w != 1.0);
         let hidden = if weighted {

@@ -61,7 +61,14 @@ impl Pipeline {
                 shape: s.latents.dims().to_vec(),
                 data: flat,
             },
-            metadata: self.parameters(job, s.nfe).to_text(),
+            metadata: {
+                let mut p = self.parameters(job, s.nfe);
+                if !cond.embeddings.is_empty() {
+                    let list: Vec<String> = cond.embeddings.iter().map(|(n, h)| format!("{n}: {h}")).collect();
+                    p.push("TI hashes", list.join(", "));
+                }
+                p.to_text()
+            },
             timings,
         })
     }

@@ -154,3 +154,83 @@ pub fn attention(device: latent_engine::DeviceKind, dtype: latent_engine::DType,
     }
     Ok(())
 }
+
+/// `bench preview`: per-step preview cost, tiny decoder vs latent projection.
+pub fn preview(size: usize, iters: usize) -> Result<()> {
+    use candle_core::Tensor;
+    use latent_engine::nets::taesd::TinyDecoder;
+    use latent_engine::nets::weights::{Layout, Weights};
+    use std::collections::HashMap;
+    use std::time::Instant;
+    let dev = candle_core::Device::Cpu;
+    // TAESD's decoder: conv 4->64, 3 blocks, (up, conv, 3 blocks) x2, up, conv, block, conv 64->3.
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut conv = |name: String, o: usize, i: usize, k: usize, bias: bool| -> Result<()> {
+        let scale = 1.0 / ((i * k * k) as f64).sqrt();
+        tensors.insert(format!("{name}.weight"), (Tensor::randn(0f32, 1f32, (o, i, k, k), &dev)? * scale)?);
+        if bias {
+            tensors.insert(format!("{name}.bias"), Tensor::zeros(o, candle_core::DType::F32, &dev)?);
+        }
+        Ok(())
+    };
+    let mut idx = 0;
+    conv(format!("taesd.{idx}"), 64, 4, 3, true)?;
+    idx += 2;
+    for (blocks, last) in [(3, false), (3, false), (3, false), (1, true)] {
+        for _ in 0..blocks {
+            for j in [0, 2, 4] {
+                conv(format!("taesd.{idx}.conv.{j}"), 64, 64, 3, true)?;
+            }
+            idx += 1;
+        }
+        if last {
+            conv(format!("taesd.{idx}"), 3, 64, 3, true)?;
+        } else {
+            idx += 1;
+            conv(format!("taesd.{idx}"), 64, 64, 3, false)?;
+            idx += 1;
+        }
+    }
+    let w = Weights {
+        shapes: tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect(),
+        tensors,
+        metadata: HashMap::new(),
+        configs: HashMap::new(),
+        unrecognised: vec![],
+        layout: Layout::SingleFile,
+        text_flavors: [None, None],
+        stored_dtypes: Default::default(),
+        bytes: 0,
+    };
+    let tiny = TinyDecoder::new(&w)?;
+    let z = Tensor::randn(0f32, 1f32, (1, 4, size / 8, size / 8), &dev)?;
+    let median = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
+        f()?;
+        let mut t = vec![];
+        for _ in 0..iters {
+            let t0 = Instant::now();
+            f()?;
+            t.push(t0.elapsed().as_secs_f64());
+        }
+        t.sort_by(f64::total_cmp);
+        Ok(t[t.len() / 2])
+    };
+    let t_tiny = median(&|| {
+        tiny.decode(&z)?;
+        Ok(())
+    })?;
+    let t_proj = median(&|| {
+        latent_engine::preview::LatentRgb::SD1.project(&z)?;
+        Ok(())
+    })?;
+    println!(
+        "preview of a {size}x{size} image ({}x{} latents), CPU, median of {iters}",
+        size / 8,
+        size / 8
+    );
+    println!("| preview | output | seconds per step |");
+    println!("|---|---|---|");
+    println!("| latent projection | {}x{} | {t_proj:.5} |", size / 8, size / 8);
+    println!("| tiny decoder (TAESD size) | {size}x{size} | {t_tiny:.4} |");
+    Ok(())
+}

@@ -113,6 +113,14 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         iters: usize,
     },
+    /// Preview cost per step: a TAESD-size tiny decoder (random weights, the real layer
+    /// sizes) against the latent projection, at an image size.
+    Preview {
+        #[arg(long, default_value_t = 512)]
+        size: usize,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+    },
     /// Time to merge, change and remove a LoRA on a random-weight model (no download).
     Lora {
         /// sd15, sd21 or sdxl.
@@ -133,6 +141,7 @@ pub fn run(what: BenchCmd) -> Result<()> {
             micro::attention(device, dtype, iters.max(1))
         }
         BenchCmd::Lora { config, rank } => micro::lora(&config, rank),
+        BenchCmd::Preview { size, iters } => micro::preview(size, iters.max(1)),
         BenchCmd::Solvers {
             config,
             prompts,

@@ -66,44 +66,70 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
     vae_picker(view, ui, current.as_deref());
 }
 
-/// "VAE": the checkpoint's own or a file from the model folders' VAE folders; a change
-/// reloads the model with it (the current model keeps serving until then).
+/// The VAE and preview-decoder pickers; a change reloads the model with the choice (the
+/// current model keeps serving until then).
 fn vae_picker(view: &mut View, ui: &mut egui::Ui, model: Option<&std::path::Path>) {
-    let mut options = view.session.found_vaes.clone();
-    if let Some(v) = &view.settings.vae
-        && !options.contains(v)
-    {
-        options.push(v.clone());
-    }
-    let before = view.settings.vae.clone();
-    ui.horizontal(|ui| {
-        let l = ui.label("VAE");
-        let label = view
-            .settings
-            .vae
-            .as_deref()
-            .map(file_name)
-            .unwrap_or_else(|| "the checkpoint's own".into());
-        egui::ComboBox::from_id_salt("vae-picker")
-            .selected_text(label)
-            .width(150.0)
-            .show_ui(ui, |ui| {
-                ui.selectable_value(&mut view.settings.vae, None, "the checkpoint's own");
-                for p in &options {
-                    ui.selectable_value(&mut view.settings.vae, Some(p.clone()), file_name(p))
-                        .on_hover_text(p.display().to_string());
-                }
-                if options.is_empty() {
-                    ui.weak("VAE files go in a VAE folder of a model folder (models/VAE)");
-                }
-            })
-            .response
-            .labelled_by(l.id)
-            .on_hover_text("Decode with another VAE (A1111's models/VAE, ComfyUI's models/vae)");
-    });
-    if view.settings.vae != before
+    let found = view.session.found_vaes.clone();
+    let vae = file_picker(
+        ui,
+        ("VAE", "vae-picker"),
+        &found,
+        &mut view.settings.vae,
+        "the checkpoint's own",
+        "Decode with another VAE (A1111's models/VAE, ComfyUI's models/vae)",
+    );
+    let found = view.session.found_tiny_decoders.clone();
+    let tiny = file_picker(
+        ui,
+        ("Previews", "preview-picker"),
+        &found,
+        &mut view.settings.tiny_decoder,
+        "latent projection",
+        "Step previews from a tiny decoder (TAESD: A1111's models/VAE-approx, ComfyUI's models/vae_approx): \
+         full-size previews for a few milliseconds a step, instead of the free latent projection",
+    );
+    if (vae || tiny)
         && let Some(m) = model
     {
         view.act(Action::OpenModel(m.to_path_buf()));
     }
+}
+
+/// A labelled combo of `None` (`none_label`) and the files in `found`; true when it changed.
+fn file_picker(
+    ui: &mut egui::Ui,
+    (label, id): (&str, &str),
+    found: &[std::path::PathBuf],
+    value: &mut Option<std::path::PathBuf>,
+    none_label: &str,
+    hover: &str,
+) -> bool {
+    let mut options = found.to_vec();
+    if let Some(v) = value.as_ref()
+        && !options.contains(v)
+    {
+        options.push(v.clone());
+    }
+    let before = value.clone();
+    ui.horizontal(|ui| {
+        let l = ui.label(label);
+        let shown = value.as_deref().map(file_name).unwrap_or_else(|| none_label.into());
+        egui::ComboBox::from_id_salt(id)
+            .selected_text(shown)
+            .width(150.0)
+            .show_ui(ui, |ui| {
+                ui.selectable_value(value, None, none_label);
+                for p in &options {
+                    ui.selectable_value(value, Some(p.clone()), file_name(p))
+                        .on_hover_text(p.display().to_string());
+                }
+                if options.is_empty() {
+                    ui.weak("Files go in a folder of a model folder (models/VAE, models/VAE-approx)");
+                }
+            })
+            .response
+            .labelled_by(l.id)
+            .on_hover_text(hover);
+    });
+    *value != before
 }
