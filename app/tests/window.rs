@@ -970,3 +970,52 @@ fn the_vae_and_preview_pickers_list_their_folders_and_reload_with_the_choice() {
     assert_eq!(load.tiny_decoder, Some(approx.join("taesd_decoder.safetensors")));
     assert_eq!(load.vae, Some(vae_dir.join("tiny-vae.safetensors")));
 }
+
+#[test]
+fn restoring_an_image_picks_its_vae_by_hash() {
+    let root = temp_dir("vae-restore-root");
+    let vae_dir = root.join("models/VAE");
+    std::fs::create_dir_all(&vae_dir).expect("dir");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/vae/tiny-vae.safetensors");
+    let mine = vae_dir.join("my-copy.safetensors");
+    std::fs::copy(&fixture, &mine).expect("copy");
+    let hash = latent_engine::checkpoint::short_hash(&mine).expect("hash");
+    let mut settings = settings();
+    settings.model_dirs = vec![root.clone()];
+    let mut s = studio("vae-restore", settings, Some("/models/fake.safetensors"));
+    s.loaded();
+    // The image names the VAE by another file name: the hash finds the user's copy.
+    let text =
+        format!("a cat\nSteps: 6, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, VAE hash: {hash}, VAE: vae-ft-mse.safetensors");
+    drop_png(&mut s, "with-vae.png", &text);
+    s.until("reloaded with the VAE", |_, log| log.loads.len() >= 2);
+    assert_eq!(s.log.lock().expect("log").loads[1].vae, Some(mine.clone()));
+    assert_eq!(s.harness.state().settings.vae, Some(mine));
+    // An unknown one is said and changes nothing.
+    drop_png(
+        &mut s,
+        "other-vae.png",
+        "a dog\nSteps: 6, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, VAE hash: 0123456789, VAE: nowhere.safetensors",
+    );
+    assert!(said(&s, "nowhere.safetensors"));
+    assert_eq!(s.log.lock().expect("log").loads.len(), 2);
+}
+
+#[test]
+fn embeddings_in_the_model_folders_are_listed_and_added_to_the_prompt() {
+    let root = temp_dir("embeddings-root");
+    let dir = root.join("embeddings");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/embeddings/tinystyle.safetensors");
+    std::fs::copy(&fixture, dir.join("tinystyle.safetensors")).expect("copy");
+    let mut settings = settings();
+    settings.model_dirs = vec![root.clone()];
+    let mut s = studio("embeddings", settings, Some("/models/fake.safetensors"));
+    s.loaded();
+    s.type_prompt("a cat");
+    s.harness.get_by_label("Embeddings (1)").click();
+    s.harness.run_steps(2);
+    s.harness.get_by_label("tinystyle").click();
+    s.harness.step();
+    assert_eq!(s.harness.state().settings.params.prompt, "a cat, tinystyle");
+}

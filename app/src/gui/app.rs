@@ -173,6 +173,8 @@ impl StudioApp {
         lora_dirs.extend(self.builtin_loras.iter().cloned());
         self.session.found_loras = super::files::scan_loras(&lora_dirs);
         self.session.found_vaes = super::files::scan_vaes(&self.settings.model_dirs, &["VAE", "vae"]);
+        let (embeddings, _) = latent_engine::checkpoint::embedding::scan(&super::files::embedding_dirs(&self.settings.model_dirs));
+        self.session.found_embeddings = embeddings.into_iter().map(|(name, _)| name).collect();
         self.session.found_tiny_decoders = super::files::scan_vaes(&self.settings.model_dirs, &["VAE-approx", "vae_approx"]);
     }
 
@@ -317,6 +319,9 @@ impl StudioApp {
             self.settings.params.prompt = p.prompt.clone();
             self.settings.params.negative = p.negative.clone();
         }
+        if whole {
+            self.restore_vae(&p);
+        }
         let before = self.settings.loras.clone();
         let missing = super::state::panel_from_image(&p, &mut self.settings.loras, &self.session.found_loras);
         if self.settings.loras != before {
@@ -343,6 +348,48 @@ impl StudioApp {
             );
         }
         true
+    }
+
+    /// Picks the VAE an image names (`VAE hash`, else `VAE`: A1111's keys) among the VAE
+    /// folders' files and reloads the model with it; one it cannot find is said. Hashes are
+    /// computed once per file, only when an image asks.
+    fn restore_vae(&mut self, p: &Parameters) {
+        let (name, hash) = (p.get("VAE").map(str::trim), p.get("VAE hash").map(str::trim));
+        if name.is_none() && hash.is_none() {
+            return;
+        }
+        let mut order = self.session.found_vaes.clone();
+        order.sort_by_key(|f| Some(file_name(f).as_str()) != name);
+        let pick = match hash {
+            Some(h) => order.into_iter().find(|f| {
+                let known = self.session.vae_hashes.get(f).cloned();
+                let fh = known.or_else(|| latent_engine::checkpoint::short_hash(f)).unwrap_or_default();
+                self.session.vae_hashes.insert(f.clone(), fh.clone());
+                fh.eq_ignore_ascii_case(h)
+            }),
+            None => order.into_iter().find(|f| Some(file_name(f).as_str()) == name),
+        };
+        match pick {
+            Some(v) => {
+                if self.settings.vae.as_ref() != Some(&v) {
+                    self.settings.vae = Some(v);
+                    let current = match &self.session.model {
+                        ModelState::Loaded { path, .. } | ModelState::Loading { path, .. } => Some(path.clone()),
+                        ModelState::None => None,
+                    };
+                    if let Some(m) = current {
+                        self.open_model(&m);
+                    }
+                }
+            }
+            None => self.session.say(
+                Level::Warning,
+                format!(
+                    "This image was decoded with VAE {} not found in your VAE folders; the current VAE is kept.",
+                    name.or(hash).unwrap_or("?")
+                ),
+            ),
+        }
     }
 
     /// Opens whatever was dropped or chosen: model, LoRA or PNG.

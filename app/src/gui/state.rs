@@ -520,6 +520,10 @@ pub struct Session {
     pub found_vaes: Vec<PathBuf>,
     /// Tiny decoders in the model folders' `VAE-approx`/`vae_approx` folders.
     pub found_tiny_decoders: Vec<PathBuf>,
+    /// Textual-inversion embeddings in the model folders' `embeddings` folders (names).
+    pub found_embeddings: Vec<String>,
+    /// Short hashes of VAE files computed so far (restoring an image by `VAE hash`).
+    pub vae_hashes: HashMap<PathBuf, String>,
     /// The last finished image (for the clipboard).
     pub last_image: Option<Arc<ImageRgb8>>,
     /// LoRA name -> "applied/total layers" from the engine's last report.

@@ -67,6 +67,7 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
     {
         view.act(Action::PushLoras);
     }
+    embedding_list(view, ui);
     let label = ui.label("Negative prompt");
     let negative_id = egui::Id::unique(NEGATIVE_ID);
     weight_keys(ui, negative_id, &mut view.settings.params.negative);
@@ -96,4 +97,32 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
     });
     ui.checkbox(&mut view.settings.live, "Live: regenerate when a setting changes")
         .on_hover_text("The running job is cancelled and a new one starts once the sliders rest");
+}
+
+/// The embeddings found in the model folders: a click adds the name to the prompt (A1111
+/// calls an embedding by its file name).
+fn embedding_list(view: &mut View, ui: &mut egui::Ui) {
+    if view.session.found_embeddings.is_empty() {
+        return;
+    }
+    let names = view.session.found_embeddings.clone();
+    egui::CollapsingHeader::new(format!("Embeddings ({})", names.len()))
+        .id_salt("embeddings")
+        .show(ui, |ui| {
+            ui.horizontal_wrapped(|ui| {
+                for n in &names {
+                    if ui
+                        .small_button(n)
+                        .on_hover_text("Add to the prompt (ComfyUI's embedding:name works too)")
+                        .clicked()
+                    {
+                        let p = &mut view.settings.params.prompt;
+                        if !p.trim().is_empty() && !p.trim_end().ends_with(',') {
+                            p.push_str(", ");
+                        }
+                        p.push_str(n);
+                    }
+                }
+            });
+        });
 }
