@@ -122,3 +122,31 @@ fn weights_and_edits_change_the_image_and_the_metadata() {
     let p = latent_engine::metadata::Parameters::parse(&literal.metadata).expect("parse");
     assert_eq!(p.to_request(&tiny_request("euler", 6, 3.0, 7)).emphasis, Emphasis::None);
 }
+
+/// SDXL: weights act on both encoders' halves of the context, and an edit changes the pooled
+/// embedding too (each scheduled text has its own).
+#[test]
+fn sdxl_weights_and_edits_reach_both_encoders_and_the_pooled_output() {
+    let pipe = Pipeline::load(&ModelSpec::new(fixture("sdxl/sdxl-tiny.safetensors"))).expect("load");
+    let input = |prompt| TextInput {
+        prompt,
+        negative: "",
+        clip_skip: 1,
+        with_uncond: false,
+        steps: 10,
+        emphasis: Emphasis::NoNorm,
+    };
+    let plain = pipe.scheduled_conditioning(&input("a b")).expect("encode");
+    let weighted = pipe.scheduled_conditioning(&input("(a:1.5) b")).expect("encode");
+    let (p, w) = (&plain.entries[0].1, &weighted.entries[0].1);
+    let width = p.dim(2).expect("width");
+    let first = pipe.text_widths()[0];
+    for (from, len) in [(0, first), (first, width - first)] {
+        let d = rel_l2(&w.narrow(2, from, len).expect("half"), &p.narrow(2, from, len).expect("half"));
+        assert!(d > 1e-3, "encoder half at {from}: {d:.2e}");
+    }
+    let edited = pipe.scheduled_conditioning(&input("[a:b:3] c")).expect("encode");
+    assert_eq!(edited.entries.len(), 2);
+    let pooled = |i: usize| edited.entries[i].2.clone().expect("pooled");
+    assert!(rel_l2(&pooled(0), &pooled(1)) > 1e-3, "each text has its own pooled embedding");
+}

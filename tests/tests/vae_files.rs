@@ -24,7 +24,14 @@ fn every_vae_layout_decodes_as_diffusers() {
         rel_l2(&own_image, &r["image"]) > 0.1,
         "the fixture VAE must differ from the model's own"
     );
-    for layout in ["vae/tiny-vae.safetensors", "vae/tiny-vae-fs.safetensors", "vae/diffusers"] {
+    // A1111's bare LDM names, the first_stage_model. prefix, a diffusers folder, and a
+    // diffusers-named single file (how the SDXL fp16-fix VAE ships).
+    for layout in [
+        "vae/tiny-vae.safetensors",
+        "vae/tiny-vae-fs.safetensors",
+        "vae/diffusers",
+        "vae/diffusers/diffusion_pytorch_model.safetensors",
+    ] {
         let pipe = with_vae(layout).unwrap_or_else(|e| panic!("{layout}: {e}"));
         let image = pipe.vae().decode(&z).expect("decode");
         let e = rel_l2(&image, &r["image"]);

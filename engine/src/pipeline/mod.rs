@@ -292,6 +292,11 @@ impl Pipeline {
     }
 
     /// Summary for the window and the CLI.
+    /// Hidden width of each text encoder (SDXL's context joins them in this order).
+    pub fn text_widths(&self) -> Vec<usize> {
+        self.text.iter().map(|t| t.config.hidden).collect()
+    }
+
     pub fn info(&self) -> ModelInfo {
         let c = &self.config;
         let pred = match c.prediction {
