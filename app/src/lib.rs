@@ -6,3 +6,4 @@ pub mod assets;
 pub mod cli;
 pub mod gui;
 pub mod png;
+pub mod resize;

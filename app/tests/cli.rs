@@ -692,3 +692,43 @@ fn decode_writes_the_latents_with_each_decoder() {
 fn scratch_existing(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("latent-cli-{}", std::process::id())).join(name)
 }
+
+#[test]
+fn generate_from_an_init_image_takes_its_size_and_writes_the_strength() {
+    let out = scratch("img2img.png");
+    let init = fixture("img2img/init.png");
+    let init = init.to_str().expect("utf-8 path");
+    let run = generate(
+        &fixture("sd1/sd1-tiny.safetensors"),
+        &["--init-image", init, "--strength", "0.5"],
+        &out,
+    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = latent_engine::image_io::read_png_parameters(&out)
+        .expect("reads")
+        .expect("has parameters");
+    assert!(text.contains("Denoising strength: 0.5") && text.contains("Size: 64x64"), "{text}");
+    // Another size: fitted by the resize mode.
+    let out2 = scratch("img2img-crop.png");
+    let run = generate(
+        &fixture("sd1/sd1-tiny.safetensors"),
+        &["--init-image", init, "--width", "96", "--height", "64", "--resize-mode", "crop"],
+        &out2,
+    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(image::open(&out2).expect("png").width(), 96);
+    let bad = generate(
+        &fixture("sd1/sd1-tiny.safetensors"),
+        &["--init-image", init, "--strength", "2"],
+        &scratch("img2img-bad.png"),
+    );
+    assert_clean_failure(&bad, "strength");
+    let broken = scratch("broken.png");
+    std::fs::write(&broken, b"not a png").expect("write");
+    let bad = generate(
+        &fixture("sd1/sd1-tiny.safetensors"),
+        &["--init-image", broken.to_str().expect("utf-8")],
+        &scratch("img2img-broken.png"),
+    );
+    assert_clean_failure(&bad, "init image");
+}

@@ -55,6 +55,38 @@ pub fn read_png_parameters(path: &Path) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// Reads a PNG as 8-bit RGB (grey, palette and 16-bit images converted; alpha dropped).
+/// A damaged or foreign file is one clear error naming it.
+pub fn read_png_rgb(path: &Path) -> Result<ImageRgb8> {
+    let bad = |why: String| crate::error::EngineError::InvalidRequest(format!("cannot read {} as a PNG image: {why}", path.display()));
+    let file = std::fs::File::open(path).map_err(|source| crate::error::EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(|e| bad(e.to_string()))?;
+    let mut buf = vec![0; reader.output_buffer_size().ok_or_else(|| bad("too large".into()))?];
+    let info = reader.next_frame(&mut buf).map_err(|e| bad(e.to_string()))?;
+    buf.truncate(info.buffer_size());
+    let channels = match info.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        png::ColorType::Grayscale => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Indexed => return Err(bad("palette not expanded".into())),
+    };
+    let pixels = buf
+        .chunks_exact(channels)
+        .flat_map(|px| if channels >= 3 { [px[0], px[1], px[2]] } else { [px[0]; 3] })
+        .collect();
+    Ok(ImageRgb8 {
+        width: info.width,
+        height: info.height,
+        pixels,
+    })
+}
+
 /// Writes `bytes` to `dest` atomically without ever replacing an existing file: the data goes
 /// to a temporary file in the same folder, which is then hard-linked into place (fails if
 /// `dest` exists) or, where links are unsupported, renamed after a final existence check.

@@ -133,6 +133,9 @@ impl Parameters {
         r.feature_cache = num("Feature cache").filter(|v| *v >= 1.0).map_or(1, |v| v as u32);
         r.token_merge = num("Token merging ratio").filter(|v| v.is_finite() && *v >= 0.0).unwrap_or(0.0);
         // A1111 writes `Emphasis` only when it is not the default "Original".
+        if let Some(v) = num("Denoising strength").filter(|v| (0.0..=1.0).contains(v)) {
+            r.strength = v;
+        }
         r.emphasis = self.get("Emphasis").and_then(crate::protocol::Emphasis::parse).unwrap_or_default();
         r.eta = num("Eta");
         let (solver, schedule) = self.sampler();

@@ -177,6 +177,19 @@ pub struct GenerateRequest {
     /// How `(word:1.2)` weights act on the text encoding (A1111's "Emphasis" setting).
     #[serde(default)]
     pub emphasis: Emphasis,
+    /// Image to image: the picture to start from, at the request's size (the CLI and the
+    /// window resize it first). None = text to image.
+    #[serde(skip)]
+    pub init_image: Option<std::sync::Arc<ImageRgb8>>,
+    /// Image to image: how much of the schedule runs (A1111's "Denoising strength"):
+    /// `int(steps * strength)` steps from the matching noise level, as diffusers'
+    /// `StableDiffusionImg2ImgPipeline`.
+    #[serde(default = "default_strength")]
+    pub strength: f64,
+}
+
+fn default_strength() -> f64 {
+    0.75
 }
 
 /// How prompt weights act on the text encoder's output.
@@ -251,6 +264,8 @@ impl Default for GenerateRequest {
             feature_cache: 1,
             token_merge: 0.0,
             emphasis: Emphasis::Original,
+            init_image: None,
+            strength: default_strength(),
         }
     }
 }

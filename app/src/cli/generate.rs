@@ -99,6 +99,17 @@ pub struct GenerateArgs {
     /// above it) is searched too.
     #[arg(long = "embeddings", value_name = "DIR")]
     embedding_dirs: Vec<PathBuf>,
+    /// Image to image: start from this picture (PNG, JPEG, WebP, ...); without --width and
+    /// --height the request takes its size (rounded down to the model's latent grid).
+    #[arg(long, value_name = "FILE")]
+    init_image: Option<PathBuf>,
+    /// Image to image: denoising strength, 0..1 (how much of the schedule runs; A1111's
+    /// "Denoising strength").
+    #[arg(long, default_value_t = 0.75, allow_negative_numbers = true)]
+    strength: f64,
+    /// Image to image: how an init image of another size is fitted.
+    #[arg(long, value_enum, default_value = "just")]
+    resize_mode: crate::resize::ResizeMode,
 }
 
 /// `FILE[:STRENGTH]`: the strength is the part after the last colon when it is a number (so
@@ -222,6 +233,17 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
     if let Some(o) = &g.latents_out {
         check_output(o, "--latents-out", "safetensors")?;
     }
+    if g.init_image.is_some() && !(g.strength.is_finite() && (0.0..=1.0).contains(&g.strength)) {
+        bail!("--strength must be between 0 and 1, got {}", g.strength);
+    }
+    let init = match &g.init_image {
+        Some(p) => Some(
+            image::open(p)
+                .map_err(|e| anyhow::anyhow!("cannot read the init image {}: {e}", p.display()))?
+                .to_rgb8(),
+        ),
+        None => None,
+    };
     let model = match g.model.clone().or_else(crate::assets::embedded_model) {
         Some(m) => m,
         None => bail!("no --model given, and this build has no embedded model yet"),
@@ -290,11 +312,23 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
         Some(s) if s >= 0 => s as u64,
         _ => random_seed(),
     };
+    // An init image without --width/--height sets the size (down to the latent grid).
+    let grid = 8u32;
+    let (width, height) = match &init {
+        Some(img) => (
+            g.width.unwrap_or((img.width() / grid * grid).max(grid)),
+            g.height.unwrap_or((img.height() / grid * grid).max(grid)),
+        ),
+        None => (g.width.unwrap_or(info.default_size.0), g.height.unwrap_or(info.default_size.1)),
+    };
+    let init_image = init
+        .as_ref()
+        .map(|img| std::sync::Arc::new(crate::resize::fit(img, width, height, g.resize_mode)));
     let request = GenerateRequest {
         prompt: g.prompt.clone(),
         negative: g.negative.clone(),
-        width: g.width.unwrap_or(info.default_size.0),
-        height: g.height.unwrap_or(info.default_size.1),
+        width,
+        height,
         steps: g.steps,
         cfg_scale: g.cfg.unwrap_or(info.default_guidance),
         seed,
@@ -308,6 +342,8 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
         feature_cache: g.feature_cache,
         token_merge: g.token_merge,
         emphasis: g.emphasis,
+        strength: g.strength,
+        init_image,
     };
     let id = engine.generate(request)?;
     let mut stderr = std::io::stderr();

@@ -142,6 +142,7 @@ impl Params {
             feature_cache: self.feature_cache,
             token_merge: self.token_merge,
             emphasis: self.emphasis,
+            ..GenerateRequest::default()
         }
     }
 

@@ -223,7 +223,7 @@ impl Pipeline {
             calls: 0,
             nfe: 0,
             step: 0,
-            total: r.steps,
+            total: super::job::run_steps(r),
             last_step: Instant::now(),
             preview_time: Duration::ZERO,
             cache_every: r.feature_cache,

@@ -97,6 +97,26 @@ impl Pipeline {
                 r.token_merge
             ));
         }
+        if let Some(img) = &r.init_image {
+            if (img.width, img.height) != (r.width, r.height) {
+                return bad(format!(
+                    "the init image is {}x{}, the request {}x{}: resize it to the request's size first",
+                    img.width, img.height, r.width, r.height
+                ));
+            }
+            if img.pixels.len() != (img.width * img.height * 3) as usize {
+                return bad("the init image is damaged (its pixels do not fill its size)".into());
+            }
+            if !r.strength.is_finite() || !(0.0..=1.0).contains(&r.strength) {
+                return bad(format!("the denoising strength must be between 0 and 1, got {}", r.strength));
+            }
+            if run_steps(r) == 0 {
+                return bad(format!(
+                    "denoising strength {} with {} steps runs no step; raise the strength or the steps",
+                    r.strength, r.steps
+                ));
+            }
+        }
         if r.feature_cache > 1 && !self.unet.caches_deep_features() {
             return bad("this model's UNet has a single level: the feature cache does not apply".into());
         }
@@ -137,6 +157,9 @@ impl Pipeline {
                 p.push("VAE hash", h);
             }
             p.push("VAE", name);
+        }
+        if r.init_image.is_some() {
+            p.push("Denoising strength", crate::metadata::short_number(r.strength));
         }
         if r.clip_skip > 1 {
             p.push("Clip skip", r.clip_skip);
@@ -183,11 +206,20 @@ pub(super) fn uses_cfg(scale: f64) -> bool {
 }
 
 /// Steps (counted from 0) that still run the unconditional pass: `ceil(cfg_until * steps)`.
+/// Steps a request runs: all of them for text to image; for image to image diffusers'
+/// `min(int(steps * strength), steps)`, the last ones of the schedule.
+pub fn run_steps(r: &GenerateRequest) -> u32 {
+    match r.init_image {
+        None => r.steps,
+        Some(_) => ((r.steps as f64 * r.strength) as u32).min(r.steps),
+    }
+}
+
 pub(super) fn guided_steps(r: &GenerateRequest) -> u32 {
     if !uses_cfg(r.cfg_scale) {
         0
     } else {
-        (r.cfg_until * r.steps as f64).ceil() as u32
+        (r.cfg_until * run_steps(r) as f64).ceil() as u32
     }
 }
 
@@ -212,7 +244,7 @@ pub fn request_whole_nfe(request: &GenerateRequest) -> Option<u32> {
     }
     let guided = guided_steps(request);
     Some(
-        (0..request.steps)
+        (0..run_steps(request))
             .filter(|k| k.is_multiple_of(request.feature_cache))
             .map(|k| if k < guided { 2 } else { 1 })
             .sum(),
@@ -221,7 +253,7 @@ pub fn request_whole_nfe(request: &GenerateRequest) -> Option<u32> {
 
 fn nfe_of(solver: &sampling::SolverInfo, request: &GenerateRequest) -> u32 {
     let guided = guided_steps(request);
-    (0..request.steps)
+    (0..run_steps(request))
         .map(|k| {
             let evals = sampling::evaluations(solver, k + 1) - sampling::evaluations(solver, k);
             evals * if k < guided { 2 } else { 1 }

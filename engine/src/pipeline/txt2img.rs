@@ -1,4 +1,5 @@
-//! Text to image: pure noise at the schedule's first sigma, sampled to the end, decoded.
+//! Text to image (pure noise at the schedule's first sigma) and image to image (the init
+//! image's latents noised to the sigma its strength starts at), sampled to the end, decoded.
 
 use std::time::Instant;
 
@@ -6,11 +7,15 @@ use candle_core::Tensor;
 
 use super::job::uses_cfg;
 use super::{Hooks, Job, Output, Pipeline};
+use crate::error::EngineError;
 use crate::error::Result;
 use crate::nets::config::Family;
-use crate::protocol::{LatentsOut, Timings};
+use crate::nets::vae::VaeEncoder;
+use crate::protocol::{ImageRgb8, LatentsOut, Timings};
 use crate::rng::TorchRng;
 use crate::sampling;
+use crate::sampling::schedule::RunSchedule;
+use candle_core::DType;
 
 impl Pipeline {
     /// Runs one job to the end (or to cancellation / failure).
@@ -31,12 +36,17 @@ impl Pipeline {
 
         let steps = r.steps as usize;
         let run = sampling::run_schedule(job.solver, job.schedule, &self.schedule, steps, self.config.family == Family::Sdxl);
-        let (h, w) = job.latent_size;
-        let c = self.config.unet.in_channels;
         let mut rng = TorchRng::new(r.seed);
-        let noise = rng.randn_f32(c * h * w);
-        let noise = Tensor::from_vec(noise, (1, c, h, w), &self.device)?;
-        let x = (noise * run.init_noise_sigma)?;
+        let (x, run) = match &r.init_image {
+            None => {
+                let (h, w) = job.latent_size;
+                let c = self.config.unet.in_channels;
+                let noise = rng.randn_f32(c * h * w);
+                let noise = Tensor::from_vec(noise, (1, c, h, w), &self.device)?;
+                ((noise * run.init_noise_sigma)?, run)
+            }
+            Some(image) => self.img2img_start(job, image, run, &mut rng)?,
+        };
 
         let t_loop = Instant::now();
         let s = self.sample(job, &cond, &run, x, &mut rng, hooks)?;
@@ -71,5 +81,43 @@ impl Pipeline {
             },
             timings,
         })
+    }
+}
+
+impl Pipeline {
+    /// Image to image as diffusers' `StableDiffusionImg2ImgPipeline`: the last
+    /// `int(steps * strength)` steps of the schedule; the init image encoded and its latent
+    /// posterior sampled with the seed's generator, then the noise drawn from the same
+    /// generator and added at the first of those steps (`x = latents + sigma * noise`).
+    fn img2img_start(&self, job: &Job, image: &ImageRgb8, run: RunSchedule, rng: &mut TorchRng) -> Result<(Tensor, RunSchedule)> {
+        let r = &job.request;
+        let total = r.steps as usize;
+        let t_start = total - super::job::run_steps(r) as usize;
+        let encoder = VaeEncoder::new(&self.base, &self.config.vae).map_err(|e| {
+            EngineError::InvalidRequest(format!("this model's VAE has no usable encoder, which image to image needs ({e})"))
+        })?;
+        let (w, h) = (image.width as usize, image.height as usize);
+        let mut planar = vec![0f32; 3 * w * h];
+        for (i, px) in image.pixels.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                planar[c * w * h + i] = f32::from(px[c]) / 255.0 * 2.0 - 1.0;
+            }
+        }
+        let dtype = self.base.get("vae.encoder.conv_in.weight")?.dtype();
+        let pixels = Tensor::from_vec(planar, (1, 3, h, w), &self.device)?.to_dtype(dtype)?;
+        let (mean, logvar) = encoder.encode(&pixels)?;
+        let (mean, logvar) = (mean.to_dtype(DType::F32)?, logvar.to_dtype(DType::F32)?.clamp(-30f32, 20f32)?);
+        let n = mean.elem_count();
+        let eps = Tensor::from_vec(rng.randn_f32(n), mean.shape(), &self.device)?;
+        let latents = ((mean + (logvar * 0.5)?.exp()?.mul(&eps)?)? * self.config.vae.scaling_factor)?;
+        let noise = Tensor::from_vec(rng.randn_f32(n), latents.shape(), &self.device)?;
+        let sigma = run.sigmas[t_start];
+        let x = (latents + (noise * sigma)?)?;
+        let sliced = RunSchedule {
+            sigmas: run.sigmas[t_start..].to_vec(),
+            timesteps: run.timesteps[t_start..].to_vec(),
+            init_noise_sigma: run.init_noise_sigma,
+        };
+        Ok((x, sliced))
     }
 }

@@ -1,0 +1,88 @@
+//! Image to image against diffusers' `StableDiffusionImg2ImgPipeline` on the tiny SD1 model,
+//! same seed (`tests/fixtures/img2img/make_img2img_fixture.py`): the VAE posterior sample and
+//! then the noise drawn from the seed's generator, the last `int(steps * strength)` steps run;
+//! several solvers and strengths. Bad requests are one clear error.
+
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use latent_engine::pipeline::{Pipeline, Quiet};
+use latent_engine::protocol::{GenerateRequest, ImageRgb8, ModelSpec};
+use latent_tests::{fixture, rel_l2, tiny_request};
+
+fn init_image() -> ImageRgb8 {
+    latent_engine::image_io::read_png_rgb(&fixture("img2img/init.png")).expect("init.png")
+}
+
+fn request(j: &serde_json::Value, solver: &str, steps: u32, strength: f64) -> GenerateRequest {
+    let mut r = tiny_request(
+        solver,
+        steps,
+        j["guidance"].as_f64().expect("guidance"),
+        j["seed"].as_u64().expect("seed"),
+    );
+    assert_eq!(
+        (r.prompt.as_str(), r.negative.as_str()),
+        (j["prompt"].as_str().expect("prompt"), j["negative"].as_str().expect("negative"))
+    );
+    r.init_image = Some(Arc::new(init_image()));
+    r.strength = strength;
+    r
+}
+
+#[test]
+fn img2img_matches_diffusers() {
+    let r = candle_core::safetensors::load(fixture("img2img/reference.safetensors"), &candle_core::Device::Cpu).expect("reference");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("img2img/reference.json")).expect("json")).expect("json");
+    let pipe = Pipeline::load(&ModelSpec::new(fixture("sd1/sd1-tiny.safetensors"))).expect("load");
+    for c in j["cases"].as_array().expect("cases") {
+        let (solver, steps, strength) = (
+            c["solver"].as_str().expect("solver"),
+            c["steps"].as_u64().expect("steps") as u32,
+            c["strength"].as_f64().expect("strength"),
+        );
+        let req = request(&j, solver, steps, strength);
+        let job = pipe.validate(&req).expect("valid");
+        let out = pipe.generate(&job, &mut Quiet).expect("generate");
+        let lat = Tensor::from_vec(out.latents.data.clone(), out.latents.shape.clone(), &candle_core::Device::Cpu).expect("latents");
+        let key = c["key"].as_str().expect("key");
+        let e = rel_l2(&lat, &r[key]);
+        println!("{key}: rel L2 {e:.2e}");
+        assert!(e < 1e-4, "{key}: relative L2 {e:.3e} against diffusers");
+        let run = (steps as f64 * strength) as u32;
+        assert_eq!(out.timings.nfe, pipe.nfe(&job));
+        assert!(
+            out.metadata
+                .contains(&format!("Denoising strength: {}", latent_engine::metadata::short_number(strength))),
+            "{}",
+            out.metadata
+        );
+        assert!(
+            out.timings.nfe <= 2 * run * 2,
+            "{key}: {} evaluations for {run} steps",
+            out.timings.nfe
+        );
+    }
+}
+
+#[test]
+fn bad_img2img_requests_are_clear_errors() {
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("img2img/reference.json")).expect("json")).expect("json");
+    let pipe = Pipeline::load(&ModelSpec::new(fixture("sd1/sd1-tiny.safetensors"))).expect("load");
+    let err = |req: GenerateRequest| pipe.validate(&req).expect_err("must fail").to_string();
+    assert!(err(request(&j, "euler", 10, 1.5)).contains("between 0 and 1"));
+    assert!(err(request(&j, "euler", 10, f64::NAN)).contains("between 0 and 1"));
+    assert!(err(request(&j, "euler", 10, 0.05)).contains("runs no step"));
+    let mut wrong = request(&j, "euler", 10, 0.5);
+    wrong.width = 128;
+    assert!(err(wrong).contains("resize it"));
+    let mut broken = request(&j, "euler", 10, 0.5);
+    broken.init_image = Some(Arc::new(ImageRgb8 {
+        width: 64,
+        height: 64,
+        pixels: vec![0; 10],
+    }));
+    assert!(err(broken).contains("damaged"));
+}
