@@ -1019,3 +1019,42 @@ fn embeddings_in_the_model_folders_are_listed_and_added_to_the_prompt() {
     s.harness.step();
     assert_eq!(s.harness.state().settings.params.prompt, "a cat, tinystyle");
 }
+
+#[test]
+fn image_to_image_from_the_canvas_and_from_a_dropped_picture() {
+    let mut s = studio("img2img", settings(), Some("/models/fake.safetensors"));
+    s.loaded();
+    // Image mode without a picture says what to do and sends nothing.
+    s.harness.get_by_label("Image to image").click();
+    s.harness.step();
+    s.harness.get_by_label("Generate").click();
+    s.harness.step();
+    assert!(said(&s, "needs a picture"));
+    assert!(s.log.lock().expect("log").requests.is_empty());
+    // A text-to-image result sent to img2img.
+    s.harness.get_by_label("Text to image").click();
+    s.type_prompt("a red apple");
+    s.harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    s.until("finished", |a, _| a.session.history.first().is_some_and(|h| h.full.is_some()));
+    s.harness.get_by_label("To img2img").click();
+    s.harness.step();
+    assert_eq!(s.harness.state().settings.params.mode, latent_studio::gui::state::GenMode::Image);
+    s.harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    s.until("the img2img request", |_, log| log.requests.len() >= 2);
+    let r = s.log.lock().expect("log").requests[1].clone();
+    let init = r.init_image.expect("init image sent");
+    assert_eq!((init.width, init.height), (r.width, r.height));
+    assert_eq!(r.strength, 0.75);
+    // In image mode a dropped picture becomes the init picture (settings untouched).
+    s.until("idle", |a, _| !a.session.is_busy());
+    drop_png(
+        &mut s,
+        "green.png",
+        "a green field\nSteps: 30, Sampler: Euler, CFG scale: 5, Seed: 9, Size: 8x8",
+    );
+    let state = s.harness.state();
+    assert_eq!(state.settings.params.prompt, "a red apple");
+    let init = state.session.init.as_ref().expect("init");
+    assert_eq!((init.image.width, init.image.height), (8, 8));
+    assert_eq!(&init.image.pixels[..3], &[0, 200, 0]);
+}

@@ -30,6 +30,10 @@ pub enum Action {
     Rescan,
     /// Apply the theme in the settings.
     ApplyTheme,
+    /// Start image to image from the image on the canvas.
+    ShownToInit,
+    /// Forget the init picture.
+    ClearInit,
     /// The user picked these paths (in a dialog or the path field).
     Picked(Dialog, Vec<PathBuf>),
 }

@@ -266,8 +266,16 @@ impl StudioApp {
         }
         let base = p.seed;
         let mut sent = 0;
+        let init = match self.init_for_request() {
+            Ok(init) => init,
+            Err(why) => {
+                self.session.say(Level::Warning, why);
+                return 0;
+            }
+        };
         for i in 0..self.settings.params.batch.max(1) {
-            let request = self.settings.params.request(base.wrapping_add(u64::from(i)));
+            let mut request = self.settings.params.request(base.wrapping_add(u64::from(i)));
+            request.init_image = init.clone();
             match self.engine.generate(request.clone()) {
                 Ok(id) => {
                     self.session.jobs.push_back(Job {
@@ -291,6 +299,38 @@ impl StudioApp {
         self.session.live_sent = Some(self.settings.params.request(base));
         self.session.live_changed = None;
         sent
+    }
+
+    /// The init picture fitted to the request's size in image mode (None in text mode); an
+    /// image mode without a picture says what to do.
+    fn init_for_request(&self) -> Result<Option<Arc<ImageRgb8>>, String> {
+        let p = &self.settings.params;
+        if p.mode == super::state::GenMode::Text {
+            return Ok(None);
+        }
+        let Some(init) = &self.session.init else {
+            return Err("Image to image needs a picture: open one, drop one here, or use \"To img2img\" under History.".into());
+        };
+        let img = &init.image;
+        let rgb = image::RgbImage::from_raw(img.width, img.height, img.pixels.clone()).ok_or("the init picture is damaged")?;
+        Ok(Some(Arc::new(crate::resize::fit(&rgb, p.width, p.height, p.resize_mode))))
+    }
+
+    /// Takes `image` as image to image's picture and switches to image mode.
+    pub fn set_init(&mut self, image: Arc<ImageRgb8>, name: String) {
+        self.session.init = Some(super::state::InitImage {
+            image,
+            name,
+            texture: None,
+        });
+        self.settings.params.mode = super::state::GenMode::Image;
+    }
+
+    fn open_init(&mut self, path: &Path) {
+        match crate::png::decode_png(path) {
+            Ok((img, _)) => self.set_init(Arc::new(img), file_name(path)),
+            Err(e) => self.session.say(Level::Error, format!("Cannot open the picture: {e}")),
+        }
     }
 
     /// Cancels everything queued and the running job (it stops before its next network
@@ -400,6 +440,7 @@ impl StudioApp {
                 self.open_model(path);
             }
             FileKind::Lora => self.add_lora(path),
+            FileKind::Image if self.settings.params.mode == super::state::GenMode::Image => self.open_init(path),
             FileKind::Image => match latent_engine::image_io::read_png_parameters(path) {
                 Ok(Some(text)) => {
                     if self.restore(&text) {
@@ -486,12 +527,17 @@ impl StudioApp {
             }
             let exts = kind.extensions();
             if !exts.is_empty() {
-                d = d.add_filter(if kind == Dialog::Image { "PNG image" } else { "safetensors" }, exts);
+                let what = match kind {
+                    Dialog::Image => "PNG image",
+                    Dialog::InitImage => "picture",
+                    _ => "safetensors",
+                };
+                d = d.add_filter(what, exts);
             }
             let asked = Instant::now();
             let one = |f: Option<rfd::FileHandle>| f.map(|h| vec![h.path().to_path_buf()]);
             let paths = match kind {
-                Dialog::ModelFile | Dialog::Image => one(pollster::block_on(d.pick_file())),
+                Dialog::ModelFile | Dialog::Image | Dialog::InitImage => one(pollster::block_on(d.pick_file())),
                 Dialog::Lora => pollster::block_on(d.pick_files()).map(|v| v.iter().map(|h| h.path().to_path_buf()).collect()),
                 Dialog::ModelFolder | Dialog::ModelDir | Dialog::LoraDir | Dialog::OutputDir => one(pollster::block_on(d.pick_folder())),
             };
@@ -515,7 +561,7 @@ impl StudioApp {
     /// Where dialog `kind` starts.
     fn dialog_start(&self, kind: Dialog) -> Option<PathBuf> {
         match kind {
-            Dialog::OutputDir | Dialog::Image => Some(self.settings.output_dir.clone()),
+            Dialog::OutputDir | Dialog::Image | Dialog::InitImage => Some(self.settings.output_dir.clone()),
             Dialog::ModelFile | Dialog::ModelFolder | Dialog::ModelDir => self.settings.model_dirs.first().cloned(),
             Dialog::Lora | Dialog::LoraDir => self.settings.lora_dirs.first().cloned(),
         }
@@ -532,6 +578,7 @@ impl StudioApp {
             match kind {
                 Dialog::ModelFile | Dialog::ModelFolder | Dialog::Image => self.open_path(&p),
                 Dialog::Lora => self.add_lora(&p),
+                Dialog::InitImage => self.open_init(&p),
                 Dialog::ModelDir | Dialog::LoraDir => {
                     let list = if kind == Dialog::ModelDir {
                         &mut self.settings.model_dirs
@@ -900,6 +947,17 @@ impl StudioApp {
             }
             Action::Cancel => self.cancel(),
             Action::CopyShown => self.copy_shown(ctx),
+            Action::ShownToInit => {
+                let image = match self.session.shown {
+                    Shown::History(i) => self.session.history.get(i).and_then(|h| h.full.clone()),
+                    _ => self.session.last_image.clone(),
+                };
+                match image {
+                    Some(img) => self.set_init(img, "the image on the canvas".into()),
+                    None => self.session.say(Level::Warning, "No finished image to start from yet."),
+                }
+            }
+            Action::ClearInit => self.session.init = None,
             Action::SelectHistory(i) => self.select_history(i),
             Action::PushLoras => self.push_loras(),
             Action::Rescan => self.rescan(),

@@ -39,6 +39,8 @@ pub enum Dialog {
     ModelDir,
     LoraDir,
     OutputDir,
+    /// A picture to start image to image from.
+    InitImage,
 }
 
 impl Dialog {
@@ -52,6 +54,7 @@ impl Dialog {
             Dialog::ModelDir => "Add a model folder",
             Dialog::LoraDir => "Add a LoRA folder",
             Dialog::OutputDir => "Choose the output folder",
+            Dialog::InitImage => "Open a picture to start from",
         }
     }
 
@@ -65,9 +68,28 @@ impl Dialog {
         match self {
             Dialog::ModelFile | Dialog::Lora => &["safetensors"],
             Dialog::Image => &["png"],
+            Dialog::InitImage => &["png", "jpg", "jpeg", "webp", "bmp"],
             _ => &[],
         }
     }
+}
+
+/// What Generate starts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GenMode {
+    /// Text to image.
+    #[default]
+    Text,
+    /// Image to image from the init picture.
+    Image,
+}
+
+/// The picture image to image starts from (kept for the session, not across restarts).
+pub struct InitImage {
+    pub image: Arc<ImageRgb8>,
+    /// Where it came from, for the panel.
+    pub name: String,
+    pub texture: Option<egui::TextureHandle>,
 }
 
 /// The sliders: everything one generation needs.
@@ -95,6 +117,11 @@ pub struct Params {
     /// How prompt weights act (A1111's "Emphasis").
     #[serde(default)]
     pub emphasis: Emphasis,
+    pub mode: GenMode,
+    /// Image to image: denoising strength.
+    pub strength: f64,
+    /// Image to image: how a picture of another size is fitted.
+    pub resize_mode: crate::resize::ResizeMode,
 }
 
 impl Default for Params {
@@ -117,6 +144,9 @@ impl Default for Params {
             feature_cache: 1,
             token_merge: 0.0,
             emphasis: Emphasis::Original,
+            mode: GenMode::Text,
+            strength: 0.75,
+            resize_mode: crate::resize::ResizeMode::Just,
         }
     }
 }
@@ -165,6 +195,9 @@ impl Params {
         self.feature_cache = r.feature_cache;
         self.token_merge = r.token_merge;
         self.emphasis = r.emphasis;
+        if p.get("Denoising strength").is_some() {
+            self.strength = r.strength;
+        }
     }
 }
 
@@ -523,6 +556,8 @@ pub struct Session {
     pub found_tiny_decoders: Vec<PathBuf>,
     /// Textual-inversion embeddings in the model folders' `embeddings` folders (names).
     pub found_embeddings: Vec<String>,
+    /// Image to image's picture.
+    pub init: Option<InitImage>,
     /// Short hashes of VAE files computed so far (restoring an image by `VAE hash`).
     pub vae_hashes: HashMap<PathBuf, String>,
     /// The last finished image (for the clipboard).

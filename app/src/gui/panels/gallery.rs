@@ -16,6 +16,13 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
         {
             view.act(Action::CopyShown);
         }
+        if ui
+            .button("To img2img")
+            .on_hover_text("Start image to image from the image on the canvas")
+            .clicked()
+        {
+            view.act(Action::ShownToInit);
+        }
         let selected_path = match view.session.shown {
             Shown::History(i) => view.session.history.get(i).and_then(|h| h.path.clone()),
             _ => view.session.history.first().and_then(|h| h.path.clone()),

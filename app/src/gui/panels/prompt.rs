@@ -2,9 +2,11 @@
 
 use eframe::egui;
 
-use crate::gui::actions::{Action, View};
+use crate::gui::actions::{Action, Dialog, View};
 use crate::gui::prompt_edit::{counter_text, edit_weight, token_counts};
+use crate::gui::state::GenMode;
 use crate::gui::state::panel_from_prompt;
+use crate::resize::ResizeMode;
 
 /// Ids of the two prompt fields (for the weight keys).
 pub const PROMPT_ID: &str = "prompt-field";
@@ -38,7 +40,79 @@ fn weight_keys(ui: &egui::Ui, id: egui::Id, text: &mut String) {
     }
 }
 
+/// Text or image to image; in image mode the picture, strength and fitting.
+fn mode_switch(view: &mut View, ui: &mut egui::Ui) {
+    let p = &mut view.settings.params;
+    ui.horizontal(|ui| {
+        ui.selectable_value(&mut p.mode, GenMode::Text, "Text to image");
+        ui.selectable_value(&mut p.mode, GenMode::Image, "Image to image");
+    });
+    if p.mode != GenMode::Image {
+        return;
+    }
+    ui.horizontal(|ui| {
+        match &mut view.session.init {
+            Some(init) => {
+                let texture = init.texture.get_or_insert_with(|| {
+                    let img = &init.image;
+                    let color = egui::ColorImage::from_rgb([img.width as usize, img.height as usize], &img.pixels);
+                    ui.ctx().load_texture("init-image", color, egui::TextureOptions::LINEAR)
+                });
+                let side = 64.0;
+                let [w, h] = texture.size();
+                let scale = side / (w.max(h).max(1) as f32);
+                ui.image((texture.id(), egui::vec2(w as f32 * scale, h as f32 * scale)))
+                    .on_hover_text(format!("{} ({}x{})", init.name, init.image.width, init.image.height));
+            }
+            None => {
+                ui.weak("No picture yet: open or drop one");
+            }
+        }
+        ui.vertical(|ui| {
+            if ui.button("Open picture…").clicked() {
+                view.act(Action::Dialog(Dialog::InitImage));
+            }
+            if view.session.init.is_some() && ui.button("Clear").clicked() {
+                view.act(Action::ClearInit);
+            }
+        });
+    });
+    let p = &mut view.settings.params;
+    ui.horizontal(|ui| {
+        let l = ui.label("Strength");
+        ui.add(
+            egui::Slider::new(&mut p.strength, 0.0..=1.0)
+                .step_by(0.01)
+                .custom_parser(|s| s.trim().parse::<f64>().ok().filter(|v| v.is_finite())),
+        )
+        .labelled_by(l.id)
+        .on_hover_text("Denoising strength: how much of the schedule runs (0.3 keeps the picture, 0.8 keeps its layout)");
+    });
+    ui.horizontal(|ui| {
+        let l = ui.label("Fit");
+        egui::ComboBox::from_id_salt("resize-mode")
+            .selected_text(resize_name(p.resize_mode))
+            .show_ui(ui, |ui| {
+                for m in [ResizeMode::Just, ResizeMode::Crop, ResizeMode::Fill] {
+                    ui.selectable_value(&mut p.resize_mode, m, resize_name(m));
+                }
+            })
+            .response
+            .labelled_by(l.id)
+            .on_hover_text("How a picture of another size than Width x Height is fitted");
+    });
+}
+
+fn resize_name(m: ResizeMode) -> &'static str {
+    match m {
+        ResizeMode::Just => "just resize",
+        ResizeMode::Crop => "crop and resize",
+        ResizeMode::Fill => "resize and fill",
+    }
+}
+
 pub fn show(view: &mut View, ui: &mut egui::Ui) {
+    mode_switch(view, ui);
     let counts = token_counts(&view.settings.params.prompt, view.settings.params.steps);
     let label = ui
         .horizontal(|ui| {

@@ -185,7 +185,15 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
             p.seed_mode = SeedMode::Fixed;
         }
     });
-    let request = p.request(p.seed);
+    let mut request = p.request(p.seed);
+    if p.mode == crate::gui::state::GenMode::Image {
+        // Only its presence counts for the cost (image to image runs int(steps x strength)).
+        request.init_image = Some(std::sync::Arc::new(latent_engine::protocol::ImageRgb8 {
+            width: 0,
+            height: 0,
+            pixels: vec![],
+        }));
+    }
     let nfe = request_nfe(&request);
     let whole = request_whole_nfe(&request);
     ui.label(match (nfe, whole) {
