@@ -732,3 +732,29 @@ fn generate_from_an_init_image_takes_its_size_and_writes_the_strength() {
     );
     assert_clean_failure(&bad, "init image");
 }
+
+#[test]
+fn inpaint_with_a_mask_runs_and_an_empty_mask_is_refused() {
+    let out = scratch("inpaint.png");
+    let (init, mask) = (fixture("img2img/init.png"), fixture("img2img/mask.png"));
+    let args = [
+        "--init-image",
+        init.to_str().expect("utf-8"),
+        "--mask",
+        mask.to_str().expect("utf-8"),
+        "--strength",
+        "1",
+    ];
+    let run = generate(&fixture("sd1/sd1-tiny.safetensors"), &args, &out);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let black = scratch("black-mask.png");
+    image::RgbImage::new(64, 64).save(&black).expect("save");
+    let args = [
+        "--init-image",
+        init.to_str().expect("utf-8"),
+        "--mask",
+        black.to_str().expect("utf-8"),
+    ];
+    let bad = generate(&fixture("sd1/sd1-tiny.safetensors"), &args, &scratch("inpaint-bad.png"));
+    assert_clean_failure(&bad, "mask is empty");
+}

@@ -186,6 +186,10 @@ pub struct GenerateRequest {
     /// `StableDiffusionImg2ImgPipeline`.
     #[serde(default = "default_strength")]
     pub strength: f64,
+    /// Inpainting: where to repaint (white) and keep (black), the init image's size; its
+    /// luminance is read as PIL's `convert("L")` and cut at one half, as diffusers does.
+    #[serde(skip)]
+    pub mask: Option<std::sync::Arc<ImageRgb8>>,
 }
 
 fn default_strength() -> f64 {
@@ -266,6 +270,7 @@ impl Default for GenerateRequest {
             emphasis: Emphasis::Original,
             init_image: None,
             strength: default_strength(),
+            mask: None,
         }
     }
 }

@@ -38,8 +38,8 @@ impl Denoise for Analytic<'_> {
     fn sigma_for_timestep(&self, t: f64) -> f64 {
         self.model.sigma_at(t)
     }
-    fn step_done(&mut self, _: usize, _: &Tensor, _: &Tensor) -> Result<()> {
-        Ok(())
+    fn step_done(&mut self, _: usize, _: &Tensor, _: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
     }
 }
 

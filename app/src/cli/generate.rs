@@ -110,6 +110,10 @@ pub struct GenerateArgs {
     /// Image to image: how an init image of another size is fitted.
     #[arg(long, value_enum, default_value = "just")]
     resize_mode: crate::resize::ResizeMode,
+    /// Inpainting: repaint where this picture is white (kept where black); fitted like the
+    /// init image. Use `--strength 1` to repaint from pure noise.
+    #[arg(long, value_name = "FILE", requires = "init_image")]
+    mask: Option<PathBuf>,
 }
 
 /// `FILE[:STRENGTH]`: the strength is the part after the last colon when it is a number (so
@@ -236,14 +240,13 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
     if g.init_image.is_some() && !(g.strength.is_finite() && (0.0..=1.0).contains(&g.strength)) {
         bail!("--strength must be between 0 and 1, got {}", g.strength);
     }
-    let init = match &g.init_image {
-        Some(p) => Some(
-            image::open(p)
-                .map_err(|e| anyhow::anyhow!("cannot read the init image {}: {e}", p.display()))?
-                .to_rgb8(),
-        ),
-        None => None,
+    let read = |p: &Path, what: &str| -> Result<image::RgbImage> {
+        Ok(image::open(p)
+            .map_err(|e| anyhow::anyhow!("cannot read the {what} {}: {e}", p.display()))?
+            .to_rgb8())
     };
+    let init = g.init_image.as_deref().map(|p| read(p, "init image")).transpose()?;
+    let mask = g.mask.as_deref().map(|p| read(p, "mask")).transpose()?;
     let model = match g.model.clone().or_else(crate::assets::embedded_model) {
         Some(m) => m,
         None => bail!("no --model given, and this build has no embedded model yet"),
@@ -344,6 +347,9 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
         emphasis: g.emphasis,
         strength: g.strength,
         init_image,
+        mask: mask
+            .as_ref()
+            .map(|m| std::sync::Arc::new(crate::resize::fit(m, width, height, g.resize_mode))),
     };
     let id = engine.generate(request)?;
     let mut stderr = std::io::stderr();

@@ -45,6 +45,8 @@ struct Guided<'a> {
     guided_steps: u32,
     guided: bool,
     hooks: &'a mut dyn Hooks,
+    /// Inpainting: the region to keep, put back after every step.
+    blend: Option<&'a super::inpaint::Blend>,
     /// Denoiser calls so far: what the prompt's schedule counts (A1111's `CFGDenoiser.step`).
     calls: u32,
     nfe: u32,
@@ -158,7 +160,7 @@ impl Denoise for Guided<'_> {
         self.pipe.schedule.sigma_at(t)
     }
 
-    fn step_done(&mut self, step: usize, _x: &Tensor, x0: &Tensor) -> Result<()> {
+    fn step_done(&mut self, step: usize, x: &Tensor, x0: &Tensor) -> Result<Option<Tensor>> {
         self.step = step as u32;
         self.pipe.device.synchronize()?;
         let now = Instant::now();
@@ -171,8 +173,16 @@ impl Denoise for Guided<'_> {
             self.preview_time += p0.elapsed();
         }
         self.last_step = Instant::now();
-        Ok(())
+        self.blend.map(|b| b.apply(step, x)).transpose()
     }
+}
+
+/// Where a sampling run starts: the sample at the first sigma of `run`, and for inpainting
+/// what is blended back after each step.
+pub(super) struct Start {
+    pub(super) x: Tensor,
+    pub(super) run: RunSchedule,
+    pub(super) blend: Option<super::inpaint::Blend>,
 }
 
 /// What a sampling run produced and spent.
@@ -192,11 +202,12 @@ impl Pipeline {
         &self,
         job: &Job,
         cond: &Conditioning,
-        run: &RunSchedule,
-        x: Tensor,
+        start: Start,
         rng: &mut TorchRng,
         hooks: &mut dyn Hooks,
     ) -> Result<Sampled> {
+        let Start { x, run, blend } = start;
+        let (run, blend) = (&run, blend.as_ref());
         let r = &job.request;
         let guided = uses_cfg(r.cfg_scale);
         let added = match self.config.unet.addition {
@@ -220,6 +231,7 @@ impl Pipeline {
             guided_steps: guided_steps(r),
             guided,
             hooks,
+            blend,
             calls: 0,
             nfe: 0,
             step: 0,

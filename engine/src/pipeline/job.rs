@@ -97,6 +97,9 @@ impl Pipeline {
                 r.token_merge
             ));
         }
+        if r.mask.is_some() && r.init_image.is_none() {
+            return bad("a mask needs an init image to paint into".into());
+        }
         if let Some(img) = &r.init_image {
             if (img.width, img.height) != (r.width, r.height) {
                 return bad(format!(
@@ -109,6 +112,17 @@ impl Pipeline {
             }
             if !r.strength.is_finite() || !(0.0..=1.0).contains(&r.strength) {
                 return bad(format!("the denoising strength must be between 0 and 1, got {}", r.strength));
+            }
+            if let Some(m) = &r.mask {
+                if (m.width, m.height) != (img.width, img.height) || m.pixels.len() != (m.width * m.height * 3) as usize {
+                    return bad(format!(
+                        "the mask is {}x{}, the init image {}x{}: they must be the same size",
+                        m.width, m.height, img.width, img.height
+                    ));
+                }
+                if !super::inpaint::mask_bits(m).iter().any(|&b| b) {
+                    return bad("the mask is empty: paint (white) where the picture should change".into());
+                }
             }
             if run_steps(r) == 0 {
                 return bad(format!(

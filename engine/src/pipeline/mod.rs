@@ -21,6 +21,7 @@ use crate::protocol::{DType, DeviceKind, ImageRgb8, LatentsOut, ModelInfo, Model
 use crate::sampling::schedule::ModelSchedule;
 
 mod guided;
+mod inpaint;
 mod job;
 mod text;
 mod txt2img;

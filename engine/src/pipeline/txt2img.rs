@@ -37,19 +37,26 @@ impl Pipeline {
         let steps = r.steps as usize;
         let run = sampling::run_schedule(job.solver, job.schedule, &self.schedule, steps, self.config.family == Family::Sdxl);
         let mut rng = TorchRng::new(r.seed);
-        let (x, run) = match &r.init_image {
-            None => {
+        let (x, run, blend) = match (&r.init_image, &r.mask) {
+            (None, _) => {
                 let (h, w) = job.latent_size;
                 let c = self.config.unet.in_channels;
                 let noise = rng.randn_f32(c * h * w);
                 let noise = Tensor::from_vec(noise, (1, c, h, w), &self.device)?;
-                ((noise * run.init_noise_sigma)?, run)
+                ((noise * run.init_noise_sigma)?, run, None)
             }
-            Some(image) => self.img2img_start(job, image, run, &mut rng)?,
+            (Some(image), None) => {
+                let (x, run) = self.img2img_start(job, image, run, &mut rng)?;
+                (x, run, None)
+            }
+            (Some(image), Some(mask)) => {
+                let (x, run, blend) = self.inpaint_start(job, image, mask, run, &mut rng)?;
+                (x, run, Some(blend))
+            }
         };
 
         let t_loop = Instant::now();
-        let s = self.sample(job, &cond, &run, x, &mut rng, hooks)?;
+        let s = self.sample(job, &cond, super::guided::Start { x, run, blend }, &mut rng, hooks)?;
         let t_denoise = t_loop.elapsed().saturating_sub(s.preview_time);
 
         let t_vae0 = Instant::now();
@@ -93,6 +100,22 @@ impl Pipeline {
         let r = &job.request;
         let total = r.steps as usize;
         let t_start = total - super::job::run_steps(r) as usize;
+        let latents = self.init_latents(image, rng)?;
+        let n = latents.elem_count();
+        let noise = Tensor::from_vec(rng.randn_f32(n), latents.shape(), &self.device)?;
+        let sigma = run.sigmas[t_start];
+        let x = (latents + (noise * sigma)?)?;
+        let sliced = RunSchedule {
+            sigmas: run.sigmas[t_start..].to_vec(),
+            timesteps: run.timesteps[t_start..].to_vec(),
+            init_noise_sigma: run.init_noise_sigma,
+        };
+        Ok((x, sliced))
+    }
+
+    /// The init image's latents (UNet space): encoded by the VAE, its posterior sampled with
+    /// the seed's generator (diffusers' `retrieve_latents(..., generator)`), scaled.
+    pub(super) fn init_latents(&self, image: &ImageRgb8, rng: &mut TorchRng) -> Result<Tensor> {
         let encoder = VaeEncoder::new(&self.base, &self.config.vae).map_err(|e| {
             EngineError::InvalidRequest(format!("this model's VAE has no usable encoder, which image to image needs ({e})"))
         })?;
@@ -109,15 +132,6 @@ impl Pipeline {
         let (mean, logvar) = (mean.to_dtype(DType::F32)?, logvar.to_dtype(DType::F32)?.clamp(-30f32, 20f32)?);
         let n = mean.elem_count();
         let eps = Tensor::from_vec(rng.randn_f32(n), mean.shape(), &self.device)?;
-        let latents = ((mean + (logvar * 0.5)?.exp()?.mul(&eps)?)? * self.config.vae.scaling_factor)?;
-        let noise = Tensor::from_vec(rng.randn_f32(n), latents.shape(), &self.device)?;
-        let sigma = run.sigmas[t_start];
-        let x = (latents + (noise * sigma)?)?;
-        let sliced = RunSchedule {
-            sigmas: run.sigmas[t_start..].to_vec(),
-            timesteps: run.timesteps[t_start..].to_vec(),
-            init_noise_sigma: run.init_noise_sigma,
-        };
-        Ok((x, sliced))
+        Ok(((mean + (logvar * 0.5)?.exp()?.mul(&eps)?)? * self.config.vae.scaling_factor)?)
     }
 }

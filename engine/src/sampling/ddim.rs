@@ -29,7 +29,9 @@ pub fn sample(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], p: &SolverPara
             let z = rng.randn_like(&x)?;
             x = ((&x0 + (eps * dir)?)? + (z * (std / a_prev.sqrt()))?)?;
         }
-        d.step_done(i + 1, &x, &x0)?;
+        if let Some(nx) = d.step_done(i + 1, &x, &x0)? {
+            x = nx;
+        }
     }
     Ok(x)
 }

@@ -28,7 +28,9 @@ pub fn sample(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], _p: &SolverPar
             prev = (prev + (z * var.sqrt())?)?;
         }
         x = (prev * (1.0 / a_prev.sqrt()))?;
-        d.step_done(i + 1, &x, &x0)?;
+        if let Some(nx) = d.step_done(i + 1, &x, &x0)? {
+            x = nx;
+        }
     }
     Ok(x)
 }

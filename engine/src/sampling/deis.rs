@@ -38,7 +38,9 @@ pub fn sample(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], _p: &SolverPar
         if lower_order_nums < 2 {
             lower_order_nums += 1;
         }
-        d.step_done(i + 1, &x, &x0)?;
+        if let Some(nx) = d.step_done(i + 1, &x, &x0)? {
+            x = nx;
+        }
     }
     Ok(x)
 }

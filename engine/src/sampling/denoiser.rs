@@ -19,8 +19,10 @@ pub trait Denoise {
     /// The model's sigma at a (training) timestep (TCD jumps to such levels).
     fn sigma_for_timestep(&self, t: f64) -> f64;
     /// Called by the solver when step `step` (1-based) of the run is complete, with the
-    /// current sample and the latest clean estimate (for previews).
-    fn step_done(&mut self, step: usize, x: &Tensor, x0: &Tensor) -> Result<()>;
+    /// current sample and the latest clean estimate (for previews). A returned tensor
+    /// replaces the sample the solver goes on from (inpainting blends the known region
+    /// back in); `None` keeps it.
+    fn step_done(&mut self, step: usize, x: &Tensor, x0: &Tensor) -> Result<Option<Tensor>>;
 }
 
 /// Input scaling of the variance-preserving network at `sigma`.

@@ -31,7 +31,9 @@ fn run(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], eta: f64, rng: &mut T
                 x = (&x + (z * up)?)?;
             }
         }
-        d.step_done(i + 1, &x, &x0)?;
+        if let Some(nx) = d.step_done(i + 1, &x, &x0)? {
+            x = nx;
+        }
     }
     Ok(x)
 }

@@ -63,7 +63,9 @@ pub fn run(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], order: usize, var
         if lower_order_nums < order {
             lower_order_nums += 1;
         }
-        d.step_done(i + 1, &x, &x0)?;
+        if let Some(nx) = d.step_done(i + 1, &x, &x0)? {
+            x = nx;
+        }
     }
     Ok(x)
 }

@@ -45,7 +45,9 @@ pub fn sample(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], _p: &SolverPar
             (((&xa * (t / sa))? - (&m1 * em)?)? - (d1 * (0.5 * em))?)?
         };
         prev_x0 = Some(x0.clone());
-        d.step_done(k + 1, &x, &x0)?;
+        if let Some(nx) = d.step_done(k + 1, &x, &x0)? {
+            x = nx;
+        }
     }
     Ok(x)
 }
@@ -72,7 +74,9 @@ pub fn sample_ancestral(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], p: &
             let z = rng.randn_like(&x)?;
             x = (&x + (z * up)?)?;
         }
-        d.step_done(i + 1, &x, &x0)?;
+        if let Some(nx) = d.step_done(i + 1, &x, &x0)? {
+            x = nx;
+        }
     }
     Ok(x)
 }

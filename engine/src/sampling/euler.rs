@@ -15,7 +15,9 @@ pub fn sample(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], _p: &SolverPar
         let x0 = d.x0(&x, s)?;
         let slope = ((&x - &x0)? / s)?;
         x = (&x + (slope * (s_next - s))?)?;
-        d.step_done(i + 1, &x, &x0)?;
+        if let Some(nx) = d.step_done(i + 1, &x, &x0)? {
+            x = nx;
+        }
     }
     Ok(x)
 }

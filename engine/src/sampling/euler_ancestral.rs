@@ -30,7 +30,9 @@ pub fn sample(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], p: &SolverPara
         if up > 0.0 {
             x = (&x + (noise * up)?)?;
         }
-        d.step_done(i + 1, &x, &x0)?;
+        if let Some(nx) = d.step_done(i + 1, &x, &x0)? {
+            x = nx;
+        }
     }
     Ok(x)
 }

@@ -23,7 +23,9 @@ pub fn sample(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], _p: &SolverPar
             let slope2 = ((&x2 - &x0_2)? / s_next)?;
             x = (&x + (((slope + slope2)? * 0.5)? * dt)?)?;
         }
-        d.step_done(i + 1, &x, &x0)?;
+        if let Some(nx) = d.step_done(i + 1, &x, &x0)? {
+            x = nx;
+        }
     }
     Ok(x)
 }

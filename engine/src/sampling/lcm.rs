@@ -30,7 +30,9 @@ pub fn sample(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], _p: &SolverPar
         } else {
             denoised.clone()
         };
-        d.step_done(i + 1, &x, &denoised)?;
+        if let Some(nx) = d.step_done(i + 1, &x, &denoised)? {
+            x = nx;
+        }
     }
     Ok(x)
 }

@@ -54,7 +54,9 @@ pub fn sample(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], _p: &SolverPar
             let c = lagrange_integral(&nodes, j, sigmas[i], sigmas[i + 1]);
             x = (&x + (&slopes[slopes.len() - 1 - j] * c)?)?;
         }
-        d.step_done(i + 1, &x, &x0)?;
+        if let Some(nx) = d.step_done(i + 1, &x, &x0)? {
+            x = nx;
+        }
     }
     Ok(x)
 }

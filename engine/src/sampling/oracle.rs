@@ -32,8 +32,8 @@ impl Denoise for Gaussian {
     fn sigma_for_timestep(&self, t: f64) -> f64 {
         self.model.sigma_at(t)
     }
-    fn step_done(&mut self, _: usize, _: &Tensor, _: &Tensor) -> Result<()> {
-        Ok(())
+    fn step_done(&mut self, _: usize, _: &Tensor, _: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
     }
 }
 

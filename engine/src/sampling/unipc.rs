@@ -139,7 +139,9 @@ pub fn sample(d: &mut dyn Denoise, mut x: Tensor, sigmas: &[f64], p: &SolverPara
         if lower_order_nums < ORDER {
             lower_order_nums += 1;
         }
-        d.step_done(i + 1, &x, &m_t)?;
+        if let Some(nx) = d.step_done(i + 1, &x, &m_t)? {
+            x = nx;
+        }
     }
     Ok(x)
 }
