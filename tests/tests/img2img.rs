@@ -32,10 +32,10 @@ fn request(j: &serde_json::Value, solver: &str, steps: u32, strength: f64) -> Ge
 
 /// Runs every case of a reference file (optionally with a mask) and compares the final
 /// latents with diffusers'.
-fn check_cases(reference: &str, cases_json: &str, mask: Option<Arc<ImageRgb8>>) {
+fn check_cases(model: &str, reference: &str, cases_json: &str, mask: Option<Arc<ImageRgb8>>) {
     let r = candle_core::safetensors::load(fixture(reference), &candle_core::Device::Cpu).expect("reference");
     let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(cases_json)).expect("json")).expect("json");
-    let pipe = Pipeline::load(&ModelSpec::new(fixture("sd1/sd1-tiny.safetensors"))).expect("load");
+    let pipe = Pipeline::load(&ModelSpec::new(fixture(model))).expect("load");
     for c in j["cases"].as_array().expect("cases") {
         let (solver, steps, strength) = (
             c["solver"].as_str().expect("solver"),
@@ -68,7 +68,12 @@ fn check_cases(reference: &str, cases_json: &str, mask: Option<Arc<ImageRgb8>>) 
 
 #[test]
 fn img2img_matches_diffusers() {
-    check_cases("img2img/reference.safetensors", "img2img/reference.json", None);
+    check_cases(
+        "sd1/sd1-tiny.safetensors",
+        "img2img/reference.safetensors",
+        "img2img/reference.json",
+        None,
+    );
 }
 
 #[test]
@@ -119,7 +124,12 @@ fn sdxl_img2img_runs() {
 #[test]
 fn inpaint_4_channel_matches_diffusers() {
     let mask = Arc::new(latent_engine::image_io::read_png_rgb(&fixture("img2img/mask.png")).expect("mask.png"));
-    check_cases("img2img/inpaint.safetensors", "img2img/inpaint.json", Some(mask.clone()));
+    check_cases(
+        "sd1/sd1-tiny.safetensors",
+        "img2img/inpaint.safetensors",
+        "img2img/inpaint.json",
+        Some(mask.clone()),
+    );
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("img2img/inpaint.json")).expect("json")).expect("json");
     let pipe = Pipeline::load(&ModelSpec::new(fixture("sd1/sd1-tiny.safetensors"))).expect("load");
@@ -135,4 +145,26 @@ fn inpaint_4_channel_matches_diffusers() {
     alone.init_image = None;
     alone.mask = Some(mask);
     assert!(pipe.validate(&alone).expect_err("no image").to_string().contains("init image"));
+}
+
+/// A 9-channel inpainting model (mask and masked-image latents as UNet input, as SD 1.5
+/// inpainting) against diffusers' `StableDiffusionInpaintPipeline`; without a mask it runs text
+/// to image (everything to repaint over mid-grey, as A1111 does).
+#[test]
+fn inpaint_9_channel_matches_diffusers() {
+    let mask = Arc::new(latent_engine::image_io::read_png_rgb(&fixture("img2img/mask.png")).expect("mask.png"));
+    check_cases(
+        "img2img/sd1-inpaint",
+        "img2img/inpaint9.safetensors",
+        "img2img/inpaint9.json",
+        Some(mask),
+    );
+    let pipe = Pipeline::load(&ModelSpec::new(fixture("img2img/sd1-inpaint"))).expect("load");
+    assert_eq!(pipe.config.unet.in_channels, 9);
+    let req = tiny_request("euler", 4, 3.0, 1);
+    let out = pipe
+        .generate(&pipe.validate(&req).expect("valid"), &mut Quiet)
+        .expect("text to image on an inpainting model");
+    assert!(out.latents.data.iter().all(|v| v.is_finite()));
+    assert_eq!(out.latents.shape[1], 4);
 }

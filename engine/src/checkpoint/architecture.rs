@@ -312,9 +312,10 @@ pub fn infer(w: &Weights, name: &str) -> Result<ModelConfig> {
         )));
     }
     let vae = vae_config(w, &h, family)?;
-    if vae.latent_channels != unet.in_channels {
+    // An inpainting UNet also takes the mask and the masked image's latents.
+    if unet.in_channels != vae.latent_channels && unet.in_channels != 2 * vae.latent_channels + 1 {
         return Err(EngineError::UnknownArchitecture(format!(
-            "the VAE has {} latent channels but the UNet takes {} (inpainting models are not supported yet)",
+            "the VAE has {} latent channels but the UNet takes {} (neither the latents nor an inpainting model's latents + mask + masked image)",
             vae.latent_channels, unet.in_channels
         )));
     }

@@ -47,6 +47,8 @@ struct Guided<'a> {
     hooks: &'a mut dyn Hooks,
     /// Inpainting: the region to keep, put back after every step.
     blend: Option<&'a super::inpaint::Blend>,
+    /// An inpainting model's extra UNet input `[1, 1 + latent, h, w]`.
+    extra: Option<&'a Tensor>,
     /// Denoiser calls so far: what the prompt's schedule counts (A1111's `CFGDenoiser.step`).
     calls: u32,
     nfe: u32,
@@ -86,6 +88,11 @@ impl Denoise for Guided<'_> {
         }
         let t = self.lookup_timestep(sigma);
         let x_in = (x * denoiser::c_in(sigma))?;
+        // An inpainting UNet's extra input channels (mask, masked image latents), unscaled.
+        let x_in = match self.extra {
+            Some(e) => Tensor::cat(&[&x_in, &e.to_dtype(x_in.dtype())?], 1)?,
+            None => x_in,
+        };
         // CFG truncation: after the chosen fraction of steps only the conditional pass runs.
         let guided = self.guided && self.step < self.guided_steps;
         let b = if guided { 2 } else { 1 };
@@ -183,6 +190,8 @@ pub(super) struct Start {
     pub(super) x: Tensor,
     pub(super) run: RunSchedule,
     pub(super) blend: Option<super::inpaint::Blend>,
+    /// An inpainting model's mask and masked-image latents, concatenated to the UNet input.
+    pub(super) extra: Option<Tensor>,
 }
 
 /// What a sampling run produced and spent.
@@ -206,8 +215,8 @@ impl Pipeline {
         rng: &mut TorchRng,
         hooks: &mut dyn Hooks,
     ) -> Result<Sampled> {
-        let Start { x, run, blend } = start;
-        let (run, blend) = (&run, blend.as_ref());
+        let Start { x, run, blend, extra } = start;
+        let (run, blend, extra) = (&run, blend.as_ref(), extra.as_ref());
         let r = &job.request;
         let guided = uses_cfg(r.cfg_scale);
         let added = match self.config.unet.addition {
@@ -232,6 +241,7 @@ impl Pipeline {
             guided,
             hooks,
             blend,
+            extra,
             calls: 0,
             nfe: 0,
             step: 0,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
+use super::guided::Start;
 use super::{Job, Pipeline};
 use crate::error::Result;
 use crate::protocol::ImageRgb8;
@@ -52,11 +53,12 @@ impl Blend {
 }
 
 impl Pipeline {
-    /// The start of an inpainting run: the init image's latents sampled from its VAE
-    /// posterior, then the noise, then (as diffusers encodes the masked image for
-    /// 9-channel models even when it does not use it) a third draw of the generator; the
-    /// sample is pure noise at strength 1, else the image latents noised to where the
-    /// strength starts.
+    /// The start of an inpainting run, drawing from the seed's generator in diffusers'
+    /// order: the picture's VAE posterior (always for 4-channel models, which blend it back;
+    /// below strength 1 for inpainting models), the noise, the masked picture's posterior (an
+    /// inpainting model's input; for 4-channel models diffusers draws it too). The sample is
+    /// pure noise at strength 1, else the picture's latents noised to where the strength
+    /// starts.
     pub(super) fn inpaint_start(
         &self,
         job: &Job,
@@ -64,17 +66,28 @@ impl Pipeline {
         mask: &Arc<ImageRgb8>,
         run: RunSchedule,
         rng: &mut TorchRng,
-    ) -> Result<(Tensor, RunSchedule, Blend)> {
+    ) -> Result<Start> {
         let r = &job.request;
-        let latents = self.init_latents(image, rng)?;
-        let n = latents.elem_count();
-        let noise = Tensor::from_vec(rng.randn_f32(n), latents.shape(), &self.device)?;
-        let _masked_image_posterior = rng.randn_f32(n);
-        let t_start = (r.steps - super::job::run_steps(r)) as usize;
-        let x = if r.strength >= 1.0 {
-            (&noise * run.init_noise_sigma)?
+        let nine = self.config.unet.in_channels != self.config.vae.latent_channels;
+        let (h, w) = job.latent_size;
+        let c = self.config.vae.latent_channels;
+        let latents = if !nine || r.strength < 1.0 {
+            Some(self.init_latents(image, rng)?)
         } else {
-            (&latents + (&noise * run.sigmas[t_start])?)?
+            None
+        };
+        let noise = Tensor::from_vec(rng.randn_f32(c * h * w), (1, c, h, w), &self.device)?;
+        let bits = mask_bits(mask);
+        let masked = if nine {
+            Some(self.encode_pixels(&super::txt2img::pixels_of(image, Some(&bits)), Some(rng))?)
+        } else {
+            let _ = rng.randn_f32(c * h * w);
+            None
+        };
+        let t_start = (r.steps - super::job::run_steps(r)) as usize;
+        let x = match &latents {
+            Some(l) if r.strength < 1.0 => (l + (&noise * run.sigmas[t_start])?)?,
+            _ => (&noise * run.init_noise_sigma)?,
         };
         let run = RunSchedule {
             sigmas: run.sigmas[t_start..].to_vec(),
@@ -82,8 +95,6 @@ impl Pipeline {
             init_noise_sigma: run.init_noise_sigma,
         };
         // The binarized mask at latent resolution, nearest pixel (torch's `interpolate`).
-        let (_, _, h, w) = latents.dims4()?;
-        let bits = mask_bits(mask);
         let (mw, mh) = (mask.width as usize, mask.height as usize);
         let mut m = vec![0f32; h * w];
         for y in 0..h {
@@ -93,12 +104,19 @@ impl Pipeline {
             }
         }
         let mask = Tensor::from_vec(m, (1, 1, h, w), &self.device)?.to_dtype(DType::F32)?;
-        let blend = Blend {
-            image: latents,
-            noise,
-            mask,
-            sigmas: run.sigmas.clone(),
+        let (blend, extra) = match (masked, latents) {
+            (Some(masked), _) => (None, Some(Tensor::cat(&[&mask, &masked], 1)?)),
+            (None, Some(image)) => (
+                Some(Blend {
+                    image,
+                    noise,
+                    mask,
+                    sigmas: run.sigmas.clone(),
+                }),
+                None,
+            ),
+            (None, None) => (None, None),
         };
-        Ok((x, run, blend))
+        Ok(Start { x, run, blend, extra })
     }
 }

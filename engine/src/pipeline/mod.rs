@@ -1,8 +1,9 @@
 //! A loaded model and the tasks it runs. `Pipeline` owns the networks and the LoRA state
 //! (mod.rs); a request becomes a validated [`Job`] with its planned cost (job.rs); text
 //! becomes conditioning (text.rs); every task samples through one guided denoiser
-//! (guided.rs) and decodes through one VAE path (here). One file per task: txt2img.rs now;
-//! img2img, inpainting and hires fix will be its siblings.
+//! (guided.rs) and decodes through one VAE path (here). txt2img.rs starts text to image and
+//! image to image; inpaint.rs inpainting (4-channel blend, 9-channel model input); hires fix
+//! will be a sibling.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -315,7 +316,11 @@ impl Pipeline {
                 c.unet.context_dim,
                 c.vae.latent_channels,
                 pred
-            ) + if cpu_bf16 { " (bf16 weights, f32 compute on CPU)" } else { "" },
+            ) + if c.unet.in_channels != c.vae.latent_channels {
+                " (inpainting model)"
+            } else {
+                ""
+            } + if cpu_bf16 { " (bf16 weights, f32 compute on CPU)" } else { "" },
             dtype: self.dtype,
             device: match self.device.location() {
                 candle_core::DeviceLocation::Cpu => "cpu".to_string(),

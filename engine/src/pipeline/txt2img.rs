@@ -37,26 +37,30 @@ impl Pipeline {
         let steps = r.steps as usize;
         let run = sampling::run_schedule(job.solver, job.schedule, &self.schedule, steps, self.config.family == Family::Sdxl);
         let mut rng = TorchRng::new(r.seed);
-        let (x, run, blend) = match (&r.init_image, &r.mask) {
+        let (x, run, blend, start_extra) = match (&r.init_image, &r.mask) {
             (None, _) => {
                 let (h, w) = job.latent_size;
-                let c = self.config.unet.in_channels;
+                let c = self.config.vae.latent_channels;
                 let noise = rng.randn_f32(c * h * w);
                 let noise = Tensor::from_vec(noise, (1, c, h, w), &self.device)?;
-                ((noise * run.init_noise_sigma)?, run, None)
+                ((noise * run.init_noise_sigma)?, run, None, None)
             }
             (Some(image), None) => {
                 let (x, run) = self.img2img_start(job, image, run, &mut rng)?;
-                (x, run, None)
+                (x, run, None, None)
             }
             (Some(image), Some(mask)) => {
-                let (x, run, blend) = self.inpaint_start(job, image, mask, run, &mut rng)?;
-                (x, run, Some(blend))
+                let s = self.inpaint_start(job, image, mask, run, &mut rng)?;
+                (s.x, s.run, s.blend, s.extra)
             }
         };
 
         let t_loop = Instant::now();
-        let s = self.sample(job, &cond, super::guided::Start { x, run, blend }, &mut rng, hooks)?;
+        let extra = match start_extra {
+            Some(e) => Some(e),
+            None => self.unmasked_extra(job.latent_size)?,
+        };
+        let s = self.sample(job, &cond, super::guided::Start { x, run, blend, extra }, &mut rng, hooks)?;
         let t_denoise = t_loop.elapsed().saturating_sub(s.preview_time);
 
         let t_vae0 = Instant::now();
@@ -116,22 +120,57 @@ impl Pipeline {
     /// The init image's latents (UNet space): encoded by the VAE, its posterior sampled with
     /// the seed's generator (diffusers' `retrieve_latents(..., generator)`), scaled.
     pub(super) fn init_latents(&self, image: &ImageRgb8, rng: &mut TorchRng) -> Result<Tensor> {
+        self.encode_pixels(&pixels_of(image, None), Some(rng))
+    }
+
+    /// VAE latents (UNet space) of pixels in [-1, 1] `[3 * h * w]` planar: the posterior
+    /// sampled with `rng` (diffusers' `retrieve_latents(..., generator)`), or its mean.
+    pub(super) fn encode_pixels(&self, planar: &(Vec<f32>, usize, usize), rng: Option<&mut TorchRng>) -> Result<Tensor> {
         let encoder = VaeEncoder::new(&self.base, &self.config.vae).map_err(|e| {
             EngineError::InvalidRequest(format!("this model's VAE has no usable encoder, which image to image needs ({e})"))
         })?;
-        let (w, h) = (image.width as usize, image.height as usize);
-        let mut planar = vec![0f32; 3 * w * h];
-        for (i, px) in image.pixels.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                planar[c * w * h + i] = f32::from(px[c]) / 255.0 * 2.0 - 1.0;
-            }
-        }
+        let (data, w, h) = planar;
         let dtype = self.base.get("vae.encoder.conv_in.weight")?.dtype();
-        let pixels = Tensor::from_vec(planar, (1, 3, h, w), &self.device)?.to_dtype(dtype)?;
+        let pixels = Tensor::from_vec(data.clone(), (1, 3, *h, *w), &self.device)?.to_dtype(dtype)?;
         let (mean, logvar) = encoder.encode(&pixels)?;
         let (mean, logvar) = (mean.to_dtype(DType::F32)?, logvar.to_dtype(DType::F32)?.clamp(-30f32, 20f32)?);
-        let n = mean.elem_count();
-        let eps = Tensor::from_vec(rng.randn_f32(n), mean.shape(), &self.device)?;
-        Ok(((mean + (logvar * 0.5)?.exp()?.mul(&eps)?)? * self.config.vae.scaling_factor)?)
+        let z = match rng {
+            Some(rng) => {
+                let eps = Tensor::from_vec(rng.randn_f32(mean.elem_count()), mean.shape(), &self.device)?;
+                (mean + (logvar * 0.5)?.exp()?.mul(&eps)?)?
+            }
+            None => mean,
+        };
+        Ok((z * self.config.vae.scaling_factor)?)
     }
+
+    /// An inpainting model's extra input without a mask (text or image to image on such a
+    /// model, as A1111 does): everything to repaint, over a mid-grey picture's latents.
+    pub(super) fn unmasked_extra(&self, latent_size: (usize, usize)) -> Result<Option<Tensor>> {
+        if self.config.unet.in_channels == self.config.vae.latent_channels {
+            return Ok(None);
+        }
+        let (h, w) = latent_size;
+        let scale = self.config.vae.scale();
+        let grey = (vec![0f32; 3 * h * scale * w * scale], w * scale, h * scale);
+        let z = self.encode_pixels(&grey, None)?;
+        let ones = Tensor::ones((1, 1, h, w), DType::F32, &self.device)?;
+        Ok(Some(Tensor::cat(&[&ones, &z], 1)?))
+    }
+}
+
+/// Pixels of `image` in [-1, 1], planar `[3, h, w]`, with `zero` (where true) set to 0 (the
+/// masked image diffusers builds: `image * (mask < 0.5)`).
+pub(super) fn pixels_of(image: &ImageRgb8, zero: Option<&[bool]>) -> (Vec<f32>, usize, usize) {
+    let (w, h) = (image.width as usize, image.height as usize);
+    let mut planar = vec![0f32; 3 * w * h];
+    for (i, px) in image.pixels.chunks_exact(3).enumerate() {
+        if zero.is_some_and(|z| z[i]) {
+            continue;
+        }
+        for c in 0..3 {
+            planar[c * w * h + i] = f32::from(px[c]) / 255.0 * 2.0 - 1.0;
+        }
+    }
+    (planar, w, h)
 }
