@@ -53,6 +53,28 @@ pub fn fit(img: &RgbImage, w: u32, h: u32, mode: ResizeMode) -> ImageRgb8 {
     }
 }
 
+/// Outpainting's picture and mask: `img` extended by `left, top, right, bottom` pixels, the
+/// new border filled by stretching the edge pixels outwards, and a mask that is white (to
+/// paint) on the border and black (to keep) on the original.
+pub fn outpaint(img: &RgbImage, [left, top, right, bottom]: [u32; 4]) -> (RgbImage, RgbImage) {
+    let (w, h) = img.dimensions();
+    let (nw, nh) = (w + left + right, h + top + bottom);
+    let picture = RgbImage::from_fn(nw, nh, |x, y| {
+        let sx = x.saturating_sub(left).min(w - 1);
+        let sy = y.saturating_sub(top).min(h - 1);
+        *img.get_pixel(sx, sy)
+    });
+    let mask = RgbImage::from_fn(nw, nh, |x, y| {
+        let inside = x >= left && x < left + w && y >= top && y < top + h;
+        if inside {
+            image::Rgb([0, 0, 0])
+        } else {
+            image::Rgb([255, 255, 255])
+        }
+    });
+    (picture, mask)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +102,16 @@ mod tests {
         // Fill letterboxes: the top row repeats the image's first row.
         let fill = fit(&img, 32, 32, ResizeMode::Fill);
         assert_eq!(px(&fill, 2, 0), px(&fill, 2, 12));
+        // Outpainting: the size grows, the border is painted, the original kept.
+        let (pic, mask) = outpaint(&img, [8, 0, 16, 4]);
+        assert_eq!(pic.dimensions(), (64, 24));
+        assert_eq!(pic.get_pixel(0, 0), img.get_pixel(0, 0));
+        assert_eq!(pic.get_pixel(63, 23), img.get_pixel(39, 19));
+        assert_eq!(mask.get_pixel(7, 0)[0], 255);
+        assert_eq!(mask.get_pixel(8, 0)[0], 0);
+        assert_eq!(mask.get_pixel(47, 19)[0], 0);
+        assert_eq!(mask.get_pixel(48, 19)[0], 255);
+        assert_eq!(mask.get_pixel(20, 20)[0], 255);
         // The same size is untouched.
         assert_eq!(fit(&img, 40, 20, ResizeMode::Crop).pixels, img.into_raw());
     }

@@ -758,3 +758,27 @@ fn inpaint_with_a_mask_runs_and_an_empty_mask_is_refused() {
     let bad = generate(&fixture("sd1/sd1-tiny.safetensors"), &args, &scratch("inpaint-bad.png"));
     assert_clean_failure(&bad, "mask is empty");
 }
+
+#[test]
+fn outpaint_extends_the_picture() {
+    let out = scratch("outpaint.png");
+    let init = fixture("img2img/init.png");
+    let args = [
+        "--init-image",
+        init.to_str().expect("utf-8"),
+        "--outpaint",
+        "16,0,16,8",
+        "--strength",
+        "1",
+    ];
+    let run = generate(&fixture("sd1/sd1-tiny.safetensors"), &args, &out);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let img = image::open(&out).expect("png");
+    assert_eq!((img.width(), img.height()), (96, 72));
+    let bad = generate(
+        &fixture("sd1/sd1-tiny.safetensors"),
+        &["--init-image", init.to_str().expect("utf-8"), "--outpaint", "16,0"],
+        &scratch("outpaint-bad.png"),
+    );
+    assert_clean_failure(&bad, "LEFT,TOP,RIGHT,BOTTOM");
+}

@@ -114,6 +114,22 @@ pub struct GenerateArgs {
     /// init image. Use `--strength 1` to repaint from pure noise.
     #[arg(long, value_name = "FILE", requires = "init_image")]
     mask: Option<PathBuf>,
+    /// Outpainting: extend the init image by LEFT,TOP,RIGHT,BOTTOM pixels and paint only the
+    /// new border (the size grows by as much unless --width/--height are given).
+    #[arg(long, value_name = "L,T,R,B", requires = "init_image", conflicts_with = "mask", value_parser = parse_outpaint)]
+    outpaint: Option<[u32; 4]>,
+}
+
+fn parse_outpaint(s: &str) -> std::result::Result<[u32; 4], String> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u32>().map_err(|_| format!("'{p}' is not a pixel count")))
+        .collect::<std::result::Result<_, _>>()?;
+    match v[..] {
+        [l, t, r, b] if l + t + r + b > 0 && v.iter().all(|&x| x <= 4096) => Ok([l, t, r, b]),
+        [_, _, _, _] => Err("give at least one side more than 0 pixels (at most 4096 each)".into()),
+        _ => Err(format!("'{s}': give four numbers LEFT,TOP,RIGHT,BOTTOM, e.g. 64,0,64,0")),
+    }
 }
 
 /// `FILE[:STRENGTH]`: the strength is the part after the last colon when it is a number (so
@@ -245,8 +261,13 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot read the {what} {}: {e}", p.display()))?
             .to_rgb8())
     };
-    let init = g.init_image.as_deref().map(|p| read(p, "init image")).transpose()?;
-    let mask = g.mask.as_deref().map(|p| read(p, "mask")).transpose()?;
+    let mut init = g.init_image.as_deref().map(|p| read(p, "init image")).transpose()?;
+    let mut mask = g.mask.as_deref().map(|p| read(p, "mask")).transpose()?;
+    if let (Some(sides), Some(img)) = (g.outpaint, init.as_ref()) {
+        let (picture, m) = crate::resize::outpaint(img, sides);
+        init = Some(picture);
+        mask = Some(m);
+    }
     let model = match g.model.clone().or_else(crate::assets::embedded_model) {
         Some(m) => m,
         None => bail!("no --model given, and this build has no embedded model yet"),
