@@ -1058,3 +1058,48 @@ fn image_to_image_from_the_canvas_and_from_a_dropped_picture() {
     assert_eq!((init.image.width, init.image.height), (8, 8));
     assert_eq!(&init.image.pixels[..3], &[0, 200, 0]);
 }
+
+#[test]
+fn inpaint_mode_paints_a_mask_with_the_brush_and_sends_it() {
+    let mut s = studio("inpaint", settings(), Some("/models/fake.safetensors"));
+    s.loaded();
+    s.type_prompt("a red apple");
+    s.harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    s.until("finished", |a, _| a.session.history.first().is_some_and(|h| h.full.is_some()));
+    s.harness.get_by_label("To img2img").click();
+    s.harness.step();
+    s.harness.get_by_label("Inpaint").click();
+    s.harness.step();
+    // Nothing painted yet: Generate says so and sends nothing.
+    s.until("idle", |a, _| !a.session.is_busy());
+    s.harness.get_by_label("Generate").click();
+    s.harness.step();
+    assert!(said(&s, "Paint the mask first"));
+    assert_eq!(s.log.lock().expect("log").requests.len(), 1);
+    // Paint a stroke in the mask editor.
+    s.harness.get_by_label("Edit mask…").click();
+    s.harness.run_steps(2);
+    let below = s.harness.get_by_label("Invert").rect().left_bottom();
+    let (a, b) = (below + egui::vec2(60.0, 80.0), below + egui::vec2(200.0, 90.0));
+    s.harness.hover_at(a);
+    s.harness.step();
+    s.harness.drag_at(a);
+    s.harness.step();
+    for k in 1..=8 {
+        s.harness.hover_at(a + (b - a) * (k as f32 / 8.0));
+        s.harness.step();
+    }
+    s.harness.drop_at(b);
+    s.harness.step();
+    let painted = s.harness.state().session.init.as_ref().expect("init").painted();
+    assert!(painted > 0.02 && painted < 0.6, "painted share {painted}");
+    s.snapshot("mask-editor");
+    // Generate sends the picture and the mask, both at the request's size.
+    s.harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    s.until("the inpaint request", |_, log| log.requests.len() >= 2);
+    let r = s.log.lock().expect("log").requests[1].clone();
+    let mask = r.mask.expect("mask sent");
+    assert_eq!((mask.width, mask.height), (r.width, r.height));
+    assert!(mask.pixels.contains(&255) && mask.pixels.contains(&0));
+    assert!(r.init_image.is_some());
+}

@@ -266,9 +266,9 @@ impl StudioApp {
         }
         let base = p.seed;
         let mut sent = 0;
-        let init = match self.init_for_request() {
-            Ok(init) => init,
-            Err(why) => {
+        let (init, mask) = match (self.init_for_request(), self.mask_for_request()) {
+            (Ok(init), Ok(mask)) => (init, mask),
+            (Err(why), _) | (_, Err(why)) => {
                 self.session.say(Level::Warning, why);
                 return 0;
             }
@@ -276,6 +276,7 @@ impl StudioApp {
         for i in 0..self.settings.params.batch.max(1) {
             let mut request = self.settings.params.request(base.wrapping_add(u64::from(i)));
             request.init_image = init.clone();
+            request.mask = mask.clone();
             match self.engine.generate(request.clone()) {
                 Ok(id) => {
                     self.session.jobs.push_back(Job {
@@ -311,19 +312,58 @@ impl StudioApp {
         let Some(init) = &self.session.init else {
             return Err("Image to image needs a picture: open one, drop one here, or use \"To img2img\" under History.".into());
         };
-        let img = &init.image;
-        let rgb = image::RgbImage::from_raw(img.width, img.height, img.pixels.clone()).ok_or("the init picture is damaged")?;
+        let fit = |img: &ImageRgb8| -> Result<Arc<ImageRgb8>, String> {
+            let rgb = image::RgbImage::from_raw(img.width, img.height, img.pixels.clone()).ok_or("the init picture is damaged")?;
+            Ok(Arc::new(crate::resize::fit(&rgb, p.width, p.height, p.resize_mode)))
+        };
+        Ok(Some(fit(&init.image)?))
+    }
+
+    /// Inpainting's mask fitted like the picture (None outside inpaint mode); an unpainted
+    /// mask says what to do.
+    fn mask_for_request(&self) -> Result<Option<Arc<ImageRgb8>>, String> {
+        let p = &self.settings.params;
+        if p.mode != super::state::GenMode::Inpaint {
+            return Ok(None);
+        }
+        let Some(init) = &self.session.init else { return Ok(None) };
+        if init.painted() == 0.0 {
+            return Err("Paint the mask first (Edit mask…): white is repainted, the rest kept.".into());
+        }
+        let m = init.mask_image();
+        let rgb = image::RgbImage::from_raw(m.width, m.height, m.pixels).ok_or("the mask is damaged")?;
         Ok(Some(Arc::new(crate::resize::fit(&rgb, p.width, p.height, p.resize_mode))))
+    }
+
+    fn open_mask(&mut self, path: &Path) {
+        let Some(init) = self.session.init.as_mut() else {
+            self.session.say(Level::Warning, "Open the picture first, then its mask.");
+            return;
+        };
+        match crate::png::decode_png(path) {
+            Ok((m, _)) => {
+                let rgb = image::RgbImage::from_raw(m.width, m.height, m.pixels).unwrap_or_default();
+                let fitted = crate::resize::fit(&rgb, init.image.width, init.image.height, crate::resize::ResizeMode::Just);
+                init.mask = fitted
+                    .pixels
+                    .chunks_exact(3)
+                    .map(|p| {
+                        let l = (u32::from(p[0]) * 19595 + u32::from(p[1]) * 38470 + u32::from(p[2]) * 7471 + 0x8000) >> 16;
+                        if l >= 128 { 255 } else { 0 }
+                    })
+                    .collect();
+                init.mask_changed = true;
+            }
+            Err(e) => self.session.say(Level::Error, format!("Cannot open the mask: {e}")),
+        }
     }
 
     /// Takes `image` as image to image's picture and switches to image mode.
     pub fn set_init(&mut self, image: Arc<ImageRgb8>, name: String) {
-        self.session.init = Some(super::state::InitImage {
-            image,
-            name,
-            texture: None,
-        });
-        self.settings.params.mode = super::state::GenMode::Image;
+        self.session.init = Some(super::state::InitImage::new(image, name));
+        if self.settings.params.mode == super::state::GenMode::Text {
+            self.settings.params.mode = super::state::GenMode::Image;
+        }
     }
 
     fn open_init(&mut self, path: &Path) {
@@ -440,7 +480,7 @@ impl StudioApp {
                 self.open_model(path);
             }
             FileKind::Lora => self.add_lora(path),
-            FileKind::Image if self.settings.params.mode == super::state::GenMode::Image => self.open_init(path),
+            FileKind::Image if self.settings.params.mode != super::state::GenMode::Text => self.open_init(path),
             FileKind::Image => match latent_engine::image_io::read_png_parameters(path) {
                 Ok(Some(text)) => {
                     if self.restore(&text) {
@@ -529,7 +569,7 @@ impl StudioApp {
             if !exts.is_empty() {
                 let what = match kind {
                     Dialog::Image => "PNG image",
-                    Dialog::InitImage => "picture",
+                    Dialog::InitImage | Dialog::Mask => "picture",
                     _ => "safetensors",
                 };
                 d = d.add_filter(what, exts);
@@ -537,7 +577,7 @@ impl StudioApp {
             let asked = Instant::now();
             let one = |f: Option<rfd::FileHandle>| f.map(|h| vec![h.path().to_path_buf()]);
             let paths = match kind {
-                Dialog::ModelFile | Dialog::Image | Dialog::InitImage => one(pollster::block_on(d.pick_file())),
+                Dialog::ModelFile | Dialog::Image | Dialog::InitImage | Dialog::Mask => one(pollster::block_on(d.pick_file())),
                 Dialog::Lora => pollster::block_on(d.pick_files()).map(|v| v.iter().map(|h| h.path().to_path_buf()).collect()),
                 Dialog::ModelFolder | Dialog::ModelDir | Dialog::LoraDir | Dialog::OutputDir => one(pollster::block_on(d.pick_folder())),
             };
@@ -561,7 +601,7 @@ impl StudioApp {
     /// Where dialog `kind` starts.
     fn dialog_start(&self, kind: Dialog) -> Option<PathBuf> {
         match kind {
-            Dialog::OutputDir | Dialog::Image | Dialog::InitImage => Some(self.settings.output_dir.clone()),
+            Dialog::OutputDir | Dialog::Image | Dialog::InitImage | Dialog::Mask => Some(self.settings.output_dir.clone()),
             Dialog::ModelFile | Dialog::ModelFolder | Dialog::ModelDir => self.settings.model_dirs.first().cloned(),
             Dialog::Lora | Dialog::LoraDir => self.settings.lora_dirs.first().cloned(),
         }
@@ -579,6 +619,7 @@ impl StudioApp {
                 Dialog::ModelFile | Dialog::ModelFolder | Dialog::Image => self.open_path(&p),
                 Dialog::Lora => self.add_lora(&p),
                 Dialog::InitImage => self.open_init(&p),
+                Dialog::Mask => self.open_mask(&p),
                 Dialog::ModelDir | Dialog::LoraDir => {
                     let list = if kind == Dialog::ModelDir {
                         &mut self.settings.model_dirs

@@ -41,6 +41,8 @@ pub enum Dialog {
     OutputDir,
     /// A picture to start image to image from.
     InitImage,
+    /// Inpainting's mask (white = repaint).
+    Mask,
 }
 
 impl Dialog {
@@ -55,6 +57,7 @@ impl Dialog {
             Dialog::LoraDir => "Add a LoRA folder",
             Dialog::OutputDir => "Choose the output folder",
             Dialog::InitImage => "Open a picture to start from",
+            Dialog::Mask => "Open a mask (white = repaint)",
         }
     }
 
@@ -68,7 +71,7 @@ impl Dialog {
         match self {
             Dialog::ModelFile | Dialog::Lora => &["safetensors"],
             Dialog::Image => &["png"],
-            Dialog::InitImage => &["png", "jpg", "jpeg", "webp", "bmp"],
+            Dialog::InitImage | Dialog::Mask => &["png", "jpg", "jpeg", "webp", "bmp"],
             _ => &[],
         }
     }
@@ -82,6 +85,8 @@ pub enum GenMode {
     Text,
     /// Image to image from the init picture.
     Image,
+    /// Inpainting: repaint where the mask is painted.
+    Inpaint,
 }
 
 /// The picture image to image starts from (kept for the session, not across restarts).
@@ -90,6 +95,76 @@ pub struct InitImage {
     /// Where it came from, for the panel.
     pub name: String,
     pub texture: Option<egui::TextureHandle>,
+    /// Inpainting's mask at the picture's size: 255 = repaint, 0 = keep.
+    pub mask: Vec<u8>,
+    /// The mask drawn over the picture; rebuilt when `mask_changed`.
+    pub mask_texture: Option<egui::TextureHandle>,
+    pub mask_changed: bool,
+}
+
+impl InitImage {
+    pub fn new(image: Arc<ImageRgb8>, name: String) -> Self {
+        let n = (image.width * image.height) as usize;
+        Self {
+            image,
+            name,
+            texture: None,
+            mask: vec![0; n],
+            mask_texture: None,
+            mask_changed: true,
+        }
+    }
+
+    /// Paints (or erases) a disc of `radius` pixels at picture coordinates `(x, y)`.
+    pub fn stamp(&mut self, x: f32, y: f32, radius: f32, erase: bool) {
+        let (w, h) = (self.image.width as i64, self.image.height as i64);
+        let r = radius.max(0.5);
+        let (x0, x1) = (((x - r).floor() as i64).max(0), ((x + r).ceil() as i64).min(w - 1));
+        let (y0, y1) = (((y - r).floor() as i64).max(0), ((y + r).ceil() as i64).min(h - 1));
+        for py in y0..=y1 {
+            for px in x0..=x1 {
+                let (dx, dy) = (px as f32 + 0.5 - x, py as f32 + 0.5 - y);
+                if dx * dx + dy * dy <= r * r {
+                    self.mask[(py * w + px) as usize] = if erase { 0 } else { 255 };
+                }
+            }
+        }
+        self.mask_changed = true;
+    }
+
+    /// Share of the picture to repaint.
+    pub fn painted(&self) -> f32 {
+        self.mask.iter().filter(|&&m| m > 0).count() as f32 / self.mask.len().max(1) as f32
+    }
+
+    /// The mask as an RGB picture (white = repaint).
+    pub fn mask_image(&self) -> ImageRgb8 {
+        ImageRgb8 {
+            width: self.image.width,
+            height: self.image.height,
+            pixels: self.mask.iter().flat_map(|&m| [m, m, m]).collect(),
+        }
+    }
+}
+
+/// The mask editor's brush.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Brush {
+    /// Radius in picture pixels.
+    pub radius: f32,
+    pub erase: bool,
+    /// Where the last stroke ended (picture coordinates), to join a drag's dabs.
+    pub last: Option<(f32, f32)>,
+}
+
+impl Default for Brush {
+    fn default() -> Self {
+        Self {
+            radius: 12.0,
+            erase: false,
+            last: None,
+        }
+    }
 }
 
 /// The sliders: everything one generation needs.
@@ -556,8 +631,10 @@ pub struct Session {
     pub found_tiny_decoders: Vec<PathBuf>,
     /// Textual-inversion embeddings in the model folders' `embeddings` folders (names).
     pub found_embeddings: Vec<String>,
-    /// Image to image's picture.
+    /// Image to image's picture (and inpainting's mask).
     pub init: Option<InitImage>,
+    pub show_mask_editor: bool,
+    pub brush: Brush,
     /// Short hashes of VAE files computed so far (restoring an image by `VAE hash`).
     pub vae_hashes: HashMap<PathBuf, String>,
     /// The last finished image (for the clipboard).

@@ -5,6 +5,7 @@
 pub mod canvas;
 pub mod gallery;
 pub mod lora;
+pub mod mask;
 pub mod model;
 pub mod path_field;
 pub mod prompt;

@@ -46,10 +46,12 @@ fn mode_switch(view: &mut View, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.selectable_value(&mut p.mode, GenMode::Text, "Text to image");
         ui.selectable_value(&mut p.mode, GenMode::Image, "Image to image");
+        ui.selectable_value(&mut p.mode, GenMode::Inpaint, "Inpaint");
     });
-    if p.mode != GenMode::Image {
+    if p.mode == GenMode::Text {
         return;
     }
+    let inpaint = p.mode == GenMode::Inpaint;
     ui.horizontal(|ui| {
         match &mut view.session.init {
             Some(init) => {
@@ -77,6 +79,24 @@ fn mode_switch(view: &mut View, ui: &mut egui::Ui) {
             }
         });
     });
+    if inpaint {
+        ui.horizontal(|ui| {
+            let painted = view.session.init.as_ref().map(|i| i.painted());
+            if ui
+                .add_enabled(painted.is_some(), egui::Button::new("Edit mask…"))
+                .on_hover_text("Paint where the picture should change")
+                .clicked()
+            {
+                view.session.show_mask_editor = true;
+            }
+            if ui.add_enabled(painted.is_some(), egui::Button::new("Load mask…")).clicked() {
+                view.act(Action::Dialog(Dialog::Mask));
+            }
+            if let Some(f) = painted {
+                ui.weak(format!("{:.0}% to repaint", f * 100.0));
+            }
+        });
+    }
     let p = &mut view.settings.params;
     ui.horizontal(|ui| {
         let l = ui.label("Strength");

@@ -20,6 +20,7 @@ pub fn show(view: &mut View, ctx: &egui::Context) {
         .default_width(460.0)
         .show(ctx, |ui| settings(view, ui));
     view.session.show_settings = open;
+    super::mask::window(view, ctx);
 }
 
 fn timing_log(view: &mut View, ui: &mut egui::Ui) {
