@@ -782,3 +782,25 @@ fn outpaint_extends_the_picture() {
     );
     assert_clean_failure(&bad, "LEFT,TOP,RIGHT,BOTTOM");
 }
+
+#[test]
+fn hires_fix_from_the_command_line() {
+    let out = scratch("hires.png");
+    let run = generate(
+        &fixture("sd1/sd1-tiny.safetensors"),
+        &["--hires-scale", "1.5", "--hires-steps", "4", "--hires-strength", "0.5"],
+        &out,
+    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(image::open(&out).expect("png").width(), 96);
+    let text = latent_engine::image_io::read_png_parameters(&out)
+        .expect("reads")
+        .expect("has parameters");
+    assert!(text.contains("Hires upscale: 1.5") && text.contains("Hires steps: 4"), "{text}");
+    let bad = generate(
+        &fixture("sd1/sd1-tiny.safetensors"),
+        &["--hires-scale", "9"],
+        &scratch("hires-bad.png"),
+    );
+    assert_clean_failure(&bad, "upscale");
+}

@@ -136,6 +136,18 @@ impl Parameters {
         if let Some(v) = num("Denoising strength").filter(|v| (0.0..=1.0).contains(v)) {
             r.strength = v;
         }
+        // A1111's hires fix keys (its denoising strength is the second pass's).
+        r.hires = num("Hires upscale")
+            .filter(|v| *v > 1.0 && *v <= 4.0)
+            .map(|scale| crate::protocol::Hires {
+                scale,
+                steps: num("Hires steps").filter(|v| (0.0..=1000.0).contains(v)).map_or(0, |v| v as u32),
+                strength: num("Denoising strength").filter(|v| (0.0..=1.0).contains(v)).unwrap_or(0.7),
+                upscaler: self
+                    .get("Hires upscaler")
+                    .and_then(crate::protocol::HiresUpscaler::parse)
+                    .unwrap_or_default(),
+            });
         r.emphasis = self.get("Emphasis").and_then(crate::protocol::Emphasis::parse).unwrap_or_default();
         r.eta = num("Eta");
         let (solver, schedule) = self.sampler();

@@ -190,6 +190,49 @@ pub struct GenerateRequest {
     /// luminance is read as PIL's `convert("L")` and cut at one half, as diffusers does.
     #[serde(skip)]
     pub mask: Option<std::sync::Arc<ImageRgb8>>,
+    /// Hires fix: after the image is made at this size, its latents are upscaled and a
+    /// second image-to-image pass runs at the larger size (A1111's "Hires. fix").
+    #[serde(default)]
+    pub hires: Option<Hires>,
+}
+
+/// A1111's hires fix: upscale factor, second-pass steps (0 = the first pass's), denoising
+/// strength of the second pass, and how the latents are upscaled.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Hires {
+    pub scale: f64,
+    pub steps: u32,
+    pub strength: f64,
+    pub upscaler: HiresUpscaler,
+}
+
+/// How the hires fix enlarges the first pass's latents.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HiresUpscaler {
+    /// Bilinear (A1111's "Latent": `interpolate(mode="bilinear")`).
+    #[default]
+    Latent,
+    /// Nearest neighbour (A1111's "Latent (nearest)").
+    LatentNearest,
+}
+
+impl HiresUpscaler {
+    pub const ALL: [HiresUpscaler; 2] = [HiresUpscaler::Latent, HiresUpscaler::LatentNearest];
+
+    /// A1111's name of it (the metadata's `Hires upscaler`).
+    pub fn name(self) -> &'static str {
+        match self {
+            HiresUpscaler::Latent => "Latent",
+            HiresUpscaler::LatentNearest => "Latent (nearest)",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<HiresUpscaler> {
+        let k = s.trim().to_ascii_lowercase();
+        HiresUpscaler::ALL
+            .into_iter()
+            .find(|u| u.name().to_ascii_lowercase() == k || (k == "nearest" && *u == HiresUpscaler::LatentNearest))
+    }
 }
 
 fn default_strength() -> f64 {
@@ -271,6 +314,7 @@ impl Default for GenerateRequest {
             init_image: None,
             strength: default_strength(),
             mask: None,
+            hires: None,
         }
     }
 }

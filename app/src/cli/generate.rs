@@ -118,6 +118,23 @@ pub struct GenerateArgs {
     /// new border (the size grows by as much unless --width/--height are given).
     #[arg(long, value_name = "L,T,R,B", requires = "init_image", conflicts_with = "mask", value_parser = parse_outpaint)]
     outpaint: Option<[u32; 4]>,
+    /// Hires fix: upscale the finished latents by this factor (above 1, at most 4) and run a
+    /// second, image-to-image pass at that size (A1111's "Hires. fix").
+    #[arg(long, value_name = "FACTOR")]
+    hires_scale: Option<f64>,
+    /// Hires fix: steps of the second pass's schedule (0 = --steps).
+    #[arg(long, default_value_t = 0, requires = "hires_scale")]
+    hires_steps: u32,
+    /// Hires fix: denoising strength of the second pass.
+    #[arg(long, default_value_t = 0.7, requires = "hires_scale")]
+    hires_strength: f64,
+    /// Hires fix: latent (bilinear, A1111's "Latent") or nearest.
+    #[arg(long, default_value = "latent", requires = "hires_scale", value_parser = parse_upscaler)]
+    hires_upscaler: latent_engine::protocol::HiresUpscaler,
+}
+
+fn parse_upscaler(s: &str) -> std::result::Result<latent_engine::protocol::HiresUpscaler, String> {
+    latent_engine::protocol::HiresUpscaler::parse(s).ok_or_else(|| format!("unknown hires upscaler {s:?}: latent or nearest"))
 }
 
 fn parse_outpaint(s: &str) -> std::result::Result<[u32; 4], String> {
@@ -371,6 +388,12 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
         mask: mask
             .as_ref()
             .map(|m| std::sync::Arc::new(crate::resize::fit(m, width, height, g.resize_mode))),
+        hires: g.hires_scale.map(|scale| latent_engine::protocol::Hires {
+            scale,
+            steps: g.hires_steps,
+            strength: g.hires_strength,
+            upscaler: g.hires_upscaler,
+        }),
     };
     let id = engine.generate(request)?;
     let mut stderr = std::io::stderr();

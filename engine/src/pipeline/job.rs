@@ -97,6 +97,27 @@ impl Pipeline {
                 r.token_merge
             ));
         }
+        if let Some(hz) = &r.hires {
+            if r.init_image.is_some() {
+                return bad("the hires fix runs after text to image; it does not take an init image".into());
+            }
+            if !hz.scale.is_finite() || !(1.0..=4.0).contains(&hz.scale) || hz.scale == 1.0 {
+                return bad(format!("the hires upscale must be above 1 and at most 4, got {}", hz.scale));
+            }
+            if !hz.strength.is_finite() || !(0.0..=1.0).contains(&hz.strength) {
+                return bad(format!("the hires denoising strength must be between 0 and 1, got {}", hz.strength));
+            }
+            if hz.steps > 1000 {
+                return bad(format!("hires steps must be at most 1000, got {}", hz.steps));
+            }
+            let (w2, h2) = hires_size(r, scale);
+            if (w2 as u64) * (h2 as u64) > 4096 * 4096 {
+                return bad(format!("the hires size {w2}x{h2} is too large (at most 4096x4096 pixels in total)"));
+            }
+            if hires_run_steps(r) == 0 {
+                return bad(format!("hires strength {} runs no step; raise it or the hires steps", hz.strength));
+            }
+        }
         if r.mask.is_some() && r.init_image.is_none() {
             return bad("a mask needs an init image to paint into".into());
         }
@@ -174,6 +195,14 @@ impl Pipeline {
         }
         if r.init_image.is_some() {
             p.push("Denoising strength", crate::metadata::short_number(r.strength));
+        }
+        if let Some(h) = &r.hires {
+            p.push("Denoising strength", crate::metadata::short_number(h.strength));
+            p.push("Hires upscale", crate::metadata::short_number(h.scale));
+            if h.steps > 0 {
+                p.push("Hires steps", h.steps);
+            }
+            p.push("Hires upscaler", h.upscaler.name());
         }
         if r.clip_skip > 1 {
             p.push("Clip skip", r.clip_skip);
@@ -256,21 +285,59 @@ pub fn request_whole_nfe(request: &GenerateRequest) -> Option<u32> {
     if request.feature_cache <= 1 {
         return Some(nfe_of(solver, request));
     }
-    let guided = guided_steps(request);
-    Some(
-        (0..run_steps(request))
-            .filter(|k| k.is_multiple_of(request.feature_cache))
+    let whole = |r: &GenerateRequest| -> u32 {
+        let guided = guided_steps(r);
+        (0..run_steps(r))
+            .filter(|k| k.is_multiple_of(r.feature_cache))
             .map(|k| if k < guided { 2 } else { 1 })
-            .sum(),
-    )
+            .sum()
+    };
+    Some(whole(request) + hires_request(request).map_or(0, |h| whole(&h)))
 }
 
 fn nfe_of(solver: &sampling::SolverInfo, request: &GenerateRequest) -> u32 {
-    let guided = guided_steps(request);
-    (0..run_steps(request))
-        .map(|k| {
-            let evals = sampling::evaluations(solver, k + 1) - sampling::evaluations(solver, k);
-            evals * if k < guided { 2 } else { 1 }
-        })
-        .sum()
+    let pass = |steps: u32, guided: u32| -> u32 {
+        (0..steps)
+            .map(|k| {
+                let evals = sampling::evaluations(solver, k + 1) - sampling::evaluations(solver, k);
+                evals * if k < guided { 2 } else { 1 }
+            })
+            .sum()
+    };
+    let first = pass(run_steps(request), guided_steps(request));
+    match hires_request(request) {
+        Some(h) => first + pass(h.steps, guided_steps(&h)),
+        None => first,
+    }
+}
+
+/// The hires fix's pixel size: the request's times the scale, down to the latent grid.
+pub fn hires_size(r: &GenerateRequest, grid: u32) -> (u32, u32) {
+    let s = r.hires.as_ref().map_or(1.0, |h| h.scale);
+    let f = |v: u32| (((v as f64 * s) as u32) / grid * grid).max(grid);
+    (f(r.width), f(r.height))
+}
+
+/// Steps the hires pass runs: `int(steps * strength)` of its schedule.
+pub fn hires_run_steps(r: &GenerateRequest) -> u32 {
+    r.hires.as_ref().map_or(0, |h| {
+        let total = if h.steps == 0 { r.steps } else { h.steps };
+        ((total as f64 * h.strength) as u32).min(total)
+    })
+}
+
+/// The hires pass as a request of its own (its size, the steps it runs, no hires), for the
+/// cost accounting and the sampling loop.
+pub fn hires_request(r: &GenerateRequest) -> Option<GenerateRequest> {
+    r.hires.as_ref()?;
+    let (width, height) = hires_size(r, 8);
+    Some(GenerateRequest {
+        width,
+        height,
+        steps: hires_run_steps(r),
+        init_image: None,
+        mask: None,
+        hires: None,
+        ..r.clone()
+    })
 }

@@ -22,6 +22,7 @@ use crate::protocol::{DType, DeviceKind, ImageRgb8, LatentsOut, ModelInfo, Model
 use crate::sampling::schedule::ModelSchedule;
 
 mod guided;
+mod hires;
 mod inpaint;
 mod job;
 mod text;

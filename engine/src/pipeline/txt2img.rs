@@ -60,7 +60,52 @@ impl Pipeline {
             Some(e) => Some(e),
             None => self.unmasked_extra(job.latent_size)?,
         };
-        let s = self.sample(job, &cond, super::guided::Start { x, run, blend, extra }, &mut rng, hooks)?;
+        let mut s = self.sample(job, &cond, super::guided::Start { x, run, blend, extra }, &mut rng, hooks)?;
+        if let Some(hires) = &r.hires {
+            // Hires fix: the latents enlarged, then an image-to-image pass at the new size
+            // from the next noise of the same generator.
+            let grid = self.config.vae.scale() as u32;
+            let (w2, h2) = super::job::hires_size(r, grid);
+            let (lh, lw) = ((h2 / grid) as usize, (w2 / grid) as usize);
+            let z = super::hires::upscale(&s.latents, lh, lw, hires.upscaler)?;
+            let total = if hires.steps == 0 { r.steps } else { hires.steps } as usize;
+            let run_n = super::job::hires_run_steps(r) as usize;
+            let full = sampling::run_schedule(job.solver, job.schedule, &self.schedule, total, self.config.family == Family::Sdxl);
+            let t_start = total - run_n;
+            let run2 = RunSchedule {
+                sigmas: full.sigmas[t_start..].to_vec(),
+                timesteps: full.timesteps[t_start..].to_vec(),
+                init_noise_sigma: full.init_noise_sigma,
+            };
+            let noise = Tensor::from_vec(rng.randn_f32(z.elem_count()), z.shape(), &self.device)?;
+            let x2 = (&z + (noise * run2.sigmas[0])?)?;
+            let mut r2 = super::job::hires_request(r).ok_or_else(|| EngineError::Other("hires request".into()))?;
+            (r2.width, r2.height) = (w2, h2);
+            let job2 = Job {
+                request: r2,
+                latent_size: (lh, lw),
+                ..job.clone()
+            };
+            let extra = self.unmasked_extra(job2.latent_size)?;
+            let s2 = self.sample(
+                &job2,
+                &cond,
+                super::guided::Start {
+                    x: x2,
+                    run: run2,
+                    blend: None,
+                    extra,
+                },
+                &mut rng,
+                hooks,
+            )?;
+            s = super::guided::Sampled {
+                latents: s2.latents,
+                nfe: s.nfe + s2.nfe,
+                shallow_nfe: s.shallow_nfe + s2.shallow_nfe,
+                preview_time: s.preview_time + s2.preview_time,
+            };
+        }
         let t_denoise = t_loop.elapsed().saturating_sub(s.preview_time);
 
         let t_vae0 = Instant::now();
