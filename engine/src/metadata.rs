@@ -136,6 +136,7 @@ impl Parameters {
         if let Some(v) = num("Denoising strength").filter(|v| (0.0..=1.0).contains(v)) {
             r.strength = v;
         }
+        r.mask_blur = num("Mask blur").filter(|v| (0.0..=64.0).contains(v)).map_or(4, |v| v as u32);
         // A1111's hires fix keys (its denoising strength is the second pass's).
         r.hires = num("Hires upscale")
             .filter(|v| *v > 1.0 && *v <= 4.0)

@@ -190,6 +190,10 @@ pub struct GenerateRequest {
     /// luminance is read as PIL's `convert("L")` and cut at one half, as diffusers does.
     #[serde(skip)]
     pub mask: Option<std::sync::Arc<ImageRgb8>>,
+    /// Inpainting: Gaussian blur (sigma, pixels) of the mask the result is pasted over the
+    /// picture with, as A1111's "Mask blur": outside the blurred mask the picture's own pixels.
+    #[serde(default = "default_mask_blur")]
+    pub mask_blur: u32,
     /// Hires fix: after the image is made at this size, its latents are upscaled and a
     /// second image-to-image pass runs at the larger size (A1111's "Hires. fix").
     #[serde(default)]
@@ -237,6 +241,10 @@ impl HiresUpscaler {
 
 fn default_strength() -> f64 {
     0.75
+}
+
+fn default_mask_blur() -> u32 {
+    4
 }
 
 /// How prompt weights act on the text encoder's output.
@@ -314,6 +322,7 @@ impl Default for GenerateRequest {
             init_image: None,
             strength: default_strength(),
             mask: None,
+            mask_blur: default_mask_blur(),
             hires: None,
         }
     }

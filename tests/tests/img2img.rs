@@ -168,3 +168,49 @@ fn inpaint_9_channel_matches_diffusers() {
     assert!(out.latents.data.iter().all(|v| v.is_finite()));
     assert_eq!(out.latents.shape[1], 4);
 }
+
+/// A1111 pastes the result over the picture through the mask blurred by cv2 and doubled
+/// (`overlay_blur4.png`, made with cv2 in the fixture script): ours is the same to one level
+/// of the 8-bit blur (cv2 rounds in fixed point; doubled, two levels of the alpha), and an
+/// inpainted image keeps the picture's own pixels outside it.
+#[test]
+fn the_result_is_pasted_over_the_picture_as_a1111_does() {
+    let read = |p: &str| latent_engine::image_io::read_png_rgb(&fixture(p)).expect("png");
+    let (mask, want) = (read("img2img/mask.png"), read("img2img/overlay_blur4.png"));
+    let solid = |v: u8| ImageRgb8 {
+        width: 64,
+        height: 64,
+        pixels: vec![v; 64 * 64 * 3],
+    };
+    let alpha = latent_engine::pipeline::overlay(&solid(0), &solid(255), &mask, 4);
+    let worst = alpha
+        .pixels
+        .iter()
+        .zip(&want.pixels)
+        .map(|(o, w)| (255 - i32::from(*o) - i32::from(*w)).abs())
+        .max()
+        .unwrap_or(0);
+    assert!(worst <= 2, "alpha differs from A1111's by {worst} levels");
+    // End to end: outside the overlay the picture is untouched.
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("img2img/inpaint.json")).expect("json")).expect("json");
+    let pipe = Pipeline::load(&ModelSpec::new(fixture("sd1/sd1-tiny.safetensors"))).expect("load");
+    let mut req = request(&j, "euler", 6, 1.0);
+    req.mask = Some(Arc::new(mask));
+    let out = pipe.generate(&pipe.validate(&req).expect("valid"), &mut Quiet).expect("generate");
+    let init = init_image();
+    // Our alpha is 255 - the overlay of black over white computed above.
+    let kept = alpha
+        .pixels
+        .chunks_exact(3)
+        .zip(out.image.pixels.chunks_exact(3).zip(init.pixels.chunks_exact(3)));
+    let (mut outside, mut same) = (0, 0);
+    for (a, (o, p)) in kept {
+        if a[0] == 255 {
+            outside += 1;
+            same += usize::from(o == p);
+        }
+    }
+    assert!(outside > 500 && same == outside, "{same} of {outside} pixels outside the mask kept");
+    assert!(out.metadata.contains("Mask blur: 4"), "{}", out.metadata);
+}

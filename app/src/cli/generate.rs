@@ -114,6 +114,10 @@ pub struct GenerateArgs {
     /// init image. Use `--strength 1` to repaint from pure noise.
     #[arg(long, value_name = "FILE", requires = "init_image")]
     mask: Option<PathBuf>,
+    /// Inpainting: blur (pixels) of the mask the result is pasted over the picture with
+    /// (A1111's "Mask blur"); outside it the picture's own pixels stay.
+    #[arg(long, default_value_t = 4)]
+    mask_blur: u32,
     /// Outpainting: extend the init image by LEFT,TOP,RIGHT,BOTTOM pixels and paint only the
     /// new border (the size grows by as much unless --width/--height are given).
     #[arg(long, value_name = "L,T,R,B", requires = "init_image", conflicts_with = "mask", value_parser = parse_outpaint)]
@@ -388,6 +392,7 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
         mask: mask
             .as_ref()
             .map(|m| std::sync::Arc::new(crate::resize::fit(m, width, height, g.resize_mode))),
+        mask_blur: g.mask_blur,
         hires: g.hires_scale.map(|scale| latent_engine::protocol::Hires {
             scale,
             steps: g.hires_steps,

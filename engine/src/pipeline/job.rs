@@ -145,6 +145,9 @@ impl Pipeline {
                     return bad("the mask is empty: paint (white) where the picture should change".into());
                 }
             }
+            if r.mask_blur > 64 {
+                return bad(format!("the mask blur must be at most 64 pixels, got {}", r.mask_blur));
+            }
             if run_steps(r) == 0 {
                 return bad(format!(
                     "denoising strength {} with {} steps runs no step; raise the strength or the steps",
@@ -195,6 +198,9 @@ impl Pipeline {
         }
         if r.init_image.is_some() {
             p.push("Denoising strength", crate::metadata::short_number(r.strength));
+        }
+        if r.mask.is_some() {
+            p.push("Mask blur", r.mask_blur);
         }
         if let Some(h) = &r.hires {
             p.push("Denoising strength", crate::metadata::short_number(h.strength));

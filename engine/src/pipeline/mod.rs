@@ -28,6 +28,7 @@ mod job;
 mod text;
 mod txt2img;
 
+pub use inpaint::overlay;
 pub use job::{Job, MAX_FEATURE_CACHE, MAX_TOKEN_MERGE, planned_nfe, request_nfe, request_whole_nfe};
 pub use text::{ScheduledConditioning, TextInput};
 

@@ -109,7 +109,10 @@ impl Pipeline {
         let t_denoise = t_loop.elapsed().saturating_sub(s.preview_time);
 
         let t_vae0 = Instant::now();
-        let (flat, image) = self.decode(&s.latents)?;
+        let (flat, mut image) = self.decode(&s.latents)?;
+        if let (Some(picture), Some(mask)) = (&r.init_image, &r.mask) {
+            image = super::inpaint::overlay(&image, picture, mask, r.mask_blur);
+        }
         let t_vae = t_vae0.elapsed();
 
         let timings = Timings {
