@@ -1103,3 +1103,18 @@ fn inpaint_mode_paints_a_mask_with_the_brush_and_sends_it() {
     assert!(mask.pixels.contains(&255) && mask.pixels.contains(&0));
     assert!(r.init_image.is_some());
 }
+
+#[test]
+fn the_hires_fix_reaches_the_request_and_the_cost_line() {
+    let mut s = studio("hires", settings(), Some("/models/fake.safetensors"));
+    s.loaded();
+    s.harness.get_by_label("Hires fix").click();
+    s.harness.run_steps(2);
+    // 6 steps with CFG (12) plus int(6 x 0.7) = 4 hires steps with CFG (8).
+    assert!(s.harness.query_by_label("Cost: 20 network evaluations").is_some());
+    s.type_prompt("a red apple");
+    s.harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    s.until("the engine received the request", |_, log| !log.requests.is_empty());
+    let h = s.log.lock().expect("log").requests[0].hires.clone().expect("hires");
+    assert_eq!((h.scale, h.steps, h.strength), (2.0, 0, 0.7));
+}

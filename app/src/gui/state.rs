@@ -197,6 +197,15 @@ pub struct Params {
     pub strength: f64,
     /// Image to image: how a picture of another size is fitted.
     pub resize_mode: crate::resize::ResizeMode,
+    /// Inpainting: blur of the mask the result is pasted over the picture with.
+    pub mask_blur: u32,
+    /// Text to image: the hires fix and its settings.
+    pub hires: bool,
+    pub hires_scale: f64,
+    /// 0 = the steps of the first pass.
+    pub hires_steps: u32,
+    pub hires_strength: f64,
+    pub hires_upscaler: latent_engine::protocol::HiresUpscaler,
 }
 
 impl Default for Params {
@@ -222,6 +231,12 @@ impl Default for Params {
             mode: GenMode::Text,
             strength: 0.75,
             resize_mode: crate::resize::ResizeMode::Just,
+            mask_blur: 4,
+            hires: false,
+            hires_scale: 2.0,
+            hires_steps: 0,
+            hires_strength: 0.7,
+            hires_upscaler: latent_engine::protocol::HiresUpscaler::Latent,
         }
     }
 }
@@ -247,6 +262,13 @@ impl Params {
             feature_cache: self.feature_cache,
             token_merge: self.token_merge,
             emphasis: self.emphasis,
+            mask_blur: self.mask_blur,
+            hires: (self.hires && self.mode == GenMode::Text).then_some(latent_engine::protocol::Hires {
+                scale: self.hires_scale,
+                steps: self.hires_steps,
+                strength: self.hires_strength,
+                upscaler: self.hires_upscaler,
+            }),
             ..GenerateRequest::default()
         }
     }
@@ -272,6 +294,11 @@ impl Params {
         self.emphasis = r.emphasis;
         if p.get("Denoising strength").is_some() {
             self.strength = r.strength;
+        }
+        self.mask_blur = r.mask_blur;
+        self.hires = r.hires.is_some();
+        if let Some(h) = &r.hires {
+            (self.hires_scale, self.hires_steps, self.hires_strength, self.hires_upscaler) = (h.scale, h.steps, h.strength, h.upscaler);
         }
     }
 }

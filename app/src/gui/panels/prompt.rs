@@ -96,6 +96,13 @@ fn mode_switch(view: &mut View, ui: &mut egui::Ui) {
                 ui.weak(format!("{:.0}% to repaint", f * 100.0));
             }
         });
+        let p = &mut view.settings.params;
+        ui.horizontal(|ui| {
+            let l = ui.label("Mask blur");
+            ui.add(egui::Slider::new(&mut p.mask_blur, 0..=64).suffix(" px"))
+                .labelled_by(l.id)
+                .on_hover_text("The result is pasted over the picture through the mask blurred this much (A1111's Mask blur)");
+        });
     }
     let p = &mut view.settings.params;
     ui.horizontal(|ui| {

@@ -121,6 +121,49 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
         );
         ui.end_row();
 
+        if p.mode == crate::gui::state::GenMode::Text {
+            let l = ui.label("Hires fix");
+            ui.checkbox(&mut p.hires, "upscale and refine").labelled_by(l.id).on_hover_text(
+                "A1111's hires fix: make the image, enlarge its latents, run a second image-to-image pass at the larger size",
+            );
+            ui.end_row();
+            if p.hires {
+                let l = ui.label("Upscale by");
+                ui.add(
+                    egui::Slider::new(&mut p.hires_scale, 1.25..=4.0)
+                        .step_by(0.25)
+                        .custom_parser(finite),
+                )
+                .labelled_by(l.id);
+                ui.end_row();
+                let l = ui.label("Hires steps");
+                ui.add(egui::Slider::new(&mut p.hires_steps, 0..=150))
+                    .labelled_by(l.id)
+                    .on_hover_text("0 = as many as the first pass");
+                ui.end_row();
+                let l = ui.label("Hires denoise");
+                ui.add(
+                    egui::Slider::new(&mut p.hires_strength, 0.0..=1.0)
+                        .fixed_decimals(2)
+                        .custom_parser(finite),
+                )
+                .labelled_by(l.id)
+                .on_hover_text("Denoising strength of the second pass");
+                ui.end_row();
+                let l = ui.label("Upscaler");
+                egui::ComboBox::from_id_salt("hires-upscaler")
+                    .selected_text(p.hires_upscaler.name())
+                    .show_ui(ui, |ui| {
+                        for u in latent_engine::protocol::HiresUpscaler::ALL {
+                            ui.selectable_value(&mut p.hires_upscaler, u, u.name());
+                        }
+                    })
+                    .response
+                    .labelled_by(l.id);
+                ui.end_row();
+            }
+        }
+
         let l = ui.label("Emphasis");
         egui::ComboBox::from_id_salt("emphasis")
             .selected_text(p.emphasis.name())
