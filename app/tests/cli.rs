@@ -804,3 +804,29 @@ fn hires_fix_from_the_command_line() {
     );
     assert_clean_failure(&bad, "upscale");
 }
+
+#[test]
+fn upscale_enlarges_a_picture_and_refuses_pickle() {
+    let out = scratch("upscaled.png");
+    let r = bin()
+        .args(["upscale", "--model"])
+        .arg(fixture("upscale/esrgan-x4.safetensors"))
+        .arg(fixture("img2img/init.png"))
+        .args(["--tile", "32", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(image::open(&out).expect("png").width(), 256);
+    let pth = scratch("model.pth");
+    std::fs::write(&pth, [0x80u8, 0x02, b'}', b'q', 0x00]).expect("write");
+    let bad = bin()
+        .args(["upscale", "--model"])
+        .arg(&pth)
+        .arg(fixture("img2img/init.png"))
+        .args(["--out"])
+        .arg(scratch("up-bad.png"))
+        .output()
+        .expect("run");
+    assert_clean_failure(&bad, "pickle");
+}

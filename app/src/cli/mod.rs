@@ -8,6 +8,7 @@ mod generate;
 mod info;
 mod prompt;
 mod train;
+mod upscale;
 
 use std::path::PathBuf;
 
@@ -49,6 +50,8 @@ enum Cmd {
     /// Decode a latents file (what `generate --latents-out` writes) with the model's VAE,
     /// another VAE (--vae) or a tiny decoder (--tiny), to compare decoders.
     Decode(decode::DecodeArgs),
+    /// Enlarge a picture with an ESRGAN-family upscaler (.safetensors), in tiles.
+    Upscale(upscale::UpscaleArgs),
     /// Show how a prompt in A1111's syntax is read: its schedule over the steps and each
     /// text's weighted pieces (--json for scripts).
     Prompt(prompt::PromptArgs),
@@ -88,6 +91,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(Cmd::Solvers) => info::solvers(),
         Some(Cmd::Prompt(a)) => prompt::prompt(a),
         Some(Cmd::Decode(a)) => decode::decode(a),
+        Some(Cmd::Upscale(a)) => upscale::upscale(a),
         Some(Cmd::MakeDataset(a)) => train::make_dataset_cmd(a),
         Some(Cmd::Train(a)) => train::train(*a),
         Some(Cmd::TrainLora(a)) => train::train_lora(a),

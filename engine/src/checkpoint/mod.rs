@@ -347,6 +347,62 @@ fn read_renamed(
     Ok(())
 }
 
+/// Loads an ESRGAN-family upscaler (RRDBNet) into `esrgan.model.*` (old-arch names):
+/// ESRGAN / 4x-UltraSharp files as they are, Real-ESRGAN's names (`conv_first`,
+/// `body.N.rdbK.convJ`, `conv_body`, `conv_upK`, `conv_hr`, `conv_last`) converted.
+pub fn load_upscaler(path: &Path, dtype: DType, device: &Device) -> Result<Weights> {
+    let file = SafetensorsFile::open(path)?;
+    let st = file.parse()?;
+    let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    let ups = (1..)
+        .take_while(|k| names.iter().any(|n| n.starts_with(&format!("conv_up{k}."))))
+        .count();
+    let nb = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("body.")?.split_once('.')?.0.parse::<usize>().ok())
+        .max()
+        .map_or(0, |m| m + 1);
+    let rename = |n: &str| -> Option<String> {
+        if n.starts_with("model.") {
+            return Some(n.to_string());
+        }
+        let (stem, leaf) = n.rsplit_once('.')?;
+        let p: Vec<&str> = stem.split('.').collect();
+        let idx = match p.as_slice() {
+            ["conv_first"] => "0".to_string(),
+            ["conv_body"] => format!("1.sub.{nb}"),
+            ["body", i, rdb, conv] => format!("1.sub.{i}.{}.{conv}.0", rdb.to_ascii_uppercase()),
+            ["conv_hr"] => (3 * ups + 2).to_string(),
+            ["conv_last"] => (3 * ups + 4).to_string(),
+            [up] if up.starts_with("conv_up") => (3 * up.trim_start_matches("conv_up").parse::<usize>().ok()?).to_string(),
+            _ => return None,
+        };
+        Some(format!("model.{idx}.{leaf}"))
+    };
+    let mut w = empty(Layout::SingleFile);
+    let mut renamed = vec![];
+    for n in &names {
+        match rename(n) {
+            Some(r) => renamed.push((
+                n.clone(),
+                Renamed {
+                    name: format!("esrgan.{r}"),
+                    transform: Transform::None,
+                },
+            )),
+            None => w.unrecognised.push(n.clone()),
+        }
+    }
+    if !renamed.iter().any(|(_, r)| r.name == "esrgan.model.0.weight") {
+        return Err(EngineError::UnknownArchitecture(format!(
+            "{} is not an ESRGAN-family upscaler (no model.0 / conv_first)",
+            path.display()
+        )));
+    }
+    read_renamed(&file, &st, renamed, &mut w, dtype, device, Read::Tensors)?;
+    Ok(w)
+}
+
 /// Loads a tiny decoder (TAESD family: `taesd`, `taesdxl`, ...) into the names `taesd.N.*`,
 /// N counting the decoder's layers from its first convolution (diffusers' `DecoderTiny`
 /// numbering): a diffusers `AutoencoderTiny` folder (or pipeline folder with one in

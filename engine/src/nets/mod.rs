@@ -5,6 +5,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod esrgan;
 pub mod layers;
 pub mod shapes;
 pub mod taesd;
