@@ -830,3 +830,27 @@ fn upscale_enlarges_a_picture_and_refuses_pickle() {
         .expect("run");
     assert_clean_failure(&bad, "pickle");
 }
+
+#[test]
+fn the_init_picture_and_mask_are_kept_beside_the_image() {
+    let out = scratch("kept.png");
+    for kind in ["init", "mask"] {
+        let _ = std::fs::remove_file(latent_engine::image_io::sidecar(&out, kind));
+    }
+    let files = [fixture("img2img/init.png"), fixture("img2img/mask.png")].map(|p| p.display().to_string());
+    let args = ["--init-image", files[0].as_str(), "--mask", files[1].as_str()];
+    let run = generate(&fixture("sd1/sd1-tiny.safetensors"), &args, &out);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let kept = latent_engine::image_io::sidecar(&out, "init");
+    assert!(kept.is_file() && latent_engine::image_io::sidecar(&out, "mask").is_file());
+    assert_eq!(image::open(&kept).expect("png").width(), 64);
+    // A name already taken beside the output is refused before any work.
+    let other = scratch("kept2.png");
+    std::fs::write(latent_engine::image_io::sidecar(&other, "init"), b"mine").expect("write");
+    let bad = generate(&fixture("sd1/sd1-tiny.safetensors"), &args, &other);
+    assert_clean_failure(&bad, "already exists");
+    assert_eq!(
+        std::fs::read(latent_engine::image_io::sidecar(&other, "init")).expect("read"),
+        b"mine"
+    );
+}

@@ -1102,6 +1102,33 @@ fn inpaint_mode_paints_a_mask_with_the_brush_and_sends_it() {
     assert_eq!((mask.width, mask.height), (r.width, r.height));
     assert!(mask.pixels.contains(&255) && mask.pixels.contains(&0));
     assert!(r.init_image.is_some());
+    // Saved with the picture and the mask beside it; the history item restores them.
+    s.until("saved", |a, _| {
+        a.session.history.first().is_some_and(|h| h.path.is_some() && h.job.is_some()) && !a.session.is_busy()
+    });
+    s.until("both saved", |a, _| {
+        a.session.history.len() >= 2 && a.session.history[0].path.is_some()
+    });
+    let saved = s.harness.state().session.history[0].path.clone().expect("saved");
+    let (init_file, mask_file) = (
+        latent_engine::image_io::sidecar(&saved, "init"),
+        latent_engine::image_io::sidecar(&saved, "mask"),
+    );
+    assert!(
+        init_file.is_file() && mask_file.is_file(),
+        "{} / {}",
+        init_file.display(),
+        mask_file.display()
+    );
+    s.harness.get_by_label("Text to image").click();
+    s.harness.step();
+    s.harness.state_mut().session.init = None;
+    s.harness.state_mut().select_history(0);
+    s.harness.step();
+    let state = s.harness.state();
+    assert_eq!(state.settings.params.mode, latent_studio::gui::state::GenMode::Inpaint);
+    let init = state.session.init.as_ref().expect("init restored");
+    assert!(init.painted() > 0.02, "mask restored");
 }
 
 #[test]

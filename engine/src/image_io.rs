@@ -131,6 +131,20 @@ pub fn latents_safetensors(latents: &crate::protocol::LatentsOut) -> Result<Vec<
     safetensors::serialize([("latents", view)], None).map_err(|e| EngineError::Other(format!("latents: {e}")))
 }
 
+/// The files kept beside an image made from a picture, so it can be made again: `x.png` ->
+/// `x.init.png` (`kind` "init") or `x.mask.png` ("mask").
+pub fn sidecar(image: &Path, kind: &str) -> PathBuf {
+    let stem = image.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+    image.with_file_name(format!("{stem}.{kind}.png"))
+}
+
+/// Whether `path` is such a kept picture or mask (not an image of the history).
+pub fn is_sidecar(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".init.png") || n.ends_with(".mask.png"))
+}
+
 /// `dir/prefix-NNNNN.png` with the first free number (for automatic output names).
 pub fn next_free_name(dir: &Path, prefix: &str) -> PathBuf {
     (1..)

@@ -246,15 +246,16 @@ pub(super) fn check_output(path: &Path, flag: &str, extension: &str) -> Result<(
     }
 }
 
-/// Writes the image and, when asked, the latents: both or neither (a latents file that
-/// cannot be written takes the image it came with away again).
-fn write_outputs(image: (&Path, &[u8]), latents: Option<(&Path, &[u8])>) -> Result<()> {
-    write_new_file(image.0, image.1)?;
-    if let Some((path, bytes)) = latents
-        && let Err(e) = write_new_file(path, bytes)
-    {
-        let _ = std::fs::remove_file(image.0);
-        return Err(e.into());
+/// Writes the image and its companions (the latents, the init picture and mask kept beside
+/// it): all or none (a file that cannot be written takes the ones before it away again).
+fn write_outputs(files: &[(&Path, &[u8])]) -> Result<()> {
+    for (i, (path, bytes)) in files.iter().enumerate() {
+        if let Err(e) = write_new_file(path, bytes) {
+            for (p, _) in &files[..i] {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e.into());
+        }
     }
     Ok(())
 }
@@ -270,6 +271,16 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
     };
     if let Some(o) = &g.out {
         check_output(o, "--out", "png")?;
+        // The init picture and mask are kept beside the image: those names must be free too.
+        for (kind, given) in [("init", g.init_image.is_some()), ("mask", g.mask.is_some() || g.outpaint.is_some())] {
+            let side = latent_engine::image_io::sidecar(o, kind);
+            if given && side.exists() {
+                bail!(
+                    "{} already exists (it would keep the {kind} picture of --out); choose another --out",
+                    side.display()
+                );
+            }
+        }
     }
     if let Some(o) = &g.latents_out {
         check_output(o, "--latents-out", "safetensors")?;
@@ -400,6 +411,7 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
             upscaler: g.hires_upscaler,
         }),
     };
+    let (sent_init, sent_mask) = (request.init_image.clone(), request.mask.clone());
     let id = engine.generate(request)?;
     let mut stderr = std::io::stderr();
     loop {
@@ -434,7 +446,20 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
                     (Some(path), Some(lat)) => Some((path.as_path(), latents_safetensors(&lat)?)),
                     _ => None,
                 };
-                write_outputs((&out, &png), lat.as_ref().map(|(p, b)| (*p, b.as_slice())))?;
+                // The picture (and mask) the image was made from, kept beside it.
+                let mut kept: Vec<(PathBuf, Vec<u8>)> = vec![];
+                for (kind, img) in [("init", &sent_init), ("mask", &sent_mask)] {
+                    if let Some(img) = img {
+                        kept.push((
+                            latent_engine::image_io::sidecar(&out, kind),
+                            encode_png(img, &format!("{kind} of {}", out.display()))?,
+                        ));
+                    }
+                }
+                let mut files: Vec<(&Path, &[u8])> = vec![(&out, &png)];
+                files.extend(lat.as_ref().map(|(p, b)| (*p, b.as_slice())));
+                files.extend(kept.iter().map(|(p, b)| (p.as_path(), b.as_slice())));
+                write_outputs(&files)?;
                 eprintln!(
                     "wrote {} ({}x{}) in {:.2} s: text {:.2} s, denoise {:.2} s, VAE {:.2} s, NFE {}{}",
                     out.display(),

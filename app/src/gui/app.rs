@@ -335,6 +335,25 @@ impl StudioApp {
         Ok(Some(Arc::new(crate::resize::fit(&rgb, p.width, p.height, p.resize_mode))))
     }
 
+    /// An image made from a picture has it (and its mask) kept beside it: restoring the image
+    /// takes them back, in image or inpaint mode, so Generate makes it again.
+    fn load_kept(&mut self, image: &Path) {
+        let (init, mask) = (
+            latent_engine::image_io::sidecar(image, "init"),
+            latent_engine::image_io::sidecar(image, "mask"),
+        );
+        if !init.is_file() {
+            return;
+        }
+        self.open_init(&init);
+        if mask.is_file() {
+            self.open_mask(&mask);
+            self.settings.params.mode = super::state::GenMode::Inpaint;
+        } else {
+            self.settings.params.mode = super::state::GenMode::Image;
+        }
+    }
+
     fn open_mask(&mut self, path: &Path) {
         let Some(init) = self.session.init.as_mut() else {
             self.session.say(Level::Warning, "Open the picture first, then its mask.");
@@ -483,7 +502,9 @@ impl StudioApp {
             FileKind::Image if self.settings.params.mode != super::state::GenMode::Text => self.open_init(path),
             FileKind::Image => match latent_engine::image_io::read_png_parameters(path) {
                 Ok(Some(text)) => {
-                    if self.restore(&text) {
+                    let restored = self.restore(&text);
+                    self.load_kept(path);
+                    if restored {
                         self.session.say(Level::Info, format!("Settings restored from {}", file_name(path)));
                     }
                     let _ = self.files.send(FileJob::Open { path: path.to_path_buf() });
@@ -521,6 +542,9 @@ impl StudioApp {
         self.session.shown = Shown::History(index);
         if !text.is_empty() {
             self.restore(&text);
+        }
+        if let Some(p) = &path {
+            self.load_kept(p);
         }
         if need_full && let Some(path) = path {
             let _ = self.files.send(FileJob::Open { path });
@@ -724,6 +748,7 @@ impl StudioApp {
                 timings,
                 ..
             } => {
+                let sent_request = s.jobs.iter().find(|j| j.id == id).map(|j| j.request.clone());
                 if let Some(j) = s.jobs.iter().find(|j| j.id == id) {
                     s.timing_log.push(super::state::TimingEntry {
                         request: j.request.clone(),
@@ -761,11 +786,20 @@ impl StudioApp {
                     }
                 }
                 let dir = self.settings.output_dir.clone();
+                let kept = sent_request
+                    .map(|r| {
+                        [("init", r.init_image), ("mask", r.mask)]
+                            .into_iter()
+                            .filter_map(|(k, i)| i.map(|i| (k, i)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 if let Err(err) = self.files.send(FileJob::Save {
                     job: id,
                     dir,
                     image,
                     parameters: metadata,
+                    kept,
                 }) {
                     self.session.say(Level::Error, format!("the image was not saved: {err}"));
                 }

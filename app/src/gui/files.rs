@@ -179,6 +179,8 @@ pub enum FileJob {
         dir: PathBuf,
         image: Arc<ImageRgb8>,
         parameters: String,
+        /// The init picture and mask it was made from, saved beside it ("init", "mask").
+        kept: Vec<(&'static str, Arc<ImageRgb8>)>,
     },
     /// Read the newest `limit` PNGs of `dir` back as history thumbnails.
     LoadHistory { dir: PathBuf, limit: usize },
@@ -238,10 +240,18 @@ impl FileWorker {
                         dir,
                         image,
                         parameters,
-                    } => send(match save(&dir, &image, &parameters) {
-                        Ok(path) => FileEvent::Saved { job, path },
-                        Err(error) => FileEvent::SaveFailed { job, error },
-                    }),
+                        kept,
+                    } => send(
+                        match save(
+                            &dir,
+                            &image,
+                            &parameters,
+                            &kept.iter().map(|(k, i)| (*k, i.as_ref())).collect::<Vec<_>>(),
+                        ) {
+                            Ok(path) => FileEvent::Saved { job, path },
+                            Err(error) => FileEvent::SaveFailed { job, error },
+                        },
+                    ),
                     FileJob::LoadHistory { dir, limit } => {
                         let mut alive = true;
                         for path in newest_pngs(&dir, limit) {
@@ -285,14 +295,22 @@ impl FileWorker {
 
 /// Writes the PNG under the first free `latent-NNNNN.png` name; never replaces a file (a
 /// name taken between the check and the write moves on to the next one).
-pub fn save(dir: &Path, image: &ImageRgb8, parameters: &str) -> Result<PathBuf, String> {
+pub fn save(dir: &Path, image: &ImageRgb8, parameters: &str, kept: &[(&str, &ImageRgb8)]) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the output folder {}: {e}", dir.display()))?;
     let bytes = encode_png(image, parameters).map_err(|e| e.to_string())?;
     let mut last = String::new();
     for _ in 0..20 {
         let path = next_free_name(dir, "latent");
         match write_new_file(&path, &bytes) {
-            Ok(()) => return Ok(path),
+            Ok(()) => {
+                // The picture and mask it was made from, beside it (never over a file).
+                for (kind, img) in kept {
+                    let side = latent_engine::image_io::sidecar(&path, kind);
+                    let b = encode_png(img, &format!("{kind} of {}", path.display())).map_err(|e| e.to_string())?;
+                    write_new_file(&side, &b).map_err(|e| format!("the image was saved, its {kind} picture not: {e}"))?;
+                }
+                return Ok(path);
+            }
             Err(e) => last = e.to_string(),
         }
         if !path.exists() {
@@ -308,7 +326,7 @@ pub fn newest_pngs(dir: &Path, limit: usize) -> Vec<PathBuf> {
     let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| is_png(p))
+        .filter(|p| is_png(p) && !latent_engine::image_io::is_sidecar(p))
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
     files.sort_by(|a, b| b.cmp(a));
@@ -434,15 +452,19 @@ mod tests {
             height: 2,
             pixels: (0..24).map(|v| v as u8 * 10).collect(),
         };
-        let a = save(&dir, &img, "a\nSteps: 1, Seed: 1, Size: 4x2").expect("save");
+        let a = save(&dir, &img, "a\nSteps: 1, Seed: 1, Size: 4x2", &[]).expect("save");
         let before = std::fs::read(&a).expect("read");
-        let b = save(&dir, &img, "b\nSteps: 1, Seed: 2, Size: 4x2").expect("save");
+        let b = save(&dir, &img, "b\nSteps: 1, Seed: 2, Size: 4x2", &[]).expect("save");
         assert_ne!(a, b);
         assert_eq!(std::fs::read(&a).expect("read"), before, "the first image is untouched");
         let (back, params) = decode_png(&b).expect("decode");
         assert_eq!(back, img);
         assert_eq!(params.as_deref(), Some("b\nSteps: 1, Seed: 2, Size: 4x2"));
         assert_eq!(newest_pngs(&dir, 10).len(), 2);
+        // An image made from a picture keeps it beside itself; the history lists the image only.
+        let c = save(&dir, &img, "c\nSteps: 1, Seed: 3, Size: 4x2", &[("init", &img)]).expect("save");
+        assert_eq!(decode_png(&latent_engine::image_io::sidecar(&c, "init")).expect("kept").0, img);
+        assert_eq!(newest_pngs(&dir, 10).len(), 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
