@@ -759,6 +759,73 @@ fn inpaint_with_a_mask_runs_and_an_empty_mask_is_refused() {
     assert_clean_failure(&bad, "mask is empty");
 }
 
+/// "Only masked" from the command line: a 128x96 picture keeps its size, the repair runs at
+/// the model's 64x64, the mask box and padding are written; masked content `fill` too.
+#[test]
+fn only_masked_inpaint_keeps_the_picture_size() {
+    let (picture, mask) = (scratch("om-picture.png"), scratch("om-mask.png"));
+    image::RgbImage::from_fn(128, 96, |x, y| image::Rgb([(x * 2) as u8, (y * 2) as u8, 90]))
+        .save(&picture)
+        .expect("save");
+    image::RgbImage::from_fn(128, 96, |x, y| {
+        image::Rgb(if (80..100).contains(&x) && (20..40).contains(&y) {
+            [255; 3]
+        } else {
+            [0; 3]
+        })
+    })
+    .save(&mask)
+    .expect("save");
+    let out = scratch("only-masked.png");
+    let args = [
+        "--init-image",
+        picture.to_str().expect("utf-8"),
+        "--mask",
+        mask.to_str().expect("utf-8"),
+        "--inpaint-area",
+        "masked",
+        "--padding",
+        "12",
+        "--masked-content",
+        "fill",
+        "--strength",
+        "0.9",
+    ];
+    let run = generate(&fixture("sd1/sd1-tiny.safetensors"), &args, &out);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let img = image::open(&out).expect("png").to_rgb8();
+    assert_eq!(img.dimensions(), (128, 96));
+    let before = image::open(&picture).expect("png").to_rgb8();
+    assert_eq!(img.get_pixel(5, 90), before.get_pixel(5, 90), "far from the mask nothing moved");
+    let text = latent_engine::image_io::read_png_parameters(&out)
+        .expect("reads")
+        .expect("has parameters");
+    assert!(
+        text.contains("Size: 64x64")
+            && text.contains("Masked content: fill")
+            && text.contains("Inpaint area: Only masked, Masked area padding: 12"),
+        "{text}"
+    );
+    // A mask of another size is refused before any work.
+    let small = scratch("om-small-mask.png");
+    image::RgbImage::from_pixel(64, 64, image::Rgb([255; 3]))
+        .save(&small)
+        .expect("save");
+    let bad = generate(
+        &fixture("sd1/sd1-tiny.safetensors"),
+        &[
+            "--init-image",
+            picture.to_str().expect("utf-8"),
+            "--mask",
+            small.to_str().expect("utf-8"),
+            "--inpaint-area",
+            "masked",
+        ],
+        &scratch("only-masked-bad.png"),
+    );
+    assert_clean_failure(&bad, "same size");
+}
+
 #[test]
 fn outpaint_extends_the_picture() {
     let out = scratch("outpaint.png");

@@ -137,6 +137,18 @@ impl Parameters {
             r.strength = v;
         }
         r.mask_blur = num("Mask blur").filter(|v| (0.0..=64.0).contains(v)).map_or(4, |v| v as u32);
+        // A1111 writes these two only for "Only masked"; its default padding is 32.
+        r.inpaint_area = self
+            .get("Inpaint area")
+            .and_then(crate::protocol::InpaintArea::parse)
+            .unwrap_or_default();
+        r.masked_padding = num("Masked area padding")
+            .filter(|v| (0.0..=4096.0).contains(v))
+            .map_or(32, |v| v as u32);
+        r.masked_content = self
+            .get("Masked content")
+            .and_then(crate::protocol::MaskedContent::parse)
+            .unwrap_or_default();
         // A1111's hires fix keys (its denoising strength is the second pass's).
         r.hires = num("Hires upscale")
             .filter(|v| *v > 1.0 && *v <= 4.0)

@@ -194,6 +194,19 @@ pub struct GenerateRequest {
     /// picture with, as A1111's "Mask blur": outside the blurred mask the picture's own pixels.
     #[serde(default = "default_mask_blur")]
     pub mask_blur: u32,
+    /// Inpainting: repaint at the request's size the whole picture, or only the region
+    /// around the mask (A1111's "Inpaint area"). With `Masked` the init image and mask are
+    /// the picture's own size: the engine cuts the mask's bounding box grown by
+    /// `masked_padding` pixels (and to the request's aspect ratio), works on it at the
+    /// request's size and pastes the result back, so the output is the picture's size.
+    #[serde(default)]
+    pub inpaint_area: InpaintArea,
+    /// Inpainting with `InpaintArea::Masked`: pixels around the mask's bounding box.
+    #[serde(default = "default_masked_padding")]
+    pub masked_padding: u32,
+    /// Inpainting: what the masked region starts from (A1111's "Masked content").
+    #[serde(default)]
+    pub masked_content: MaskedContent,
     /// Hires fix: after the image is made at this size, its latents are upscaled and a
     /// second image-to-image pass runs at the larger size (A1111's "Hires. fix").
     #[serde(default)]
@@ -237,6 +250,82 @@ impl HiresUpscaler {
             .into_iter()
             .find(|u| u.name().to_ascii_lowercase() == k || (k == "nearest" && *u == HiresUpscaler::LatentNearest))
     }
+}
+
+/// Where an inpainting job works (A1111's "Inpaint area").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum InpaintArea {
+    /// The whole picture at the request's size ("Whole picture").
+    #[default]
+    Whole,
+    /// The mask's region, enlarged to the request's size and pasted back ("Only masked").
+    Masked,
+}
+
+impl InpaintArea {
+    /// A1111's name of it (the metadata's `Inpaint area`).
+    pub fn name(self) -> &'static str {
+        match self {
+            InpaintArea::Whole => "Whole picture",
+            InpaintArea::Masked => "Only masked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<InpaintArea> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "whole picture" | "whole" => Some(InpaintArea::Whole),
+            "only masked" | "masked" => Some(InpaintArea::Masked),
+            _ => None,
+        }
+    }
+}
+
+/// What the masked region of an inpainting job starts from (A1111's "Masked content").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MaskedContent {
+    /// The picture as it is.
+    #[default]
+    Original,
+    /// The picture's surrounding colours blurred into the hole (A1111's "fill").
+    Fill,
+    /// The latents under the mask replaced by fresh Gaussian noise.
+    LatentNoise,
+    /// The latents under the mask set to zero.
+    LatentNothing,
+}
+
+impl MaskedContent {
+    pub const ALL: [MaskedContent; 4] = [
+        MaskedContent::Original,
+        MaskedContent::Fill,
+        MaskedContent::LatentNoise,
+        MaskedContent::LatentNothing,
+    ];
+
+    /// A1111's name of it (the metadata's `Masked content`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MaskedContent::Original => "original",
+            MaskedContent::Fill => "fill",
+            MaskedContent::LatentNoise => "latent noise",
+            MaskedContent::LatentNothing => "latent nothing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MaskedContent> {
+        let k = s.trim().to_ascii_lowercase().replace(['-', '_'], " ");
+        let k = match k.as_str() {
+            "noise" => "latent noise",
+            "nothing" | "zero" | "zeros" => "latent nothing",
+            other => other,
+        }
+        .to_string();
+        MaskedContent::ALL.into_iter().find(|m| m.name() == k)
+    }
+}
+
+fn default_masked_padding() -> u32 {
+    32
 }
 
 fn default_strength() -> f64 {
@@ -323,6 +412,9 @@ impl Default for GenerateRequest {
             strength: default_strength(),
             mask: None,
             mask_blur: default_mask_blur(),
+            inpaint_area: InpaintArea::Whole,
+            masked_padding: default_masked_padding(),
+            masked_content: MaskedContent::Original,
             hires: None,
         }
     }

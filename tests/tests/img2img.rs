@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use candle_core::Tensor;
+use latent_engine::pipeline::masked_area;
 use latent_engine::pipeline::{Pipeline, Quiet};
-use latent_engine::protocol::{GenerateRequest, ImageRgb8, ModelSpec};
+use latent_engine::protocol::{GenerateRequest, ImageRgb8, InpaintArea, MaskedContent, ModelSpec};
 use latent_tests::{fixture, rel_l2, tiny_request};
 
 fn init_image() -> ImageRgb8 {
@@ -213,4 +214,154 @@ fn the_result_is_pasted_over_the_picture_as_a1111_does() {
     }
     assert!(outside > 500 && same == outside, "{same} of {outside} pixels outside the mask kept");
     assert!(out.metadata.contains("Mask blur: 4"), "{}", out.metadata);
+}
+
+/// A picture of another size than the request, with a rectangle to repaint at `rect`.
+fn picture_and_mask(w: u32, h: u32, rect: (u32, u32, u32, u32)) -> (Arc<ImageRgb8>, Arc<ImageRgb8>) {
+    let pixels = (0..w * h)
+        .flat_map(|i| {
+            let (x, y) = (i % w, i / w);
+            [(x * 255 / w) as u8, (y * 255 / h) as u8, ((x ^ y) * 7 % 256) as u8]
+        })
+        .collect();
+    let mask = (0..w * h)
+        .flat_map(|i| {
+            let (x, y) = (i % w, i / w);
+            let inside = x >= rect.0 && x < rect.2 && y >= rect.1 && y < rect.3;
+            [if inside { 255 } else { 0 }; 3]
+        })
+        .collect();
+    (
+        Arc::new(ImageRgb8 {
+            width: w,
+            height: h,
+            pixels,
+        }),
+        Arc::new(ImageRgb8 {
+            width: w,
+            height: h,
+            pixels: mask,
+        }),
+    )
+}
+
+/// A1111's "Only masked": the mask's box grown by the padding and to the request's aspect
+/// ratio is cut out, repainted at the request's size and pasted back. The sampling is exactly
+/// a whole-picture job on that crop (same latents to the bit); the output is the picture's
+/// size, untouched outside the blurred mask; the metadata names the area and padding and
+/// restores them.
+#[test]
+fn only_masked_repaints_the_crop_at_the_request_size() {
+    let (picture, mask) = picture_and_mask(160, 120, (100, 70, 120, 90));
+    let pipe = Pipeline::load(&ModelSpec::new(fixture("sd1/sd1-tiny.safetensors"))).expect("load");
+    let mut req = tiny_request("euler", 6, 3.0, 11);
+    req.init_image = Some(picture.clone());
+    req.mask = Some(mask.clone());
+    req.strength = 0.8;
+    req.mask_blur = 2;
+    req.inpaint_area = InpaintArea::Masked;
+    req.masked_padding = 8;
+    let out = pipe
+        .generate(&pipe.validate(&req).expect("valid"), &mut Quiet)
+        .expect("only masked");
+    assert_eq!((out.image.width, out.image.height), (160, 120), "the picture's size");
+    assert_eq!(
+        out.latents.shape,
+        vec![1, 4, 32, 32],
+        "sampled at the request's 64x64 (the tiny VAE halves)"
+    );
+
+    // The region: box 100..120 x 70..90 blurred by 2 (kernel radius 5) and padded by 8 is
+    // 87..133 x 57..103, already square.
+    let blurred_box = latent_engine::pipeline::masked_area::Region {
+        x0: 87,
+        y0: 57,
+        x1: 133,
+        y1: 103,
+    };
+    let mut whole = req.clone();
+    whole.inpaint_area = InpaintArea::Whole;
+    whole.init_image = Some(Arc::new(masked_area::crop_resize(&picture, blurred_box, 64, 64)));
+    whole.mask = Some(Arc::new(masked_area::crop_resize(&mask, blurred_box, 64, 64)));
+    let w = pipe.generate(&pipe.validate(&whole).expect("valid"), &mut Quiet).expect("whole");
+    assert_eq!(
+        out.latents.data, w.latents.data,
+        "the same sampling as a whole-picture job on the crop"
+    );
+
+    // Outside the region nothing moved; inside the mask the picture changed.
+    let (mut changed, mut outside_moved) = (0, 0);
+    for y in 0..120u32 {
+        for x in 0..160u32 {
+            let i = ((y * 160 + x) * 3) as usize;
+            let same = out.image.pixels[i..i + 3] == picture.pixels[i..i + 3];
+            let in_region = (87..133).contains(&x) && (57..103).contains(&y);
+            if !in_region && !same {
+                outside_moved += 1;
+            }
+            if (100..120).contains(&x) && (70..90).contains(&y) && !same {
+                changed += 1;
+            }
+        }
+    }
+    assert_eq!(outside_moved, 0);
+    assert!(changed > 300, "{changed} of 400 masked pixels repainted");
+    assert!(
+        out.metadata.contains("Inpaint area: Only masked, Masked area padding: 8"),
+        "{}",
+        out.metadata
+    );
+    let back = latent_engine::metadata::Parameters::parse(&out.metadata)
+        .expect("parameters")
+        .to_request(&GenerateRequest::default());
+    assert_eq!(
+        (back.inpaint_area, back.masked_padding, back.mask_blur),
+        (InpaintArea::Masked, 8, 2)
+    );
+    // Whole-picture jobs still want the request's size.
+    let mut wrong = req.clone();
+    wrong.inpaint_area = InpaintArea::Whole;
+    assert!(pipe.validate(&wrong).expect_err("size").to_string().contains("resize it"));
+}
+
+/// A1111's "Masked content": what the masked region starts from below strength 1. Each
+/// choice changes the sampling, is written to the metadata and read back; "original" is not
+/// written (A1111's default).
+#[test]
+fn masked_content_changes_the_start_under_the_mask() {
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("img2img/inpaint.json")).expect("json")).expect("json");
+    let mask = Arc::new(latent_engine::image_io::read_png_rgb(&fixture("img2img/mask.png")).expect("mask.png"));
+    let pipe = Pipeline::load(&ModelSpec::new(fixture("sd1/sd1-tiny.safetensors"))).expect("load");
+    let mut outs = vec![];
+    for content in MaskedContent::ALL {
+        let mut req = request(&j, "euler", 8, 0.5);
+        req.mask = Some(mask.clone());
+        req.masked_content = content;
+        let out = pipe.generate(&pipe.validate(&req).expect("valid"), &mut Quiet).expect("generate");
+        assert!(out.latents.data.iter().all(|v| v.is_finite()));
+        let written = format!("Masked content: {}", content.name());
+        assert_eq!(
+            out.metadata.contains(&written),
+            content != MaskedContent::Original,
+            "{}",
+            out.metadata
+        );
+        let back = latent_engine::metadata::Parameters::parse(&out.metadata)
+            .expect("parameters")
+            .to_request(&GenerateRequest::default());
+        assert_eq!(back.masked_content, content);
+        outs.push(out.latents.data);
+    }
+    for a in 0..outs.len() {
+        for b in a + 1..outs.len() {
+            assert_ne!(
+                outs[a],
+                outs[b],
+                "{:?} and {:?} give the same latents",
+                MaskedContent::ALL[a],
+                MaskedContent::ALL[b]
+            );
+        }
+    }
 }

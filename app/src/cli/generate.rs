@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use latent_engine::image_io::{encode_png, latents_safetensors, next_free_name, write_new_file};
-use latent_engine::protocol::{DType, DeviceKind, Event, GenerateRequest, LoraSpec, ModelSpec, Prediction, VaeTiling};
+use latent_engine::protocol::{
+    DType, DeviceKind, Event, GenerateRequest, InpaintArea, LoraSpec, MaskedContent, ModelSpec, Prediction, VaeTiling,
+};
 use latent_engine::{EngineConfig, EngineHandle};
 
 #[derive(clap::Args, Debug)]
@@ -118,6 +120,20 @@ pub struct GenerateArgs {
     /// (A1111's "Mask blur"); outside it the picture's own pixels stay.
     #[arg(long, default_value_t = 4)]
     mask_blur: u32,
+    /// Inpainting: `whole` repaints the whole picture at the request's size; `masked` cuts
+    /// out the mask's box (plus --padding, grown to the request's aspect ratio), repaints it
+    /// at --width x --height (default: the model's size) and pastes it back, so small
+    /// repairs get the model's full resolution (A1111's "Only masked").
+    #[arg(long, value_enum, default_value = "whole", requires = "mask")]
+    inpaint_area: InpaintAreaArg,
+    /// Inpainting with `--inpaint-area masked`: pixels kept around the mask's box.
+    #[arg(long, default_value_t = 32, requires = "mask")]
+    padding: u32,
+    /// Inpainting: what the masked region starts from below strength 1: the picture
+    /// (`original`), its surrounding colours blurred in (`fill`), fresh noise (`noise`) or
+    /// zero latents (`nothing`).
+    #[arg(long, value_enum, default_value = "original", requires = "mask")]
+    masked_content: MaskedContentArg,
     /// Outpainting: extend the init image by LEFT,TOP,RIGHT,BOTTOM pixels and paint only the
     /// new border (the size grows by as much unless --width/--height are given).
     #[arg(long, value_name = "L,T,R,B", requires = "init_image", conflicts_with = "mask", value_parser = parse_outpaint)]
@@ -135,6 +151,20 @@ pub struct GenerateArgs {
     /// Hires fix: latent (bilinear, A1111's "Latent") or nearest.
     #[arg(long, default_value = "latent", requires = "hires_scale", value_parser = parse_upscaler)]
     hires_upscaler: latent_engine::protocol::HiresUpscaler,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum InpaintAreaArg {
+    Whole,
+    Masked,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum MaskedContentArg {
+    Original,
+    Fill,
+    Noise,
+    Nothing,
 }
 
 fn parse_upscaler(s: &str) -> std::result::Result<latent_engine::protocol::HiresUpscaler, String> {
@@ -370,16 +400,38 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
     };
     // An init image without --width/--height sets the size (down to the latent grid).
     let grid = 8u32;
+    let only_masked = matches!(g.inpaint_area, InpaintAreaArg::Masked) && mask.is_some();
     let (width, height) = match &init {
+        // "Only masked" works at the model's size unless told otherwise.
+        Some(_) if only_masked => (g.width.unwrap_or(info.default_size.0), g.height.unwrap_or(info.default_size.1)),
         Some(img) => (
             g.width.unwrap_or((img.width() / grid * grid).max(grid)),
             g.height.unwrap_or((img.height() / grid * grid).max(grid)),
         ),
         None => (g.width.unwrap_or(info.default_size.0), g.height.unwrap_or(info.default_size.1)),
     };
-    let init_image = init
-        .as_ref()
-        .map(|img| std::sync::Arc::new(crate::resize::fit(img, width, height, g.resize_mode)));
+    // "Only masked" takes the picture and mask at their own size (the engine cuts the crop);
+    // otherwise both are fitted to the request's size.
+    let fit = |img: &image::RgbImage| {
+        if only_masked {
+            crate::resize::fit(img, img.width(), img.height(), g.resize_mode)
+        } else {
+            crate::resize::fit(img, width, height, g.resize_mode)
+        }
+    };
+    if only_masked
+        && let (Some(i), Some(m)) = (&init, &mask)
+        && i.dimensions() != m.dimensions()
+    {
+        bail!(
+            "the mask is {}x{}, the init image {}x{}: with --inpaint-area masked they must be the same size",
+            m.width(),
+            m.height(),
+            i.width(),
+            i.height()
+        );
+    }
+    let init_image = init.as_ref().map(|img| std::sync::Arc::new(fit(img)));
     let request = GenerateRequest {
         prompt: g.prompt.clone(),
         negative: g.negative.clone(),
@@ -400,10 +452,16 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
         emphasis: g.emphasis,
         strength: g.strength,
         init_image,
-        mask: mask
-            .as_ref()
-            .map(|m| std::sync::Arc::new(crate::resize::fit(m, width, height, g.resize_mode))),
+        mask: mask.as_ref().map(|m| std::sync::Arc::new(fit(m))),
         mask_blur: g.mask_blur,
+        inpaint_area: if only_masked { InpaintArea::Masked } else { InpaintArea::Whole },
+        masked_padding: g.padding,
+        masked_content: match g.masked_content {
+            MaskedContentArg::Original => MaskedContent::Original,
+            MaskedContentArg::Fill => MaskedContent::Fill,
+            MaskedContentArg::Noise => MaskedContent::LatentNoise,
+            MaskedContentArg::Nothing => MaskedContent::LatentNothing,
+        },
         hires: g.hires_scale.map(|scale| latent_engine::protocol::Hires {
             scale,
             steps: g.hires_steps,

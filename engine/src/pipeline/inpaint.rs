@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 use super::guided::Start;
 use super::{Job, Pipeline};
 use crate::error::Result;
-use crate::protocol::ImageRgb8;
+use crate::protocol::{ImageRgb8, MaskedContent};
 use crate::rng::TorchRng;
 use crate::sampling::denoiser;
 use crate::sampling::schedule::RunSchedule;
@@ -31,7 +31,27 @@ pub(super) fn mask_bits(m: &ImageRgb8) -> Vec<bool> {
 /// (cv2's `GaussianBlur` with its kernel size `2 * int(2.5 * blur + 0.5) + 1`, reflected
 /// borders) and doubled (`clip(mask * 2)`), so the picture's own pixels stay outside it.
 pub fn overlay(result: &ImageRgb8, picture: &ImageRgb8, mask: &ImageRgb8, blur: u32) -> ImageRgb8 {
-    let (w, h) = (result.width as usize, result.height as usize);
+    let m = blurred_mask(mask, blur);
+    let pixels = result
+        .pixels
+        .chunks_exact(3)
+        .zip(picture.pixels.chunks_exact(3))
+        .zip(&m)
+        .flat_map(|((r, p), &mv)| {
+            let a = (mv * 2.0).min(255.0) / 255.0;
+            [0, 1, 2].map(|c| (f32::from(p[c]) * (1.0 - a) + f32::from(r[c]) * a).round() as u8)
+        })
+        .collect();
+    ImageRgb8 {
+        width: result.width,
+        height: result.height,
+        pixels,
+    }
+}
+
+/// The mask binarized (255 to repaint) and blurred as A1111 blurs it, 0..255 per pixel.
+pub(super) fn blurred_mask(mask: &ImageRgb8, blur: u32) -> Vec<f32> {
+    let (w, h) = (mask.width as usize, mask.height as usize);
     let mut m: Vec<f32> = mask_bits(mask).into_iter().map(|b| if b { 255.0 } else { 0.0 }).collect();
     if blur > 0 {
         let sigma = blur as f64;
@@ -76,21 +96,7 @@ pub fn overlay(result: &ImageRgb8, picture: &ImageRgb8, mask: &ImageRgb8, blur: 
             }
         }
     }
-    let pixels = result
-        .pixels
-        .chunks_exact(3)
-        .zip(picture.pixels.chunks_exact(3))
-        .zip(&m)
-        .flat_map(|((r, p), &mv)| {
-            let a = (mv * 2.0).min(255.0) / 255.0;
-            [0, 1, 2].map(|c| (f32::from(p[c]) * (1.0 - a) + f32::from(r[c]) * a).round() as u8)
-        })
-        .collect();
-    ImageRgb8 {
-        width: result.width,
-        height: result.height,
-        pixels,
-    }
+    m
 }
 
 /// What the sampling loop blends back after each step.
@@ -137,28 +143,26 @@ impl Pipeline {
         let nine = self.config.unet.in_channels != self.config.vae.latent_channels;
         let (h, w) = job.latent_size;
         let c = self.config.vae.latent_channels;
+        let bits = mask_bits(mask);
+        // "fill": the hole painted with the colours around it before the picture is encoded.
+        let filled;
+        let source = if r.masked_content == MaskedContent::Fill {
+            filled = super::masked_area::fill(image, &bits);
+            &filled
+        } else {
+            image
+        };
         let latents = if !nine || r.strength < 1.0 {
-            Some(self.init_latents(image, rng)?)
+            Some(self.init_latents(source, rng)?)
         } else {
             None
         };
         let noise = Tensor::from_vec(rng.randn_f32(c * h * w), (1, c, h, w), &self.device)?;
-        let bits = mask_bits(mask);
         let masked = if nine {
             Some(self.encode_pixels(&super::txt2img::pixels_of(image, Some(&bits)), Some(rng))?)
         } else {
             let _ = rng.randn_f32(c * h * w);
             None
-        };
-        let t_start = (r.steps - super::job::run_steps(r)) as usize;
-        let x = match &latents {
-            Some(l) if r.strength < 1.0 => (l + (&noise * run.sigmas[t_start])?)?,
-            _ => (&noise * run.init_noise_sigma)?,
-        };
-        let run = RunSchedule {
-            sigmas: run.sigmas[t_start..].to_vec(),
-            timesteps: run.timesteps[t_start..].to_vec(),
-            init_noise_sigma: run.init_noise_sigma,
         };
         // The binarized mask at latent resolution, nearest pixel (torch's `interpolate`).
         let (mw, mh) = (mask.width as usize, mask.height as usize);
@@ -170,6 +174,29 @@ impl Pipeline {
             }
         }
         let mask = Tensor::from_vec(m, (1, 1, h, w), &self.device)?.to_dtype(DType::F32)?;
+        let t_start = (r.steps - super::job::run_steps(r)) as usize;
+        let x = match &latents {
+            Some(l) if r.strength < 1.0 => {
+                // "latent noise" / "latent nothing": the start under the mask replaced by
+                // fresh noise (the generator's next draw) or zeros, before it is noised.
+                let keep = (1.0 - &mask)?;
+                let l = match r.masked_content {
+                    MaskedContent::LatentNoise => {
+                        let fresh = Tensor::from_vec(rng.randn_f32(c * h * w), (1, c, h, w), &self.device)?;
+                        (l.broadcast_mul(&keep)? + fresh.broadcast_mul(&mask)?)?
+                    }
+                    MaskedContent::LatentNothing => l.broadcast_mul(&keep)?,
+                    MaskedContent::Original | MaskedContent::Fill => l.clone(),
+                };
+                (l + (&noise * run.sigmas[t_start])?)?
+            }
+            _ => (&noise * run.init_noise_sigma)?,
+        };
+        let run = RunSchedule {
+            sigmas: run.sigmas[t_start..].to_vec(),
+            timesteps: run.timesteps[t_start..].to_vec(),
+            init_noise_sigma: run.init_noise_sigma,
+        };
         let (blend, extra) = match (masked, latents) {
             (Some(masked), _) => (None, Some(Tensor::cat(&[&mask, &masked], 1)?)),
             (None, Some(image)) => (

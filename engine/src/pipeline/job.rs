@@ -4,7 +4,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::metadata::Parameters;
-use crate::protocol::GenerateRequest;
+use crate::protocol::{GenerateRequest, InpaintArea, MaskedContent};
 use crate::sampling::schedule::ScheduleKind;
 use crate::sampling::{self, SolverInfo, SolverParams};
 
@@ -121,8 +121,23 @@ impl Pipeline {
         if r.mask.is_some() && r.init_image.is_none() {
             return bad("a mask needs an init image to paint into".into());
         }
+        let masked_area = r.mask.is_some() && r.inpaint_area == InpaintArea::Masked;
         if let Some(img) = &r.init_image {
-            if (img.width, img.height) != (r.width, r.height) {
+            if masked_area {
+                // "Only masked" takes the picture at its own size (the crop is resized).
+                if img.width < 8 || img.height < 8 || u64::from(img.width) * u64::from(img.height) > 8192 * 8192 {
+                    return bad(format!(
+                        "the init image is {}x{}: only masked inpainting takes pictures from 8x8 to 8192x8192 pixels",
+                        img.width, img.height
+                    ));
+                }
+                if r.masked_padding > 4096 {
+                    return bad(format!(
+                        "the masked area padding must be at most 4096 pixels, got {}",
+                        r.masked_padding
+                    ));
+                }
+            } else if (img.width, img.height) != (r.width, r.height) {
                 return bad(format!(
                     "the init image is {}x{}, the request {}x{}: resize it to the request's size first",
                     img.width, img.height, r.width, r.height
@@ -201,6 +216,13 @@ impl Pipeline {
         }
         if r.mask.is_some() {
             p.push("Mask blur", r.mask_blur);
+            if r.masked_content != MaskedContent::Original {
+                p.push("Masked content", r.masked_content.name());
+            }
+            if r.inpaint_area == InpaintArea::Masked {
+                p.push("Inpaint area", r.inpaint_area.name());
+                p.push("Masked area padding", r.masked_padding);
+            }
         }
         if let Some(h) = &r.hires {
             p.push("Denoising strength", crate::metadata::short_number(h.strength));

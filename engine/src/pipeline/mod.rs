@@ -25,6 +25,7 @@ mod guided;
 mod hires;
 mod inpaint;
 mod job;
+pub mod masked_area;
 mod text;
 mod txt2img;
 

@@ -1,6 +1,7 @@
 //! Text to image (pure noise at the schedule's first sigma) and image to image (the init
 //! image's latents noised to the sigma its strength starts at), sampled to the end, decoded.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -11,7 +12,7 @@ use crate::error::EngineError;
 use crate::error::Result;
 use crate::nets::config::Family;
 use crate::nets::vae::VaeEncoder;
-use crate::protocol::{ImageRgb8, LatentsOut, Timings};
+use crate::protocol::{ImageRgb8, InpaintArea, LatentsOut, Timings};
 use crate::rng::TorchRng;
 use crate::sampling;
 use crate::sampling::schedule::RunSchedule;
@@ -20,6 +21,32 @@ use candle_core::DType;
 impl Pipeline {
     /// Runs one job to the end (or to cancellation / failure).
     pub fn generate(&self, job: &Job, hooks: &mut dyn Hooks) -> Result<Output> {
+        match (&job.request.init_image, &job.request.mask) {
+            (Some(picture), Some(mask)) if job.request.inpaint_area == InpaintArea::Masked => {
+                self.generate_masked_area(job, picture, mask, hooks)
+            }
+            _ => self.generate_whole(job, hooks),
+        }
+    }
+
+    /// "Only masked": the mask's neighbourhood cut out and enlarged to the request's size,
+    /// inpainted there, shrunk back and pasted into the picture through the blurred mask.
+    fn generate_masked_area(&self, job: &Job, picture: &ImageRgb8, mask: &ImageRgb8, hooks: &mut dyn Hooks) -> Result<Output> {
+        let r = &job.request;
+        let blurred = super::inpaint::blurred_mask(mask, r.mask_blur);
+        let region = super::masked_area::crop_region(&blurred, picture.width, picture.height, r.masked_padding, r.width, r.height)
+            .ok_or_else(|| EngineError::InvalidRequest("the mask is empty: paint (white) where the picture should change".into()))?;
+        let mut inner = job.clone();
+        inner.request.init_image = Some(Arc::new(super::masked_area::crop_resize(picture, region, r.width, r.height)));
+        inner.request.mask = Some(Arc::new(super::masked_area::crop_resize(mask, region, r.width, r.height)));
+        let mut out = self.generate_whole(&inner, hooks)?;
+        let pasted = super::masked_area::paste_back(&out.image, picture, region);
+        out.image = super::inpaint::overlay(&pasted, picture, mask, r.mask_blur);
+        Ok(out)
+    }
+
+    /// Runs one job at the request's size.
+    fn generate_whole(&self, job: &Job, hooks: &mut dyn Hooks) -> Result<Output> {
         let t0 = Instant::now();
         let r = &job.request;
         let cond = self.encode(&super::TextInput {
@@ -110,7 +137,8 @@ impl Pipeline {
 
         let t_vae0 = Instant::now();
         let (flat, mut image) = self.decode(&s.latents)?;
-        if let (Some(picture), Some(mask)) = (&r.init_image, &r.mask) {
+        // (An "Only masked" job's overlay is made on the whole picture, once pasted back.)
+        if let (Some(picture), Some(mask), InpaintArea::Whole) = (&r.init_image, &r.mask, r.inpaint_area) {
             image = super::inpaint::overlay(&image, picture, mask, r.mask_blur);
         }
         let t_vae = t_vae0.elapsed();
