@@ -46,7 +46,7 @@ struct Guided<'a> {
     guided: bool,
     hooks: &'a mut dyn Hooks,
     /// Inpainting: the region to keep, put back after every step.
-    blend: Option<&'a super::inpaint::Blend>,
+    blend: Option<&'a Blend>,
     /// An inpainting model's extra UNet input `[1, 1 + latent, h, w]`.
     extra: Option<&'a Tensor>,
     /// Denoiser calls so far: what the prompt's schedule counts (A1111's `CFGDenoiser.step`).
@@ -189,7 +189,7 @@ impl Denoise for Guided<'_> {
 pub(super) struct Start {
     pub(super) x: Tensor,
     pub(super) run: RunSchedule,
-    pub(super) blend: Option<super::inpaint::Blend>,
+    pub(super) blend: Option<Blend>,
     /// An inpainting model's mask and masked-image latents, concatenated to the UNet input.
     pub(super) extra: Option<Tensor>,
 }
@@ -262,5 +262,30 @@ impl Pipeline {
             shallow_nfe: den.shallow_nfe,
             preview_time: den.preview_time,
         })
+    }
+}
+
+/// What the sampling loop blends back after each step.
+pub(super) struct Blend {
+    /// The init image's latents (UNet space) and the noise they are noised with.
+    pub(super) image: Tensor,
+    pub(super) noise: Tensor,
+    /// `[1, 1, h, w]`: 1 where the model repaints, 0 where the image is kept.
+    pub(super) mask: Tensor,
+    pub(super) sigmas: Vec<f64>,
+}
+
+impl Blend {
+    /// The sample after step `step` (1-based) with the kept region put back: noised to
+    /// `sigmas[step]`, or clean after the last step (in the solver's scaling).
+    pub(super) fn apply(&self, step: usize, x: &Tensor) -> Result<Tensor> {
+        let n = self.sigmas.len() - 1;
+        let keep = if step < n {
+            (&self.image + (&self.noise * self.sigmas[step])?)?
+        } else {
+            (&self.image / crate::sampling::denoiser::c_in(self.sigmas[n]))?
+        };
+        let keep_mask = (1.0 - &self.mask)?;
+        Ok((keep.broadcast_mul(&keep_mask)? + x.broadcast_mul(&self.mask)?)?)
     }
 }

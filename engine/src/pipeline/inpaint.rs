@@ -7,25 +7,13 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
-use super::guided::Start;
+use super::guided::{Blend, Start};
+use super::masked_area::mask_bits;
 use super::{Job, Pipeline};
 use crate::error::Result;
 use crate::protocol::{ImageRgb8, MaskedContent};
 use crate::rng::TorchRng;
-use crate::sampling::denoiser;
 use crate::sampling::schedule::RunSchedule;
-
-/// The mask's pixels to repaint: PIL's `convert("L")` luminance at one half or above
-/// (diffusers' `do_binarize`).
-pub(super) fn mask_bits(m: &ImageRgb8) -> Vec<bool> {
-    m.pixels
-        .chunks_exact(3)
-        .map(|p| {
-            let l = (u32::from(p[0]) * 19595 + u32::from(p[1]) * 38470 + u32::from(p[2]) * 7471 + 0x8000) >> 16;
-            l >= 128
-        })
-        .collect()
-}
 
 /// A1111's overlay: the result pasted over the picture through the mask, binarized, blurred
 /// (cv2's `GaussianBlur` with its kernel size `2 * int(2.5 * blur + 0.5) + 1`, reflected
@@ -99,31 +87,6 @@ pub(super) fn blurred_mask(mask: &ImageRgb8, blur: u32) -> Vec<f32> {
     m
 }
 
-/// What the sampling loop blends back after each step.
-pub(super) struct Blend {
-    /// The init image's latents (UNet space) and the noise they are noised with.
-    image: Tensor,
-    noise: Tensor,
-    /// `[1, 1, h, w]`: 1 where the model repaints, 0 where the image is kept.
-    mask: Tensor,
-    sigmas: Vec<f64>,
-}
-
-impl Blend {
-    /// The sample after step `step` (1-based) with the kept region put back: noised to
-    /// `sigmas[step]`, or clean after the last step (in the solver's scaling).
-    pub(super) fn apply(&self, step: usize, x: &Tensor) -> Result<Tensor> {
-        let n = self.sigmas.len() - 1;
-        let keep = if step < n {
-            (&self.image + (&self.noise * self.sigmas[step])?)?
-        } else {
-            (&self.image / denoiser::c_in(self.sigmas[n]))?
-        };
-        let keep_mask = (1.0 - &self.mask)?;
-        Ok((keep.broadcast_mul(&keep_mask)? + x.broadcast_mul(&self.mask)?)?)
-    }
-}
-
 impl Pipeline {
     /// The start of an inpainting run, drawing from the seed's generator in diffusers'
     /// order: the picture's VAE posterior (always for 4-channel models, which blend it back;
@@ -159,7 +122,7 @@ impl Pipeline {
         };
         let noise = Tensor::from_vec(rng.randn_f32(c * h * w), (1, c, h, w), &self.device)?;
         let masked = if nine {
-            Some(self.encode_pixels(&super::txt2img::pixels_of(image, Some(&bits)), Some(rng))?)
+            Some(self.encode_pixels(&super::masked_area::pixels_of(image, Some(&bits)), Some(rng))?)
         } else {
             let _ = rng.randn_f32(c * h * w);
             None

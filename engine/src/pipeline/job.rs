@@ -156,7 +156,7 @@ impl Pipeline {
                         m.width, m.height, img.width, img.height
                     ));
                 }
-                if !super::inpaint::mask_bits(m).iter().any(|&b| b) {
+                if !super::masked_area::mask_bits(m).iter().any(|&b| b) {
                     return bad("the mask is empty: paint (white) where the picture should change".into());
                 }
             }

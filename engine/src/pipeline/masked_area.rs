@@ -221,6 +221,34 @@ pub fn fill(picture: &ImageRgb8, repaint: &[bool]) -> ImageRgb8 {
     }
 }
 
+/// Pixels of `image` in [-1, 1], planar `[3, h, w]`, with `zero` (where true) set to 0 (the
+/// masked image diffusers builds: `image * (mask < 0.5)`).
+pub(crate) fn pixels_of(image: &ImageRgb8, zero: Option<&[bool]>) -> (Vec<f32>, usize, usize) {
+    let (w, h) = (image.width as usize, image.height as usize);
+    let mut planar = vec![0f32; 3 * w * h];
+    for (i, px) in image.pixels.chunks_exact(3).enumerate() {
+        if zero.is_some_and(|z| z[i]) {
+            continue;
+        }
+        for c in 0..3 {
+            planar[c * w * h + i] = f32::from(px[c]) / 255.0 * 2.0 - 1.0;
+        }
+    }
+    (planar, w, h)
+}
+
+/// The mask's pixels to repaint: PIL's `convert("L")` luminance at one half or above
+/// (diffusers' `do_binarize`).
+pub(crate) fn mask_bits(m: &ImageRgb8) -> Vec<bool> {
+    m.pixels
+        .chunks_exact(3)
+        .map(|p| {
+            let l = (u32::from(p[0]) * 19595 + u32::from(p[1]) * 38470 + u32::from(p[2]) * 7471 + 0x8000) >> 16;
+            l >= 128
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,9 +401,9 @@ mod tests {
         };
         let hole: Vec<bool> = (0..w * h).map(|i| (12..20).contains(&(i % w))).collect();
         let out = fill(&picture, &hole);
-        for i in 0..(w * h) as usize {
+        for (i, &in_hole) in hole.iter().enumerate() {
             let p = &out.pixels[i * 3..i * 3 + 3];
-            if !hole[i] {
+            if !in_hole {
                 assert_eq!(p, &picture.pixels[i * 3..i * 3 + 3]);
             } else {
                 assert_eq!(p[1], 0, "no green comes from red and blue");

@@ -196,7 +196,7 @@ impl Pipeline {
     /// The init image's latents (UNet space): encoded by the VAE, its posterior sampled with
     /// the seed's generator (diffusers' `retrieve_latents(..., generator)`), scaled.
     pub(super) fn init_latents(&self, image: &ImageRgb8, rng: &mut TorchRng) -> Result<Tensor> {
-        self.encode_pixels(&pixels_of(image, None), Some(rng))
+        self.encode_pixels(&super::masked_area::pixels_of(image, None), Some(rng))
     }
 
     /// VAE latents (UNet space) of pixels in [-1, 1] `[3 * h * w]` planar: the posterior
@@ -233,20 +233,4 @@ impl Pipeline {
         let ones = Tensor::ones((1, 1, h, w), DType::F32, &self.device)?;
         Ok(Some(Tensor::cat(&[&ones, &z], 1)?))
     }
-}
-
-/// Pixels of `image` in [-1, 1], planar `[3, h, w]`, with `zero` (where true) set to 0 (the
-/// masked image diffusers builds: `image * (mask < 0.5)`).
-pub(super) fn pixels_of(image: &ImageRgb8, zero: Option<&[bool]>) -> (Vec<f32>, usize, usize) {
-    let (w, h) = (image.width as usize, image.height as usize);
-    let mut planar = vec![0f32; 3 * w * h];
-    for (i, px) in image.pixels.chunks_exact(3).enumerate() {
-        if zero.is_some_and(|z| z[i]) {
-            continue;
-        }
-        for c in 0..3 {
-            planar[c * w * h + i] = f32::from(px[c]) / 255.0 * 2.0 - 1.0;
-        }
-    }
-    (planar, w, h)
 }
