@@ -1132,6 +1132,25 @@ fn inpaint_mode_paints_a_mask_with_the_brush_and_sends_it() {
     assert_eq!(state.settings.params.mode, latent_studio::gui::state::GenMode::Inpaint);
     let init = state.session.init.as_ref().expect("init restored");
     assert!(init.painted() > 0.02, "mask restored");
+    let own = (init.image.width, init.image.height);
+    // "Only masked" sends the picture and the mask at their own size (the engine cuts the
+    // crop), with the area and the padding.
+    let _ = s.harness.get_by_label("Only masked");
+    s.harness.state_mut().settings.params.inpaint_area = latent_engine::protocol::InpaintArea::Masked;
+    s.harness.state_mut().settings.params.width = own.0 * 2;
+    s.harness.step();
+    s.until("idle", |a, _| !a.session.is_busy());
+    let n = s.log.lock().expect("log").requests.len();
+    s.harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    s.until("the only-masked request", |_, log| log.requests.len() > n);
+    let r = s.log.lock().expect("log").requests[n].clone();
+    assert_eq!(
+        (r.inpaint_area, r.masked_padding),
+        (latent_engine::protocol::InpaintArea::Masked, 32)
+    );
+    assert_eq!(r.width, own.0 * 2);
+    let (img, mask) = (r.init_image.expect("picture"), r.mask.expect("mask"));
+    assert_eq!(((img.width, img.height), (mask.width, mask.height)), (own, own));
 }
 
 #[test]

@@ -314,7 +314,8 @@ impl StudioApp {
         };
         let fit = |img: &ImageRgb8| -> Result<Arc<ImageRgb8>, String> {
             let rgb = image::RgbImage::from_raw(img.width, img.height, img.pixels.clone()).ok_or("the init picture is damaged")?;
-            Ok(Arc::new(crate::resize::fit(&rgb, p.width, p.height, p.resize_mode)))
+            let (w, h) = self.request_picture_size(img);
+            Ok(Arc::new(crate::resize::fit(&rgb, w, h, p.resize_mode)))
         };
         Ok(Some(fit(&init.image)?))
     }
@@ -331,8 +332,20 @@ impl StudioApp {
             return Err("Paint the mask first (Edit mask…): white is repainted, the rest kept.".into());
         }
         let m = init.mask_image();
+        let (w, h) = self.request_picture_size(&m);
         let rgb = image::RgbImage::from_raw(m.width, m.height, m.pixels).ok_or("the mask is damaged")?;
-        Ok(Some(Arc::new(crate::resize::fit(&rgb, p.width, p.height, p.resize_mode))))
+        Ok(Some(Arc::new(crate::resize::fit(&rgb, w, h, p.resize_mode))))
+    }
+
+    /// The size the picture and mask are sent at: their own for "Only masked" inpainting
+    /// (the engine cuts and enlarges the crop), else the request's.
+    fn request_picture_size(&self, img: &ImageRgb8) -> (u32, u32) {
+        let p = &self.settings.params;
+        if p.mode == super::state::GenMode::Inpaint && p.inpaint_area == latent_engine::protocol::InpaintArea::Masked {
+            (img.width, img.height)
+        } else {
+            (p.width, p.height)
+        }
     }
 
     /// An image made from a picture has it (and its mask) kept beside it: restoring the image

@@ -199,6 +199,10 @@ pub struct Params {
     pub resize_mode: crate::resize::ResizeMode,
     /// Inpainting: blur of the mask the result is pasted over the picture with.
     pub mask_blur: u32,
+    /// Inpainting: the whole picture or only the mask's neighbourhood (A1111's "Only masked").
+    pub inpaint_area: latent_engine::protocol::InpaintArea,
+    pub masked_padding: u32,
+    pub masked_content: latent_engine::protocol::MaskedContent,
     /// Text to image: the hires fix and its settings.
     pub hires: bool,
     pub hires_scale: f64,
@@ -232,6 +236,9 @@ impl Default for Params {
             strength: 0.75,
             resize_mode: crate::resize::ResizeMode::Just,
             mask_blur: 4,
+            inpaint_area: latent_engine::protocol::InpaintArea::Whole,
+            masked_padding: 32,
+            masked_content: latent_engine::protocol::MaskedContent::Original,
             hires: false,
             hires_scale: 2.0,
             hires_steps: 0,
@@ -263,6 +270,9 @@ impl Params {
             token_merge: self.token_merge,
             emphasis: self.emphasis,
             mask_blur: self.mask_blur,
+            inpaint_area: self.inpaint_area,
+            masked_padding: self.masked_padding,
+            masked_content: self.masked_content,
             hires: (self.hires && self.mode == GenMode::Text).then_some(latent_engine::protocol::Hires {
                 scale: self.hires_scale,
                 steps: self.hires_steps,
@@ -296,6 +306,7 @@ impl Params {
             self.strength = r.strength;
         }
         self.mask_blur = r.mask_blur;
+        (self.inpaint_area, self.masked_padding, self.masked_content) = (r.inpaint_area, r.masked_padding, r.masked_content);
         self.hires = r.hires.is_some();
         if let Some(h) = &r.hires {
             (self.hires_scale, self.hires_steps, self.hires_strength, self.hires_upscaler) = (h.scale, h.steps, h.strength, h.upscaler);

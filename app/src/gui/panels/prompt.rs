@@ -103,6 +103,36 @@ fn mode_switch(view: &mut View, ui: &mut egui::Ui) {
                 .labelled_by(l.id)
                 .on_hover_text("The result is pasted over the picture through the mask blurred this much (A1111's Mask blur)");
         });
+        ui.horizontal(|ui| {
+            use latent_engine::protocol::InpaintArea;
+            let mut only = p.inpaint_area == InpaintArea::Masked;
+            if ui
+                .checkbox(&mut only, "Only masked")
+                .on_hover_text(
+                    "Repaint only the mask's neighbourhood, enlarged to Width x Height, and paste it back: small repairs \
+                     get the model's full resolution and the picture keeps its size (A1111's Inpaint area)",
+                )
+                .changed()
+            {
+                p.inpaint_area = if only { InpaintArea::Masked } else { InpaintArea::Whole };
+            }
+            ui.add_enabled(only, egui::Slider::new(&mut p.masked_padding, 0..=256).suffix(" px"))
+                .on_hover_text("Pixels kept around the mask's box (A1111's Masked area padding)");
+        });
+        ui.horizontal(|ui| {
+            use latent_engine::protocol::MaskedContent;
+            let l = ui.label("Masked content");
+            egui::ComboBox::from_id_salt("masked-content")
+                .selected_text(p.masked_content.name())
+                .show_ui(ui, |ui| {
+                    for c in MaskedContent::ALL {
+                        ui.selectable_value(&mut p.masked_content, c, c.name());
+                    }
+                })
+                .response
+                .labelled_by(l.id)
+                .on_hover_text("What the masked region starts from below strength 1: the picture, its surrounding colours blurred in, fresh noise or nothing");
+        });
     }
     let p = &mut view.settings.params;
     ui.horizontal(|ui| {
