@@ -870,6 +870,28 @@ fn hires_fix_from_the_command_line() {
         &scratch("hires-bad.png"),
     );
     assert_clean_failure(&bad, "upscale");
+    // Pixel upscalers: Lanczos, and an ESRGAN file named by its path (written by its stem).
+    let esrgan = fixture("upscale/esrgan-x2.safetensors");
+    for (how, written) in [("lanczos", "Lanczos"), (esrgan.to_str().expect("utf-8"), "esrgan-x2")] {
+        let out = scratch(&format!("hires-{written}.png"));
+        let run = generate(
+            &fixture("sd1/sd1-tiny.safetensors"),
+            &["--hires-scale", "2", "--hires-strength", "0.7", "--hires-upscaler", how],
+            &out,
+        );
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert_eq!(image::open(&out).expect("png").width(), 128);
+        let text = latent_engine::image_io::read_png_parameters(&out)
+            .expect("reads")
+            .expect("has parameters");
+        assert!(text.contains(&format!("Hires upscaler: {written}")), "{text}");
+    }
+    let bad = generate(
+        &fixture("sd1/sd1-tiny.safetensors"),
+        &["--hires-scale", "2", "--hires-upscaler", "4x-NoSuchFile"],
+        &scratch("hires-bad-upscaler.png"),
+    );
+    assert_clean_failure(&bad, "unknown hires upscaler");
 }
 
 #[test]

@@ -1005,6 +1005,45 @@ fn restoring_an_image_picks_its_vae_by_hash() {
 }
 
 #[test]
+fn hires_upscaler_models_are_listed_and_restored_by_name() {
+    let root = temp_dir("upscaler-root");
+    let dir = root.join("models/ESRGAN");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/upscale/esrgan-x2.safetensors");
+    let mine = dir.join("4x-Mine.safetensors");
+    std::fs::copy(&fixture, &mine).expect("copy");
+    let mut settings = settings();
+    settings.model_dirs = vec![root.clone()];
+    let mut s = studio("upscaler-restore", settings, Some("/models/fake.safetensors"));
+    s.loaded();
+    assert_eq!(s.harness.state().session.found_upscalers, vec![mine.clone()]);
+    // An A1111 image names the model by its file's stem: the folder's file is picked, and
+    // Generate sends it.
+    let text = "a cat\nSteps: 6, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, Denoising strength: 0.4, Hires upscale: 2, Hires upscaler: 4x-Mine";
+    drop_png(&mut s, "with-upscaler.png", text);
+    let p = s.harness.state().settings.params.clone();
+    assert!(p.hires);
+    assert_eq!(p.hires_upscaler, latent_engine::protocol::HiresUpscaler::Model);
+    assert_eq!(p.hires_model, Some(mine.clone()));
+    s.harness.get_by_label("Generate").click();
+    s.until("the engine received the request", |_, log| !log.requests.is_empty());
+    let h = s.log.lock().expect("log").requests[0].hires.clone().expect("hires");
+    assert_eq!(
+        (h.upscaler, h.model, h.strength),
+        (latent_engine::protocol::HiresUpscaler::Model, Some(mine), 0.4)
+    );
+    // One that is not there is said, and the latent upscaler is used.
+    let text = "a cat\nSteps: 6, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, Hires upscale: 2, Hires upscaler: 4x-Elsewhere";
+    drop_png(&mut s, "other-upscaler.png", text);
+    assert!(said(&s, "4x-Elsewhere"));
+    let p = s.harness.state().settings.params.clone();
+    assert_eq!(
+        (p.hires_upscaler, p.hires_model),
+        (latent_engine::protocol::HiresUpscaler::Latent, None)
+    );
+}
+
+#[test]
 fn embeddings_in_the_model_folders_are_listed_and_added_to_the_prompt() {
     let root = temp_dir("embeddings-root");
     let dir = root.join("embeddings");

@@ -156,10 +156,19 @@ impl Parameters {
                 scale,
                 steps: num("Hires steps").filter(|v| (0.0..=1000.0).contains(v)).map_or(0, |v| v as u32),
                 strength: num("Denoising strength").filter(|v| (0.0..=1.0).contains(v)).unwrap_or(0.7),
-                upscaler: self
+                upscaler: match self.get("Hires upscaler").map(str::trim) {
+                    Some(n) if !n.is_empty() && !n.eq_ignore_ascii_case("none") => {
+                        crate::protocol::HiresUpscaler::parse(n).unwrap_or(crate::protocol::HiresUpscaler::Model)
+                    }
+                    _ => crate::protocol::HiresUpscaler::Latent,
+                },
+                // A model is known by its name (A1111: the file's stem); the caller finds
+                // the file in its upscaler folders.
+                model: self
                     .get("Hires upscaler")
-                    .and_then(crate::protocol::HiresUpscaler::parse)
-                    .unwrap_or_default(),
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case("none") && crate::protocol::HiresUpscaler::parse(n).is_none())
+                    .map(std::path::PathBuf::from),
             });
         r.emphasis = self.get("Emphasis").and_then(crate::protocol::Emphasis::parse).unwrap_or_default();
         r.eta = num("Eta");

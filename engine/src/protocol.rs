@@ -214,16 +214,33 @@ pub struct GenerateRequest {
 }
 
 /// A1111's hires fix: upscale factor, second-pass steps (0 = the first pass's), denoising
-/// strength of the second pass, and how the latents are upscaled.
+/// strength of the second pass, and how the first pass is enlarged.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Hires {
     pub scale: f64,
     pub steps: u32,
     pub strength: f64,
     pub upscaler: HiresUpscaler,
+    /// With `HiresUpscaler::Model`: the ESRGAN-family `.safetensors` file.
+    #[serde(default)]
+    pub model: Option<std::path::PathBuf>,
 }
 
-/// How the hires fix enlarges the first pass's latents.
+impl Hires {
+    /// The metadata's `Hires upscaler`: A1111's name, or the model file's stem as A1111
+    /// names the files of its `models/ESRGAN` folder.
+    pub fn upscaler_name(&self) -> String {
+        match (self.upscaler, &self.model) {
+            (HiresUpscaler::Model, Some(p)) => p
+                .file_stem()
+                .map_or_else(|| "upscaler".into(), |s| s.to_string_lossy().into_owned()),
+            (u, _) => u.name().into(),
+        }
+    }
+}
+
+/// How the hires fix enlarges the first pass: its latents (torch's `interpolate`), or its
+/// decoded picture (PIL's Lanczos, or an ESRGAN-family model) encoded again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HiresUpscaler {
     /// Bilinear (A1111's "Latent": `interpolate(mode="bilinear")`).
@@ -231,24 +248,50 @@ pub enum HiresUpscaler {
     Latent,
     /// Nearest neighbour (A1111's "Latent (nearest)").
     LatentNearest,
+    /// Bicubic with antialiasing (A1111's "Latent (bicubic antialiased)").
+    LatentBicubicAntialiased,
+    /// The decoded picture resized with Lanczos (A1111's "Lanczos").
+    Lanczos,
+    /// The decoded picture enlarged by an upscaler model ([`Hires::model`]).
+    Model,
 }
 
 impl HiresUpscaler {
-    pub const ALL: [HiresUpscaler; 2] = [HiresUpscaler::Latent, HiresUpscaler::LatentNearest];
+    /// The built-in ones (a model is named by its file).
+    pub const ALL: [HiresUpscaler; 4] = [
+        HiresUpscaler::Latent,
+        HiresUpscaler::LatentNearest,
+        HiresUpscaler::LatentBicubicAntialiased,
+        HiresUpscaler::Lanczos,
+    ];
 
     /// A1111's name of it (the metadata's `Hires upscaler`).
     pub fn name(self) -> &'static str {
         match self {
             HiresUpscaler::Latent => "Latent",
             HiresUpscaler::LatentNearest => "Latent (nearest)",
+            HiresUpscaler::LatentBicubicAntialiased => "Latent (bicubic antialiased)",
+            HiresUpscaler::Lanczos => "Lanczos",
+            HiresUpscaler::Model => "Upscaler model",
         }
     }
 
+    /// Whether the first pass is decoded, enlarged as a picture and encoded again.
+    pub fn in_pixels(self) -> bool {
+        matches!(self, HiresUpscaler::Lanczos | HiresUpscaler::Model)
+    }
+
+    /// A built-in upscaler by A1111's name (or `nearest`, `bicubic`); any other name is a
+    /// model's.
     pub fn parse(s: &str) -> Option<HiresUpscaler> {
         let k = s.trim().to_ascii_lowercase();
-        HiresUpscaler::ALL
-            .into_iter()
-            .find(|u| u.name().to_ascii_lowercase() == k || (k == "nearest" && *u == HiresUpscaler::LatentNearest))
+        let short = match k.as_str() {
+            "latent" | "bilinear" => Some(HiresUpscaler::Latent),
+            "nearest" => Some(HiresUpscaler::LatentNearest),
+            "bicubic" => Some(HiresUpscaler::LatentBicubicAntialiased),
+            _ => None,
+        };
+        short.or_else(|| HiresUpscaler::ALL.into_iter().find(|u| u.name().to_ascii_lowercase() == k))
     }
 }
 

@@ -95,3 +95,38 @@ fn automatic_tiling_follows_the_memory_budget() {
     let img = vae.decode_with(&z, VaeTiling::Auto, vae.decode_bytes(1, 30, 30)).expect("decode");
     assert_eq!(img.dims(), &[1, 3, 96, 96]);
 }
+
+#[test]
+fn tiled_encode_matches_the_whole_encode_and_follows_the_budget() {
+    use latent_engine::checkpoint::{self, architecture};
+    use latent_engine::nets::vae::VaeEncoder;
+    let path = &layouts("sd1")[0].1;
+    let w = checkpoint::load(path, candle_core::DType::F32, &Device::Cpu).expect("load");
+    let cfg = architecture::infer(&w, "sd1").expect("config");
+    let enc = VaeEncoder::new(&w, &cfg.vae).expect("encoder");
+    let s = cfg.vae.scale();
+    let (h, w) = (40, 72);
+    // A picture with the same statistics everywhere, in [-1, 1].
+    let x = Tensor::rand(-1f32, 1.0, (1, 3, h * s, w * s), &Device::Cpu).expect("pixels");
+    let (mean, logvar) = enc.encode(&x).expect("whole");
+    let (tm, tl) = enc.encode_with(&x, s, VaeTiling::Tile(MIN_TILE), u64::MAX).expect("tiled");
+    assert_eq!(tm.dims(), mean.dims());
+    assert_eq!(tl.dims(), logvar.dims());
+    let (em, el) = (rel_l2(&tm, &mean), rel_l2(&tl, &logvar));
+    assert!(
+        em > 0.0 && em < 0.08 && el < 0.08,
+        "tiled vs whole encode: mean {em:.4}, logvar {el:.4}"
+    );
+    // Memory grows with the area; with enough of it the encode is whole, bit for bit; a
+    // small budget tiles and still gives the whole latent grid.
+    let act = |hh: usize, ww: usize| enc.encode_bytes(1, hh, ww) - CONV_UNFOLD_BUDGET as u64;
+    assert!(act(128, 128) >= 4 * act(64, 64));
+    let (am, _) = enc.encode_with(&x, s, VaeTiling::Auto, u64::MAX).expect("auto whole");
+    assert_eq!(rel_l2(&am, &mean), 0.0);
+    let budget = enc.encode_bytes(1, 30 * s, 30 * s);
+    let (bm, _) = enc.encode_with(&x, s, VaeTiling::Auto, budget).expect("auto tiled");
+    assert_eq!(bm.dims(), mean.dims());
+    assert!(rel_l2(&bm, &mean) > 0.0, "a small budget tiles");
+    let (om, _) = enc.encode_with(&x, s, VaeTiling::Off, 1).expect("off");
+    assert_eq!(rel_l2(&om, &mean), 0.0);
+}

@@ -148,9 +148,11 @@ pub struct GenerateArgs {
     /// Hires fix: denoising strength of the second pass.
     #[arg(long, default_value_t = 0.7, requires = "hires_scale")]
     hires_strength: f64,
-    /// Hires fix: latent (bilinear, A1111's "Latent") or nearest.
-    #[arg(long, default_value = "latent", requires = "hires_scale", value_parser = parse_upscaler)]
-    hires_upscaler: latent_engine::protocol::HiresUpscaler,
+    /// Hires fix: how the first pass is enlarged: latent (bilinear, A1111's "Latent"),
+    /// nearest, bicubic (antialiased), lanczos (the decoded picture), or an ESRGAN-family
+    /// upscaler .safetensors file.
+    #[arg(long, value_name = "NAME|FILE", default_value = "latent", requires = "hires_scale", value_parser = parse_upscaler)]
+    hires_upscaler: (latent_engine::protocol::HiresUpscaler, Option<PathBuf>),
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -167,8 +169,18 @@ enum MaskedContentArg {
     Nothing,
 }
 
-fn parse_upscaler(s: &str) -> std::result::Result<latent_engine::protocol::HiresUpscaler, String> {
-    latent_engine::protocol::HiresUpscaler::parse(s).ok_or_else(|| format!("unknown hires upscaler {s:?}: latent or nearest"))
+fn parse_upscaler(s: &str) -> std::result::Result<(latent_engine::protocol::HiresUpscaler, Option<PathBuf>), String> {
+    use latent_engine::protocol::HiresUpscaler;
+    if let Some(u) = HiresUpscaler::parse(s).filter(|u| *u != HiresUpscaler::Model) {
+        return Ok((u, None));
+    }
+    let path = PathBuf::from(s);
+    if path.is_file() {
+        return Ok((HiresUpscaler::Model, Some(path)));
+    }
+    Err(format!(
+        "unknown hires upscaler {s:?}: latent, nearest, bicubic, lanczos, or an upscaler .safetensors file that exists"
+    ))
 }
 
 fn parse_outpaint(s: &str) -> std::result::Result<[u32; 4], String> {
@@ -466,7 +478,8 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
             scale,
             steps: g.hires_steps,
             strength: g.hires_strength,
-            upscaler: g.hires_upscaler,
+            upscaler: g.hires_upscaler.0,
+            model: g.hires_upscaler.1.clone(),
         }),
     };
     let (sent_init, sent_mask) = (request.init_image.clone(), request.mask.clone());

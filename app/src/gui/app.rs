@@ -173,6 +173,7 @@ impl StudioApp {
         lora_dirs.extend(self.builtin_loras.iter().cloned());
         self.session.found_loras = super::files::scan_loras(&lora_dirs);
         self.session.found_vaes = super::files::scan_vaes(&self.settings.model_dirs, &["VAE", "vae"]);
+        self.session.found_upscalers = super::files::scan_vaes(&self.settings.model_dirs, &["ESRGAN", "RealESRGAN", "upscale_models"]);
         let (embeddings, _) = latent_engine::checkpoint::embedding::scan(&super::files::embedding_dirs(&self.settings.model_dirs));
         self.session.found_embeddings = embeddings.into_iter().map(|(name, _)| name).collect();
         self.session.found_tiny_decoders = super::files::scan_vaes(&self.settings.model_dirs, &["VAE-approx", "vae_approx"]);
@@ -433,6 +434,7 @@ impl StudioApp {
         }
         if whole {
             self.restore_vae(&p);
+            self.restore_upscaler();
         }
         let before = self.settings.loras.clone();
         let missing = super::state::panel_from_image(&p, &mut self.settings.loras, &self.session.found_loras);
@@ -460,6 +462,31 @@ impl StudioApp {
             );
         }
         true
+    }
+
+    /// The hires upscaler model an image names (A1111 writes the file's stem) looked up in
+    /// the upscaler folders; one not there is said and the latent upscaler used instead.
+    fn restore_upscaler(&mut self) {
+        let p = &mut self.settings.params;
+        if p.hires_upscaler != latent_engine::protocol::HiresUpscaler::Model {
+            return;
+        }
+        let name = p.hires_model.as_ref().map(|m| m.to_string_lossy().into_owned()).unwrap_or_default();
+        let found = self
+            .session
+            .found_upscalers
+            .iter()
+            .find(|f| f.file_stem().is_some_and(|s| s.to_string_lossy().eq_ignore_ascii_case(&name)));
+        match found {
+            Some(f) => p.hires_model = Some(f.clone()),
+            None => {
+                (p.hires_upscaler, p.hires_model) = (latent_engine::protocol::HiresUpscaler::Latent, None);
+                self.session.say(
+                    Level::Warning,
+                    format!("This image was upscaled with {name}, not found in your upscaler folders (models/ESRGAN); the hires fix uses Latent."),
+                );
+            }
+        }
     }
 
     /// Picks the VAE an image names (`VAE hash`, else `VAE`: A1111's keys) among the VAE

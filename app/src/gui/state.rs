@@ -210,6 +210,8 @@ pub struct Params {
     pub hires_steps: u32,
     pub hires_strength: f64,
     pub hires_upscaler: latent_engine::protocol::HiresUpscaler,
+    /// The upscaler model file with `HiresUpscaler::Model`.
+    pub hires_model: Option<PathBuf>,
 }
 
 impl Default for Params {
@@ -244,6 +246,7 @@ impl Default for Params {
             hires_steps: 0,
             hires_strength: 0.7,
             hires_upscaler: latent_engine::protocol::HiresUpscaler::Latent,
+            hires_model: None,
         }
     }
 }
@@ -278,6 +281,7 @@ impl Params {
                 steps: self.hires_steps,
                 strength: self.hires_strength,
                 upscaler: self.hires_upscaler,
+                model: self.hires_model.clone(),
             }),
             ..GenerateRequest::default()
         }
@@ -310,6 +314,8 @@ impl Params {
         self.hires = r.hires.is_some();
         if let Some(h) = &r.hires {
             (self.hires_scale, self.hires_steps, self.hires_strength, self.hires_upscaler) = (h.scale, h.steps, h.strength, h.upscaler);
+            // A model comes by name; the window finds its file (`App::restore`).
+            self.hires_model = h.model.clone();
         }
     }
 }
@@ -665,6 +671,9 @@ pub struct Session {
     pub found_loras: Vec<PathBuf>,
     /// VAE files in the model folders' `VAE`/`vae` folders.
     pub found_vaes: Vec<PathBuf>,
+    /// Upscaler models (ESRGAN family) in the model folders' `ESRGAN`, `RealESRGAN` and
+    /// `upscale_models` folders.
+    pub found_upscalers: Vec<PathBuf>,
     /// Tiny decoders in the model folders' `VAE-approx`/`vae_approx` folders.
     pub found_tiny_decoders: Vec<PathBuf>,
     /// Textual-inversion embeddings in the model folders' `embeddings` folders (names).

@@ -165,61 +165,11 @@ impl VaeDecoder {
             return self.decode(z);
         }
         let s = self.config.scale();
-        let (ph, pw) = (h * s, w * s);
-        let starts = |n: usize| -> Vec<usize> {
-            if n <= tile {
-                return vec![0];
-            }
-            let step = tile - overlap;
-            let mut v: Vec<usize> = (0..).map(|i| i * step).take_while(|&p| p + tile < n).collect();
-            v.push(n - tile);
-            v.dedup();
-            v
-        };
-        let mut acc = vec![0f32; b * 3 * ph * pw];
-        let mut wsum = vec![0f32; ph * pw];
-        // Weight of pixel p (of len) in a tile: ramps up over the overlap on sides that have a
-        // neighbour, 1 elsewhere; never 0, so every pixel is covered.
-        let ramp = |p: usize, len: usize, lead: bool, trail: bool| -> f32 {
-            let band = (overlap * s) as f32;
-            let mut v = 1f32;
-            if lead {
-                v = v.min((p as f32 + 0.5) / band);
-            }
-            if trail {
-                v = v.min(((len - p) as f32 - 0.5) / band);
-            }
-            v.max(1e-3)
-        };
-        for &y0 in &starts(h) {
-            for &x0 in &starts(w) {
-                let (th, tw) = (tile.min(h), tile.min(w));
-                let zt = z.narrow(2, y0, th)?.narrow(3, x0, tw)?.contiguous()?;
-                let img = self.decode(&zt)?.flatten_all()?.to_vec1::<f32>()?;
-                let (tph, tpw) = (th * s, tw * s);
-                let (lead_y, trail_y) = (y0 > 0, y0 + th < h);
-                let (lead_x, trail_x) = (x0 > 0, x0 + tw < w);
-                let wy: Vec<f32> = (0..tph).map(|p| ramp(p, tph, lead_y, trail_y)).collect();
-                let wx: Vec<f32> = (0..tpw).map(|p| ramp(p, tpw, lead_x, trail_x)).collect();
-                for py in 0..tph {
-                    let oy = y0 * s + py;
-                    for px in 0..tpw {
-                        let ox = x0 * s + px;
-                        let wt = wy[py] * wx[px];
-                        wsum[oy * pw + ox] += wt;
-                        for bc in 0..b * 3 {
-                            acc[(bc * ph + oy) * pw + ox] += wt * img[(bc * tph + py) * tpw + px];
-                        }
-                    }
-                }
-            }
-        }
-        for bc in 0..b * 3 {
-            for (a, ws) in acc[bc * ph * pw..(bc + 1) * ph * pw].iter_mut().zip(&wsum) {
-                *a /= ws;
-            }
-        }
-        Ok(Tensor::from_vec(acc, (b, 3, ph, pw), z.device())?)
+        let acc = blend_tiles(h, w, tile, overlap, s, b * 3, |y0, x0, th, tw| {
+            let zt = z.narrow(2, y0, th)?.narrow(3, x0, tw)?.contiguous()?;
+            Ok(self.decode(&zt)?.flatten_all()?.to_vec1::<f32>()?)
+        })?;
+        Ok(Tensor::from_vec(acc, (b, 3, h * s, w * s), z.device())?)
     }
 
     /// Decodes latents (already divided by the scaling factor) to images in [-1, 1] (f32).
@@ -257,6 +207,8 @@ pub struct VaeEncoder {
     norm_out: GroupNorm,
     conv_out: Conv2d,
     quant: Option<Conv2d>,
+    block_out: Vec<usize>,
+    latent: usize,
 }
 
 impl VaeEncoder {
@@ -296,6 +248,8 @@ impl VaeEncoder {
             } else {
                 None
             },
+            block_out: cfg.block_out_channels.clone(),
+            latent: cfg.latent_channels,
         })
     }
 
@@ -323,4 +277,130 @@ impl VaeEncoder {
         let c = h.dim(1)? / 2;
         Ok((h.narrow(1, 0, c)?, h.narrow(1, c, c)?.clamp(-30f32, 20f32)?))
     }
+
+    /// Bytes one untiled encode of `[batch, 3, h, w]` pixels needs (f32): about six
+    /// activations at the largest level of each resolution, as [`VaeDecoder::decode_bytes`].
+    pub fn encode_bytes(&self, batch: usize, h: usize, w: usize) -> u64 {
+        let mut worst = 0u64;
+        let mut pixels = (h * w) as u64;
+        let mut c_in = self.block_out.first().copied().unwrap_or(0) as u64;
+        for (i, &c) in self.block_out.iter().enumerate() {
+            let c = c as u64;
+            worst = worst.max(6 * pixels * c_in.max(c) * 4);
+            if i + 1 < self.block_out.len() {
+                pixels /= 4;
+            }
+            c_in = c;
+        }
+        worst * batch as u64 + CONV_UNFOLD_BUDGET as u64
+    }
+
+    /// Encodes with [`VaeTiling`] under a memory budget in bytes: big pictures in
+    /// overlapping tiles whose latent moments are blended as the decoder's tiles are (each
+    /// tile normalises over its own pixels, so it differs slightly from a whole encode).
+    /// `scale` is the VAE's pixels per latent.
+    pub fn encode_with(&self, x: &Tensor, scale: usize, tiling: VaeTiling, budget: u64) -> Result<(Tensor, Tensor)> {
+        let (b, _, ph, pw) = x.dims4()?;
+        let (h, w) = (ph / scale, pw / scale);
+        let tile = match tiling {
+            VaeTiling::Off => None,
+            VaeTiling::Tile(t) => Some(t.max(MIN_TILE)),
+            VaeTiling::Auto if self.encode_bytes(b, ph, pw) <= budget => None,
+            VaeTiling::Auto => {
+                let mut t = h.max(w);
+                while t > MIN_TILE && self.encode_bytes(b, t * scale, t * scale) > budget {
+                    t = (t * 3 / 4).max(MIN_TILE);
+                }
+                Some(t)
+            }
+        };
+        let tile = match tile {
+            Some(t) if (t < h || t < w) && ph % scale == 0 && pw % scale == 0 => t.max(TILE_OVERLAP + 1),
+            _ => return self.encode(x),
+        };
+        let c = self.latent;
+        let moments = blend_tiles(h, w, tile, TILE_OVERLAP, 1, b * 2 * c, |y0, x0, th, tw| {
+            let xt = x
+                .narrow(2, y0 * scale, th * scale)?
+                .narrow(3, x0 * scale, tw * scale)?
+                .contiguous()?;
+            let (m, l) = self.encode(&xt)?;
+            Ok(Tensor::cat(&[&m, &l], 1)?
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        })?;
+        let all = Tensor::from_vec(moments, (b, 2 * c, h, w), x.device())?;
+        Ok((all.narrow(1, 0, c)?, all.narrow(1, c, c)?))
+    }
+}
+
+/// Runs `tile_fn` on overlapping square tiles of `tile` grid cells (`overlap` shared with each
+/// neighbour) of an `h` x `w` grid and blends what it returns (`chans` planes of `scale`
+/// output pixels per cell, `[chans, th * scale, tw * scale]`) with weights that ramp linearly
+/// across the shared band, so no seam shows; memory is that of one tile.
+fn blend_tiles(
+    h: usize,
+    w: usize,
+    tile: usize,
+    overlap: usize,
+    scale: usize,
+    chans: usize,
+    mut tile_fn: impl FnMut(usize, usize, usize, usize) -> Result<Vec<f32>>,
+) -> Result<Vec<f32>> {
+    let s = scale;
+    let (ph, pw) = (h * s, w * s);
+    let starts = |n: usize| -> Vec<usize> {
+        if n <= tile {
+            return vec![0];
+        }
+        let step = tile - overlap;
+        let mut v: Vec<usize> = (0..).map(|i| i * step).take_while(|&p| p + tile < n).collect();
+        v.push(n - tile);
+        v.dedup();
+        v
+    };
+    let mut acc = vec![0f32; chans * ph * pw];
+    let mut wsum = vec![0f32; ph * pw];
+    // Weight of pixel p (of len) in a tile: ramps up over the overlap on sides that have a
+    // neighbour, 1 elsewhere; never 0, so every pixel is covered.
+    let ramp = |p: usize, len: usize, lead: bool, trail: bool| -> f32 {
+        let band = (overlap * s) as f32;
+        let mut v = 1f32;
+        if lead {
+            v = v.min((p as f32 + 0.5) / band);
+        }
+        if trail {
+            v = v.min(((len - p) as f32 - 0.5) / band);
+        }
+        v.max(1e-3)
+    };
+    for &y0 in &starts(h) {
+        for &x0 in &starts(w) {
+            let (th, tw) = (tile.min(h), tile.min(w));
+            let img = tile_fn(y0, x0, th, tw)?;
+            let (tph, tpw) = (th * s, tw * s);
+            let (lead_y, trail_y) = (y0 > 0, y0 + th < h);
+            let (lead_x, trail_x) = (x0 > 0, x0 + tw < w);
+            let wy: Vec<f32> = (0..tph).map(|p| ramp(p, tph, lead_y, trail_y)).collect();
+            let wx: Vec<f32> = (0..tpw).map(|p| ramp(p, tpw, lead_x, trail_x)).collect();
+            for py in 0..tph {
+                let oy = y0 * s + py;
+                for px in 0..tpw {
+                    let ox = x0 * s + px;
+                    let wt = wy[py] * wx[px];
+                    wsum[oy * pw + ox] += wt;
+                    for bc in 0..chans {
+                        acc[(bc * ph + oy) * pw + ox] += wt * img[(bc * tph + py) * tpw + px];
+                    }
+                }
+            }
+        }
+    }
+    for bc in 0..chans {
+        for (a, ws) in acc[bc * ph * pw..(bc + 1) * ph * pw].iter_mut().zip(&wsum) {
+            *a /= ws;
+        }
+    }
+    Ok(acc)
 }

@@ -1,15 +1,66 @@
 //! The hires fix's latent upscaling, as A1111's latent upscalers call torch's
-//! `interpolate`: bilinear (`align_corners=False`, no antialiasing) or nearest.
+//! `interpolate`: bilinear (`align_corners=False`, no antialiasing), nearest, or bicubic
+//! with antialiasing (PIL's filter, see resample.rs).
+
+use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use crate::error::Result;
-use crate::protocol::HiresUpscaler;
+use super::Pipeline;
+use super::resample::{Filter, resize_image};
+use crate::error::{EngineError, Result};
+use crate::nets::esrgan::Esrgan;
+use crate::protocol::{Hires, HiresUpscaler, ImageRgb8};
+
+/// ESRGAN tiles (input pixels) and their overlap: A1111's defaults.
+const MODEL_TILE: usize = 192;
+const MODEL_OVERLAP: usize = 8;
+
+impl Pipeline {
+    /// The hires fix's pixel upscalers: `img` enlarged to `w` x `h` with PIL's Lanczos, or by
+    /// the upscaler model (run until the picture is at least that size, at most three times,
+    /// then Lanczos to the size, as A1111's `Upscaler.upscale`).
+    pub(super) fn upscale_picture(&self, img: &ImageRgb8, w: u32, h: u32, hires: &Hires) -> Result<ImageRgb8> {
+        let mut img = img.clone();
+        if hires.upscaler == HiresUpscaler::Model {
+            let net = self.upscaler(hires)?;
+            for _ in 0..3 {
+                if img.width >= w && img.height >= h {
+                    break;
+                }
+                img = net.upscale(&img, MODEL_TILE, MODEL_OVERLAP, &self.device)?;
+            }
+        }
+        Ok(resize_image(&img, w, h, Filter::Lanczos))
+    }
+
+    /// The hires upscaler model, read once and kept while the same file is asked for.
+    fn upscaler(&self, hires: &Hires) -> Result<Arc<Esrgan>> {
+        let path = hires
+            .model
+            .as_ref()
+            .ok_or_else(|| EngineError::InvalidRequest("the hires upscaler model needs its file".into()))?;
+        let mut cache = self.upscaler_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((p, net)) = cache.as_ref()
+            && p == path
+        {
+            return Ok(net.clone());
+        }
+        let w = crate::checkpoint::load_upscaler(path, candle_core::DType::F32, &self.device)?;
+        let net = Arc::new(Esrgan::new(&w)?);
+        *cache = Some((path.clone(), net.clone()));
+        Ok(net)
+    }
+}
 
 /// `[1, c, h, w]` latents resized to `[1, c, oh, ow]`.
 pub(super) fn upscale(z: &Tensor, oh: usize, ow: usize, how: HiresUpscaler) -> Result<Tensor> {
     let (b, c, h, w) = z.dims4()?;
     let data: Vec<f32> = z.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+    if how == HiresUpscaler::LatentBicubicAntialiased {
+        let out = super::resample::resize_planes(&data, b * c, h, w, oh, ow, super::resample::Filter::Bicubic);
+        return Ok(Tensor::from_vec(out, (b, c, oh, ow), z.device())?);
+    }
     let mut out = vec![0f32; b * c * oh * ow];
     // Source coordinate of output index `o` (torch: (o + 0.5) * in / out - 0.5, at least 0).
     let src = |o: usize, n_in: usize, n_out: usize| ((o as f64 + 0.5) * n_in as f64 / n_out as f64 - 0.5).max(0.0);
@@ -24,7 +75,7 @@ pub(super) fn upscale(z: &Tensor, oh: usize, ow: usize, how: HiresUpscaler) -> R
                         let (sy, sx) = ((y * h / oh).min(h - 1), (x * w / ow).min(w - 1));
                         inp[sy * w + sx]
                     }
-                    HiresUpscaler::Latent => {
+                    _ => {
                         let (fy, fx) = (src(y, h, oh), src(x, w, ow));
                         let (y0, x0) = ((fy as usize).min(h - 1), (fx as usize).min(w - 1));
                         let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));

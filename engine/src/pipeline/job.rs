@@ -117,6 +117,18 @@ impl Pipeline {
             if hires_run_steps(r) == 0 {
                 return bad(format!("hires strength {} runs no step; raise it or the hires steps", hz.strength));
             }
+            if hz.upscaler == crate::protocol::HiresUpscaler::Model {
+                match &hz.model {
+                    None => return bad("the hires upscaler model needs its file (an ESRGAN-family .safetensors)".into()),
+                    Some(m) if !m.is_file() => {
+                        return bad(format!(
+                            "the hires upscaler model {} is not a file (put ESRGAN-family .safetensors files in models/ESRGAN)",
+                            m.display()
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
         }
         if r.mask.is_some() && r.init_image.is_none() {
             return bad("a mask needs an init image to paint into".into());
@@ -230,7 +242,7 @@ impl Pipeline {
             if h.steps > 0 {
                 p.push("Hires steps", h.steps);
             }
-            p.push("Hires upscaler", h.upscaler.name());
+            p.push("Hires upscaler", h.upscaler_name());
         }
         if r.clip_skip > 1 {
             p.push("Clip skip", r.clip_skip);

@@ -2,7 +2,7 @@
 //! request's size, paste it back) and the "fill" masked content (the hole filled with the
 //! surrounding colours, blurred).
 
-use image::imageops::{self, FilterType};
+use super::resample::{Filter, resize_image};
 
 use crate::protocol::ImageRgb8;
 
@@ -88,39 +88,36 @@ fn expand(r: Region, pw: u32, ph: u32, w: u32, h: u32) -> Region {
     }
 }
 
-fn to_rgb(img: &ImageRgb8) -> image::RgbImage {
-    image::RgbImage::from_raw(img.width, img.height, img.pixels.clone()).unwrap_or_else(|| image::RgbImage::new(img.width, img.height))
-}
-
-fn from_rgb(img: image::RgbImage) -> ImageRgb8 {
+/// `region` of `img` cut out (no resampling).
+fn crop(img: &ImageRgb8, region: Region) -> ImageRgb8 {
+    let (w, cw) = (img.width as usize, region.width() as usize);
+    let mut pixels = Vec::with_capacity(cw * region.height() as usize * 3);
+    for y in region.y0 as usize..region.y1 as usize {
+        let row = (y * w + region.x0 as usize) * 3;
+        pixels.extend_from_slice(&img.pixels[row..row + cw * 3]);
+    }
     ImageRgb8 {
-        width: img.width(),
-        height: img.height(),
-        pixels: img.into_raw(),
+        width: region.width(),
+        height: region.height(),
+        pixels,
     }
 }
 
-/// `region` of `img` resized to `w` x `h` (Lanczos, as A1111 resizes the crop).
+/// `region` of `img` resized to `w` x `h` (Lanczos, as A1111 resizes the crop with PIL).
 pub fn crop_resize(img: &ImageRgb8, region: Region, w: u32, h: u32) -> ImageRgb8 {
-    let rgb = to_rgb(img);
-    let crop = imageops::crop_imm(&rgb, region.x0, region.y0, region.width(), region.height()).to_image();
-    if crop.dimensions() == (w, h) {
-        return from_rgb(crop);
-    }
-    from_rgb(imageops::resize(&crop, w, h, FilterType::Lanczos3))
+    resize_image(&crop(img, region), w, h, Filter::Lanczos)
 }
 
 /// `result` (the job's output) resized to `region` and pasted into a copy of `picture`.
 pub fn paste_back(result: &ImageRgb8, picture: &ImageRgb8, region: Region) -> ImageRgb8 {
-    let mut out = to_rgb(picture);
-    let rgb = to_rgb(result);
-    let scaled = if rgb.dimensions() == (region.width(), region.height()) {
-        rgb
-    } else {
-        imageops::resize(&rgb, region.width(), region.height(), FilterType::Lanczos3)
-    };
-    imageops::replace(&mut out, &scaled, i64::from(region.x0), i64::from(region.y0));
-    from_rgb(out)
+    let scaled = resize_image(result, region.width(), region.height(), Filter::Lanczos);
+    let mut out = picture.clone();
+    let (w, cw) = (picture.width as usize, region.width() as usize);
+    for (i, y) in (region.y0 as usize..region.y1 as usize).enumerate() {
+        let row = (y * w + region.x0 as usize) * 3;
+        out.pixels[row..row + cw * 3].copy_from_slice(&scaled.pixels[i * cw * 3..(i + 1) * cw * 3]);
+    }
+    out
 }
 
 /// One pass of a box blur of fractional `radius` along rows (`horizontal`) or columns, edge

@@ -26,6 +26,7 @@ mod hires;
 mod inpaint;
 mod job;
 pub mod masked_area;
+mod resample;
 mod text;
 mod txt2img;
 
@@ -156,6 +157,8 @@ pub struct Pipeline {
     pub embedding_dirs: Vec<PathBuf>,
     /// Embedding files read so far (by path).
     embedding_cache: std::sync::Mutex<std::collections::HashMap<PathBuf, crate::checkpoint::embedding::Embedding>>,
+    /// The hires fix's upscaler model, kept while the same file is asked for.
+    upscaler_cache: std::sync::Mutex<Option<(PathBuf, std::sync::Arc<crate::nets::esrgan::Esrgan>)>>,
 }
 
 /// Memory one VAE decode may use: half of what the system has available now (Linux's
@@ -288,6 +291,7 @@ impl Pipeline {
             tiny: None,
             embedding_dirs: vec![],
             embedding_cache: Default::default(),
+            upscaler_cache: Default::default(),
         })
     }
 

@@ -94,7 +94,15 @@ impl Pipeline {
             let grid = self.config.vae.scale() as u32;
             let (w2, h2) = super::job::hires_size(r, grid);
             let (lh, lw) = ((h2 / grid) as usize, (w2 / grid) as usize);
-            let z = super::hires::upscale(&s.latents, lh, lw, hires.upscaler)?;
+            let z = if hires.upscaler.in_pixels() {
+                // The first pass decoded, enlarged as a picture, encoded again (its latent
+                // sample drawn from the generator, as image to image).
+                let (_, small) = self.decode(&s.latents)?;
+                let big = self.upscale_picture(&small, w2, h2, hires)?;
+                self.init_latents(&big, &mut rng)?
+            } else {
+                super::hires::upscale(&s.latents, lh, lw, hires.upscaler)?
+            };
             let total = if hires.steps == 0 { r.steps } else { hires.steps } as usize;
             let run_n = super::job::hires_run_steps(r) as usize;
             let full = sampling::run_schedule(job.solver, job.schedule, &self.schedule, total, self.config.family == Family::Sdxl);
@@ -208,7 +216,7 @@ impl Pipeline {
         let (data, w, h) = planar;
         let dtype = self.base.get("vae.encoder.conv_in.weight")?.dtype();
         let pixels = Tensor::from_vec(data.clone(), (1, 3, *h, *w), &self.device)?.to_dtype(dtype)?;
-        let (mean, logvar) = encoder.encode(&pixels)?;
+        let (mean, logvar) = encoder.encode_with(&pixels, self.config.vae.scale(), self.vae_tiling, super::decode_budget())?;
         let (mean, logvar) = (mean.to_dtype(DType::F32)?, logvar.to_dtype(DType::F32)?.clamp(-30f32, 20f32)?);
         let z = match rng {
             Some(rng) => {

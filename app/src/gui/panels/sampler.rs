@@ -151,15 +151,35 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
                 .on_hover_text("Denoising strength of the second pass");
                 ui.end_row();
                 let l = ui.label("Upscaler");
+                let chosen = latent_engine::protocol::Hires {
+                    scale: p.hires_scale,
+                    steps: p.hires_steps,
+                    strength: p.hires_strength,
+                    upscaler: p.hires_upscaler,
+                    model: p.hires_model.clone(),
+                };
                 egui::ComboBox::from_id_salt("hires-upscaler")
-                    .selected_text(p.hires_upscaler.name())
+                    .selected_text(chosen.upscaler_name())
                     .show_ui(ui, |ui| {
                         for u in latent_engine::protocol::HiresUpscaler::ALL {
-                            ui.selectable_value(&mut p.hires_upscaler, u, u.name());
+                            if ui.selectable_label(p.hires_upscaler == u, u.name()).clicked() {
+                                (p.hires_upscaler, p.hires_model) = (u, None);
+                            }
+                        }
+                        // Upscaler models found in the model folders (models/ESRGAN, ...).
+                        for f in &view.session.found_upscalers {
+                            let on = p.hires_upscaler == latent_engine::protocol::HiresUpscaler::Model && p.hires_model.as_ref() == Some(f);
+                            let name = f.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+                            if ui.selectable_label(on, name).on_hover_text(f.display().to_string()).clicked() {
+                                (p.hires_upscaler, p.hires_model) = (latent_engine::protocol::HiresUpscaler::Model, Some(f.clone()));
+                            }
                         }
                     })
                     .response
-                    .labelled_by(l.id);
+                    .labelled_by(l.id)
+                    .on_hover_text(
+                        "Latent upscalers enlarge the latents; Lanczos and upscaler models (put ESRGAN .safetensors files in models/ESRGAN) enlarge the decoded picture",
+                    );
                 ui.end_row();
             }
         }
