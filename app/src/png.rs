@@ -15,7 +15,23 @@ pub fn is_png(p: &Path) -> bool {
 
 /// Decodes a PNG to RGB and reads its `parameters` text.
 pub fn decode_png(path: &Path) -> Result<(ImageRgb8, Option<String>), String> {
-    let img = image::open(path).map_err(|e| format!("{}: {e}", path.display()))?.to_rgb8();
+    decode_picture(path).map(|(img, _, parameters)| (img, parameters))
+}
+
+/// A decoded picture: its RGB pixels, its alpha channel when some pixel is transparent, and
+/// its `parameters` text.
+pub type Picture = (ImageRgb8, Option<Vec<u8>>, Option<String>);
+
+/// Decodes a picture to RGB, with its alpha channel when it has transparent pixels, and
+/// reads its `parameters` text.
+pub fn decode_picture(path: &Path) -> Result<Picture, String> {
+    let img = image::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let alpha = img
+        .color()
+        .has_alpha()
+        .then(|| img.to_rgba8().pixels().map(|p| p[3]).collect::<Vec<u8>>());
+    let alpha = alpha.filter(|a| a.iter().any(|&v| v < 255));
+    let img = img.to_rgb8();
     let parameters = read_png_parameters(path).ok().flatten();
     Ok((
         ImageRgb8 {
@@ -23,6 +39,7 @@ pub fn decode_png(path: &Path) -> Result<(ImageRgb8, Option<String>), String> {
             height: img.height(),
             pixels: img.into_raw(),
         },
+        alpha,
         parameters,
     ))
 }

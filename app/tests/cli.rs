@@ -907,6 +907,13 @@ fn upscale_enlarges_a_picture_and_refuses_pickle() {
         .expect("run");
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(image::open(&out).expect("png").width(), 256);
+    let text = latent_engine::image_io::read_png_parameters(&out)
+        .expect("reads")
+        .expect("has parameters");
+    assert!(
+        text.contains("Postprocess upscale by: 4, Postprocess upscaler: esrgan-x4"),
+        "{text}"
+    );
     let pth = scratch("model.pth");
     std::fs::write(&pth, [0x80u8, 0x02, b'}', b'q', 0x00]).expect("write");
     let bad = bin()

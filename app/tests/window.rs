@@ -1190,6 +1190,93 @@ fn inpaint_mode_paints_a_mask_with_the_brush_and_sends_it() {
     assert_eq!(r.width, own.0 * 2);
     let (img, mask) = (r.init_image.expect("picture"), r.mask.expect("mask"));
     assert_eq!(((img.width, img.height), (mask.width, mask.height)), (own, own));
+    // The mask editor draws the region the engine cuts out, the same the engine computes.
+    s.harness.state_mut().session.show_mask_editor = true;
+    s.harness.run_steps(2);
+    let p = s.harness.state().settings.params.clone();
+    let want = latent_engine::pipeline::masked_area::region_of_mask(&mask, p.mask_blur, p.masked_padding, p.width, p.height);
+    let drawn = s.harness.state().session.init.as_ref().and_then(|i| i.region);
+    assert!(want.is_some());
+    assert_eq!(drawn.map(|(_, r)| r), Some(want));
+    let _ = s.harness.get_by_label_contains("Only masked:");
+}
+
+#[test]
+fn outpaint_buttons_extend_the_picture_and_mask_the_border() {
+    let mut s = studio("outpaint", settings(), Some("/models/fake.safetensors"));
+    s.loaded();
+    s.harness.state_mut().set_init(Arc::new(picture(80, 64, 1)), "test picture".into());
+    s.harness.get_by_label("Inpaint").click();
+    s.harness.step();
+    s.harness.state_mut().session.outpaint_by = 16;
+    s.harness.step();
+    s.harness.get_by_label("right").click();
+    s.harness.step();
+    let st = s.harness.state();
+    let init = st.session.init.as_ref().expect("init");
+    assert_eq!((init.image.width, init.image.height), (96, 64));
+    // The right border is to paint, the picture kept; its pixels are unchanged.
+    let at = |x: u32, y: u32| init.mask[(y * 96 + x) as usize];
+    assert_eq!((at(79, 10), at(80, 10), at(95, 63)), (0, 255, 255));
+    assert_eq!(&init.image.pixels[..3], &picture(80, 64, 1).pixels[..3]);
+    assert_eq!((st.settings.params.width, st.settings.params.height), (96, 64));
+    assert_eq!(st.settings.params.mode, latent_studio::gui::state::GenMode::Inpaint);
+    s.harness.get_by_label("all").click();
+    s.harness.step();
+    let init = s.harness.state().session.init.as_ref().expect("init");
+    assert_eq!((init.image.width, init.image.height), (128, 96));
+}
+
+#[test]
+fn a_picture_with_transparent_pixels_opens_with_them_as_the_mask() {
+    let mut s = studio("alpha-mask", settings(), Some("/models/fake.safetensors"));
+    s.loaded();
+    s.harness.get_by_label("Image to image").click();
+    s.harness.step();
+    // The right half transparent.
+    let png = s.out.join("holes.png");
+    let rgba = image::RgbaImage::from_fn(20, 10, |x, _| image::Rgba([200, 10, 10, if x < 10 { 255 } else { 0 }]));
+    rgba.save(&png).expect("write");
+    s.harness.input_mut().dropped_files.push(Arc::new(Dropped(png)));
+    s.harness.step();
+    s.harness.step();
+    let st = s.harness.state();
+    let init = st.session.init.as_ref().expect("init");
+    assert_eq!((init.image.width, init.image.height), (20, 10));
+    assert!((init.painted() - 0.5).abs() < 1e-6, "{}", init.painted());
+    assert_eq!((init.mask[9], init.mask[10]), (0, 255));
+    assert_eq!(st.settings.params.mode, latent_studio::gui::state::GenMode::Inpaint);
+    assert!(said(&s, "transparent pixels are the mask"));
+}
+
+#[test]
+fn upscale_enlarges_the_image_on_the_canvas_into_the_history() {
+    let root = temp_dir("upscale-root");
+    let dir = root.join("models/ESRGAN");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/upscale/esrgan-x2.safetensors");
+    std::fs::copy(&fixture, dir.join("esrgan-x2.safetensors")).expect("copy");
+    let mut settings = settings();
+    settings.model_dirs = vec![root.clone()];
+    let mut s = studio("upscale", settings, Some("/models/fake.safetensors"));
+    s.loaded();
+    s.type_prompt("a red apple");
+    s.harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    s.until("finished", |a, _| {
+        a.session.history.first().is_some_and(|h| h.full.is_some()) && !a.session.is_busy()
+    });
+    let [w, h] = s.harness.state().session.history[0].size;
+    s.harness.get_by_label("Upscale").click();
+    s.harness.run_steps(2);
+    s.harness.get_by_label("esrgan-x2").click();
+    s.until("upscaled", |a, _| a.session.history.len() == 2 && !a.session.is_busy());
+    let st = s.harness.state();
+    let item = &st.session.history[0];
+    assert_eq!(item.size, [w * 2, h * 2]);
+    assert!(item.parameters.starts_with("a red apple"), "{}", item.parameters);
+    assert!(item.parameters.contains("Postprocess upscaler: esrgan-x2"), "{}", item.parameters);
+    assert_eq!(s.log.lock().expect("log").requests.len(), 1, "no generation was sent for it");
+    s.until("saved", |a, _| a.session.history[0].path.is_some());
 }
 
 #[test]

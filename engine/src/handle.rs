@@ -109,6 +109,13 @@ impl EngineHandle {
         Ok(id)
     }
 
+    /// Queues an upscale and returns its id (it is answered as a generation is).
+    pub fn upscale(&self, request: crate::protocol::UpscaleRequest) -> Result<JobId> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.send(Command::Upscale { id, request })?;
+        Ok(id)
+    }
+
     /// Cancels a running or queued job; the running one stops before its next network
     /// evaluation.
     pub fn cancel(&self, id: JobId) {

@@ -507,9 +507,31 @@ pub enum Command {
         request: GenerateRequest,
     },
     SetLoras(Vec<LoraSpec>),
+    /// Enlarge a picture with an upscaler model; answered as a `Generate` is (`Started`,
+    /// `Progress` per tile, then `Finished` without latents, `Cancelled` or `Failed`).
+    Upscale {
+        id: JobId,
+        request: UpscaleRequest,
+    },
     /// Usually sent through `EngineHandle::cancel`, which also flips the job's atomic flag.
     Cancel(JobId),
     Shutdown,
+}
+
+/// A picture enlarged by an ESRGAN-family model (A1111's Extras > Upscale); needs no model
+/// loaded.
+#[derive(Clone, Debug)]
+pub struct UpscaleRequest {
+    pub image: std::sync::Arc<ImageRgb8>,
+    /// The upscaler's `.safetensors` file.
+    pub model: PathBuf,
+    /// The picture's own parameters text: the result keeps it, with A1111's
+    /// `Postprocess upscale by` and `Postprocess upscaler` added to its settings line.
+    pub parameters: String,
+    /// Tile size in input pixels (smaller needs less memory) and the overlap computed on
+    /// every side of a tile and thrown away (so seams do not show).
+    pub tile: u32,
+    pub overlap: u32,
 }
 
 /// Engine -> window/CLI. For each `Generate`: `Started`, `Progress` counting up from 1, then

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{EngineError, Result};
 use crate::lora::{LoraFile, LoraReport, extract_prompt_tags};
 use crate::pipeline::{Hooks, Output, Pipeline};
-use crate::protocol::{Command, Event, GenerateRequest, ImageRgb8, JobId, LoraSpec, ModelInfo, ModelSpec};
+use crate::protocol::{Command, Event, GenerateRequest, ImageRgb8, JobId, LoraSpec, ModelInfo, ModelSpec, UpscaleRequest};
 
 /// What the worker drives: the real pipeline, or a stand-in in tests and UI development.
 pub trait Backend: Send {
@@ -27,6 +27,14 @@ pub trait Backend: Send {
     /// Replaces the LoRA set of the panel; returns one report per file.
     fn set_loras(&mut self, _loras: &[LoraSpec]) -> Result<Vec<LoraReport>> {
         Err(EngineError::Other("this engine has no LoRA support".into()))
+    }
+    /// Validates an upscale job; returns its tiles (its progress steps).
+    fn prepare_upscale(&self, request: &UpscaleRequest) -> Result<u32> {
+        crate::pipeline::prepare_upscale(request)
+    }
+    /// Runs an upscale job (on the CPU unless the backend has a device of its own).
+    fn upscale(&mut self, request: &UpscaleRequest, hooks: &mut dyn Hooks) -> Result<Output> {
+        crate::pipeline::run_upscale(request, &candle_core::Device::Cpu, hooks)
     }
 }
 
@@ -182,6 +190,11 @@ impl Backend for PipelineBackend {
         let job = p.validate(request)?;
         p.generate(&job, hooks)
     }
+    fn upscale(&mut self, request: &UpscaleRequest, hooks: &mut dyn Hooks) -> Result<Output> {
+        // The loaded model's device (a GPU when there is one), else the CPU.
+        let device = self.pipeline.as_ref().map_or(candle_core::Device::Cpu, |p| p.device().clone());
+        crate::pipeline::run_upscale(request, &device, hooks)
+    }
     fn set_loras(&mut self, loras: &[LoraSpec]) -> Result<Vec<LoraReport>> {
         let previous = std::mem::replace(&mut self.panel, loras.to_vec());
         let set = self.effective("")?;
@@ -282,6 +295,7 @@ impl Worker {
             let r = match cmd {
                 Command::LoadModel(spec) => self.load(&spec),
                 Command::Generate { id, request } => self.job(id, &request),
+                Command::Upscale { id, request } => self.upscale(id, &request),
                 Command::SetLoras(list) => self.set_loras(&list),
                 Command::Cancel(id) => {
                     self.board.cancel(id);
@@ -333,11 +347,41 @@ impl Worker {
     }
 
     fn job(&mut self, id: JobId, request: &GenerateRequest) -> std::result::Result<(), Disconnected> {
+        self.run_job(
+            id,
+            request.preview_every,
+            true,
+            |b| b.prepare(request),
+            |b, hooks| b.generate(request, hooks),
+        )
+    }
+
+    fn upscale(&mut self, id: JobId, request: &UpscaleRequest) -> std::result::Result<(), Disconnected> {
+        self.run_job(
+            id,
+            0,
+            false,
+            |b| b.prepare_upscale(request).map(|tiles| (tiles, 0)),
+            |b, hooks| b.upscale(request, hooks),
+        )
+    }
+
+    /// One job's life: cancelled while queued, refused by `prepare`, or started, run and
+    /// ended by exactly one final event; a panic inside is reported and the worker serves on.
+    fn run_job(
+        &mut self,
+        id: JobId,
+        every: u32,
+        keep_latents: bool,
+        prepare: impl FnOnce(&dyn Backend) -> Result<(u32, u32)>,
+        run: impl FnOnce(&mut dyn Backend, &mut dyn Hooks) -> Result<Output>,
+    ) -> std::result::Result<(), Disconnected> {
         if self.board.start(id) {
             self.board.finish(id);
             return self.emit(Event::Cancelled { id, at_step: 0 });
         }
-        let prepared = catch_unwind(AssertUnwindSafe(|| self.backend.prepare(request)));
+        let backend: &dyn Backend = &*self.backend;
+        let prepared = catch_unwind(AssertUnwindSafe(|| prepare(backend)));
         let (total_steps, nfe) = match prepared {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
@@ -361,11 +405,11 @@ impl Worker {
             worker_events: &self.events,
             board: &self.board,
             waker: &self.waker,
-            every: request.preview_every,
+            every,
             disconnected: false,
         };
-        let backend = &mut self.backend;
-        let result = catch_unwind(AssertUnwindSafe(|| backend.generate(request, &mut hooks)));
+        let backend: &mut dyn Backend = &mut *self.backend;
+        let result = catch_unwind(AssertUnwindSafe(|| run(backend, &mut hooks)));
         let disconnected = hooks.disconnected;
         self.board.finish(id);
         if disconnected {
@@ -377,7 +421,7 @@ impl Worker {
                 image: out.image,
                 metadata: out.metadata,
                 timings: out.timings,
-                latents: Some(out.latents),
+                latents: keep_latents.then_some(out.latents),
             },
             Ok(Err(EngineError::Cancelled { at_step })) => Event::Cancelled { id, at_step },
             Ok(Err(e)) => Event::Failed {

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use latent_engine::checkpoint::load_upscaler;
 use latent_engine::image_io::{encode_png, write_new_file};
-use latent_engine::nets::esrgan::Esrgan;
+use latent_engine::pipeline::{Quiet, run_upscale};
+use latent_engine::protocol::UpscaleRequest;
 
 #[derive(clap::Args, Debug)]
 pub struct UpscaleArgs {
@@ -28,20 +28,24 @@ pub struct UpscaleArgs {
 
 pub fn upscale(a: UpscaleArgs) -> Result<()> {
     super::generate::check_output(&a.out, "--out", "png")?;
-    let (img, _) = crate::png::decode_png(&a.input).map_err(|e| anyhow::anyhow!("cannot read the picture: {e}"))?;
-    let device = candle_core::Device::Cpu;
-    let w = load_upscaler(&a.model, candle_core::DType::F32, &device)?;
-    let net = Esrgan::new(&w)?;
+    let (img, parameters) = crate::png::decode_png(&a.input).map_err(|e| anyhow::anyhow!("cannot read the picture: {e}"))?;
+    let request = UpscaleRequest {
+        image: std::sync::Arc::new(img),
+        model: a.model.clone(),
+        parameters: parameters.unwrap_or_default(),
+        tile: a.tile,
+        overlap: a.overlap,
+    };
     let t0 = std::time::Instant::now();
-    let out = net.upscale(&img, a.tile as usize, a.overlap as usize, &device)?;
+    let out = run_upscale(&request, &candle_core::Device::Cpu, &mut Quiet)?;
+    write_new_file(&a.out, &encode_png(&out.image, &out.metadata)?)?;
     let name = a.model.file_name().and_then(|n| n.to_str()).unwrap_or("upscaler");
-    write_new_file(&a.out, &encode_png(&out, &format!("Upscaled {}x with {name}", net.scale))?)?;
     eprintln!(
         "{}x{} -> {}x{} with {name} in {:.2} s -> {}",
-        img.width,
-        img.height,
-        out.width,
-        out.height,
+        request.image.width,
+        request.image.height,
+        out.image.width,
+        out.image.height,
         t0.elapsed().as_secs_f64(),
         a.out.display()
     );

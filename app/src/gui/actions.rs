@@ -32,8 +32,12 @@ pub enum Action {
     ApplyTheme,
     /// Start image to image from the image on the canvas.
     ShownToInit,
+    /// Enlarge the image on the canvas with this upscaler model (a new image in the history).
+    UpscaleShown(PathBuf),
     /// Forget the init picture.
     ClearInit,
+    /// Extend the init picture by (left, top, right, bottom) pixels to outpaint them.
+    Outpaint([u32; 4]),
     /// The user picked these paths (in a dialog or the path field).
     Picked(Dialog, Vec<PathBuf>),
 }

@@ -16,7 +16,8 @@ use super::actions::{Action, Dialog, View};
 use super::files::{FileEvent, FileJob, FileKind, FileWorker, classify};
 use super::panels;
 use super::state::{
-    HistoryItem, Job, Level, ModelState, PathField, SeedMode, Session, Settings, Shown, StripFrame, ThemeChoice, file_name, random_seed,
+    HistoryItem, Job, Level, ModelState, PathField, SeedMode, Session, Settings, Shown, StripFrame, ThemeChoice, file_name, file_stem,
+    random_seed,
 };
 use crate::assets::{embedded_lora_dir, embedded_model};
 
@@ -288,6 +289,7 @@ impl StudioApp {
                         step: 0,
                         started: None,
                         step_times: vec![],
+                        upscaler: None,
                     });
                     sent += 1;
                 }
@@ -399,11 +401,122 @@ impl StudioApp {
         }
     }
 
+    /// Opens a picture for image to image; its transparent pixels (alpha below one half), if
+    /// it has any, become the inpainting mask and the mode Inpaint.
     fn open_init(&mut self, path: &Path) {
-        match crate::png::decode_png(path) {
-            Ok((img, _)) => self.set_init(Arc::new(img), file_name(path)),
+        match crate::png::decode_picture(path) {
+            Ok((img, alpha, _)) => {
+                self.set_init(Arc::new(img), file_name(path));
+                let mut painted = 0.0;
+                if let (Some(alpha), Some(init)) = (alpha, self.session.init.as_mut()) {
+                    init.mask = alpha.iter().map(|&a| if a < 128 { 255 } else { 0 }).collect();
+                    init.mask_changed = true;
+                    painted = init.painted();
+                }
+                if painted > 0.0 {
+                    self.settings.params.mode = super::state::GenMode::Inpaint;
+                    self.session.say(
+                        Level::Info,
+                        format!(
+                            "The picture's transparent pixels are the mask ({:.0}% to repaint).",
+                            painted * 100.0
+                        ),
+                    );
+                }
+            }
             Err(e) => self.session.say(Level::Error, format!("Cannot open the picture: {e}")),
         }
+    }
+
+    /// The finished image on the canvas (the selected history item, else the newest) and its
+    /// parameters text.
+    fn shown_image(&self) -> Option<(Arc<ImageRgb8>, String)> {
+        let s = &self.session;
+        match s.shown {
+            Shown::History(i) => s.history.get(i).and_then(|h| Some((h.full.clone()?, h.parameters.clone()))),
+            _ => {
+                let img = s.last_image.clone()?;
+                let parameters = s
+                    .history
+                    .first()
+                    .filter(|h| h.full.as_ref().is_some_and(|f| Arc::ptr_eq(f, &img)))
+                    .map(|h| h.parameters.clone());
+                Some((img, parameters.unwrap_or_default()))
+            }
+        }
+    }
+
+    /// Sends the image on the canvas to the engine to be enlarged by `model`; the result
+    /// arrives as a finished job (history, saved, its parameters kept with the upscaler's).
+    fn upscale_shown(&mut self, model: &Path) {
+        let Some((image, parameters)) = self.shown_image() else {
+            self.session.say(Level::Warning, "No finished image to upscale yet.");
+            return;
+        };
+        let request = latent_engine::protocol::UpscaleRequest {
+            image: image.clone(),
+            model: model.to_path_buf(),
+            parameters,
+            tile: 192,
+            overlap: 8,
+        };
+        match self.engine.upscale(request) {
+            Ok(id) => self.session.jobs.push_back(Job {
+                id,
+                request: latent_engine::protocol::GenerateRequest {
+                    width: image.width,
+                    height: image.height,
+                    ..latent_engine::protocol::GenerateRequest::default()
+                },
+                total_steps: 0,
+                nfe: 0,
+                step: 0,
+                started: None,
+                step_times: vec![],
+                upscaler: Some(file_stem(model)),
+            }),
+            Err(e) => self.session.say(Level::Error, e.to_string()),
+        }
+    }
+
+    /// Outpainting in the window: the picture extended by `sides` (left, top, right, bottom)
+    /// pixels, the border its stretched edges, and the mask the border only; Width and
+    /// Height follow the new size (to the latent grid) and the mode becomes Inpaint.
+    pub fn outpaint(&mut self, sides: [u32; 4]) {
+        let Some(init) = self.session.init.as_ref() else {
+            self.session.say(Level::Warning, "Open a picture first, then extend it.");
+            return;
+        };
+        if sides.iter().all(|&s| s == 0) {
+            return;
+        }
+        let rgb = image::RgbImage::from_raw(init.image.width, init.image.height, init.image.pixels.clone()).unwrap_or_default();
+        let (picture, mask) = crate::resize::outpaint(&rgb, sides);
+        let (w, h) = picture.dimensions();
+        if u64::from(w) * u64::from(h) > 4096 * 4096 {
+            self.session.say(
+                Level::Error,
+                format!("Extended to {w}x{h} the picture would be too large (at most 4096x4096)."),
+            );
+            return;
+        }
+        let name = format!("{} extended", init.name);
+        self.set_init(
+            Arc::new(ImageRgb8 {
+                width: w,
+                height: h,
+                pixels: picture.into_raw(),
+            }),
+            name,
+        );
+        if let Some(init) = self.session.init.as_mut() {
+            init.mask = mask.pixels().map(|p| p[0]).collect();
+            init.mask_changed = true;
+        }
+        let p = &mut self.settings.params;
+        p.mode = super::state::GenMode::Inpaint;
+        p.inpaint_area = latent_engine::protocol::InpaintArea::Whole;
+        (p.width, p.height) = (w.div_ceil(8) * 8, h.div_ceil(8) * 8);
     }
 
     /// Cancels everything queued and the running job (it stops before its next network
@@ -789,7 +902,7 @@ impl StudioApp {
                 ..
             } => {
                 let sent_request = s.jobs.iter().find(|j| j.id == id).map(|j| j.request.clone());
-                if let Some(j) = s.jobs.iter().find(|j| j.id == id) {
+                if let Some(j) = s.jobs.iter().find(|j| j.id == id && j.upscaler.is_none()) {
                     s.timing_log.push(super::state::TimingEntry {
                         request: j.request.clone(),
                         timings: timings.clone(),
@@ -1062,17 +1175,13 @@ impl StudioApp {
             }
             Action::Cancel => self.cancel(),
             Action::CopyShown => self.copy_shown(ctx),
-            Action::ShownToInit => {
-                let image = match self.session.shown {
-                    Shown::History(i) => self.session.history.get(i).and_then(|h| h.full.clone()),
-                    _ => self.session.last_image.clone(),
-                };
-                match image {
-                    Some(img) => self.set_init(img, "the image on the canvas".into()),
-                    None => self.session.say(Level::Warning, "No finished image to start from yet."),
-                }
-            }
+            Action::ShownToInit => match self.shown_image() {
+                Some((img, _)) => self.set_init(img, "the image on the canvas".into()),
+                None => self.session.say(Level::Warning, "No finished image to start from yet."),
+            },
+            Action::UpscaleShown(model) => self.upscale_shown(&model),
             Action::ClearInit => self.session.init = None,
+            Action::Outpaint(sides) => self.outpaint(sides),
             Action::SelectHistory(i) => self.select_history(i),
             Action::PushLoras => self.push_loras(),
             Action::Rescan => self.rescan(),

@@ -100,6 +100,9 @@ pub struct InitImage {
     /// The mask drawn over the picture; rebuilt when `mask_changed`.
     pub mask_texture: Option<egui::TextureHandle>,
     pub mask_changed: bool,
+    /// "Only masked": the region the engine will work on, for the settings it was found with
+    /// (blur, padding, width, height); cleared when the mask changes.
+    pub region: Option<([u32; 4], Option<latent_engine::pipeline::masked_area::Region>)>,
 }
 
 impl InitImage {
@@ -112,6 +115,7 @@ impl InitImage {
             mask: vec![0; n],
             mask_texture: None,
             mask_changed: true,
+            region: None,
         }
     }
 
@@ -574,6 +578,8 @@ pub struct Job {
     pub step: u32,
     pub started: Option<Instant>,
     pub step_times: Vec<Duration>,
+    /// An upscale job's upscaler name (its steps are tiles); `None` for a generation.
+    pub upscaler: Option<String>,
 }
 
 impl Job {
@@ -681,6 +687,8 @@ pub struct Session {
     /// Image to image's picture (and inpainting's mask).
     pub init: Option<InitImage>,
     pub show_mask_editor: bool,
+    /// Pixels the Extend buttons add to the picture (outpainting); 0 means the default 64.
+    pub outpaint_by: u32,
     pub brush: Brush,
     /// Short hashes of VAE files computed so far (restoring an image by `VAE hash`).
     pub vae_hashes: HashMap<PathBuf, String>,
@@ -857,6 +865,13 @@ pub fn random_seed() -> u64 {
 /// The last part of a path, for labels.
 pub fn file_name(path: &Path) -> String {
     path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// A path's file name without its extension (how A1111 names upscaler models).
+pub fn file_stem(path: &Path) -> String {
+    path.file_stem()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
 }

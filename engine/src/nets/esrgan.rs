@@ -124,6 +124,27 @@ impl Esrgan {
     /// Upscales a picture, in tiles of `tile` input pixels overlapping by `overlap` on every
     /// side (the overlap is computed and thrown away, so seams do not show).
     pub fn upscale(&self, img: &ImageRgb8, tile: usize, overlap: usize, device: &candle_core::Device) -> Result<ImageRgb8> {
+        self.upscale_with(img, tile, overlap, device, &mut |_, _| true)
+    }
+
+    /// Tiles in a picture of `w` x `h` with tiles of `tile` pixels.
+    pub fn tiles(w: u32, h: u32, tile: usize) -> u32 {
+        let tile = tile.max(16);
+        ((w as usize).div_ceil(tile) * (h as usize).div_ceil(tile)) as u32
+    }
+
+    /// [`Esrgan::upscale`] calling `each(done, total)` after every tile; it stops with
+    /// `EngineError::Cancelled` when that returns false.
+    pub fn upscale_with(
+        &self,
+        img: &ImageRgb8,
+        tile: usize,
+        overlap: usize,
+        device: &candle_core::Device,
+        each: &mut dyn FnMut(u32, u32) -> bool,
+    ) -> Result<ImageRgb8> {
+        let total = Self::tiles(img.width, img.height, tile);
+        let mut done = 0u32;
         let (w, h) = (img.width as usize, img.height as usize);
         let s = self.scale;
         let mut planar = vec![0f32; 3 * w * h];
@@ -161,6 +182,10 @@ impl Esrgan {
                     }
                 }
                 x0 = x1;
+                done += 1;
+                if !each(done, total) {
+                    return Err(EngineError::Cancelled { at_step: done });
+                }
             }
             y0 = y1;
         }

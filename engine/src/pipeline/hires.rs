@@ -10,7 +10,7 @@ use super::Pipeline;
 use super::resample::{Filter, resize_image};
 use crate::error::{EngineError, Result};
 use crate::nets::esrgan::Esrgan;
-use crate::protocol::{Hires, HiresUpscaler, ImageRgb8};
+use crate::protocol::{Hires, HiresUpscaler, ImageRgb8, UpscaleRequest};
 
 /// ESRGAN tiles (input pixels) and their overlap: A1111's defaults.
 const MODEL_TILE: usize = 192;
@@ -51,6 +51,70 @@ impl Pipeline {
         *cache = Some((path.clone(), net.clone()));
         Ok(net)
     }
+}
+
+/// The largest picture an upscale job takes (input pixels).
+const MAX_UPSCALE_INPUT: u64 = 4096 * 4096;
+
+/// Checks an upscale job before it runs; returns its tiles (its progress steps).
+pub fn prepare_upscale(r: &UpscaleRequest) -> Result<u32> {
+    let (w, h) = (r.image.width, r.image.height);
+    if w == 0 || h == 0 || r.image.pixels.len() != (w as usize) * (h as usize) * 3 {
+        return Err(EngineError::InvalidRequest("the picture to upscale is empty or broken".into()));
+    }
+    if u64::from(w) * u64::from(h) > MAX_UPSCALE_INPUT {
+        return Err(EngineError::InvalidRequest(format!(
+            "the picture is {w}x{h}; upscaling takes at most 4096x4096"
+        )));
+    }
+    if !r.model.is_file() {
+        return Err(EngineError::InvalidRequest(format!(
+            "the upscaler {} is not a file",
+            r.model.display()
+        )));
+    }
+    Ok(Esrgan::tiles(w, h, r.tile as usize))
+}
+
+/// Runs an upscale job on `device`: the picture enlarged in tiles (progress per tile,
+/// cancellable between tiles), its parameters kept with A1111's postprocess keys.
+pub fn run_upscale(r: &UpscaleRequest, device: &candle_core::Device, hooks: &mut dyn super::Hooks) -> Result<super::Output> {
+    let t0 = std::time::Instant::now();
+    prepare_upscale(r)?;
+    let w = crate::checkpoint::load_upscaler(&r.model, candle_core::DType::F32, device)?;
+    let net = Esrgan::new(&w)?;
+    let mut last = std::time::Instant::now();
+    let image = net.upscale_with(&r.image, r.tile as usize, r.overlap as usize, device, &mut |done, total| {
+        hooks.progress(done, total, last.elapsed());
+        last = std::time::Instant::now();
+        !hooks.cancelled()
+    })?;
+    let name = r
+        .model
+        .file_stem()
+        .map_or_else(|| "upscaler".into(), |s| s.to_string_lossy().into_owned());
+    let mut p = crate::metadata::Parameters::parse(&r.parameters).unwrap_or(crate::metadata::Parameters {
+        prompt: String::new(),
+        negative: String::new(),
+        pairs: vec![],
+    });
+    p.push("Postprocess upscale by", net.scale);
+    p.push("Postprocess upscaler", name);
+    let metadata = p.to_text().trim_start().to_string();
+    let total = t0.elapsed();
+    Ok(super::Output {
+        image,
+        latents: crate::protocol::LatentsOut {
+            shape: vec![],
+            data: vec![],
+        },
+        metadata,
+        timings: crate::protocol::Timings {
+            denoise: total,
+            total,
+            ..Default::default()
+        },
+    })
 }
 
 /// `[1, c, h, w]` latents resized to `[1, c, oh, ow]`.

@@ -52,6 +52,14 @@ pub fn crop_region(blurred: &[f32], w: u32, h: u32, padding: u32, pw: u32, ph: u
     Some(expand(boxed, pw, ph, w, h))
 }
 
+/// The region an "Only masked" job on `mask` (white = repaint, the picture's size) works
+/// on: [`crop_region`] of the mask blurred by `blur`, as the pipeline computes it (for the
+/// window to draw).
+pub fn region_of_mask(mask: &ImageRgb8, blur: u32, padding: u32, pw: u32, ph: u32) -> Option<Region> {
+    let blurred = super::inpaint::blurred_mask(mask, blur);
+    crop_region(&blurred, mask.width, mask.height, padding, pw, ph)
+}
+
 /// A1111's `expand_crop_region`: the region grown to the aspect ratio `pw : ph`.
 fn expand(r: Region, pw: u32, ph: u32, w: u32, h: u32) -> Region {
     // One axis' ends grown by `want - (b - a)` (split as Python's floor division does), moved

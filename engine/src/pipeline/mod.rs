@@ -30,6 +30,7 @@ mod resample;
 mod text;
 mod txt2img;
 
+pub use hires::{prepare_upscale, run_upscale};
 pub use inpaint::overlay;
 pub use job::{Job, MAX_FEATURE_CACHE, MAX_TOKEN_MERGE, planned_nfe, request_nfe, request_whole_nfe};
 pub use text::{ScheduledConditioning, TextInput};

@@ -33,8 +33,7 @@ impl Pipeline {
     /// inpainted there, shrunk back and pasted into the picture through the blurred mask.
     fn generate_masked_area(&self, job: &Job, picture: &ImageRgb8, mask: &ImageRgb8, hooks: &mut dyn Hooks) -> Result<Output> {
         let r = &job.request;
-        let blurred = super::inpaint::blurred_mask(mask, r.mask_blur);
-        let region = super::masked_area::crop_region(&blurred, picture.width, picture.height, r.masked_padding, r.width, r.height)
+        let region = super::masked_area::region_of_mask(mask, r.mask_blur, r.masked_padding, r.width, r.height)
             .ok_or_else(|| EngineError::InvalidRequest("the mask is empty: paint (white) where the picture should change".into()))?;
         let mut inner = job.clone();
         inner.request.init_image = Some(Arc::new(super::masked_area::crop_resize(picture, region, r.width, r.height)));

@@ -97,6 +97,9 @@ fn progress(view: &mut View, ui: &mut egui::Ui) {
     let Some(job) = view.session.jobs.front() else { return };
     let (fraction, text) = if job.started.is_none() {
         (0.0, "waiting for the engine…".to_string())
+    } else if let Some(name) = &job.upscaler {
+        let frac = job.step as f32 / job.total_steps.max(1) as f32;
+        (frac, format!("upscaling with {name}: tile {}/{}", job.step, job.total_steps))
     } else {
         let frac = job.step as f32 / job.total_steps.max(1) as f32;
         let mut text = format!("step {}/{}", job.step, job.total_steps);

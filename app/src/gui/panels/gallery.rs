@@ -23,6 +23,23 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
         {
             view.act(Action::ShownToInit);
         }
+        ui.menu_button("Upscale", |ui| {
+            if view.session.found_upscalers.is_empty() {
+                ui.weak("No upscaler models: put ESRGAN-family .safetensors files in models/ESRGAN of a model folder.");
+            }
+            for f in view.session.found_upscalers.clone() {
+                if ui
+                    .button(crate::gui::state::file_stem(&f))
+                    .on_hover_text(f.display().to_string())
+                    .clicked()
+                {
+                    view.act(Action::UpscaleShown(f));
+                    ui.close();
+                }
+            }
+        })
+        .response
+        .on_hover_text("Enlarge the image on the canvas with an upscaler model (a new image in the history)");
         let selected_path = match view.session.shown {
             Shown::History(i) => view.session.history.get(i).and_then(|h| h.path.clone()),
             _ => view.session.history.first().and_then(|h| h.path.clone()),

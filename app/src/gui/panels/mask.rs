@@ -88,9 +88,36 @@ fn editor(view: &mut View, ui: &mut egui::Ui) {
             None => init.mask_texture = Some(ui.ctx().load_texture("mask", image, egui::TextureOptions::NEAREST)),
         }
         init.mask_changed = false;
+        init.region = None;
     }
     if let Some(t) = &init.mask_texture {
         ui.painter().image(t.id(), rect, uv, egui::Color32::WHITE);
+    }
+    // "Only masked": the region the engine will cut out, found once the stroke ends.
+    let p = &view.settings.params;
+    if p.inpaint_area == latent_engine::protocol::InpaintArea::Masked && !response.is_pointer_button_down_on() {
+        let key = [p.mask_blur, p.masked_padding, p.width, p.height];
+        if init.region.as_ref().is_none_or(|(k, _)| *k != key) {
+            let found = latent_engine::pipeline::masked_area::region_of_mask(&init.mask_image(), key[0], key[1], key[2], key[3]);
+            init.region = Some((key, found));
+        }
+        if let Some((_, Some(r))) = &init.region {
+            let at = |x: u32, y: u32| rect.min + egui::vec2(x as f32 * scale, y as f32 * scale);
+            let area = egui::Rect::from_min_max(at(r.x0, r.y0), at(r.x1, r.y1));
+            ui.painter().rect_stroke(
+                area,
+                0.0,
+                egui::Stroke::new(1.5, egui::Color32::from_rgb(255, 220, 60)),
+                egui::StrokeKind::Inside,
+            );
+            ui.weak(format!(
+                "Only masked: {}x{} pixels at {}x{} are repainted (yellow box)",
+                r.width(),
+                r.height(),
+                r.x0,
+                r.y0
+            ));
+        }
     }
     if let Some(pos) = response.hover_pos() {
         ui.painter()

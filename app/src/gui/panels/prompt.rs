@@ -96,6 +96,29 @@ fn mode_switch(view: &mut View, ui: &mut egui::Ui) {
                 ui.weak(format!("{:.0}% to repaint", f * 100.0));
             }
         });
+        ui.horizontal(|ui| {
+            // Outpainting: the picture grows on one side (or all), the new border is the mask.
+            let l = ui.label("Extend");
+            if view.session.outpaint_by == 0 {
+                view.session.outpaint_by = 64;
+            }
+            ui.add(egui::DragValue::new(&mut view.session.outpaint_by).range(8..=1024).suffix(" px"))
+                .labelled_by(l.id)
+                .on_hover_text("Outpainting: how far the picture grows; the new border becomes the mask");
+            let by = view.session.outpaint_by;
+            let has = view.session.init.is_some();
+            for (label, sides, hover) in [
+                ("left", [by, 0, 0, 0], "Extend the picture to the left"),
+                ("up", [0, by, 0, 0], "Extend the picture upwards"),
+                ("right", [0, 0, by, 0], "Extend the picture to the right"),
+                ("down", [0, 0, 0, by], "Extend the picture downwards"),
+                ("all", [by, by, by, by], "Extend the picture on every side"),
+            ] {
+                if ui.add_enabled(has, egui::Button::new(label)).on_hover_text(hover).clicked() {
+                    view.act(Action::Outpaint(sides));
+                }
+            }
+        });
         let p = &mut view.settings.params;
         ui.horizontal(|ui| {
             let l = ui.label("Mask blur");
