@@ -910,6 +910,85 @@ fn restore_then_generate_gives_the_same_image_bit_for_bit() {
     );
 }
 
+/// Inpainting on the real engine and the embedded model, the mask painted with the brush:
+/// the result keeps the picture's size, the pixels away from the mask exactly, and changes
+/// under it; "Only masked" does the same on the mask's neighbourhood.
+#[test]
+fn inpaint_on_the_embedded_model_repaints_only_the_painted_region() {
+    let mut st = Settings::default();
+    st.params.prompt = "a yellow star on a black background".into();
+    st.params.seed = 7;
+    st.params.seed_mode = SeedMode::Fixed;
+    st.params.steps = 6;
+    let mut h = real_studio("inpaint-real", st);
+    real_until(&mut h, "model loaded", |a| matches!(a.session.model, ModelState::Loaded { .. }));
+    let done = |n: usize| move |a: &StudioApp| a.session.history.len() == n && a.session.jobs.is_empty();
+    h.state_mut().generate();
+    real_until(&mut h, "the picture", done(1));
+    h.get_by_label("To img2img").click();
+    h.step();
+    h.get_by_label("Inpaint").click();
+    h.step();
+    h.get_by_label("Edit mask…").click();
+    h.run_steps(2);
+    // A stroke across the upper left of the picture.
+    let below = h.get_by_label("Invert").rect().left_bottom();
+    let (a, b) = (below + egui::vec2(40.0, 60.0), below + egui::vec2(160.0, 80.0));
+    h.hover_at(a);
+    h.step();
+    h.drag_at(a);
+    h.step();
+    for k in 1..=8 {
+        h.hover_at(a + (b - a) * (k as f32 / 8.0));
+        h.step();
+    }
+    h.drop_at(b);
+    h.step();
+    let (picture, mask) = {
+        let init = h.state().session.init.as_ref().expect("init");
+        assert!(init.painted() > 0.01 && init.painted() < 0.5, "painted {}", init.painted());
+        (init.image.clone(), init.mask.clone())
+    };
+    let (w, hh) = (picture.width as i64, picture.height as i64);
+    // Pixels farther than the blur's reach (kernel radius 10 for mask blur 4) from the paint.
+    let far = |x: i64, y: i64| {
+        let r = 12;
+        (y - r..=y + r).all(|yy| (x - r..=x + r).all(|xx| xx < 0 || yy < 0 || xx >= w || yy >= hh || mask[(yy * w + xx) as usize] == 0))
+    };
+    let check = |h: &Harness<'static, StudioApp>, what: &str| {
+        let out = h.state().session.history[0].full.clone().expect("pixels");
+        assert_eq!((out.width, out.height), (picture.width, picture.height), "{what}: size");
+        let (mut kept, mut far_n, mut changed) = (0, 0, 0);
+        for y in 0..hh {
+            for x in 0..w {
+                let i = ((y * w + x) * 3) as usize;
+                let same = out.pixels[i..i + 3] == picture.pixels[i..i + 3];
+                if far(x, y) {
+                    far_n += 1;
+                    kept += usize::from(same);
+                } else if mask[(y * w + x) as usize] > 0 && !same {
+                    changed += 1;
+                }
+            }
+        }
+        assert!(
+            far_n > 0 && kept == far_n,
+            "{what}: {kept} of {far_n} pixels away from the mask kept"
+        );
+        let painted = mask.iter().filter(|&&m| m > 0).count();
+        assert!(changed * 2 > painted, "{what}: only {changed} of {painted} painted pixels changed");
+    };
+    h.state_mut().settings.params.seed = 8;
+    h.state_mut().generate();
+    real_until(&mut h, "inpainted", done(2));
+    check(&h, "whole picture");
+    h.state_mut().settings.params.inpaint_area = latent_engine::protocol::InpaintArea::Masked;
+    h.state_mut().generate();
+    real_until(&mut h, "inpainted, only masked", done(3));
+    check(&h, "only masked");
+    assert!(h.state().session.history[0].parameters.contains("Inpaint area: Only masked"));
+}
+
 #[test]
 fn weight_keys_token_counter_and_emphasis_reach_the_request() {
     let mut settings = settings();
