@@ -840,8 +840,23 @@ fn outpaint_extends_the_picture() {
     ];
     let run = generate(&fixture("sd1/sd1-tiny.safetensors"), &args, &out);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let img = image::open(&out).expect("png");
+    let img = image::open(&out).expect("png").to_rgb8();
     assert_eq!((img.width(), img.height()), (96, 72));
+    // The picture is kept exactly beyond the mask blur's reach of the new border (kernel
+    // radius 10 for the default blur 4), placed 16 pixels in; the border is painted anew
+    // (not the stretched edge pixels it started as).
+    let src = image::open(&init).expect("init").to_rgb8();
+    for y in 0..64 - 12 {
+        for x in 12..64 - 12 {
+            assert_eq!(img.get_pixel(x + 16, y), src.get_pixel(x, y), "kept pixel {x},{y}");
+        }
+    }
+    let stretched = (0..72).filter(|&y| img.get_pixel(0, y) == src.get_pixel(0, y.min(63))).count();
+    assert!(stretched < 36, "the left border was repainted ({stretched} of 72 rows unchanged)");
+    let text = latent_engine::image_io::read_png_parameters(&out)
+        .expect("reads")
+        .expect("has parameters");
+    assert!(text.contains("Size: 96x72") && text.contains("Mask blur: 4"), "{text}");
     let bad = generate(
         &fixture("sd1/sd1-tiny.safetensors"),
         &["--init-image", init.to_str().expect("utf-8"), "--outpaint", "16,0"],

@@ -1326,6 +1326,17 @@ fn a_picture_with_transparent_pixels_opens_with_them_as_the_mask() {
     assert_eq!((init.mask[9], init.mask[10]), (0, 255));
     assert_eq!(st.settings.params.mode, latent_studio::gui::state::GenMode::Inpaint);
     assert!(said(&s, "transparent pixels are the mask"));
+    // Paste takes the clipboard's picture; with none (no display here) it says so.
+    s.harness.get_by_label("Paste").click();
+    s.harness.step();
+    let pasted = s
+        .harness
+        .state()
+        .session
+        .init
+        .as_ref()
+        .is_some_and(|i| i.name == "the pasted picture");
+    assert!(pasted || said(&s, "No picture on the clipboard"));
 }
 
 #[test]

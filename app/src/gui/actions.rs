@@ -34,6 +34,8 @@ pub enum Action {
     ShownToInit,
     /// Enlarge the image on the canvas with this upscaler model (a new image in the history).
     UpscaleShown(PathBuf),
+    /// Take the clipboard's picture as the init picture.
+    PasteInit,
     /// Forget the init picture.
     ClearInit,
     /// Extend the init picture by (left, top, right, bottom) pixels to outpaint them.

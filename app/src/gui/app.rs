@@ -401,30 +401,59 @@ impl StudioApp {
         }
     }
 
-    /// Opens a picture for image to image; its transparent pixels (alpha below one half), if
-    /// it has any, become the inpainting mask and the mode Inpaint.
+    /// Opens a picture for image to image (see [`Self::take_picture`]).
     fn open_init(&mut self, path: &Path) {
         match crate::png::decode_picture(path) {
-            Ok((img, alpha, _)) => {
-                self.set_init(Arc::new(img), file_name(path));
-                let mut painted = 0.0;
-                if let (Some(alpha), Some(init)) = (alpha, self.session.init.as_mut()) {
-                    init.mask = alpha.iter().map(|&a| if a < 128 { 255 } else { 0 }).collect();
-                    init.mask_changed = true;
-                    painted = init.painted();
-                }
-                if painted > 0.0 {
-                    self.settings.params.mode = super::state::GenMode::Inpaint;
-                    self.session.say(
-                        Level::Info,
-                        format!(
-                            "The picture's transparent pixels are the mask ({:.0}% to repaint).",
-                            painted * 100.0
-                        ),
-                    );
-                }
-            }
+            Ok((img, alpha, _)) => self.take_picture(img, alpha, file_name(path)),
             Err(e) => self.session.say(Level::Error, format!("Cannot open the picture: {e}")),
+        }
+    }
+
+    /// A picture (with its alpha channel when some pixel is transparent) as image to
+    /// image's picture; transparent pixels (alpha below one half) become the inpainting mask
+    /// and the mode Inpaint.
+    fn take_picture(&mut self, img: ImageRgb8, alpha: Option<Vec<u8>>, name: String) {
+        self.set_init(Arc::new(img), name);
+        let mut painted = 0.0;
+        if let (Some(alpha), Some(init)) = (alpha, self.session.init.as_mut()) {
+            init.mask = alpha.iter().map(|&a| if a < 128 { 255 } else { 0 }).collect();
+            init.mask_changed = true;
+            painted = init.painted();
+        }
+        if painted > 0.0 {
+            self.settings.params.mode = super::state::GenMode::Inpaint;
+            self.session.say(
+                Level::Info,
+                format!(
+                    "The picture's transparent pixels are the mask ({:.0}% to repaint).",
+                    painted * 100.0
+                ),
+            );
+        }
+    }
+
+    /// Takes the clipboard's picture (its transparent pixels, if any, as the mask) as image to
+    /// image's picture; without one, says so.
+    fn paste_init(&mut self) {
+        let got = arboard::Clipboard::new().and_then(|mut c| c.get_image());
+        match got {
+            Ok(img) if img.width > 0 && img.height > 0 && img.bytes.len() == img.width * img.height * 4 => {
+                let (w, h) = (img.width as u32, img.height as u32);
+                let rgb: Vec<u8> = img.bytes.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+                let alpha: Vec<u8> = img.bytes.chunks_exact(4).map(|p| p[3]).collect();
+                let alpha = alpha.iter().any(|&a| a < 255).then_some(alpha);
+                self.take_picture(
+                    ImageRgb8 {
+                        width: w,
+                        height: h,
+                        pixels: rgb,
+                    },
+                    alpha,
+                    "the pasted picture".into(),
+                );
+            }
+            Ok(_) => self.session.say(Level::Warning, "The clipboard's picture is empty."),
+            Err(e) => self.session.say(Level::Warning, format!("No picture on the clipboard ({e}).")),
         }
     }
 
@@ -1180,6 +1209,7 @@ impl StudioApp {
                 None => self.session.say(Level::Warning, "No finished image to start from yet."),
             },
             Action::UpscaleShown(model) => self.upscale_shown(&model),
+            Action::PasteInit => self.paste_init(),
             Action::ClearInit => self.session.init = None,
             Action::Outpaint(sides) => self.outpaint(sides),
             Action::SelectHistory(i) => self.select_history(i),

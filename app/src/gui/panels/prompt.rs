@@ -74,6 +74,13 @@ fn mode_switch(view: &mut View, ui: &mut egui::Ui) {
             if ui.button("Open picture…").clicked() {
                 view.act(Action::Dialog(Dialog::InitImage));
             }
+            if ui
+                .button("Paste")
+                .on_hover_text("Take the picture on the clipboard (copied from a browser or an image editor)")
+                .clicked()
+            {
+                view.act(Action::PasteInit);
+            }
             if view.session.init.is_some() && ui.button("Clear").clicked() {
                 view.act(Action::ClearInit);
             }
