@@ -38,10 +38,16 @@ pub fn encode_png(image: &ImageRgb8, parameters: &str) -> Result<Vec<u8>> {
 /// Reads the `parameters` text of a PNG, if it has one.
 pub fn read_png_parameters(path: &Path) -> Result<Option<String>> {
     let file = std::fs::File::open(path).map_err(io(path))?;
-    let decoder = png::Decoder::new(std::io::BufReader::new(file));
-    let reader = decoder
-        .read_info()
-        .map_err(|e| EngineError::Other(format!("{}: not a PNG ({e})", path.display())))?;
+    png_parameters(std::io::BufReader::new(file)).map_err(|e| EngineError::Other(format!("{}: not a PNG ({e})", path.display())))
+}
+
+/// The `parameters` text of PNG bytes, if it has one.
+pub fn png_bytes_parameters(bytes: &[u8]) -> Result<Option<String>> {
+    png_parameters(std::io::Cursor::new(bytes)).map_err(|e| EngineError::InvalidRequest(format!("not a PNG ({e})")))
+}
+
+fn png_parameters(read: impl std::io::BufRead + std::io::Seek) -> std::result::Result<Option<String>, png::DecodingError> {
+    let reader = png::Decoder::new(read).read_info()?;
     let info = reader.info();
     if let Some(t) = info.uncompressed_latin1_text.iter().find(|t| t.keyword == "parameters") {
         return Ok(Some(t.text.clone()));

@@ -182,6 +182,20 @@ impl Parameters {
         r
     }
 
+    /// (solver name, schedule name) of A1111's sampler and scheduler names ("DPM++ 2M" and
+    /// "Karras", or the older "DPM++ 2M Karras"), as A1111's API takes them.
+    pub fn a1111_sampler(sampler: &str, scheduler: Option<&str>) -> (Option<&'static str>, Option<String>) {
+        let mut p = Parameters {
+            prompt: String::new(),
+            negative: String::new(),
+            pairs: vec![("Sampler".into(), sampler.into())],
+        };
+        if let Some(s) = scheduler {
+            p.push("Schedule type", s);
+        }
+        p.sampler()
+    }
+
     /// (solver name, schedule name) from our keys or A1111's.
     fn sampler(&self) -> (Option<&'static str>, Option<String>) {
         use crate::sampling::SOLVERS;

@@ -7,6 +7,7 @@ mod decode;
 mod generate;
 mod info;
 mod prompt;
+mod serve;
 mod train;
 mod upscale;
 
@@ -70,6 +71,9 @@ enum Cmd {
     /// (--images DIR: PNG files, captions from NAME.txt, the PNG's prompt, or the file name)
     /// or on the procedural set redrawn in a style (--style outline).
     TrainLora(train::TrainLoraArgs),
+    /// Serve AUTOMATIC1111's HTTP API (/sdapi/v1/txt2img, img2img, options, ...) on one
+    /// engine, for scripts, plug-ins and other machines.
+    Serve(serve::ServeArgs),
     /// Benchmarks that print figures (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -95,6 +99,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(Cmd::MakeDataset(a)) => train::make_dataset_cmd(a),
         Some(Cmd::Train(a)) => train::train(*a),
         Some(Cmd::TrainLora(a)) => train::train_lora(a),
+        Some(Cmd::Serve(a)) => serve::serve(a),
         Some(Cmd::Bench { what }) => bench::run(what),
     }
 }
