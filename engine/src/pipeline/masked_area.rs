@@ -56,7 +56,7 @@ pub fn crop_region(blurred: &[f32], w: u32, h: u32, padding: u32, pw: u32, ph: u
 /// on: [`crop_region`] of the mask blurred by `blur`, as the pipeline computes it (for the
 /// window to draw).
 pub fn region_of_mask(mask: &ImageRgb8, blur: u32, padding: u32, pw: u32, ph: u32) -> Option<Region> {
-    let blurred = super::inpaint::blurred_mask(mask, blur);
+    let blurred = blurred_mask(mask, blur);
     crop_region(&blurred, mask.width, mask.height, padding, pw, ph)
 }
 
@@ -252,6 +252,56 @@ pub(crate) fn mask_bits(m: &ImageRgb8) -> Vec<bool> {
             l >= 128
         })
         .collect()
+}
+
+/// The mask binarized (255 to repaint) and blurred as A1111 blurs it, 0..255 per pixel.
+pub(crate) fn blurred_mask(mask: &ImageRgb8, blur: u32) -> Vec<f32> {
+    let (w, h) = (mask.width as usize, mask.height as usize);
+    let mut m: Vec<f32> = mask_bits(mask).into_iter().map(|b| if b { 255.0 } else { 0.0 }).collect();
+    if blur > 0 {
+        let sigma = blur as f64;
+        let radius = (2.5 * sigma + 0.5) as usize;
+        let kernel: Vec<f64> = (0..=2 * radius)
+            .map(|i| (-((i as f64 - radius as f64).powi(2)) / (2.0 * sigma * sigma)).exp())
+            .collect();
+        let total: f64 = kernel.iter().sum();
+        let kernel: Vec<f64> = kernel.iter().map(|k| k / total).collect();
+        // Reflect-101 border: ... 2 1 | 0 1 2 ... n-1 | n-2 n-3 ...
+        let reflect = |i: isize, n: usize| -> usize {
+            let n = n as isize;
+            if n == 1 {
+                return 0;
+            }
+            let mut i = i;
+            while i < 0 || i >= n {
+                i = if i < 0 { -i } else { 2 * (n - 1) - i };
+            }
+            i as usize
+        };
+        let mut tmp = vec![0f32; w * h];
+        for y in 0..h {
+            for x in 0..w {
+                let v: f64 = kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(k, c)| c * f64::from(m[y * w + reflect(x as isize + k as isize - radius as isize, w)]))
+                    .sum();
+                // A1111 blurs in two cv2 calls on 8-bit images: rounded in between.
+                tmp[y * w + x] = v.round().clamp(0.0, 255.0) as f32;
+            }
+        }
+        for y in 0..h {
+            for x in 0..w {
+                let v: f64 = kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(k, c)| c * f64::from(tmp[reflect(y as isize + k as isize - radius as isize, h) * w + x]))
+                    .sum();
+                m[y * w + x] = v.round().clamp(0.0, 255.0) as f32;
+            }
+        }
+    }
+    m
 }
 
 #[cfg(test)]
