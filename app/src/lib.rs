@@ -6,5 +6,6 @@ pub mod assets;
 pub mod cli;
 pub mod gui;
 pub mod png;
+pub mod remote;
 pub mod resize;
 pub mod server;

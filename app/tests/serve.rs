@@ -355,3 +355,247 @@ fn img2img_and_inpainting_keep_a1111_fields() {
     assert_eq!(out.dimensions(), (96, 64));
     s.stop();
 }
+
+// ---- the studio's own endpoints and the window's remote engine -----------------------------
+
+use latent_engine::protocol::{Event, GenerateRequest, LoraSpec, ModelSpec};
+use latent_engine::{EngineConfig, EngineHandle};
+use latent_studio::remote::{RemoteBackend, Server};
+
+fn remote_engine(addr: SocketAddr, token: &str) -> EngineHandle {
+    let server = Server::parse(&format!("http://{addr}"), token).expect("address");
+    EngineHandle::spawn_with_backend(EngineConfig::default(), Box::new(RemoteBackend::new(server)), || {}).expect("engine")
+}
+
+/// Events until the next one that ends a job or answers a control command.
+fn until_final(engine: &EngineHandle) -> Vec<Event> {
+    let mut seen = vec![];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Some(e) = engine.recv_timeout(Duration::from_millis(200)) {
+            let end = e.is_final()
+                || matches!(
+                    e,
+                    Event::ModelLoaded { .. } | Event::LorasApplied { .. } | Event::Failed { id: None, .. }
+                );
+            seen.push(e);
+            if end {
+                return seen;
+            }
+        }
+    }
+    panic!("no final event in time; saw {seen:?}");
+}
+
+fn small_request(steps: u32) -> GenerateRequest {
+    GenerateRequest {
+        prompt: "a red star on a black background".into(),
+        width: 64,
+        height: 64,
+        steps,
+        cfg_scale: 2.0,
+        seed: 11,
+        solver: "dpm++2m".into(),
+        schedule: "karras".into(),
+        ..GenerateRequest::default()
+    }
+}
+
+#[test]
+fn the_remote_engine_makes_the_local_engines_picture_on_the_server() {
+    let s = server(ServeConfig::default());
+    let remote = remote_engine(s.addr, "");
+    let listing = latent_studio::remote::list(&Server::parse(&format!("http://{}", s.addr), "").expect("address")).expect("lists");
+    assert!(
+        listing.models.iter().any(|m| m.to_string_lossy().contains("latent-studio-default")),
+        "{listing:?}"
+    );
+    assert!(listing.loras.iter().any(|m| m.to_string_lossy().contains("outline")), "{listing:?}");
+    remote
+        .load_model(ModelSpec::new("latent-studio-default.safetensors"))
+        .expect("sent");
+    let loaded = until_final(&remote);
+    let Some(Event::ModelLoaded { info }) = loaded.last() else {
+        panic!("{loaded:?}")
+    };
+    assert!(
+        info.device.contains(&s.addr.to_string()),
+        "the device names the server: {}",
+        info.device
+    );
+
+    let mut request = small_request(6);
+    request.preview_every = 2;
+    remote.generate(request.clone()).expect("sent");
+    let events = until_final(&remote);
+    let steps: Vec<u32> = events
+        .iter()
+        .filter_map(|e| if let Event::Progress { step, .. } = e { Some(*step) } else { None })
+        .collect();
+    assert_eq!(steps, (1..=6).collect::<Vec<_>>(), "{events:?}");
+    assert!(
+        matches!(
+            events[0],
+            Event::Started {
+                total_steps: 6,
+                nfe: 12,
+                ..
+            }
+        ),
+        "{:?}",
+        events[0]
+    );
+    assert!(events.iter().any(|e| matches!(e, Event::Preview { .. })), "previews come through");
+    let Some(Event::Finished {
+        image, metadata, timings, ..
+    }) = events.last()
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(timings.nfe, 12);
+
+    // The same request on a local engine: the very same pixels and parameters.
+    let local = EngineHandle::spawn(EngineConfig::default(), || {}).expect("engine");
+    local
+        .load_model(ModelSpec::new(latent_studio::assets::embedded_model().expect("embedded")))
+        .expect("sent");
+    until_final(&local);
+    local.generate(request).expect("sent");
+    let here = until_final(&local);
+    let Some(Event::Finished {
+        image: here_image,
+        metadata: here_metadata,
+        ..
+    }) = here.last()
+    else {
+        panic!("{here:?}")
+    };
+    assert_eq!(image, here_image);
+    assert_eq!(metadata, here_metadata);
+
+    // A LoRA by name, and one the server does not have.
+    remote
+        .set_loras(vec![LoraSpec::new("/my/laptop/outline.safetensors", 1.0)])
+        .expect("sent");
+    let applied = until_final(&remote);
+    let Some(Event::LorasApplied { reports }) = applied.last() else {
+        panic!("{applied:?}")
+    };
+    assert!(reports[0].applied > 0 && reports[0].applied == reports[0].total, "{reports:?}");
+    remote.generate(small_request(4)).expect("sent");
+    let outlined = until_final(&remote);
+    let Some(Event::Finished {
+        image: outlined,
+        metadata: outlined_text,
+        ..
+    }) = outlined.last()
+    else {
+        panic!("{outlined:?}")
+    };
+    assert_ne!(outlined.pixels, image.pixels);
+    assert!(outlined_text.contains("outline"), "the LoRA is in the metadata: {outlined_text}");
+    remote
+        .set_loras(vec![LoraSpec::new("nowhere-to-be-found.safetensors", 1.0)])
+        .expect("sent");
+    let refused = until_final(&remote);
+    assert!(
+        matches!(refused.last(), Some(Event::Failed { id: None, error }) if error.contains("no LoRA \"nowhere-to-be-found\"")),
+        "{refused:?}"
+    );
+
+    // A request the engine refuses fails as a job, and the engine serves on.
+    remote.set_loras(vec![]).expect("sent");
+    until_final(&remote);
+    let mut bad = small_request(4);
+    bad.solver = "no-such-solver".into();
+    remote.generate(bad).expect("sent");
+    let failed = until_final(&remote);
+    assert!(
+        matches!(failed.as_slice(), [Event::Failed { id: Some(_), error }] if error.contains("no-such-solver")),
+        "{failed:?}"
+    );
+    remote.generate(small_request(2)).expect("sent");
+    assert!(matches!(until_final(&remote).last(), Some(Event::Finished { .. })));
+}
+
+#[test]
+fn cancelling_a_remote_job_stops_it_on_the_server_and_the_event_stream_shows_every_job() {
+    let s = server(ServeConfig {
+        tokens: vec!["sesame".into()],
+        ..ServeConfig::default()
+    });
+    // Wrong credentials: a clear line, nothing loaded.
+    let stranger = remote_engine(s.addr, "guess");
+    stranger.load_model(ModelSpec::new("latent-studio-default")).expect("sent");
+    let refused = until_final(&stranger);
+    assert!(
+        matches!(refused.last(), Some(Event::Failed { id: None, error }) if error.contains("refused the credentials")),
+        "{refused:?}"
+    );
+
+    // Everything the engine says, as server-sent events.
+    let mut watcher = TcpStream::connect(s.addr).expect("connect");
+    watcher
+        .write_all(
+            format!(
+                "GET /latent/v1/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer sesame\r\n\r\n",
+                s.addr
+            )
+            .as_bytes(),
+        )
+        .expect("write");
+    watcher.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+
+    let remote = remote_engine(s.addr, "sesame");
+    remote.load_model(ModelSpec::new("latent-studio-default")).expect("sent");
+    assert!(matches!(until_final(&remote).last(), Some(Event::ModelLoaded { .. })));
+    let id = remote.generate(small_request(400)).expect("sent");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match remote.recv_timeout(Duration::from_millis(200)) {
+            Some(Event::Progress { step, .. }) if step >= 2 => break,
+            Some(e) => assert!(!e.is_final(), "{e:?}"),
+            None => assert!(Instant::now() < deadline, "no progress"),
+        }
+    }
+    remote.cancel(id);
+    let rest = until_final(&remote);
+    assert!(
+        matches!(rest.last(), Some(Event::Cancelled { at_step, .. }) if *at_step >= 2 && *at_step < 400),
+        "{rest:?}"
+    );
+    // The server stopped the job too (its client hung up).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = String::from_utf8_lossy(&http(s.addr, "GET", "/metrics", &[("Authorization", "Bearer sesame")], b"").body).to_string();
+        if m.contains("latent_jobs_total{outcome=\"cancelled\"} 1") && m.contains("latent_queue_depth 0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server's job was not cancelled: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // An A1111 job is seen on the event stream too.
+    let r = http(
+        s.addr,
+        "POST",
+        "/sdapi/v1/txt2img",
+        &[("Authorization", "Bearer sesame")],
+        small(3).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    let mut seen = vec![];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 65536];
+    while Instant::now() < deadline && !String::from_utf8_lossy(&seen).contains("event: finished") {
+        if let Ok(n) = watcher.read(&mut buf) {
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("text/event-stream"), "{text}");
+    for name in ["event: started", "event: progress", "event: cancelled", "event: finished"] {
+        assert!(text.contains(name), "{name} missing from the stream");
+    }
+    assert!(text.contains("\"step\":3"), "the A1111 job's steps are there");
+}

@@ -1383,3 +1383,90 @@ fn the_hires_fix_reaches_the_request_and_the_cost_line() {
     let h = s.log.lock().expect("log").requests[0].hires.clone().expect("hires");
     assert_eq!((h.scale, h.steps, h.strength), (2.0, 0, 0.7));
 }
+
+/// File > Connect to server: the window's jobs run on a `serve` (here on this machine, with
+/// a token), with previews and history as on the local engine and the same pixels; a wrong
+/// token is said in the dialog; Disconnect comes back to the local engine.
+#[test]
+fn the_window_drives_a_remote_server() {
+    let server = latent_studio::server::start(latent_studio::server::ServeConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        tokens: vec!["sesame".into()],
+        ..Default::default()
+    })
+    .expect("the server starts");
+    let addr = server.addr.to_string();
+    let mut st = Settings::default();
+    st.params.prompt = "a blue heart on a white background".into();
+    st.params.seed = 9;
+    st.params.seed_mode = SeedMode::Fixed;
+    st.params.steps = 6;
+    let mut h = real_studio("remote", st);
+    real_until(&mut h, "model loaded", |a| matches!(a.session.model, ModelState::Loaded { .. }));
+    let done = |n: usize| move |a: &StudioApp| a.session.history.len() == n && a.session.jobs.is_empty();
+    h.state_mut().generate();
+    real_until(&mut h, "the local image", done(1));
+
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_role_and_label(egui::accesskit::Role::Button, "Connect to server…").click();
+    h.run_steps(2);
+    assert!(h.state().session.remote.show, "the Connect window opens");
+    assert_eq!(
+        h.state().session.remote.url,
+        "http://127.0.0.1:7860",
+        "the usual address is offered"
+    );
+    h.state_mut().session.remote.url.clear();
+    h.run_steps(2);
+    let address = h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Address");
+    address.focus();
+    address.type_text(&format!("http://{addr}"));
+    h.run_steps(2);
+    h.get_by_label("Connect").click();
+    real_until(&mut h, "refused", |a| a.session.remote.error.is_some());
+    let error = h.state().session.remote.error.clone().unwrap_or_default();
+    assert!(error.contains("refused the credentials"), "{error}");
+    assert!(
+        h.query_all_by_label_contains("refused the credentials").count() >= 2,
+        "the dialog says so (and the messages)"
+    );
+
+    h.state_mut().session.remote.token = "sesame".into();
+    h.get_by_label("Connect").click();
+    real_until(&mut h, "connected and loaded", |a| {
+        a.session.remote.connected.is_some() && matches!(&a.session.model, ModelState::Loaded { info, .. } if info.device.contains(&addr))
+    });
+    assert!(
+        h.state()
+            .session
+            .found_models
+            .iter()
+            .any(|m| m.to_string_lossy() == "latent-studio-default.safetensors"),
+        "the server's models fill the picker: {:?}",
+        h.state().session.found_models
+    );
+    h.run_steps(3);
+    assert!(
+        h.query_all_by_label_contains(&format!("on http://{addr} ·")).count() > 0,
+        "the status bar names the server"
+    );
+    h.get_by_label("Generate").click();
+    real_until(&mut h, "the remote image", done(2));
+    assert!(!h.state().session.strip.is_empty(), "previews came through");
+    let (remote, local) = (&h.state().session.history[0], &h.state().session.history[1]);
+    assert_eq!(remote.parameters, local.parameters);
+    assert!(remote.full.as_ref().expect("pixels").pixels == local.full.as_ref().expect("pixels").pixels);
+    real_until(&mut h, "saved here like any image", |a| {
+        a.session.history[0].path.as_ref().is_some_and(|p| p.is_file())
+    });
+
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_role_and_label(egui::accesskit::Role::Button, "Disconnect from server")
+        .click();
+    real_until(&mut h, "local again", |a| {
+        a.session.remote.connected.is_none() && matches!(&a.session.model, ModelState::Loaded { info, .. } if !info.device.contains(&addr))
+    });
+    server.stop();
+}

@@ -40,6 +40,10 @@ pub enum Action {
     ClearInit,
     /// Extend the init picture by (left, top, right, bottom) pixels to outpaint them.
     Outpaint([u32; 4]),
+    /// Run the jobs on the server typed in File > Connect to server.
+    Connect,
+    /// Back to this machine's engine.
+    Disconnect,
     /// The user picked these paths (in a dialog or the path field).
     Picked(Dialog, Vec<PathBuf>),
 }

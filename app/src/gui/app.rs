@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eframe::egui;
+use latent_engine::EngineHandle;
 use latent_engine::metadata::Parameters;
 use latent_engine::protocol::{Event, ImageRgb8, ModelSpec};
 use latent_engine::worker::Backend;
-use latent_engine::{EngineConfig, EngineHandle};
 
 use super::actions::{Action, Dialog, View};
 use super::files::{FileEvent, FileJob, FileKind, FileWorker, classify};
@@ -91,14 +91,14 @@ fn no_portal() -> Option<&'static str> {
 pub struct StudioApp {
     pub settings: Settings,
     pub session: Session,
-    engine: EngineHandle,
+    pub(super) engine: EngineHandle,
     files: FileWorker,
     ram: (Instant, Option<u64>),
     show_memory: bool,
-    ctx: egui::Context,
+    pub(super) ctx: egui::Context,
     dialogs: Option<DialogChannel>,
     /// The shipped LoRA folder (listed with the user's).
-    builtin_loras: Option<PathBuf>,
+    pub(super) builtin_loras: Option<PathBuf>,
 }
 
 impl StudioApp {
@@ -121,15 +121,8 @@ impl StudioApp {
     }
 
     fn start(ctx: &egui::Context, settings: Settings, launch: Launch, renderer: String) -> anyhow::Result<Self> {
-        let waker_ctx = ctx.clone();
-        let waker = move || waker_ctx.request_repaint();
-        let mut lora_dirs = settings.lora_dirs.clone();
-        lora_dirs.extend(launch.builtin_loras.clone());
-        let config = EngineConfig {
-            lora_dirs,
-            embedding_dirs: super::files::embedding_dirs(&settings.model_dirs),
-            ..EngineConfig::default()
-        };
+        let waker = super::connect::waker(ctx);
+        let config = super::connect::local_config(&settings, launch.builtin_loras.as_deref());
         let engine = match launch.backend {
             Some(b) => EngineHandle::spawn_with_backend(config, b, waker.clone())?,
             None => EngineHandle::spawn(config, waker.clone())?,
@@ -166,8 +159,12 @@ impl StudioApp {
         Ok(app)
     }
 
-    /// Re-reads the model and LoRA folders.
+    /// Re-reads the model and LoRA folders (the server's lists while connected to one).
     pub fn rescan(&mut self) {
+        if self.session.remote.connected.is_some() {
+            self.relist();
+            return;
+        }
         self.session.found_models = super::files::scan_models(&self.settings.model_dirs);
         let mut lora_dirs = self.settings.model_dirs.clone();
         lora_dirs.extend(self.settings.lora_dirs.iter().cloned());
@@ -852,6 +849,7 @@ impl StudioApp {
 
     /// Applies every waiting engine and file event (never blocks).
     pub fn drain_events(&mut self, ctx: &egui::Context) {
+        self.poll_connect();
         while let Some(e) = self.engine.try_recv() {
             self.on_event(ctx, e);
         }
@@ -881,7 +879,8 @@ impl StudioApp {
                     ModelState::Loaded { path, .. } => path,
                     ModelState::None => PathBuf::new(),
                 };
-                if !path.as_os_str().is_empty() {
+                // A server's models are names there, not files here.
+                if !path.as_os_str().is_empty() && s.remote.connected.is_none() {
                     self.settings.remember_model(&path);
                 }
                 if self.settings.native_size != Some(info.default_size) {
@@ -1216,6 +1215,8 @@ impl StudioApp {
             Action::PushLoras => self.push_loras(),
             Action::Rescan => self.rescan(),
             Action::ApplyTheme => self.apply_theme(ctx),
+            Action::Connect => self.connect(),
+            Action::Disconnect => self.disconnect(),
             Action::Picked(kind, paths) => self.on_dialog(kind, paths),
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod actions;
 pub mod app;
+pub mod connect;
 pub mod files;
 pub mod panels;
 pub mod prompt_edit;

@@ -378,6 +378,8 @@ pub struct Settings {
     /// (the embedded model's 3, a Turbo's 1, SD's 7) sets the CFG slider to it; the same one
     /// keeps the user's value.
     pub native_guidance: Option<f64>,
+    /// The server address last connected to (File > Connect to server).
+    pub server_url: String,
 }
 
 impl Default for Settings {
@@ -397,6 +399,7 @@ impl Default for Settings {
             live: false,
             theme: ThemeChoice::System,
             sharp_pixels: true,
+            server_url: String::new(),
             native_size: None,
             native_guidance: None,
         }
@@ -707,6 +710,25 @@ pub struct Session {
     pub ram: Option<u64>,
     /// The path field shown in place of a file dialog that could not open.
     pub path_field: Option<PathField>,
+    /// File > Connect to server: the dialog and the connection.
+    pub remote: RemoteState,
+}
+
+/// The window's engine on another machine (`latent-studio serve`), or the dialog that
+/// connects to one.
+#[derive(Default)]
+pub struct RemoteState {
+    /// The Connect window is open.
+    pub show: bool,
+    pub url: String,
+    /// A bearer token (or put `user:password@` in the address); kept for this session only.
+    pub token: String,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+    /// An attempt under way (the listing comes from a thread).
+    pub pending: Option<crossbeam_channel::Receiver<Result<(crate::remote::Server, crate::remote::Listing), String>>>,
+    /// The server the window's jobs run on now, and what it offers.
+    pub connected: Option<(crate::remote::Server, crate::remote::Listing)>,
 }
 
 /// A typed path standing in for a file dialog (no desktop portal, or dialogs off).

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
 use latent_engine::protocol::{GenerateRequest, Hires, HiresUpscaler, ImageRgb8, InpaintArea, MaskedContent};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -150,29 +149,12 @@ pub struct Img2Img {
 
 /// Decodes a base64 picture (with or without a `data:image/...;base64,` prefix).
 pub fn decode_image(field: &str, b64: &str) -> Result<ImageRgb8, FieldError> {
-    let data = b64.split_once("base64,").map_or(b64, |(_, d)| d).trim();
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data)
-        .map_err(|e| FieldError::new(field, format!("not base64: {e}")))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| FieldError::new(field, format!("not a PNG picture: {e}")))?;
-    if img.width() == 0 || img.height() == 0 || u64::from(img.width()) * u64::from(img.height()) > u64::from(MAX_SIDE).pow(2) {
-        return Err(FieldError::new(
-            field,
-            format!("a {}x{} picture is out of range", img.width(), img.height()),
-        ));
-    }
-    let rgb = img.to_rgb8();
-    Ok(ImageRgb8 {
-        width: rgb.width(),
-        height: rgb.height(),
-        pixels: rgb.into_raw(),
-    })
+    crate::remote::wire::picture_b64(b64, u64::from(MAX_SIDE).pow(2)).map_err(|e| FieldError::new(field, e))
 }
 
 /// PNG bytes of an image with its `parameters` text, base64 (A1111's `images` entries).
 pub fn encode_image(image: &ImageRgb8, parameters: &str) -> Result<String, String> {
-    let png = latent_engine::image_io::encode_png(image, parameters).map_err(|e| e.to_string())?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(png))
+    crate::remote::wire::png_b64(image, parameters)
 }
 
 /// What both kinds of request become: the first image's request (seeds count up from it)

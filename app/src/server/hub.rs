@@ -2,14 +2,18 @@
 //! events and hands each job's end to the request waiting for it, and the state
 //! `/sdapi/v1/progress` and `/metrics` read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use latent_engine::protocol::{Event, GenerateRequest, ImageRgb8, JobId, ModelInfo, ModelSpec, UpscaleRequest};
+use latent_engine::protocol::{Event, GenerateRequest, ImageRgb8, JobId, LoraReport, LoraSpec, ModelInfo, ModelSpec, UpscaleRequest};
 use latent_engine::{EngineConfig, EngineHandle};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Who waits for the answer to a control command (load a model, set the LoRAs): the engine
+/// answers them in the order they were sent, one event each.
+type ControlReply = Option<oneshot::Sender<Result<Event, String>>>;
 
 /// How one job ended.
 #[derive(Debug)]
@@ -50,7 +54,11 @@ pub struct Counters {
 #[derive(Default)]
 struct State {
     waiting: HashMap<JobId, (oneshot::Sender<Outcome>, bool)>,
-    load: Option<oneshot::Sender<Result<ModelInfo, String>>>,
+    control: VecDeque<ControlReply>,
+    /// The LoRA set last sent to the engine (every job says which it runs with).
+    loras: Vec<LoraSpec>,
+    /// Jobs whose every event goes to a stream (`/latent/v1/generate`).
+    watchers: HashMap<JobId, mpsc::UnboundedSender<Event>>,
     running: Running,
     counters: Counters,
     model: Option<(PathBuf, ModelInfo)>,
@@ -61,6 +69,8 @@ struct State {
 pub struct Hub {
     engine: EngineHandle,
     state: Mutex<State>,
+    /// Every event, for `/latent/v1/events`.
+    all: broadcast::Sender<Arc<Event>>,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -74,6 +84,7 @@ impl Hub {
         let hub = Arc::new(Hub {
             engine,
             state: Mutex::new(State::default()),
+            all: broadcast::channel(256).0,
         });
         let weak = Arc::downgrade(&hub);
         std::thread::Builder::new().name("latent-serve-events".into()).spawn(move || {
@@ -88,18 +99,30 @@ impl Hub {
     }
 
     fn on_event(&self, e: Event) {
+        if self.all.receiver_count() > 0 {
+            let _ = self.all.send(Arc::new(e.clone()));
+        }
         let mut s = lock(&self.state);
+        if let Some(id) = e.job()
+            && let Some(w) = s.watchers.get(&id)
+        {
+            let _ = w.send(e.clone());
+            if e.is_final() {
+                s.watchers.remove(&id);
+            }
+        }
         match e {
-            Event::ModelLoaded { info } => {
-                if let Some(tx) = s.load.take() {
-                    let _ = tx.send(Ok(info));
+            Event::ModelLoaded { .. } | Event::LorasApplied { .. } => {
+                if let Some(Some(tx)) = s.control.pop_front() {
+                    let _ = tx.send(Ok(e));
                 }
             }
-            Event::Failed { id: None, error } => {
-                if let Some(tx) = s.load.take() {
+            Event::Failed { id: None, error } => match s.control.pop_front() {
+                Some(Some(tx)) => {
                     let _ = tx.send(Err(error));
                 }
-            }
+                _ => eprintln!("serve: {error}"),
+            },
             Event::Started { id, total_steps, nfe } => {
                 if let Some(w) = s.waiting.get_mut(&id) {
                     w.1 = true;
@@ -141,7 +164,7 @@ impl Hub {
                 let started = s.waiting.get(&id).is_some_and(|w| w.1);
                 Self::end(&mut s, id, Outcome::Failed { error, started });
             }
-            Event::Warning { .. } | Event::LorasApplied { .. } => {}
+            Event::Warning { .. } => {}
         }
     }
 
@@ -156,13 +179,41 @@ impl Hub {
 
     /// Loads a model and waits for it; the current one keeps serving if it fails.
     pub async fn load(&self, spec: ModelSpec) -> Result<ModelInfo, String> {
-        let (tx, rx) = oneshot::channel();
-        lock(&self.state).load = Some(tx);
         let path = spec.path.clone();
-        self.engine.load_model(spec).map_err(|e| e.to_string())?;
-        let info = rx.await.map_err(|_| "the engine stopped".to_string())??;
+        let rx = {
+            let mut s = lock(&self.state);
+            self.engine.load_model(spec).map_err(|e| e.to_string())?;
+            let (tx, rx) = oneshot::channel();
+            s.control.push_back(Some(tx));
+            rx
+        };
+        let Event::ModelLoaded { info } = rx.await.map_err(|_| "the engine stopped".to_string())?? else {
+            return Err("the engine answered out of turn".into());
+        };
         lock(&self.state).model = Some((path, info.clone()));
         Ok(info)
+    }
+
+    /// Applies a LoRA set and waits for the engine's reports (the set stays until a job or
+    /// another call asks for a different one).
+    pub async fn set_loras(&self, loras: Vec<LoraSpec>) -> Result<Vec<LoraReport>, String> {
+        let rx = {
+            let mut s = lock(&self.state);
+            self.engine.set_loras(loras.clone()).map_err(|e| e.to_string())?;
+            let (tx, rx) = oneshot::channel();
+            s.control.push_back(Some(tx));
+            s.loras = loras;
+            rx
+        };
+        match rx.await.map_err(|_| "the engine stopped".to_string())?? {
+            Event::LorasApplied { reports } => Ok(reports),
+            _ => Err("the engine answered out of turn".into()),
+        }
+    }
+
+    /// Every event from now on (for `/latent/v1/events`).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.all.subscribe()
     }
 
     /// The loaded model's file and what the engine said of it.
@@ -175,13 +226,33 @@ impl Hub {
         lock(&self.state).waiting.len()
     }
 
-    /// Sends a generation; its end arrives on the receiver.
+    /// Sends a generation that runs with no LoRA set (A1111's requests name theirs in the
+    /// prompt); its end arrives on the receiver.
     pub fn generate(&self, request: GenerateRequest) -> Result<(JobId, oneshot::Receiver<Outcome>), String> {
+        self.generate_with(request, vec![], None)
+    }
+
+    /// Sends a generation that runs with `loras` (sent to the engine first when they differ
+    /// from the last set); every event of the job also goes to `watch`.
+    pub fn generate_with(
+        &self,
+        request: GenerateRequest,
+        loras: Vec<LoraSpec>,
+        watch: Option<mpsc::UnboundedSender<Event>>,
+    ) -> Result<(JobId, oneshot::Receiver<Outcome>), String> {
         // The state is held while sending so the job's events cannot overtake its waiter.
         let mut s = lock(&self.state);
+        if s.loras != loras {
+            self.engine.set_loras(loras.clone()).map_err(|e| e.to_string())?;
+            s.control.push_back(None);
+            s.loras = loras;
+        }
         let id = self.engine.generate(request).map_err(|e| e.to_string())?;
         let (tx, rx) = oneshot::channel();
         s.waiting.insert(id, (tx, false));
+        if let Some(w) = watch {
+            s.watchers.insert(id, w);
+        }
         Ok((id, rx))
     }
 

@@ -4,6 +4,7 @@
 
 pub mod a1111;
 pub mod hub;
+mod native;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -190,6 +191,10 @@ fn routes(app: Shared, max_body: usize) -> Router {
         .route("/sdapi/v1/interrupt", post(interrupt))
         .route("/sdapi/v1/skip", post(skip))
         .route("/sdapi/v1/refresh-checkpoints", post(refresh))
+        .route("/latent/v1/model", get(native::get_model).post(native::set_model))
+        .route("/latent/v1/loras", post(native::set_loras))
+        .route("/latent/v1/generate", post(native::generate))
+        .route("/latent/v1/events", get(native::events))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
@@ -417,10 +422,23 @@ async fn extra_single_image(State(app): State<Shared>, body: Bytes) -> Response 
     if let Some(r) = queue_full(&app, 1) {
         return r;
     }
+    // The picture's own parameters stay with the result (A1111's extras keep its PNG info).
+    let parameters = req
+        .image
+        .split_once("base64,")
+        .map_or(req.image.as_str(), |(_, d)| d)
+        .trim()
+        .as_bytes()
+        .to_vec();
+    let parameters = base64::engine::general_purpose::STANDARD
+        .decode(parameters)
+        .ok()
+        .and_then(|b| latent_engine::image_io::png_bytes_parameters(&b).ok().flatten())
+        .unwrap_or_default();
     let request = UpscaleRequest {
         image: Arc::new(image),
         model,
-        parameters: String::new(),
+        parameters,
         tile: 192,
         overlap: 8,
     };

@@ -3,6 +3,7 @@
 //! thread or a dialog; the app applies them after the frame.
 
 pub mod canvas;
+pub mod connect;
 pub mod gallery;
 pub mod lora;
 pub mod mask;
@@ -66,6 +67,21 @@ pub fn top_bar(view: &mut View, ui: &mut egui::Ui) {
                 }
                 if ui.button("Rescan folders").clicked() {
                     view.act(Action::Rescan);
+                }
+                ui.separator();
+                if ui.button("Connect to server…").clicked() {
+                    let r = &mut view.session.remote;
+                    if r.url.is_empty() {
+                        r.url = if view.settings.server_url.is_empty() {
+                            "http://127.0.0.1:7860".into()
+                        } else {
+                            view.settings.server_url.clone()
+                        };
+                    }
+                    r.show = true;
+                }
+                if view.session.remote.connected.is_some() && ui.button("Disconnect from server").clicked() {
+                    view.act(Action::Disconnect);
                 }
                 ui.separator();
                 if ui.button("Quit").clicked() {

@@ -21,6 +21,7 @@ pub fn show(view: &mut View, ctx: &egui::Context) {
         .show(ctx, |ui| settings(view, ui));
     view.session.show_settings = open;
     super::mask::window(view, ctx);
+    super::connect::window(view, ctx);
 }
 
 fn timing_log(view: &mut View, ui: &mut egui::Ui) {
