@@ -501,6 +501,12 @@ pub fn build(model: &ModelSchedule, convention: Convention, kind: ScheduleKind, 
                 }
                 Spacing::Trailing => timesteps(Spacing::Trailing, n, t_train),
             };
+            // As diffusers' multistep schedulers: with about as many steps as training steps
+            // the rounded timesteps repeat; a repeated one would make a zero-length step
+            // (and a division by zero in the multistep update), so each is kept once.
+            let mut ts = ts;
+            let mut seen = std::collections::HashSet::new();
+            ts.retain(|t| seen.insert(t.to_bits()));
             let mut sigmas: Vec<f64> = ts.iter().map(|&t| f32r(model.sigma_at(t))).collect();
             sigmas.push(if final_zero { 0.0 } else { f32r(smin) });
             let init = vp_start(&sigmas);
@@ -675,6 +681,38 @@ mod tests {
             &ays.sigmas[..10],
             &AYS_SD1[..10].iter().map(|s| *s as f32 as f64).collect::<Vec<_>>()[..]
         );
+    }
+
+    /// About as many steps as training steps: the Euler-family and multistep schedules may not
+    /// repeat a sigma (a zero-length step divides by zero in the multistep solvers: DPM++ 2M
+    /// at 1000 steps gave NaN). DDIM's leading spacing may (a no-op step, no division).
+    #[test]
+    fn very_long_runs_never_repeat_a_sigma() {
+        let m = ModelSchedule::stable_diffusion();
+        for conv in [
+            Convention::Karras,
+            Convention::Multistep { final_zero: true },
+            Convention::Multistep { final_zero: false },
+        ] {
+            for kind in [
+                ScheduleKind::Default,
+                ScheduleKind::Karras,
+                ScheduleKind::Discrete(Spacing::Trailing),
+            ] {
+                for n in [500usize, 999, 1000] {
+                    let r = build(&m, conv, kind, n, false);
+                    assert!(r.sigmas.len() > n * 9 / 10, "{kind:?} {conv:?} {n}: only {} sigmas", r.sigmas.len());
+                    assert_eq!(r.timesteps.len() + 1, r.sigmas.len());
+                    // The last step may stay at sigma_min (diffusers' trailing spacing ends
+                    // on t = 0 there too): a first-order step of length zero, harmless.
+                    let k = r.sigmas.len() - 1;
+                    assert!(
+                        r.sigmas[..k].windows(2).all(|w| w[0] > w[1]),
+                        "{kind:?} {conv:?} {n} repeats a sigma"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
