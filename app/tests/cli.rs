@@ -965,3 +965,84 @@ fn the_init_picture_and_mask_are_kept_beside_the_image() {
         b"mine"
     );
 }
+
+#[test]
+fn an_nfe_budget_picks_the_steps_and_one_too_small_is_refused() {
+    let out = scratch("budget.png");
+    let model = fixture("sd1/sd1-tiny.safetensors");
+    let o = generate(&model, &["--nfe", "12", "--cfg", "3", "--solver", "heun"], &out);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // Heun with CFG: (2 x 3 - 1) x 2 = 10 evaluations for 3 steps; 4 steps would be 14.
+    assert!(stderr.contains("NFE budget 12: 3 steps of heun (10 NFE"), "{stderr}");
+    let text = latent_engine::image_io::read_png_parameters(&out)
+        .expect("reads")
+        .expect("parameters");
+    assert!(text.contains("Steps: 3,") && text.contains("NFE: 10"), "{text}");
+    let small = scratch("budget-small.png");
+    let o = generate(&model, &["--nfe", "1", "--cfg", "3"], &small);
+    assert_clean_failure(&o, "buys no step");
+    assert!(!small.exists());
+}
+
+#[test]
+fn compare_writes_the_grid_csv_plot_and_cells_and_never_overwrites() {
+    let dir = std::env::temp_dir().join(format!("latent-compare-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |dir: &Path| {
+        bin()
+            .args(["compare", "--model"])
+            .arg(fixture("sd1/sd1-tiny.safetensors"))
+            .args([
+                "--prompt",
+                "a cat",
+                "--cfg",
+                "3",
+                "--solvers",
+                "euler,heun",
+                "--nfe",
+                "1,8",
+                "--reference",
+                "euler:20",
+                "--out",
+            ])
+            .arg(dir)
+            .output()
+            .expect("run")
+    };
+    let o = run(&dir);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv = std::fs::read_to_string(dir.join("compare.csv")).expect("csv");
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 4, "{csv}");
+    // solver, budget, steps, spent: euler 4 steps = 8 NFE; heun 2 steps = 6 (3 would be 10).
+    let row = |s: &str, b: &str| rows.iter().find(|r| r[0] == s && r[1] == b).expect("row").clone();
+    assert_eq!(&row("euler", "8")[2..4], ["4", "8"]);
+    assert_eq!(&row("heun", "8")[2..4], ["2", "6"]);
+    assert_eq!(&row("euler", "1")[2..4], ["0", "0"], "a budget of 1 buys no step with CFG");
+    let d: f64 = row("euler", "8")[5].parse().expect("distance");
+    assert!(d > 0.0 && d.is_finite());
+    for f in [
+        "grid.png",
+        "convergence.svg",
+        "convergence.png",
+        "cells/euler_nfe8.png",
+        "cells/heun_nfe8.png",
+        "cells/reference.png",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    let cell = latent_engine::image_io::read_png_parameters(&dir.join("cells/heun_nfe8.png"))
+        .expect("reads")
+        .expect("text");
+    assert!(cell.contains("Steps: 2,") && cell.contains("Sampler: Heun"), "{cell}");
+    assert!(
+        std::fs::read_to_string(dir.join("convergence.svg"))
+            .expect("svg")
+            .contains("<polyline")
+    );
+    // The folder is not empty now: a second run refuses and leaves it as it is.
+    let before = std::fs::read(dir.join("grid.png")).expect("grid");
+    assert_clean_failure(&run(&dir), "not an empty folder");
+    assert_eq!(std::fs::read(dir.join("grid.png")).expect("grid"), before);
+}

@@ -55,6 +55,10 @@ pub struct GenerateArgs {
     /// A1111's clip skip (1 = last layer).
     #[arg(long, default_value_t = 1)]
     clip_skip: u32,
+    /// Spend this many network evaluations (CFG's second pass and the hires pass counted):
+    /// the steps are the most the solver can take within it (overrides --steps; printed).
+    #[arg(long)]
+    nfe: Option<u32>,
     /// Feature cache (DeepCache): the whole UNet every N steps, only its top level between
     /// (1 = off; 3 is a common choice).
     #[arg(long, default_value_t = 1)]
@@ -482,6 +486,33 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
             model: g.hires_upscaler.1.clone(),
         }),
     };
+    let mut request = request;
+    if let Some(budget) = g.nfe {
+        match latent_engine::pipeline::steps_for_budget(&request, budget) {
+            Some(steps) => {
+                request.steps = steps;
+                eprintln!(
+                    "NFE budget {budget}: {steps} steps of {} ({} NFE{})",
+                    request.solver,
+                    latent_engine::pipeline::request_nfe(&request).unwrap_or(0),
+                    if request.cfg_scale != 1.0 {
+                        ", CFG's two passes counted"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            None => bail!(
+                "--nfe {budget} buys no step of {} (one costs {} network evaluations)",
+                request.solver,
+                latent_engine::pipeline::request_nfe(&GenerateRequest {
+                    steps: 1,
+                    ..request.clone()
+                })
+                .map_or_else(|| "an unknown number of".to_string(), |n| n.to_string())
+            ),
+        }
+    }
     let (sent_init, sent_mask) = (request.init_image.clone(), request.mask.clone());
     let id = engine.generate(request)?;
     let mut stderr = std::io::stderr();

@@ -3,6 +3,7 @@
 //! dispatch; each subcommand family has its own file (the HTTP server's `serve` will too).
 
 mod bench;
+mod compare;
 mod decode;
 mod generate;
 mod info;
@@ -74,6 +75,10 @@ enum Cmd {
     /// Serve AUTOMATIC1111's HTTP API (/sdapi/v1/txt2img, img2img, options, ...) on one
     /// engine, for scripts, plug-ins and other machines.
     Serve(serve::ServeArgs),
+    /// The solver lab: solvers at equal cost (NFE budgets) on one prompt and seed, each cell
+    /// measured against a long reference run; writes a labelled grid, a CSV, a convergence
+    /// plot and every cell's PNG into a new folder.
+    Compare(Box<compare::CompareArgs>),
     /// Benchmarks that print figures (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -100,6 +105,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(Cmd::Train(a)) => train::train(*a),
         Some(Cmd::TrainLora(a)) => train::train_lora(a),
         Some(Cmd::Serve(a)) => serve::serve(a),
+        Some(Cmd::Compare(a)) => compare::compare(*a),
         Some(Cmd::Bench { what }) => bench::run(what),
     }
 }

@@ -34,6 +34,11 @@ pub struct WindowArgs {
     pub renderer: RendererChoice,
 }
 
+/// The window's icon (packaging/icons/make_icons.py draws it).
+fn icon() -> egui::IconData {
+    eframe::icon_data::from_png_bytes(include_bytes!("../../../packaging/icons/128/latent-studio.png")).unwrap_or_default()
+}
+
 fn options(renderer: eframe::Renderer) -> eframe::NativeOptions {
     eframe::NativeOptions {
         renderer,
@@ -42,6 +47,7 @@ fn options(renderer: eframe::Renderer) -> eframe::NativeOptions {
             .with_app_id("latent-studio")
             .with_inner_size([1320.0, 860.0])
             .with_min_inner_size([800.0, 520.0])
+            .with_icon(icon())
             .with_drag_and_drop(true),
         ..Default::default()
     }

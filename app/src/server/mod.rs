@@ -158,6 +158,7 @@ pub fn start(config: ServeConfig) -> anyhow::Result<Running> {
                 tokio::select! {
                     _ = stop_rx => {}
                     _ = tokio::signal::ctrl_c() => {}
+                    _ = terminated() => {}
                 }
             };
             if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
@@ -172,6 +173,16 @@ pub fn start(config: ServeConfig) -> anyhow::Result<Running> {
         stop: Some(stop_tx),
         thread: Some(thread),
     })
+}
+
+/// SIGTERM (systemd's stop, `docker stop`): stop taking requests and end the way Ctrl+C does.
+async fn terminated() {
+    #[cfg(unix)]
+    if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        s.recv().await;
+        return;
+    }
+    std::future::pending::<()>().await
 }
 
 fn routes(app: Shared, max_body: usize) -> Router {

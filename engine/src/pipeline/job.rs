@@ -318,6 +318,37 @@ pub fn request_nfe(request: &GenerateRequest) -> Option<u32> {
     Some(nfe_of(solver, request))
 }
 
+/// The most steps `request`'s solver can take within `budget` network evaluations, with its
+/// guidance (CFG's second pass, truncation) and hires pass counted: the NFE-budget setting
+/// and the solver lab's equal-cost cells. `None` when even one step costs more (a budget of
+/// 1 with CFG) or the solver is unknown. The NFE it will spend is
+/// `request_nfe(&GenerateRequest { steps, ..request })`: the budget itself where the
+/// solver's step cost divides it, else the nearest below.
+pub fn steps_for_budget(request: &GenerateRequest, budget: u32) -> Option<u32> {
+    let cost = |steps: u32| {
+        request_nfe(&GenerateRequest {
+            steps,
+            init_image: None,
+            mask: None,
+            ..request.clone()
+        })
+    };
+    if cost(1)? > budget {
+        return None;
+    }
+    // The cost grows with the steps: the largest affordable count, by bisection.
+    let (mut lo, mut hi) = (1u32, budget.max(1));
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if cost(mid)? <= budget {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Some(lo)
+}
+
 /// Of [`request_nfe`], the evaluations that run the whole UNet: all of them without the
 /// feature cache; with it, the first evaluation of every `feature_cache`-th step.
 pub fn request_whole_nfe(request: &GenerateRequest) -> Option<u32> {

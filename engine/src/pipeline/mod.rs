@@ -21,6 +21,7 @@ use crate::preview::{LatentRgb, to_u8};
 use crate::protocol::{DType, DeviceKind, ImageRgb8, LatentsOut, ModelInfo, ModelSpec, Prediction, Timings};
 use crate::sampling::schedule::ModelSchedule;
 
+pub mod compare;
 mod guided;
 mod hires;
 mod inpaint;
@@ -32,7 +33,7 @@ mod txt2img;
 
 pub use hires::{prepare_upscale, run_upscale};
 pub use inpaint::overlay;
-pub use job::{Job, MAX_FEATURE_CACHE, MAX_TOKEN_MERGE, planned_nfe, request_nfe, request_whole_nfe};
+pub use job::{Job, MAX_FEATURE_CACHE, MAX_TOKEN_MERGE, planned_nfe, request_nfe, request_whole_nfe, steps_for_budget};
 pub use text::{ScheduledConditioning, TextInput};
 
 /// Opens the candle device for `kind`, with a clear error where this build lacks it.

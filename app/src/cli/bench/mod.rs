@@ -3,7 +3,7 @@
 
 mod micro;
 mod oracle;
-mod plot;
+pub mod plot;
 mod presets;
 mod solvers;
 mod stage;

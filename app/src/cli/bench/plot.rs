@@ -75,18 +75,58 @@ fn glyph(c: char) -> [u8; 7] {
         '(' => [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02],
         ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
         ',' => [0x00, 0x00, 0x00, 0x00, 0x0C, 0x04, 0x08],
+        ':' => [0x00, 0x0C, 0x0C, 0x00, 0x0C, 0x0C, 0x00],
+        '/' => [0x01, 0x01, 0x02, 0x04, 0x08, 0x10, 0x10],
+        '=' => [0x00, 0x00, 0x1F, 0x00, 0x1F, 0x00, 0x00],
         _ => [0; 7],
     }
 }
 
-struct Canvas {
+/// An RGB picture to draw lines, text and other pictures on.
+pub struct Canvas {
+    w: usize,
+    h: usize,
     px: Vec<u8>,
 }
 
 impl Canvas {
+    /// A `w` x `h` canvas filled with `bg`.
+    pub fn new(w: usize, h: usize, bg: [u8; 3]) -> Self {
+        Self {
+            w,
+            h,
+            px: bg.repeat(w * h),
+        }
+    }
+
+    pub fn into_image(self) -> ImageRgb8 {
+        ImageRgb8 {
+            width: self.w as u32,
+            height: self.h as u32,
+            pixels: self.px,
+        }
+    }
+
+    /// Draws `img` with its top left at (x, y), each pixel `scale` x `scale` (nearest).
+    pub fn blit(&mut self, img: &ImageRgb8, x: usize, y: usize, scale: usize) {
+        for sy in 0..img.height as usize * scale {
+            for sx in 0..img.width as usize * scale {
+                let i = ((sy / scale) * img.width as usize + sx / scale) * 3;
+                if let Some(p) = img.pixels.get(i..i + 3) {
+                    self.set((x + sx) as i64, (y + sy) as i64, [p[0], p[1], p[2]]);
+                }
+            }
+        }
+    }
+
+    /// Text in the built-in 5x7 font (lower case), 6 pixels per character.
+    pub fn label(&mut self, x: usize, y: usize, s: &str, c: [u8; 3]) {
+        self.text(x, y, s, c);
+    }
+
     fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
-        if x >= 0 && y >= 0 && (x as usize) < W && (y as usize) < H {
-            let i = (y as usize * W + x as usize) * 3;
+        if x >= 0 && y >= 0 && (x as usize) < self.w && (y as usize) < self.h {
+            let i = (y as usize * self.w + x as usize) * 3;
             self.px[i..i + 3].copy_from_slice(&c);
         }
     }
@@ -118,7 +158,7 @@ impl Canvas {
 
 /// Renders series on log-log axes spanning decades `x_range` and `y_range` (powers of 10).
 pub fn log_log(series: &[Series], x_label: &str, y_label: &str, x_range: (i32, i32), y_range: (i32, i32)) -> ImageRgb8 {
-    let mut c = Canvas { px: vec![255; W * H * 3] };
+    let mut c = Canvas::new(W, H, [255, 255, 255]);
     let (pw, ph) = ((W - LEFT - RIGHT) as f64, (H - TOP - BOTTOM) as f64);
     let map = |x: f64, y: f64| -> (f64, f64) {
         let fx = (x.log10() - x_range.0 as f64) / (x_range.1 - x_range.0) as f64;
@@ -171,9 +211,5 @@ pub fn log_log(series: &[Series], x_label: &str, y_label: &str, x_range: (i32, i
         );
         c.text(W - RIGHT + 38, ly, &s.label, col);
     }
-    ImageRgb8 {
-        width: W as u32,
-        height: H as u32,
-        pixels: c.px,
-    }
+    c.into_image()
 }
