@@ -1470,3 +1470,46 @@ fn the_window_drives_a_remote_server() {
     });
     server.stop();
 }
+
+/// The NFE budget: ticking it fixes the cost instead of the steps; the request carries the
+/// most steps the solver can take within it, the cost line says so, a budget that buys no
+/// step is said and nothing is sent, and restoring an image gives its own steps back.
+#[test]
+fn an_nfe_budget_sets_the_steps_the_solver_can_afford() {
+    let mut st = settings();
+    st.params.solver = "heun".into();
+    let mut s = studio("nfe-budget", st, Some("/models/fake.safetensors"));
+    s.loaded();
+    s.harness
+        .get_by_role_and_label(egui::accesskit::Role::CheckBox, "NFE budget")
+        .click();
+    s.harness.run_steps(2);
+    // Ticking it starts at twice the steps (6).
+    assert_eq!(s.harness.state().settings.params.nfe_budget, Some(12));
+    s.harness.state_mut().settings.params.nfe_budget = Some(12);
+    s.harness.run_steps(2);
+    // 3 Heun steps with CFG cost 10; 4 would cost 14.
+    assert!(
+        s.harness
+            .query_by_label_contains("Budget 12: 3 steps · Cost: 10 network evaluations")
+            .is_some()
+    );
+    s.harness.get_by_label("Generate").click();
+    s.until("the engine received the request", |_, log| !log.requests.is_empty());
+    assert_eq!(s.log.lock().expect("log").requests[0].steps, 3);
+    s.until("finished", |a, _| a.session.jobs.is_empty() && !a.session.history.is_empty());
+    s.harness.state_mut().settings.params.nfe_budget = Some(1);
+    s.harness.run_steps(2);
+    assert!(
+        s.harness.query_by_label_contains("buys no step of heun").is_some(),
+        "said beside the sliders"
+    );
+    s.harness.get_by_label("Generate").click();
+    s.harness.run_steps(3);
+    assert_eq!(s.log.lock().expect("log").requests.len(), 1, "nothing sent");
+    assert!(said(&s, "buys no step"));
+    // Restoring the image: its 3 steps, the budget off.
+    s.harness.state_mut().select_history(0);
+    let p = &s.harness.state().settings.params;
+    assert_eq!((p.steps, p.nfe_budget), (3, None));
+}

@@ -136,7 +136,7 @@ pub fn compare(a: CompareArgs) -> Result<()> {
     let series = series(&c.cells, &spec.solvers);
     write_new_file(&a.out.join("convergence.svg"), svg(&series, &title).as_bytes())?;
     let (xr, yr) = decades(&series);
-    let plot = log_log(&series, "nfe per image", "latent rel l2 to the reference", xr, yr);
+    let plot = log_log(&series, "nfe per image", "latent distance to the reference (relative)", xr, yr);
     write_new_file(&a.out.join("convergence.png"), &encode_png(&plot, &title)?)?;
     println!(
         "wrote {}: grid.png, compare.csv, convergence.svg, convergence.png, cells/",

@@ -276,6 +276,10 @@ impl StudioApp {
             let mut request = self.settings.params.request(base.wrapping_add(u64::from(i)));
             request.init_image = init.clone();
             request.mask = mask.clone();
+            if let Err(why) = self.settings.params.apply_budget(&mut request) {
+                self.session.say(Level::Warning, why);
+                break;
+            }
             match self.engine.generate(request.clone()) {
                 Ok(id) => {
                     self.session.jobs.push_back(Job {

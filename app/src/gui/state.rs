@@ -216,6 +216,9 @@ pub struct Params {
     pub hires_upscaler: latent_engine::protocol::HiresUpscaler,
     /// The upscaler model file with `HiresUpscaler::Model`.
     pub hires_model: Option<PathBuf>,
+    /// Spend this many network evaluations instead of a step count: the steps become the
+    /// most the solver can take within it (None = the Steps slider).
+    pub nfe_budget: Option<u32>,
 }
 
 impl Default for Params {
@@ -251,6 +254,7 @@ impl Default for Params {
             hires_strength: 0.7,
             hires_upscaler: latent_engine::protocol::HiresUpscaler::Latent,
             hires_model: None,
+            nfe_budget: None,
         }
     }
 }
@@ -258,7 +262,7 @@ impl Default for Params {
 impl Params {
     /// The request for one image with this seed.
     pub fn request(&self, seed: u64) -> GenerateRequest {
-        GenerateRequest {
+        let mut r = GenerateRequest {
             prompt: self.prompt.clone(),
             negative: self.negative.clone(),
             width: self.width,
@@ -288,6 +292,26 @@ impl Params {
                 model: self.hires_model.clone(),
             }),
             ..GenerateRequest::default()
+        };
+        let _ = self.apply_budget(&mut r);
+        r
+    }
+
+    /// With an NFE budget, sets the request's steps to the most its solver can take within
+    /// it (image to image's strength counted once the picture is in the request); says why
+    /// when the budget buys no step.
+    pub fn apply_budget(&self, r: &mut GenerateRequest) -> Result<(), String> {
+        let Some(budget) = self.nfe_budget else { return Ok(()) };
+        match latent_engine::pipeline::steps_for_budget(r, budget) {
+            Some(steps) => {
+                r.steps = steps;
+                Ok(())
+            }
+            None => Err(format!(
+                "An NFE budget of {budget} buys no step of {}: one costs {}. Raise the budget or lower CFG to 1.",
+                r.solver,
+                latent_engine::pipeline::request_nfe(&GenerateRequest { steps: 1, ..r.clone() }).unwrap_or(0)
+            )),
         }
     }
 
@@ -295,6 +319,8 @@ impl Params {
     /// so the same image can be made again.
     pub fn restore(&mut self, p: &Parameters) {
         let r = p.to_request(&self.request(self.seed));
+        // The image's own step count, not a budget's.
+        self.nfe_budget = None;
         self.prompt = r.prompt;
         self.negative = r.negative;
         self.width = r.width;

@@ -83,7 +83,30 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
         ui.end_row();
 
         let l = ui.label("Steps");
-        ui.add(egui::Slider::new(&mut p.steps, 1..=150).logarithmic(true)).labelled_by(l.id);
+        ui.add_enabled(p.nfe_budget.is_none(), egui::Slider::new(&mut p.steps, 1..=150).logarithmic(true))
+            .labelled_by(l.id)
+            .on_disabled_hover_text("Set by the NFE budget");
+        ui.end_row();
+
+        let l = ui.label("NFE budget");
+        ui.horizontal(|ui| {
+            let mut on = p.nfe_budget.is_some();
+            if ui
+                .checkbox(&mut on, "")
+                .labelled_by(l.id)
+                .on_hover_text(
+                    "Spend a number of network evaluations instead of a step count: the steps become the most \
+                     the solver can take within it (Heun and DPM2 cost 2 a step, CFG doubles every one), so \
+                     solvers compare at equal cost",
+                )
+                .changed()
+            {
+                p.nfe_budget = on.then_some(p.nfe_budget.unwrap_or(2 * p.steps));
+            }
+            if let Some(b) = p.nfe_budget.as_mut() {
+                ui.add(egui::DragValue::new(b).range(1..=2000).suffix(" NFE"));
+            }
+        });
         ui.end_row();
 
         let l = ui.label("CFG scale");
@@ -257,11 +280,19 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
             pixels: vec![],
         }));
     }
+    if let Err(why) = p.apply_budget(&mut request) {
+        ui.colored_label(ui.visuals().warn_fg_color, why);
+        return;
+    }
     let nfe = request_nfe(&request);
     let whole = request_whole_nfe(&request);
+    let budget = p
+        .nfe_budget
+        .map(|b| format!("Budget {b}: {} steps · ", request.steps))
+        .unwrap_or_default();
     ui.label(match (nfe, whole) {
         (Some(n), Some(w)) => format!(
-            "Cost: {n} network evaluations{}{}",
+            "{budget}Cost: {n} network evaluations{}{}",
             if w < n { format!(", {w} of them whole") } else { String::new() },
             if p.batch > 1 { format!(" × {}", p.batch) } else { String::new() }
         ),
