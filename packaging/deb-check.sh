@@ -33,7 +33,7 @@ for f in ./usr/bin/latent-studio \
          ./usr/share/icons/hicolor/256x256/apps/latent-studio.png \
          ./usr/share/doc/latent-studio/copyright \
          ./usr/share/doc/latent-studio/clip-LICENSE \
-         ./lib/systemd/system/latent-studio.service \
+         ./usr/lib/systemd/system/latent-studio.service \
          ./etc/default/latent-studio; do
   grep -q " $f\$" <<<"$contents" && echo "   has $f" || { echo "FAIL: no $f"; fail=1; }
 done
@@ -42,7 +42,7 @@ dpkg-deb --ctrl-tarfile "$DEB" | tar -tf - | grep -q conffiles && echo "   /etc/
 if [ $INSTALL = 1 ] && [ "$(id -u)" = 0 ] && command -v dpkg >/dev/null; then
   echo "== install"
   dpkg -i "$DEB" >/dev/null || apt-get install -f -y -q >/dev/null
-  command -v systemd-analyze >/dev/null && systemd-analyze verify /lib/systemd/system/latent-studio.service && echo "   systemd-analyze verify: ok"
+  command -v systemd-analyze >/dev/null && systemd-analyze verify /usr/lib/systemd/system/latent-studio.service && echo "   systemd-analyze verify: ok"
   tmp=$(mktemp -d)
   (cd "$tmp" && /usr/bin/latent-studio generate --prompt "a red star on a black background" --steps 8 --seed 3 --out "$tmp/star.png") | sed 's/^/   /'
   [ -s "$tmp/star.png" ] && echo "   the installed binary found its model in /usr/share/latent-studio" || { echo "FAIL: no image"; fail=1; }
