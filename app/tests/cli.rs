@@ -1046,3 +1046,44 @@ fn compare_writes_the_grid_csv_plot_and_cells_and_never_overwrites() {
     assert_clean_failure(&run(&dir), "not an empty folder");
     assert_eq!(std::fs::read(dir.join("grid.png")).expect("grid"), before);
 }
+
+#[test]
+fn quantize_writes_a_gguf_the_studio_generates_with_and_refuses_bad_input() {
+    let out = scratch("tiny-q8.gguf");
+    let o = bin()
+        .args(["quantize", "--type", "q8_0"])
+        .arg(fixture("sd1/sd1-tiny.safetensors"))
+        .arg(&out)
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("of them q8_0"));
+    let png = scratch("from-gguf.png");
+    let g = generate(&out, &[], &png);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let text = latent_engine::image_io::read_png_parameters(&png).expect("reads").expect("text");
+    assert!(text.contains("Model quantization: q8_0"), "{text}");
+    let info = bin().arg("info").arg(&out).output().expect("run");
+    assert!(String::from_utf8_lossy(&info.stdout).contains("q8_0"));
+    // Again onto the same file: refused, the file untouched.
+    let before = std::fs::read(&out).expect("file");
+    let again = bin()
+        .args(["quantize", "--type", "q8_0"])
+        .arg(fixture("sd1/sd1-tiny.safetensors"))
+        .arg(&out)
+        .output()
+        .expect("run");
+    assert_clean_failure(&again, "never overwrites");
+    assert_eq!(std::fs::read(&out).expect("file"), before);
+    let bad = bin()
+        .args(["quantize", "--type", "q3_X"])
+        .arg(fixture("sd1/sd1-tiny.safetensors"))
+        .arg(scratch("x.gguf"))
+        .output()
+        .expect("run");
+    assert_clean_failure(&bad, "is not one of");
+    // A truncated GGUF: one clear line.
+    let cut = scratch("cut.gguf");
+    std::fs::write(&cut, &before[..before.len() / 3]).expect("write");
+    assert_clean_failure(&generate(&cut, &[], &scratch("cut.png")), "truncated");
+}

@@ -15,6 +15,8 @@ pub enum EngineError {
     PickleRefused { path: PathBuf, kind: &'static str },
     #[error("{path} is not a valid safetensors file: {reason}")]
     BadSafetensors { path: PathBuf, reason: String },
+    #[error("{path} is not a valid GGUF file: {reason}")]
+    BadGguf { path: PathBuf, reason: String },
     #[error("unrecognised model: {0}")]
     UnknownArchitecture(String),
     #[error("checkpoint is missing tensor '{0}'")]

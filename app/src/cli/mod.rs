@@ -8,6 +8,7 @@ mod decode;
 mod generate;
 mod info;
 mod prompt;
+mod quantize;
 mod serve;
 mod train;
 mod upscale;
@@ -72,6 +73,9 @@ enum Cmd {
     /// (--images DIR: PNG files, captions from NAME.txt, the PNG's prompt, or the file name)
     /// or on the procedural set redrawn in a style (--style outline).
     TrainLora(train::TrainLoraArgs),
+    /// Write a .safetensors checkpoint as GGUF with its UNet quantized (q8_0, q4_K, ...), as
+    /// stable-diffusion.cpp and ComfyUI-GGUF read; the studio opens such files directly.
+    Quantize(quantize::QuantizeArgs),
     /// Serve AUTOMATIC1111's HTTP API (/sdapi/v1/txt2img, img2img, options, ...) on one
     /// engine, for scripts, plug-ins and other machines.
     Serve(serve::ServeArgs),
@@ -106,6 +110,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(Cmd::TrainLora(a)) => train::train_lora(a),
         Some(Cmd::Serve(a)) => serve::serve(a),
         Some(Cmd::Compare(a)) => compare::compare(*a),
+        Some(Cmd::Quantize(a)) => quantize::quantize(a),
         Some(Cmd::Bench { what }) => bench::run(what),
     }
 }

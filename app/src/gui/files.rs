@@ -72,6 +72,9 @@ pub fn classify(path: &Path) -> FileKind {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
     match ext.as_str() {
         "png" => FileKind::Image,
+        // stable-diffusion.cpp / ComfyUI-GGUF checkpoints (the engine dequantizes them).
+        "gguf" if latent_engine::checkpoint::gguf::is_gguf(path) => FileKind::Model,
+        "gguf" => FileKind::Unsupported(format!("{} is not a GGUF file (no GGUF magic)", path.display())),
         "safetensors" => match safetensors_keys(path) {
             Some(keys) if keys.iter().any(|k| is_lora_key(k)) => FileKind::Lora,
             Some(keys) if !keys.is_empty() => FileKind::Model,
@@ -115,7 +118,7 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, keep: &dyn Fn(&Path) -
         } else if p
             .extension()
             .and_then(|e| e.to_str())
-            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors") || e.eq_ignore_ascii_case("gguf"))
             && keep(&p)
             && !out.contains(&p)
         {
@@ -124,7 +127,7 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, keep: &dyn Fn(&Path) -
     }
 }
 
-/// Checkpoints (safetensors files that are not LoRAs, and diffusers folders) in the user's
+/// Checkpoints (safetensors files that are not LoRAs, GGUF files, and diffusers folders) in the user's
 /// model folders; an A1111 (`models/Stable-diffusion`) or ComfyUI (`models/checkpoints`)
 /// install folder may be given as is.
 pub fn scan_models(dirs: &[PathBuf]) -> Vec<PathBuf> {
@@ -428,10 +431,20 @@ mod tests {
         write_safetensors(&comfy_lora.join("peft.safetensors"), &["unet.a.lora_A.weight"]);
         std::fs::write(comfy.join("old.ckpt"), b"PK").expect("write");
         std::fs::write(comfy.join("broken.safetensors"), b"xx").expect("write");
+        std::fs::write(a1111.join("v15-q8_0.gguf"), b"GGUF\x03\0\0\0").expect("write");
+        std::fs::write(a1111.join("fake.gguf"), b"PK\x03\x04").expect("write");
 
         let roots = vec![root.join("webui"), root.join("comfy")];
         let models = scan_models(&roots);
-        assert_eq!(models, vec![a1111.join("v15.safetensors"), comfy.join("xl.safetensors")]);
+        assert_eq!(
+            models,
+            vec![
+                a1111.join("v15-q8_0.gguf"),
+                a1111.join("v15.safetensors"),
+                comfy.join("xl.safetensors")
+            ]
+        );
+        assert!(matches!(classify(&a1111.join("fake.gguf")), FileKind::Unsupported(m) if m.contains("not a GGUF")));
         let loras = scan_loras(&roots);
         assert_eq!(loras, vec![a1111_lora.join("ink.safetensors"), comfy_lora.join("peft.safetensors")]);
 

@@ -69,7 +69,8 @@ impl Dialog {
     /// The file name endings it picks (files only).
     pub fn extensions(self) -> &'static [&'static str] {
         match self {
-            Dialog::ModelFile | Dialog::Lora => &["safetensors"],
+            Dialog::ModelFile => &["safetensors", "gguf"],
+            Dialog::Lora => &["safetensors"],
             Dialog::Image => &["png"],
             Dialog::InitImage | Dialog::Mask => &["png", "jpg", "jpeg", "webp", "bmp"],
             _ => &[],

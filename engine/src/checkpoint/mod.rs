@@ -1,6 +1,7 @@
 //! Reading weights from the files users have: LDM single files and diffusers folders, turned
 //! into [`Weights`] under canonical names ([`convert`]) with the architecture read off them
-//! ([`architecture`]). GGUF files will join here. Nothing here builds a network.
+//! ([`architecture`]), and GGUF files ([`gguf`]: stable-diffusion.cpp's and ComfyUI-GGUF's,
+//! dequantized as they are read). Nothing here builds a network.
 //!
 //! Files are memory-mapped and validated by the safetensors parser (a truncated file fails on
 //! its header, before any tensor is touched). Pickle files are refused by extension and magic
@@ -14,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 pub mod architecture;
 pub mod convert;
 pub mod embedding;
+pub mod gguf;
 
 use crate::error::{EngineError, Result};
 use crate::nets::weights::{Layout, TextFlavor, Weights};
@@ -186,6 +188,11 @@ fn load_view(view: &safetensors::tensor::TensorView<'_>, transform: Transform, d
         _ => return Ok(None),
     };
     let t = Tensor::from_raw_buffer(view.data(), src, view.shape(), &Device::Cpu)?;
+    Ok(Some(transformed(t, transform, dtype, device)?))
+}
+
+/// A tensor as read from a file, renamed's transform applied, as `dtype` on `device`.
+fn transformed(t: Tensor, transform: Transform, dtype: DType, device: &Device) -> Result<Tensor> {
     let t = match transform {
         Transform::None => t,
         Transform::QkvPart(i) => {
@@ -199,7 +206,7 @@ fn load_view(view: &safetensors::tensor::TensorView<'_>, transform: Transform, d
         Transform::Transpose => t.t()?,
     };
     let t = t.to_dtype(dtype)?.contiguous()?;
-    Ok(Some(t.to_device(device)?))
+    Ok(t.to_device(device)?)
 }
 
 /// A1111's short model hash: the first 10 hex digits of the file's SHA-256.
@@ -277,13 +284,25 @@ fn ldm_layers_per_block(names: &[String]) -> usize {
 }
 
 fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result<Weights> {
+    if gguf::is_gguf(path) {
+        return gguf::load(path, dtype, device, read);
+    }
     let file = SafetensorsFile::open(path)?;
     let st = file.parse()?;
     let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
-    let lpb = ldm_layers_per_block(&names);
     let mut w = empty(Layout::SingleFile);
     w.metadata = file.metadata()?;
-    for n in &names {
+    let renamed = rename_single_file(&names, &mut w);
+    read_renamed(&file, &st, renamed, &mut w, dtype, device, read)?;
+    w.unrecognised.sort();
+    Ok(w)
+}
+
+/// An LDM single file's names (as A1111 and stable-diffusion.cpp name them, or this project's
+/// canonical ones) -> canonical names; sets the text encoders' flavours, lists the rest.
+fn rename_single_file(names: &[String], w: &mut Weights) -> Vec<(String, Renamed)> {
+    let lpb = ldm_layers_per_block(names);
+    for n in names {
         if n.starts_with("cond_stage_model.transformer.") || n.starts_with("conditioner.embedders.0.transformer.") {
             w.text_flavors[0] = Some(TextFlavor::OpenAi);
         } else if n.starts_with("cond_stage_model.model.") {
@@ -293,7 +312,7 @@ fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result
         }
     }
     let mut renamed: Vec<(String, Renamed)> = vec![];
-    for n in &names {
+    for n in names {
         match convert::ldm_key(n, lpb) {
             Ok(list) => renamed.extend(list.into_iter().map(|r| (n.clone(), r))),
             // Files this project writes (the embedded model, training checkpoints) use the
@@ -308,9 +327,17 @@ fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result
             Err(k) => w.unrecognised.push(k),
         }
     }
-    read_renamed(&file, &st, renamed, &mut w, dtype, device, read)?;
-    w.unrecognised.sort();
-    Ok(w)
+    renamed
+}
+
+/// How many decoder up blocks the renamed names have (the `@` index is resolved against it).
+fn decoder_ups(renamed: &[(String, Renamed)]) -> usize {
+    renamed
+        .iter()
+        .filter_map(|(_, r)| r.name.strip_prefix("vae.decoder.up_blocks.@"))
+        .filter_map(|r| r.split_once('.').and_then(|(i, _)| i.parse::<usize>().ok()))
+        .max()
+        .map_or(0, |m| m + 1)
 }
 
 /// Reads the tensors of `renamed` (source name -> canonical name) into `w`.
@@ -323,12 +350,7 @@ fn read_renamed(
     device: &Device,
     read: Read,
 ) -> Result<()> {
-    let num_up = renamed
-        .iter()
-        .filter_map(|(_, r)| r.name.strip_prefix("vae.decoder.up_blocks.@"))
-        .filter_map(|r| r.split_once('.').and_then(|(i, _)| i.parse::<usize>().ok()))
-        .max()
-        .map_or(0, |m| m + 1);
+    let num_up = decoder_ups(&renamed);
     for (src, r) in renamed {
         let view = st.tensor(&src).map_err(|e| file.bad(describe_st_error(&e)))?;
         w.stored_dtypes.insert(dtype_name(view.dtype()).to_string());

@@ -217,6 +217,10 @@ impl Pipeline {
             p.push("Model hash", h);
         }
         p.push("Model", &self.name);
+        if let Some(q) = self.base.metadata.get("latent_studio.gguf_types") {
+            // GGUF weights: their types by share of parameters ("q8_0 73%, f16 27%").
+            p.push("Model quantization", q.replace(',', ";"));
+        }
         if let Some((name, hash)) = &self.vae_override {
             if let Some(h) = hash {
                 p.push("VAE hash", h);

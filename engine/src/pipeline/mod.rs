@@ -329,7 +329,13 @@ impl Pipeline {
                 " (inpainting model)"
             } else {
                 ""
-            } + if cpu_bf16 { " (bf16 weights, f32 compute on CPU)" } else { "" },
+            } + if cpu_bf16 { " (bf16 weights, f32 compute on CPU)" } else { "" }
+                + &self
+                    .base
+                    .metadata
+                    .get("latent_studio.gguf_types")
+                    .map(|q| format!(", GGUF {q}"))
+                    .unwrap_or_default(),
             dtype: self.dtype,
             device: match self.device.location() {
                 candle_core::DeviceLocation::Cpu => "cpu".to_string(),

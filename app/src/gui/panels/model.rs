@@ -20,7 +20,13 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
         }
         ModelState::Loaded { info, .. } => {
             ui.label(egui::RichText::new(&info.name).strong()).on_hover_text(&info.summary);
-            ui.label(format!("{} · {} · {}", info.family, info.device, info.dtype.name()));
+            let quantized = info
+                .summary
+                .split(", GGUF ")
+                .nth(1)
+                .map(|q| format!(" · GGUF {q}"))
+                .unwrap_or_default();
+            ui.label(format!("{} · {} · {}{quantized}", info.family, info.device, info.dtype.name()));
         }
     }
     let mut choice = None;
@@ -47,7 +53,10 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
                 for p in &options {
                     if ui
                         .selectable_label(current.as_ref() == Some(p), file_name(p))
-                        .on_hover_text(p.display().to_string())
+                        .on_hover_text(match std::fs::metadata(p) {
+                            Ok(m) if m.is_file() => format!("{} ({:.1} MB)", p.display(), m.len() as f64 / 1e6),
+                            _ => p.display().to_string(),
+                        })
                         .clicked()
                     {
                         choice = Some(p.clone());
@@ -56,7 +65,11 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
             })
             .response
             .labelled_by(l.id);
-        if ui.button("Open…").on_hover_text("Open a .safetensors checkpoint").clicked() {
+        if ui
+            .button("Open…")
+            .on_hover_text("Open a .safetensors or .gguf checkpoint")
+            .clicked()
+        {
             view.act(Action::Dialog(Dialog::ModelFile));
         }
     });
@@ -121,7 +134,10 @@ fn file_picker(
                 ui.selectable_value(value, None, none_label);
                 for p in &options {
                     ui.selectable_value(value, Some(p.clone()), file_name(p))
-                        .on_hover_text(p.display().to_string());
+                        .on_hover_text(match std::fs::metadata(p) {
+                            Ok(m) if m.is_file() => format!("{} ({:.1} MB)", p.display(), m.len() as f64 / 1e6),
+                            _ => p.display().to_string(),
+                        });
                 }
                 if options.is_empty() {
                     ui.weak("Files go in a folder of a model folder (models/VAE, models/VAE-approx)");

@@ -1,0 +1,224 @@
+//! GGUF checkpoints: files written by the `gguf` package (llama.cpp's Python writer;
+//! tests/fixtures/gguf/make_gguf_fixture.py) read back to the value, every GGML type the
+//! reader knows, whole-model files generating close to their full-precision checkpoint,
+//! `quantize`'s own files (written here, read back, quality per type), and bad files.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use latent_engine::checkpoint::{self, gguf};
+use latent_engine::error::EngineError;
+use latent_engine::pipeline::Pipeline;
+use latent_engine::pipeline::compare::latent_rel_l2;
+use latent_engine::protocol::{GenerateRequest, ModelSpec};
+use latent_tests::{Quiet, fixture, tiny_request};
+
+fn gguf_fixture(name: &str) -> PathBuf {
+    fixture(&format!("gguf/{name}"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gguf-tests");
+    std::fs::create_dir_all(&d).expect("dir");
+    let p = d.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+fn python_values() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(gguf_fixture("dequantized.safetensors"), &candle_core::Device::Cpu).expect("fixture")
+}
+
+fn latents(model: &Path, request: &GenerateRequest) -> Vec<f32> {
+    let pipe = Pipeline::load(&ModelSpec::new(model)).expect("load");
+    pipe.generate(&pipe.validate(request).expect("valid"), &mut Quiet)
+        .expect("generate")
+        .latents
+        .data
+}
+
+#[test]
+fn every_type_reads_back_as_the_gguf_package_dequantizes_it() {
+    let want = python_values();
+    let mut seen = 0;
+    for (key, value) in &want {
+        let Some((file, name)) = key.split_once(':') else { continue };
+        if name == "original" {
+            continue;
+        }
+        let got = gguf::read_tensor(&gguf_fixture(&format!("{file}.gguf")), name).expect("reads");
+        assert_eq!(got.dims(), value.dims(), "{key}");
+        let (g, w): (Vec<f32>, Vec<f32>) = (
+            got.flatten_all().and_then(|t| t.to_vec1()).expect("values"),
+            value.flatten_all().and_then(|t| t.to_vec1()).expect("values"),
+        );
+        assert_eq!(g, w, "{key}: not the gguf package's values");
+        seen += 1;
+    }
+    // 13 types in types.gguf, 4 tensors of each tiny model.
+    assert!(seen >= 21, "{seen}");
+}
+
+#[test]
+fn a_gguf_written_by_the_gguf_package_generates_close_to_its_checkpoint() {
+    let request = tiny_request("dpm++2m", 6, 3.0, 2);
+    let full = latents(&fixture("sd1/sd1-tiny.safetensors"), &request);
+    for (file, tolerance) in [("sd1-tiny-q8_0.gguf", 0.02), ("sd1-tiny-q4_0.gguf", 0.15)] {
+        let path = gguf_fixture(file);
+        let w = checkpoint::load_shapes(&path).expect("shapes");
+        assert!(
+            w.stored_dtypes.contains(if file.contains("q8") { "q8_0" } else { "q4_0" }),
+            "{:?}",
+            w.stored_dtypes
+        );
+        assert!(w.unrecognised.is_empty(), "{:?}", w.unrecognised);
+        let quantized = latents(&path, &request);
+        let d = latent_rel_l2(&quantized, &full);
+        assert!(d > 0.0 && d < tolerance, "{file}: relative L2 {d} vs the full-precision file");
+    }
+}
+
+#[test]
+fn quantize_writes_files_that_load_and_stay_close_per_type() {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/models/latent-studio-default.safetensors");
+    let request = GenerateRequest {
+        prompt: "a red star on a black background".into(),
+        width: 64,
+        height: 64,
+        steps: 10,
+        cfg_scale: 2.0,
+        seed: 4,
+        solver: "dpm++2m".into(),
+        schedule: "karras".into(),
+        preview_every: 0,
+        ..GenerateRequest::default()
+    };
+    let full = latents(&model, &request);
+    // Measured at 20 steps: q8_0 2.0e-3, q4_K 9.9e-3, q4_0 3.3e-2 (README); f16 is exact
+    // (the model is stored f16).
+    for (t, tolerance) in [("f16", 0.0), ("q8_0", 0.01), ("q4_K", 0.04), ("q4_0", 0.1)] {
+        let out = scratch(&format!("embedded-{t}.gguf"));
+        let kind = gguf::parse_type(t).expect("type");
+        let report = gguf::quantize_file(&model, &out, kind, &[]).expect("quantizes");
+        assert_eq!(report.tensors, 560);
+        if t != "f16" {
+            assert!(report.quantized > 10 && report.bytes_out < report.bytes_in, "{t}: {report:?}");
+        }
+        let w = checkpoint::load_shapes(&out).expect("shapes");
+        assert_eq!(
+            w.metadata.get("latent_studio.quantized_type").map(String::as_str),
+            Some(gguf::type_name(kind))
+        );
+        assert!(
+            w.metadata
+                .get("latent_studio.gguf_types")
+                .is_some_and(|s| s.contains(gguf::type_name(kind)))
+        );
+        let d = latent_rel_l2(&latents(&out, &request), &full);
+        assert!(d <= tolerance, "{t}: relative L2 {d}");
+        if t != "f16" {
+            assert!(d > 0.0, "{t}: nothing was quantized");
+        }
+        // Never over an existing file.
+        let before = std::fs::metadata(&out).expect("written").len();
+        let again = gguf::quantize_file(&model, &out, kind, &[]).expect_err("refuses");
+        assert!(again.to_string().contains("never overwrites"), "{again}");
+        assert_eq!(std::fs::metadata(&out).expect("still there").len(), before);
+    }
+    // Sensitive layers stay f16; --keep adds more.
+    let shape = [64usize, 256];
+    assert!(gguf::keeps_precision(
+        "unet.mid_block.resnets.0.norm1.weight",
+        &shape,
+        GgmlDType::Q8_0,
+        &[]
+    ));
+    assert!(gguf::keeps_precision(
+        "unet.time_embedding.linear_1.weight",
+        &shape,
+        GgmlDType::Q8_0,
+        &[]
+    ));
+    assert!(gguf::keeps_precision("vae.decoder.conv_in.weight", &shape, GgmlDType::Q8_0, &[]));
+    assert!(!gguf::keeps_precision(
+        "unet.mid_block.attentions.0.proj_in.weight",
+        &shape,
+        GgmlDType::Q8_0,
+        &[]
+    ));
+    assert!(gguf::keeps_precision(
+        "unet.mid_block.attentions.0.proj_in.weight",
+        &shape,
+        GgmlDType::Q8_0,
+        &["proj_in".into()]
+    ));
+    assert!(
+        gguf::keeps_precision("unet.x.weight", &[64, 100], GgmlDType::Q8_0, &[]),
+        "rows not whole blocks"
+    );
+}
+
+fn write_gguf(path: &Path, tensors: &[(&str, Tensor)]) {
+    let q: Vec<(&str, QTensor)> = tensors
+        .iter()
+        .map(|(n, t)| (*n, QTensor::quantize(t, GgmlDType::F16).expect("f16")))
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = q.iter().map(|(n, t)| (*n, t)).collect();
+    let arch = gguf_file::Value::String("llama".into());
+    let mut f = std::fs::File::create(path).expect("create");
+    gguf_file::write(&mut f, &[("general.architecture", &arch)], &refs).expect("write");
+}
+
+#[test]
+fn truncated_foreign_and_unet_only_files_say_what_they_are() {
+    // Truncated: the header survives, the tensors do not.
+    let bytes = std::fs::read(gguf_fixture("sd1-tiny-q8_0.gguf")).expect("fixture");
+    let cut = scratch("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    let e = Pipeline::load(&ModelSpec::new(&cut)).err().expect("refused");
+    assert!(
+        matches!(e, EngineError::BadGguf { .. }) && e.to_string().contains("truncated"),
+        "{e}"
+    );
+    let header_only = scratch("header.gguf");
+    std::fs::write(&header_only, &bytes[..40]).expect("write");
+    let e = Pipeline::load(&ModelSpec::new(&header_only)).err().expect("refused");
+    assert!(matches!(e, EngineError::BadGguf { .. }), "{e}");
+    // A language model's GGUF: one line saying so.
+    let dev = candle_core::Device::Cpu;
+    let llama = scratch("llama.gguf");
+    write_gguf(
+        &llama,
+        &[(
+            "token_embd.weight",
+            Tensor::zeros((8, 32), candle_core::DType::F32, &dev).expect("t"),
+        )],
+    );
+    let e = Pipeline::load(&ModelSpec::new(&llama)).err().expect("refused");
+    let text = e.to_string();
+    assert!(
+        matches!(e, EngineError::UnknownArchitecture(_)) && text.contains("llama") && !text.contains('\n'),
+        "{text}"
+    );
+    // ComfyUI-GGUF's UNet-only kind: the UNet's names without the prefix are read as the UNet.
+    let full = checkpoint::load(&fixture("sd1/sd1-tiny.safetensors"), candle_core::DType::F32, &dev).expect("load");
+    let st = candle_core::safetensors::load(fixture("sd1/sd1-tiny.safetensors"), &dev).expect("raw");
+    let unet: Vec<(String, Tensor)> = st
+        .iter()
+        .filter_map(|(n, t)| n.strip_prefix("model.diffusion_model.").map(|s| (s.to_string(), t.clone())))
+        .collect();
+    let unet_only = scratch("unet-only.gguf");
+    let refs: Vec<(&str, Tensor)> = unet.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    write_gguf(&unet_only, &refs);
+    let w = checkpoint::load(&unet_only, candle_core::DType::F32, &dev).expect("a UNet");
+    let names: Vec<&String> = w.tensors.keys().collect();
+    assert!(!names.is_empty() && names.iter().all(|n| n.starts_with("unet.")), "{names:?}");
+    for (name, t) in &w.tensors {
+        let d = (t - full.get(name).expect("same name"))
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|d| d.to_scalar::<f32>());
+        assert!(d.expect("diff") < 1e-2, "{name}");
+    }
+}
