@@ -1087,3 +1087,18 @@ fn quantize_writes_a_gguf_the_studio_generates_with_and_refuses_bad_input() {
     std::fs::write(&cut, &before[..before.len() / 3]).expect("write");
     assert_clean_failure(&generate(&cut, &[], &scratch("cut.png")), "truncated");
 }
+
+#[test]
+fn info_device_names_the_kernel_set_chosen_at_run_time() {
+    let o = bin().args(["info", "--device"]).output().expect("run");
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text.lines().find(|l| l.starts_with("cpu kernels:")).expect("a kernel line");
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(
+        line.contains("AVX-512"),
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw"),
+        "{line}"
+    );
+    assert!(text.contains("threads:"), "{text}");
+}

@@ -8,6 +8,32 @@ use latent_engine::pipeline::inspect;
 use latent_engine::sampling::SOLVERS;
 use latent_engine::sampling::schedule::SCHEDULES;
 
+/// `info --device`: the CPU kernel set chosen at run time, the threads, and the GPU backends
+/// this build has.
+pub fn device() {
+    println!("cpu kernels: {}", latent_engine::kernels::cpu_kernel_set());
+    println!("threads:     {} (RAYON_NUM_THREADS to change)", rayon_threads());
+    let gpu: Vec<&str> = [(cfg!(feature = "cuda"), "cuda"), (cfg!(feature = "metal"), "metal")]
+        .into_iter()
+        .filter_map(|(on, n)| on.then_some(n))
+        .collect();
+    println!(
+        "gpu:         {}",
+        if gpu.is_empty() {
+            "none in this build (features cuda, metal)".to_string()
+        } else {
+            gpu.join(", ")
+        }
+    );
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(num_cpus::get_physical)
+}
+
 /// `info`: family, inferred configuration, dtypes, parameter counts, unrecognised tensors.
 pub fn info(path: &Path) -> Result<()> {
     let (cfg, report) = inspect(path)?;

@@ -45,8 +45,11 @@ enum Cmd {
     Generate(Box<generate::GenerateArgs>),
     /// Show what a checkpoint is: family, inferred configuration, dtypes, parameter counts.
     Info {
-        /// A .safetensors checkpoint or a diffusers folder.
-        path: PathBuf,
+        /// A .safetensors or .gguf checkpoint or a diffusers folder.
+        path: Option<PathBuf>,
+        /// Say which CPU kernels (instruction set) and devices this build runs with.
+        #[arg(long)]
+        device: bool,
     },
     /// List the solvers with their order and cost, and the schedules.
     Solvers,
@@ -99,7 +102,15 @@ pub fn run(args: Args) -> Result<()> {
             renderer: args.renderer,
         }),
         Some(Cmd::Generate(g)) => generate::generate(*g),
-        Some(Cmd::Info { path }) => info::info(&path),
+        Some(Cmd::Info { path, device }) => {
+            if device || path.is_none() {
+                info::device();
+            }
+            match path {
+                Some(p) => info::info(&p),
+                None => Ok(()),
+            }
+        }
         Some(Cmd::LoraInfo { path }) => info::lora_info(&path),
         Some(Cmd::Solvers) => info::solvers(),
         Some(Cmd::Prompt(a)) => prompt::prompt(a),

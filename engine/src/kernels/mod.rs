@@ -9,3 +9,45 @@ pub mod cpu_grad;
 pub mod cpu_norm;
 #[cfg(feature = "cuda")]
 pub mod cuda_ops;
+
+/// The CPU kernel set matrix products and convolutions run with here, chosen at run time:
+/// for `latent-studio info --device` and the figures in BENCHMARKS.md.
+pub fn cpu_kernel_set() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let has = |f: &str| match f {
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
+            "avx512vnni" => std::arch::is_x86_feature_detected!("avx512vnni"),
+            "avx512bf16" => std::arch::is_x86_feature_detected!("avx512bf16"),
+            "avx2" => std::arch::is_x86_feature_detected!("avx2"),
+            "fma" => std::arch::is_x86_feature_detected!("fma"),
+            "f16c" => std::arch::is_x86_feature_detected!("f16c"),
+            _ => false,
+        };
+        let mut flags: Vec<&str> = ["avx512f", "avx512bw", "avx512vnni", "avx512bf16", "avx2", "fma", "f16c"]
+            .into_iter()
+            .filter(|f| has(f))
+            .collect();
+        // AMX's run-time check is not stable Rust yet: Linux says it in /proc/cpuinfo.
+        if std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" amx_tile")) {
+            flags.push("amx-tile");
+        }
+        let set = if has("avx512f") && has("avx512bw") {
+            "AVX-512 (gemm x86-v4 kernels)"
+        } else if has("avx2") && has("fma") {
+            "AVX2 + FMA (gemm x86-v3 kernels)"
+        } else {
+            "SSE (gemm's baseline kernels)"
+        };
+        format!("{set}; CPU flags: {}", flags.join(" "))
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON (gemm's aarch64 kernels)".to_string()
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "gemm's portable kernels".to_string()
+    }
+}
