@@ -778,7 +778,7 @@ fn without_a_file_dialog_a_path_field_opens_what_is_typed() {
     assert!(s.harness.query_by_label_contains("type the path instead").is_some(), "it says why");
     let field = s
         .harness
-        .get_by_role_and_label(egui::accesskit::Role::TextInput, "File (.safetensors)");
+        .get_by_role_and_label(egui::accesskit::Role::TextInput, "File (.safetensors, .gguf)");
     field.focus();
     // Completion lists the folders under what is typed.
     field.type_text(&format!("{}/s", models.display()));
@@ -1512,4 +1512,60 @@ fn an_nfe_budget_sets_the_steps_the_solver_can_afford() {
     s.harness.state_mut().select_history(0);
     let p = &s.harness.state().settings.params;
     assert_eq!((p.steps, p.nfe_budget), (3, None));
+}
+
+/// View > Solver lab on the real engine and the embedded model: the comparison runs as one
+/// engine job, its cells fill the grid (labelled with steps, NFE, distance) as they arrive,
+/// the main canvas and history are left alone.
+#[test]
+fn the_solver_lab_compares_solvers_at_equal_nfe() {
+    let mut st = Settings::default();
+    st.params.prompt = "a green circle on a white background".into();
+    st.params.seed = 3;
+    st.params.seed_mode = SeedMode::Fixed;
+    let mut h = real_studio("lab", st);
+    real_until(&mut h, "model loaded", |a| matches!(a.session.model, ModelState::Loaded { .. }));
+    h.get_by_label("View").click();
+    h.run_steps(2);
+    h.get_by_label("Solver lab").click();
+    h.run_steps(2);
+    {
+        let lab = &mut h.state_mut().session.lab;
+        lab.solvers = vec!["euler".into(), "unipc".into()];
+        lab.budgets = "4, 16".into();
+        lab.reference_steps = 40;
+    }
+    h.run_steps(2);
+    h.get_by_label("Compare").click();
+    real_until(&mut h, "the comparison", |a| {
+        a.session.lab.job.is_none() && a.session.lab.cells.len() == 4
+    });
+    let lab = &h.state().session.lab;
+    assert!(lab.error.is_none(), "{:?}", lab.error);
+    assert!(lab.reference.is_some());
+    for (c, tex) in &lab.cells {
+        assert!(tex.is_some() && c.nfe == c.budget && c.latent_rel_l2.is_finite(), "{c:?}");
+    }
+    let at = |s: &str, b: u32| {
+        lab.cells
+            .iter()
+            .find(|(c, _)| c.solver == s && c.budget == b)
+            .expect("cell")
+            .0
+            .latent_rel_l2
+    };
+    assert!(at("unipc", 16) < at("unipc", 4) && at("euler", 16) < at("euler", 4));
+    h.run_steps(3);
+    assert_eq!(
+        h.query_all_by_label_contains("8 steps · 16 NFE").count(),
+        2,
+        "the grid labels the cells (euler, unipc)"
+    );
+    assert!(h.state().session.history.is_empty(), "comparisons stay out of the history");
+    // A budget that is not a number: said, nothing sent.
+    h.state_mut().session.lab.budgets = "4, lots".into();
+    h.get_by_label("Compare").click();
+    h.run_steps(2);
+    assert!(h.state().session.lab.error.as_deref().is_some_and(|e| e.contains("lots")));
+    assert!(h.state().session.lab.job.is_none());
 }

@@ -116,6 +116,14 @@ impl EngineHandle {
         Ok(id)
     }
 
+    /// Queues a solver comparison and returns its id (answered as a generation is, with a
+    /// `CompareCell` per cell before `Finished`).
+    pub fn compare(&self, request: crate::protocol::CompareRequest) -> Result<JobId> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.send(Command::Compare { id, request })?;
+        Ok(id)
+    }
+
     /// Cancels a running or queued job; the running one stops before its next network
     /// evaluation.
     pub fn cancel(&self, id: JobId) {

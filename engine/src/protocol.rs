@@ -513,6 +513,11 @@ pub enum Command {
         id: JobId,
         request: UpscaleRequest,
     },
+    /// The solver lab (see [`CompareRequest`]).
+    Compare {
+        id: JobId,
+        request: CompareRequest,
+    },
     /// Usually sent through `EngineHandle::cancel`, which also flips the job's atomic flag.
     Cancel(JobId),
     Shutdown,
@@ -532,6 +537,39 @@ pub struct UpscaleRequest {
     /// every side of a tile and thrown away (so seams do not show).
     pub tile: u32,
     pub overlap: u32,
+}
+
+/// The solver lab: one prompt and seed run by several solvers at equal cost (NFE budgets,
+/// CFG's second pass counted), each cell measured against a long reference run of the same
+/// seed. Answered as a `Generate` is, with a `CompareCell` event per cell before `Finished`
+/// (which carries the reference picture).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompareRequest {
+    /// Prompt, seed, size, guidance, schedule (its solver and steps are not used).
+    pub base: GenerateRequest,
+    pub solvers: Vec<String>,
+    pub budgets: Vec<u32>,
+    pub reference_solver: String,
+    pub reference_steps: u32,
+}
+
+/// One cell of a comparison: a solver at a budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompareCell {
+    pub solver: String,
+    pub budget: u32,
+    /// 0 when the budget buys no step (a budget of 1 with CFG); nothing below is then set.
+    pub steps: u32,
+    /// Network evaluations the run spent (the budget, or the nearest below where the
+    /// solver's step cost does not divide it).
+    pub nfe: u32,
+    pub time: Duration,
+    /// ||x - x_ref|| / ||x_ref|| over the final latents.
+    pub latent_rel_l2: f64,
+    /// Of the decoded pictures, in dB (infinite when identical).
+    pub psnr: f64,
+    pub image: Option<ImageRgb8>,
+    pub metadata: String,
 }
 
 /// Engine -> window/CLI. For each `Generate`: `Started`, `Progress` counting up from 1, then
@@ -569,6 +607,11 @@ pub enum Event {
         timings: Timings,
         latents: Option<LatentsOut>,
     },
+    /// A finished cell of a `Compare` job.
+    CompareCell {
+        id: JobId,
+        cell: Box<CompareCell>,
+    },
     Cancelled {
         id: JobId,
         at_step: u32,
@@ -591,6 +634,7 @@ impl Event {
             | Event::Progress { id, .. }
             | Event::Preview { id, .. }
             | Event::Finished { id, .. }
+            | Event::CompareCell { id, .. }
             | Event::Cancelled { id, .. } => Some(*id),
             Event::Failed { id, .. } | Event::Warning { id, .. } => *id,
             Event::ModelLoaded { .. } | Event::LorasApplied { .. } => None,

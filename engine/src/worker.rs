@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{EngineError, Result};
 use crate::lora::{LoraFile, LoraReport, extract_prompt_tags};
 use crate::pipeline::{Hooks, Output, Pipeline};
-use crate::protocol::{Command, Event, GenerateRequest, ImageRgb8, JobId, LoraSpec, ModelInfo, ModelSpec, UpscaleRequest};
+use crate::protocol::{Command, CompareRequest, Event, GenerateRequest, ImageRgb8, JobId, LoraSpec, ModelInfo, ModelSpec, UpscaleRequest};
 
 /// What the worker drives: the real pipeline, or a stand-in in tests and UI development.
 pub trait Backend: Send {
@@ -35,6 +35,14 @@ pub trait Backend: Send {
     /// Runs an upscale job (on the CPU unless the backend has a device of its own).
     fn upscale(&mut self, request: &UpscaleRequest, hooks: &mut dyn Hooks) -> Result<Output> {
         crate::pipeline::run_upscale(request, &candle_core::Device::Cpu, hooks)
+    }
+    /// Validates a solver comparison; returns its steps (all runs) and NFE.
+    fn prepare_compare(&self, _request: &CompareRequest) -> Result<(u32, u32)> {
+        Err(EngineError::Other("this engine cannot compare solvers".into()))
+    }
+    /// Runs a solver comparison: `hooks.cell` per cell; the output is the reference run's.
+    fn compare(&mut self, _request: &CompareRequest, _hooks: &mut dyn Hooks) -> Result<Output> {
+        Err(EngineError::Other("this engine cannot compare solvers".into()))
     }
 }
 
@@ -190,6 +198,22 @@ impl Backend for PipelineBackend {
         let job = p.validate(request)?;
         p.generate(&job, hooks)
     }
+    fn prepare_compare(&self, request: &CompareRequest) -> Result<(u32, u32)> {
+        let p = self.pipeline.as_ref().ok_or(EngineError::NoModel)?;
+        crate::pipeline::compare::plan(p, request)
+    }
+    fn compare(&mut self, request: &CompareRequest, hooks: &mut dyn Hooks) -> Result<Output> {
+        // The panel's LoRAs apply as to any generation.
+        let set = self.effective(&request.base.prompt)?;
+        self.ensure(set)?;
+        let p = self.pipeline.as_ref().ok_or(EngineError::NoModel)?;
+        let started = std::time::Instant::now();
+        let c = crate::pipeline::compare::compare(p, request, hooks)?;
+        let mut out = c.reference;
+        out.timings.nfe += c.cells.iter().map(|c| c.nfe).sum::<u32>();
+        out.timings.total = started.elapsed();
+        Ok(out)
+    }
     fn upscale(&mut self, request: &UpscaleRequest, hooks: &mut dyn Hooks) -> Result<Output> {
         // The loaded model's device (a GPU when there is one), else the CPU.
         let device = self.pipeline.as_ref().map_or(candle_core::Device::Cpu, |p| p.device().clone());
@@ -296,6 +320,9 @@ impl Worker {
                 Command::LoadModel(spec) => self.load(&spec),
                 Command::Generate { id, request } => self.job(id, &request),
                 Command::Upscale { id, request } => self.upscale(id, &request),
+                Command::Compare { id, request } => {
+                    self.run_job(id, 0, false, |b| b.prepare_compare(&request), |b, hooks| b.compare(&request, hooks))
+                }
                 Command::SetLoras(list) => self.set_loras(&list),
                 Command::Cancel(id) => {
                     self.board.cancel(id);
@@ -472,6 +499,20 @@ impl Hooks for EventHooks<'_> {
             .send(Event::Warning {
                 id: Some(self.id),
                 message,
+            })
+            .is_err()
+        {
+            self.disconnected = true;
+            return;
+        }
+        (self.waker)();
+    }
+    fn cell(&mut self, cell: &crate::protocol::CompareCell) {
+        if self
+            .worker_events
+            .send(Event::CompareCell {
+                id: self.id,
+                cell: Box::new(cell.clone()),
             })
             .is_err()
         {

@@ -8,6 +8,31 @@ use latent_engine::protocol::ModelSpec;
 use latent_engine::sampling::SOLVERS;
 use latent_tests::{Quiet, layouts, tiny_request};
 
+/// Counts cells and records the progress a comparison reports.
+#[derive(Default)]
+struct Heard {
+    cells: usize,
+    steps: Vec<u32>,
+    totals: Vec<u32>,
+}
+
+impl latent_engine::pipeline::Hooks for Heard {
+    fn cancelled(&self) -> bool {
+        false
+    }
+    fn progress(&mut self, step: u32, total: u32, _: std::time::Duration) {
+        self.steps.push(step);
+        self.totals.push(total);
+    }
+    fn wants_preview(&self, _: u32) -> bool {
+        false
+    }
+    fn preview(&mut self, _: u32, _: latent_engine::protocol::ImageRgb8) {}
+    fn cell(&mut self, _: &latent_engine::protocol::CompareCell) {
+        self.cells += 1;
+    }
+}
+
 fn pipe() -> Pipeline {
     let (_, path) = &layouts("sd1")[0];
     Pipeline::load(&ModelSpec::new(path)).expect("load")
@@ -56,10 +81,14 @@ fn a_comparison_measures_every_cell_against_the_reference_of_its_seed() {
         reference_solver: "dpm++2m".into(),
         reference_steps: 30,
     };
-    let mut heard = 0;
-    let c = compare(&pipe, &spec, &mut Quiet, &mut |_| heard += 1).expect("compares");
+    let mut heard = Heard::default();
+    let c = compare(&pipe, &spec, &mut heard).expect("compares");
     assert_eq!(c.cells.len(), 12);
-    assert_eq!(heard, 12);
+    assert_eq!(heard.cells, 12);
+    // Progress counts up once over every run: the reference's 30 steps and each cell's.
+    let all_steps = 30 + c.cells.iter().map(|c| c.steps).sum::<u32>();
+    assert_eq!(heard.steps, (1..=all_steps).collect::<Vec<_>>());
+    assert!(heard.totals.iter().all(|t| *t == all_steps));
     for cell in &c.cells {
         let case = format!("{} at {}", cell.solver, cell.budget);
         if cell.budget == 1 {
@@ -105,5 +134,72 @@ fn a_comparison_measures_every_cell_against_the_reference_of_its_seed() {
         solvers: vec!["no-such".into()],
         ..spec
     };
-    assert!(compare(&pipe, &bad, &mut Quiet, &mut |_| {}).is_err());
+    assert!(compare(&pipe, &bad, &mut Quiet).is_err());
+}
+
+#[test]
+fn the_engine_runs_a_comparison_as_one_job_with_a_cell_event_each() {
+    use latent_engine::protocol::{CompareRequest, Event};
+    use latent_engine::{EngineConfig, EngineHandle};
+    let (_, path) = &layouts("sd1")[0];
+    let engine = EngineHandle::spawn(EngineConfig::default(), || {}).expect("engine");
+    engine.load_model(ModelSpec::new(path)).expect("sent");
+    assert!(matches!(
+        engine.recv_timeout(std::time::Duration::from_secs(60)),
+        Some(Event::ModelLoaded { .. })
+    ));
+    let request = CompareRequest {
+        base: tiny_request("euler", 1, 3.0, 9),
+        solvers: vec!["euler".into(), "dpm++2m".into()],
+        budgets: vec![4, 8],
+        reference_solver: "dpm++2m".into(),
+        reference_steps: 12,
+    };
+    let id = engine.compare(request.clone()).expect("sent");
+    let mut events = vec![];
+    loop {
+        let e = engine.recv_timeout(std::time::Duration::from_secs(120)).expect("an event");
+        let last = e.is_final();
+        events.push(e);
+        if last {
+            break;
+        }
+    }
+    // Started with every run's steps (12 + 2 x (2 + 4)) and NFE, progress 1..=24, four cells, then Finished.
+    assert!(
+        matches!(events[0], Event::Started { id: i, total_steps: 24, nfe: 48 } if i == id),
+        "{:?}",
+        events[0]
+    );
+    let steps: Vec<u32> = events
+        .iter()
+        .filter_map(|e| if let Event::Progress { step, .. } = e { Some(*step) } else { None })
+        .collect();
+    assert_eq!(steps, (1..=24).collect::<Vec<_>>());
+    let cells: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            if let Event::CompareCell { cell, .. } = e {
+                Some(cell)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(cells.len(), 4);
+    assert!(cells.iter().all(|c| c.nfe == c.budget && c.image.is_some()), "{cells:?}");
+    let Some(Event::Finished { timings, .. }) = events.last() else {
+        panic!("{:?}", events.last())
+    };
+    assert_eq!(timings.nfe, 24 + 24);
+    // A bad comparison fails as a job, and the engine serves on.
+    let bad = CompareRequest {
+        budgets: vec![],
+        ..request
+    };
+    let id = engine.compare(bad).expect("sent");
+    match engine.recv_timeout(std::time::Duration::from_secs(30)) {
+        Some(Event::Failed { id: Some(i), error }) => assert!(i == id && error.contains("at least one"), "{error}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use latent_engine::GenerateRequest;
 use latent_engine::image_io::{encode_png, write_new_file};
+use latent_engine::pipeline::Pipeline;
 use latent_engine::pipeline::compare::{Cell, CompareSpec, compare as run_compare};
-use latent_engine::pipeline::{Pipeline, Quiet};
 use latent_engine::protocol::ImageRgb8;
 
 use super::bench::plot::{Canvas, Series, log_log};
@@ -101,22 +101,7 @@ pub fn compare(a: CompareArgs) -> Result<()> {
         spec.solvers.len(),
         spec.budgets.len()
     );
-    let c = run_compare(&pipe, &spec, &mut Quiet, &mut |cell| {
-        if cell.steps == 0 {
-            eprintln!("{:>12} NFE {:>4}: no step fits", cell.solver, cell.budget);
-        } else {
-            eprintln!(
-                "{:>12} NFE {:>4}: {:>3} steps, {:>4} NFE, {:.2} s, latent rel L2 {:.4}, PSNR {:.1} dB",
-                cell.solver,
-                cell.budget,
-                cell.steps,
-                cell.nfe,
-                cell.time.as_secs_f64(),
-                cell.latent_rel_l2,
-                cell.psnr
-            );
-        }
-    })?;
+    let c = run_compare(&pipe, &spec, &mut Printing)?;
     for cell in &c.cells {
         if let Some(img) = &cell.image {
             let f = a.out.join("cells").join(format!("{}_nfe{}.png", safe(&cell.solver), cell.budget));
@@ -143,6 +128,36 @@ pub fn compare(a: CompareArgs) -> Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+/// Prints each cell as it ends.
+struct Printing;
+
+impl latent_engine::pipeline::Hooks for Printing {
+    fn cancelled(&self) -> bool {
+        false
+    }
+    fn progress(&mut self, _: u32, _: u32, _: std::time::Duration) {}
+    fn wants_preview(&self, _: u32) -> bool {
+        false
+    }
+    fn preview(&mut self, _: u32, _: ImageRgb8) {}
+    fn cell(&mut self, cell: &Cell) {
+        if cell.steps == 0 {
+            eprintln!("{:>12} NFE {:>4}: no step fits", cell.solver, cell.budget);
+        } else {
+            eprintln!(
+                "{:>12} NFE {:>4}: {:>3} steps, {:>4} NFE, {:.2} s, latent rel L2 {:.4}, PSNR {:.1} dB",
+                cell.solver,
+                cell.budget,
+                cell.steps,
+                cell.nfe,
+                cell.time.as_secs_f64(),
+                cell.latent_rel_l2,
+                cell.psnr
+            );
+        }
+    }
 }
 
 fn safe(name: &str) -> String {

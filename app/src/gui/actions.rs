@@ -40,6 +40,10 @@ pub enum Action {
     ClearInit,
     /// Extend the init picture by (left, top, right, bottom) pixels to outpaint them.
     Outpaint([u32; 4]),
+    /// Run the solver lab's comparison (View > Solver lab) with the main panels' settings.
+    Compare,
+    /// Stop the running comparison.
+    CancelCompare,
     /// Run the jobs on the server typed in File > Connect to server.
     Connect,
     /// Back to this machine's engine.

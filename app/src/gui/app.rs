@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eframe::egui;
-use latent_engine::EngineHandle;
 use latent_engine::metadata::Parameters;
 use latent_engine::protocol::{Event, ImageRgb8, ModelSpec};
 use latent_engine::worker::Backend;
+use latent_engine::{EngineConfig, EngineHandle};
 
 use super::actions::{Action, Dialog, View};
 use super::files::{FileEvent, FileJob, FileKind, FileWorker, classify};
@@ -87,6 +87,23 @@ fn no_portal() -> Option<&'static str> {
         .then_some("No file dialog here: there is no D-Bus session, so no desktop portal can show one. Type the path instead.")
 }
 
+/// The closure the engine calls after each event: a repaint of the window.
+pub fn waker(ctx: &egui::Context) -> impl Fn() + Send + Sync + Clone + 'static {
+    let ctx = ctx.clone();
+    move || ctx.request_repaint()
+}
+
+/// This machine's engine for these settings.
+pub fn local_config(settings: &Settings, builtin_loras: Option<&Path>) -> EngineConfig {
+    let mut lora_dirs = settings.lora_dirs.clone();
+    lora_dirs.extend(builtin_loras.map(Path::to_path_buf));
+    EngineConfig {
+        lora_dirs,
+        embedding_dirs: super::files::embedding_dirs(&settings.model_dirs),
+        ..EngineConfig::default()
+    }
+}
+
 /// The studio: persisted settings, session state, the engine and the file thread.
 pub struct StudioApp {
     pub settings: Settings,
@@ -121,8 +138,8 @@ impl StudioApp {
     }
 
     fn start(ctx: &egui::Context, settings: Settings, launch: Launch, renderer: String) -> anyhow::Result<Self> {
-        let waker = super::connect::waker(ctx);
-        let config = super::connect::local_config(&settings, launch.builtin_loras.as_deref());
+        let waker = waker(ctx);
+        let config = local_config(&settings, launch.builtin_loras.as_deref());
         let engine = match launch.backend {
             Some(b) => EngineHandle::spawn_with_backend(config, b, waker.clone())?,
             None => EngineHandle::spawn(config, waker.clone())?,
@@ -873,6 +890,10 @@ impl StudioApp {
     }
 
     fn on_event(&mut self, ctx: &egui::Context, e: Event) {
+        if e.job().is_some() && e.job() == self.session.lab.job {
+            self.on_lab_event(ctx, e);
+            return;
+        }
         let canvas_filter = self.settings.canvas_filter();
         let live = self.settings.live;
         let s = &mut self.session;
@@ -1013,6 +1034,8 @@ impl StudioApp {
                 }
             }
             Event::Warning { message, .. } => s.say(Level::Warning, message),
+            // Cells of a comparison this window no longer follows.
+            Event::CompareCell { .. } => {}
         }
     }
 
@@ -1219,6 +1242,12 @@ impl StudioApp {
             Action::PushLoras => self.push_loras(),
             Action::Rescan => self.rescan(),
             Action::ApplyTheme => self.apply_theme(ctx),
+            Action::Compare => self.compare(),
+            Action::CancelCompare => {
+                if let Some(id) = self.session.lab.job {
+                    self.engine.cancel(id);
+                }
+            }
             Action::Connect => self.connect(),
             Action::Disconnect => self.disconnect(),
             Action::Picked(kind, paths) => self.on_dialog(kind, paths),

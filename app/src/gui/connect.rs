@@ -3,31 +3,11 @@
 //! (`crate::remote::RemoteBackend`), so panels, previews, history and cancel work as they
 //! do here. Listing the server runs on a thread: the window never waits on the network.
 
-use std::path::Path;
-
-use eframe::egui;
 use latent_engine::{EngineConfig, EngineHandle};
 
-use super::app::StudioApp;
-use super::state::{Level, ModelState, Settings};
+use super::app::{StudioApp, local_config, waker};
+use super::state::{Level, ModelState};
 use crate::remote::{Listing, RemoteBackend, Server};
-
-/// The closure the engine calls after each event: a repaint of the window.
-pub fn waker(ctx: &egui::Context) -> impl Fn() + Send + Sync + Clone + 'static {
-    let ctx = ctx.clone();
-    move || ctx.request_repaint()
-}
-
-/// This machine's engine for these settings.
-pub fn local_config(settings: &Settings, builtin_loras: Option<&Path>) -> EngineConfig {
-    let mut lora_dirs = settings.lora_dirs.clone();
-    lora_dirs.extend(builtin_loras.map(Path::to_path_buf));
-    EngineConfig {
-        lora_dirs,
-        embedding_dirs: super::files::embedding_dirs(&settings.model_dirs),
-        ..EngineConfig::default()
-    }
-}
 
 impl StudioApp {
     /// Starts connecting to the address typed in the Connect window.

@@ -6,6 +6,7 @@ pub mod actions;
 pub mod app;
 pub mod connect;
 pub mod files;
+pub mod lab;
 pub mod panels;
 pub mod prompt_edit;
 pub mod state;

@@ -739,6 +739,70 @@ pub struct Session {
     pub path_field: Option<PathField>,
     /// File > Connect to server: the dialog and the connection.
     pub remote: RemoteState,
+    /// View > Solver lab: its settings, the running comparison and its cells.
+    pub lab: LabState,
+}
+
+/// The solver lab: solvers compared at equal NFE on the main panels' prompt and seed.
+pub struct LabState {
+    pub show: bool,
+    /// Solver names ticked, in the order of `latent-studio solvers`.
+    pub solvers: Vec<String>,
+    /// NFE budgets as typed ("8, 16, 32").
+    pub budgets: String,
+    pub reference_solver: String,
+    pub reference_steps: u32,
+    /// The comparison running now.
+    pub job: Option<JobId>,
+    /// Steps done of all its runs, and their total.
+    pub progress: (u32, u32),
+    /// Its cells so far, each with its picture's texture.
+    pub cells: Vec<(latent_engine::protocol::CompareCell, Option<egui::TextureHandle>)>,
+    /// The budgets and solvers the cells belong to (the grid's columns and rows).
+    pub shown: (Vec<String>, Vec<u32>),
+    pub reference: Option<egui::TextureHandle>,
+    pub error: Option<String>,
+}
+
+impl Default for LabState {
+    fn default() -> Self {
+        Self {
+            show: false,
+            solvers: ["euler", "heun", "dpm++2m", "unipc"].map(String::from).to_vec(),
+            budgets: "8, 16, 32".into(),
+            reference_solver: "dpm++2m".into(),
+            reference_steps: 100,
+            job: None,
+            progress: (0, 0),
+            cells: vec![],
+            shown: (vec![], vec![]),
+            reference: None,
+            error: None,
+        }
+    }
+}
+
+impl LabState {
+    /// The typed budgets, or why they cannot be read.
+    pub fn parsed_budgets(&self) -> Result<Vec<u32>, String> {
+        let list: Result<Vec<u32>, String> = self
+            .budgets
+            .split([',', ' '])
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| {
+                t.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| format!("{t:?} is not an NFE budget (1 to 10000)"))
+            })
+            .collect();
+        let list = list?;
+        if list.is_empty() {
+            return Err("Give at least one NFE budget, e.g. 8, 16, 32".into());
+        }
+        Ok(list)
+    }
 }
 
 /// The window's engine on another machine (`latent-studio serve`), or the dialog that
@@ -981,7 +1045,7 @@ mod tests {
                 .check()
                 .err()
                 .unwrap_or_default()
-                .contains("not a .safetensors file")
+                .contains("not a .safetensors or .gguf file")
         );
         assert!(
             field(Dialog::ModelFile, r.clone())

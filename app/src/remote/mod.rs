@@ -214,7 +214,7 @@ impl Backend for RemoteBackend {
                 }
                 Event::Cancelled { at_step, .. } => return Err(EngineError::Cancelled { at_step }),
                 Event::Failed { error, .. } => return Err(EngineError::Other(error)),
-                Event::ModelLoaded { .. } | Event::LorasApplied { .. } => {}
+                Event::ModelLoaded { .. } | Event::LorasApplied { .. } | Event::CompareCell { .. } => {}
             }
         }
     }

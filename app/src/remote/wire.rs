@@ -177,6 +177,12 @@ pub fn event_sse(e: &Event) -> Option<(&'static str, Value)> {
             "finished",
             json!({"image": png_b64(image, metadata).ok()?, "metadata": metadata, "timings": timings_json(timings)}),
         ),
+        Event::CompareCell { cell, .. } => (
+            "compare_cell",
+            json!({"solver": cell.solver, "budget": cell.budget, "steps": cell.steps, "nfe": cell.nfe,
+                   "seconds": cell.time.as_secs_f64(), "latent_rel_l2": cell.latent_rel_l2, "psnr": cell.psnr,
+                   "image": cell.image.as_ref().and_then(|i| png_b64(i, &cell.metadata).ok())}),
+        ),
         Event::Cancelled { at_step, .. } => ("cancelled", json!({"at_step": at_step})),
         Event::Failed { error, .. } => ("failed", json!({"error": error})),
         Event::Warning { message, .. } => ("warning", json!({"message": message})),

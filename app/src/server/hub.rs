@@ -164,7 +164,7 @@ impl Hub {
                 let started = s.waiting.get(&id).is_some_and(|w| w.1);
                 Self::end(&mut s, id, Outcome::Failed { error, started });
             }
-            Event::Warning { .. } => {}
+            Event::Warning { .. } | Event::CompareCell { .. } => {}
         }
     }
 

@@ -4,39 +4,15 @@
 
 use std::time::Duration;
 
-use super::{Hooks, Output, Pipeline, steps_for_budget};
+use super::{Hooks, Output, Pipeline, request_nfe, steps_for_budget};
 use crate::error::Result;
-use crate::protocol::{GenerateRequest, ImageRgb8};
+use crate::protocol::{CompareCell, CompareRequest, GenerateRequest, ImageRgb8};
 
-/// What to compare: a base request (prompt, seed, size, guidance, schedule), the solvers,
-/// the NFE budgets, and the reference run (solver and steps).
-#[derive(Clone, Debug)]
-pub struct CompareSpec {
-    pub base: GenerateRequest,
-    pub solvers: Vec<String>,
-    pub budgets: Vec<u32>,
-    pub reference_solver: String,
-    pub reference_steps: u32,
-}
+/// What to compare (the protocol's request).
+pub type CompareSpec = CompareRequest;
 
-/// One cell: a solver at a budget.
-#[derive(Clone, Debug)]
-pub struct Cell {
-    pub solver: String,
-    pub budget: u32,
-    /// 0 when the budget buys no step (a budget of 1 with CFG); the fields below are then empty.
-    pub steps: u32,
-    /// Network evaluations the run spent (the budget, or the nearest below where the solver's
-    /// step cost does not divide it).
-    pub nfe: u32,
-    pub time: Duration,
-    /// ||x - x_ref|| / ||x_ref|| over the final latents.
-    pub latent_rel_l2: f64,
-    /// Of the decoded pictures, in dB (infinite when identical).
-    pub psnr: f64,
-    pub image: Option<ImageRgb8>,
-    pub metadata: String,
-}
+/// One cell (the protocol's).
+pub type Cell = CompareCell;
 
 /// The reference run and the cells, row by row (solver), budget by budget.
 pub struct Comparison {
@@ -90,39 +66,98 @@ pub fn cell_request(base: &GenerateRequest, solver: &str, budget: u32) -> Option
     Some(r)
 }
 
-/// Runs the reference, then every cell (`on_cell` hears of each as it ends).
-pub fn compare(pipe: &Pipeline, spec: &CompareSpec, hooks: &mut dyn Hooks, on_cell: &mut dyn FnMut(&Cell)) -> Result<Comparison> {
-    let reference_request = GenerateRequest {
+fn reference_request(spec: &CompareSpec) -> GenerateRequest {
+    GenerateRequest {
         solver: spec.reference_solver.clone(),
         steps: spec.reference_steps,
         preview_every: 0,
         ..spec.base.clone()
+    }
+}
+
+/// Checks a comparison before it runs; returns its steps (all runs together) and NFE.
+pub fn plan(pipe: &Pipeline, spec: &CompareSpec) -> Result<(u32, u32)> {
+    if spec.solvers.is_empty() || spec.budgets.is_empty() {
+        return Err(crate::error::EngineError::InvalidRequest(
+            "a comparison needs at least one solver and one budget".into(),
+        ));
+    }
+    if spec.budgets.iter().any(|&b| b == 0 || b > 10_000) || spec.solvers.len() * spec.budgets.len() > 400 {
+        return Err(crate::error::EngineError::InvalidRequest(
+            "budgets must be 1 to 10000 NFE, and a comparison at most 400 cells".into(),
+        ));
+    }
+    let reference = reference_request(spec);
+    pipe.validate(&reference)?;
+    let (mut steps, mut nfe) = (reference.steps, request_nfe(&reference).unwrap_or(0));
+    for solver in &spec.solvers {
+        pipe.validate(&GenerateRequest {
+            solver: solver.clone(),
+            ..spec.base.clone()
+        })?;
+        for &b in &spec.budgets {
+            if let Some(r) = cell_request(&spec.base, solver, b) {
+                steps += r.steps;
+                nfe += request_nfe(&r).unwrap_or(0);
+            }
+        }
+    }
+    Ok((steps, nfe))
+}
+
+/// Passes everything on, with the step counts of one run shifted to the comparison's own
+/// (so progress counts up once over all the runs) and no previews.
+struct Shifted<'a> {
+    inner: &'a mut dyn Hooks,
+    done: u32,
+    total: u32,
+}
+
+impl Hooks for Shifted<'_> {
+    fn cancelled(&self) -> bool {
+        self.inner.cancelled()
+    }
+    fn progress(&mut self, step: u32, _total: u32, step_time: Duration) {
+        self.inner.progress(self.done + step, self.total, step_time);
+    }
+    fn wants_preview(&self, _step: u32) -> bool {
+        false
+    }
+    fn preview(&mut self, _step: u32, _image: ImageRgb8) {}
+    fn warning(&mut self, message: String) {
+        self.inner.warning(message);
+    }
+}
+
+/// Runs the reference, then every cell (`hooks.cell` hears of each as it ends).
+pub fn compare(pipe: &Pipeline, spec: &CompareSpec, hooks: &mut dyn Hooks) -> Result<Comparison> {
+    let (total, _) = plan(pipe, spec)?;
+    let reference_request = reference_request(spec);
+    let mut shifted = Shifted {
+        inner: hooks,
+        done: 0,
+        total,
     };
-    let reference = pipe.generate(&pipe.validate(&reference_request)?, hooks)?;
+    let reference = pipe.generate(&pipe.validate(&reference_request)?, &mut shifted)?;
+    shifted.done += reference_request.steps;
     let mut cells = vec![];
     for solver in &spec.solvers {
         for &budget in &spec.budgets {
             let cell = match cell_request(&spec.base, solver, budget) {
-                None => {
-                    // Still checks the solver's name: an unknown one is an error, not a gap.
-                    pipe.validate(&GenerateRequest {
-                        solver: solver.clone(),
-                        ..spec.base.clone()
-                    })?;
-                    Cell {
-                        solver: solver.clone(),
-                        budget,
-                        steps: 0,
-                        nfe: 0,
-                        time: Duration::ZERO,
-                        latent_rel_l2: f64::NAN,
-                        psnr: f64::NAN,
-                        image: None,
-                        metadata: String::new(),
-                    }
-                }
+                None => Cell {
+                    solver: solver.clone(),
+                    budget,
+                    steps: 0,
+                    nfe: 0,
+                    time: Duration::ZERO,
+                    latent_rel_l2: f64::NAN,
+                    psnr: f64::NAN,
+                    image: None,
+                    metadata: String::new(),
+                },
                 Some(r) => {
-                    let out = pipe.generate(&pipe.validate(&r)?, hooks)?;
+                    let out = pipe.generate(&pipe.validate(&r)?, &mut shifted)?;
+                    shifted.done += r.steps;
                     Cell {
                         solver: solver.clone(),
                         budget,
@@ -136,7 +171,7 @@ pub fn compare(pipe: &Pipeline, spec: &CompareSpec, hooks: &mut dyn Hooks, on_ce
                     }
                 }
             };
-            on_cell(&cell);
+            shifted.inner.cell(&cell);
             cells.push(cell);
         }
     }

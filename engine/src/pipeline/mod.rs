@@ -103,6 +103,8 @@ pub trait Hooks {
     fn preview(&mut self, step: u32, image: ImageRgb8);
     /// Something the user should know that does not stop the job (unmatched LoRA layers).
     fn warning(&mut self, _message: String) {}
+    /// A cell of a solver comparison is done.
+    fn cell(&mut self, _cell: &crate::protocol::CompareCell) {}
 }
 
 /// Hooks that never cancel and want no previews: for driving a [`Pipeline`] directly (tests,

@@ -5,6 +5,7 @@
 pub mod canvas;
 pub mod connect;
 pub mod gallery;
+pub mod lab;
 pub mod lora;
 pub mod mask;
 pub mod model;
@@ -91,6 +92,7 @@ pub fn top_bar(view: &mut View, ui: &mut egui::Ui) {
             ui.menu_button("View", |ui| {
                 ui.checkbox(&mut view.session.show_timing_log, "Timing log");
                 ui.checkbox(&mut view.session.show_settings, "Folders and model options");
+                ui.checkbox(&mut view.session.lab.show, "Solver lab");
                 ui.separator();
                 let before = view.settings.theme;
                 ui.radio_value(&mut view.settings.theme, ThemeChoice::System, "System theme");

@@ -22,6 +22,7 @@ pub fn show(view: &mut View, ctx: &egui::Context) {
     view.session.show_settings = open;
     super::mask::window(view, ctx);
     super::connect::window(view, ctx);
+    super::lab::window(view, ctx);
 }
 
 fn timing_log(view: &mut View, ui: &mut egui::Ui) {
