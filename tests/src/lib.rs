@@ -68,3 +68,17 @@ pub fn tiny_request(solver: &str, steps: u32, cfg_scale: f64, seed: u64) -> late
         ..Default::default()
     }
 }
+
+/// The step numbers of the `Progress` events among `events`, in order.
+pub fn progress_steps(events: &[latent_engine::protocol::Event]) -> Vec<u32> {
+    events
+        .iter()
+        .filter_map(|e| {
+            if let latent_engine::protocol::Event::Progress { step, .. } = e {
+                Some(*step)
+            } else {
+                None
+            }
+        })
+        .collect()
+}

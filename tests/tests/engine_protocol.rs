@@ -77,10 +77,7 @@ fn generate_yields_started_progress_then_exactly_one_final_and_no_late_previews(
         "{:?}",
         events[0]
     );
-    let steps: Vec<u32> = events
-        .iter()
-        .filter_map(|e| if let Event::Progress { step, .. } = e { Some(*step) } else { None })
-        .collect();
+    let steps = latent_tests::progress_steps(&events);
     assert_eq!(steps, vec![1, 2, 3, 4]);
     assert_eq!(events.iter().filter(|e| e.is_final()).count(), 1);
     assert!(matches!(events.last(), Some(Event::Finished { .. })));

@@ -171,10 +171,7 @@ fn the_engine_runs_a_comparison_as_one_job_with_a_cell_event_each() {
         "{:?}",
         events[0]
     );
-    let steps: Vec<u32> = events
-        .iter()
-        .filter_map(|e| if let Event::Progress { step, .. } = e { Some(*step) } else { None })
-        .collect();
+    let steps = latent_tests::progress_steps(&events);
     assert_eq!(steps, (1..=24).collect::<Vec<_>>());
     let cells: Vec<_> = events
         .iter()
