@@ -5,6 +5,8 @@
 pub mod assets;
 pub mod cli;
 pub mod gui;
+pub mod lab_report;
+pub mod plot;
 pub mod png;
 pub mod remote;
 pub mod resize;

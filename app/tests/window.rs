@@ -1562,6 +1562,23 @@ fn the_solver_lab_compares_solvers_at_equal_nfe() {
         "the grid labels the cells (euler, unipc)"
     );
     assert!(h.state().session.history.is_empty(), "comparisons stay out of the history");
+    // Save: the report in a new folder of the output folder, twice = two folders.
+    for n in ["solver-lab-001", "solver-lab-002"] {
+        h.get_by_label("Save").click();
+        real_until(&mut h, "saved", |a| a.session.messages.iter().any(|m| m.text.contains(n)));
+        let dir = h.state().settings.output_dir.join(n);
+        for f in [
+            "grid.png",
+            "compare.csv",
+            "convergence.svg",
+            "cells/unipc_nfe16.png",
+            "cells/reference.png",
+        ] {
+            assert!(dir.join(f).is_file(), "{n}/{f}");
+        }
+        let csv = std::fs::read_to_string(dir.join("compare.csv")).expect("csv");
+        assert_eq!(csv.lines().count(), 5, "{csv}");
+    }
     // A budget that is not a number: said, nothing sent.
     h.state_mut().session.lab.budgets = "4, lots".into();
     h.get_by_label("Compare").click();

@@ -44,6 +44,8 @@ pub enum Action {
     Compare,
     /// Stop the running comparison.
     CancelCompare,
+    /// Write the finished comparison's grid, cells, CSV and plot into the output folder.
+    SaveLab,
     /// Run the jobs on the server typed in File > Connect to server.
     Connect,
     /// Back to this machine's engine.

@@ -109,7 +109,7 @@ pub struct StudioApp {
     pub settings: Settings,
     pub session: Session,
     pub(super) engine: EngineHandle,
-    files: FileWorker,
+    pub(super) files: FileWorker,
     ram: (Instant, Option<u64>),
     show_memory: bool,
     pub(super) ctx: egui::Context,
@@ -1072,6 +1072,8 @@ impl StudioApp {
                     timings: None,
                 });
             }
+            FileEvent::LabSaved(Ok(dir)) => s.say(Level::Info, format!("Solver lab saved in {}", dir.display())),
+            FileEvent::LabSaved(Err(e)) => s.say(Level::Error, format!("Cannot save the solver lab: {e}")),
             FileEvent::Opened { path, image, parameters } => {
                 let image = Arc::new(image);
                 let tex = ctx.load_texture(
@@ -1243,6 +1245,7 @@ impl StudioApp {
             Action::Rescan => self.rescan(),
             Action::ApplyTheme => self.apply_theme(ctx),
             Action::Compare => self.compare(),
+            Action::SaveLab => self.save_lab(),
             Action::CancelCompare => {
                 if let Some(id) = self.session.lab.job {
                     self.engine.cancel(id);

@@ -189,6 +189,13 @@ pub enum FileJob {
     LoadHistory { dir: PathBuf, limit: usize },
     /// Decode one image fully (a history item clicked).
     Open { path: PathBuf },
+    /// Write the solver lab's report (grid, cells, CSV, plot) into a new folder of `dir`.
+    SaveLab {
+        dir: PathBuf,
+        request: Box<latent_engine::protocol::CompareRequest>,
+        cells: Vec<latent_engine::protocol::CompareCell>,
+        reference: (Arc<ImageRgb8>, String),
+    },
 }
 
 /// What the file thread reports.
@@ -201,6 +208,8 @@ pub enum FileEvent {
         job: JobId,
         error: String,
     },
+    /// The solver lab's report was written into this folder (or why not).
+    LabSaved(Result<PathBuf, String>),
     /// A history image from disk: thumbnail plus its parameters.
     Found {
         path: PathBuf,
@@ -273,6 +282,21 @@ impl FileWorker {
                             }
                         }
                         alive
+                    }
+                    FileJob::SaveLab {
+                        dir,
+                        request,
+                        cells,
+                        reference,
+                    } => {
+                        // A fresh folder: solver-lab-001, -002, ... (never one that exists).
+                        let out = (1..10_000)
+                            .map(|n| dir.join(format!("solver-lab-{n:03}")))
+                            .find(|p| !p.exists())
+                            .unwrap_or_else(|| dir.join("solver-lab"));
+                        let title = crate::lab_report::title(&request);
+                        let r = crate::lab_report::write(&out, &request, &cells, (&reference.0, &reference.1), &title);
+                        send(FileEvent::LabSaved(r.map(|()| out)))
                     }
                     FileJob::Open { path } => send(match decode_png(&path) {
                         Ok((image, parameters)) => FileEvent::Opened { path, image, parameters },

@@ -35,9 +35,11 @@ impl StudioApp {
             reference_solver: lab.reference_solver.clone(),
             reference_steps: lab.reference_steps,
         };
-        match self.engine.compare(request) {
+        match self.engine.compare(request.clone()) {
             Ok(id) => {
                 lab.job = Some(id);
+                lab.done = None;
+                lab.sent = Some(request);
                 lab.error = None;
                 lab.cells.clear();
                 lab.reference = None;
@@ -45,6 +47,24 @@ impl StudioApp {
                 lab.shown = (lab.solvers.clone(), budgets);
             }
             Err(e) => lab.error = Some(e.to_string()),
+        }
+    }
+
+    /// Writes the finished comparison into a new folder of the output folder (file thread).
+    pub fn save_lab(&mut self) {
+        let lab = &self.session.lab;
+        let Some((request, image, metadata)) = lab.done.clone() else {
+            self.session.say(Level::Warning, "Run a comparison first.");
+            return;
+        };
+        let job = super::files::FileJob::SaveLab {
+            dir: self.settings.output_dir.clone(),
+            request: Box::new(request),
+            cells: lab.cells.iter().map(|(c, _)| c.clone()).collect(),
+            reference: (image, metadata),
+        };
+        if let Err(e) = self.files.send(job) {
+            self.session.say(Level::Error, format!("Cannot save the solver lab: {e}"));
         }
     }
 
@@ -61,9 +81,16 @@ impl StudioApp {
                     .map(|img| ctx.load_texture(format!("lab-{id}-{}-{}", cell.solver, cell.budget), to_color_image(img), filter));
                 lab.cells.push((*cell, tex));
             }
-            Event::Finished { id, image, timings, .. } => {
+            Event::Finished {
+                id,
+                image,
+                metadata,
+                timings,
+                ..
+            } => {
                 lab.reference = Some(ctx.load_texture(format!("lab-{id}-reference"), to_color_image(&image), filter));
                 lab.job = None;
+                lab.done = lab.sent.take().map(|r| (r, std::sync::Arc::new(image), metadata));
                 let n = lab.cells.len();
                 self.session.say(
                     Level::Info,

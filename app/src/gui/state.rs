@@ -752,8 +752,9 @@ pub struct LabState {
     pub budgets: String,
     pub reference_solver: String,
     pub reference_steps: u32,
-    /// The comparison running now.
+    /// The comparison running now, and its request.
     pub job: Option<JobId>,
+    pub sent: Option<latent_engine::protocol::CompareRequest>,
     /// Steps done of all its runs, and their total.
     pub progress: (u32, u32),
     /// Its cells so far, each with its picture's texture.
@@ -761,6 +762,8 @@ pub struct LabState {
     /// The budgets and solvers the cells belong to (the grid's columns and rows).
     pub shown: (Vec<String>, Vec<u32>),
     pub reference: Option<egui::TextureHandle>,
+    /// The finished comparison as sent and its reference picture with its parameters (Save).
+    pub done: Option<(latent_engine::protocol::CompareRequest, Arc<ImageRgb8>, String)>,
     pub error: Option<String>,
 }
 
@@ -773,10 +776,12 @@ impl Default for LabState {
             reference_solver: "dpm++2m".into(),
             reference_steps: 100,
             job: None,
+            sent: None,
             progress: (0, 0),
             cells: vec![],
             shown: (vec![], vec![]),
             reference: None,
+            done: None,
             error: None,
         }
     }

@@ -3,7 +3,6 @@
 
 mod micro;
 mod oracle;
-pub mod plot;
 mod presets;
 mod solvers;
 mod stage;

@@ -7,7 +7,7 @@ use latent_engine::image_io::{encode_png, write_new_file};
 use latent_engine::sampling::oracle::{endpoint_error, observed_order, steps_for_nfe};
 use latent_engine::sampling::{SOLVERS, evaluations};
 
-use super::plot::{Series, log_log};
+use crate::plot::{Series, log_log};
 
 /// NFE budgets of the table.
 const NFES: [u32; 6] = [5, 10, 20, 50, 100, 200];

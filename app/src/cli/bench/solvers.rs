@@ -7,8 +7,8 @@ use latent_engine::image_io::{encode_png, write_new_file};
 use latent_engine::sampling::oracle::steps_for_nfe;
 use latent_engine::sampling::{SOLVERS, evaluations};
 
-use super::plot::{Series, log_log};
 use super::stage::EveryPreview;
+use crate::plot::{Series, log_log};
 
 /// Options of `bench solvers`.
 pub struct SolversArgs {

@@ -86,8 +86,17 @@ fn body(view: &mut View, ui: &mut egui::Ui) {
                     .desired_width(260.0)
                     .text(format!("{done}/{total} steps")),
             );
-        } else if ui.button("Compare").clicked() {
-            view.act(Action::Compare);
+        } else {
+            if ui.button("Compare").clicked() {
+                view.act(Action::Compare);
+            }
+            if ui
+                .add_enabled(view.session.lab.done.is_some(), egui::Button::new("Save"))
+                .on_hover_text("Grid, every cell's PNG, a CSV and the convergence plot, in a new folder of the output folder")
+                .clicked()
+            {
+                view.act(Action::SaveLab);
+            }
         }
         if let Some(e) = &view.session.lab.error {
             ui.colored_label(ui.visuals().warn_fg_color, e);

@@ -1,5 +1,5 @@
-//! A small log-log line plot rendered to an RGB image, with a built-in 5x7 font for labels,
-//! so figures in BENCHMARKS.md are made by the project's own code.
+//! Figures drawn by the project's own code (BENCHMARKS.md's plots, the solver lab's grid):
+//! a small log-log line plot and a canvas for pictures and labels, with a built-in 5x7 font.
 
 use latent_engine::protocol::ImageRgb8;
 
