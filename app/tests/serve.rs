@@ -154,6 +154,17 @@ fn txt2img_answers_as_a1111_and_the_listings_work() {
             .iter()
             .any(|m| m["model_name"] == "latent-studio-default")
     );
+    // The loaded checkpoint is hashed as A1111 hashes it: short hash in the title, full sha256.
+    let loaded = models
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|m| m["model_name"] == "latent-studio-default")
+        .expect("listed");
+    let short = latent_engine::checkpoint::short_hash(&latent_studio::assets::embedded_model().expect("embedded")).expect("hash");
+    assert_eq!(loaded["hash"], short.as_str());
+    assert_eq!(loaded["title"], format!("latent-studio-default.safetensors [{short}]").as_str());
+    assert!(loaded["sha256"].as_str().is_some_and(|h| h.len() == 64 && h.starts_with(&short)));
     let loras = http(s.addr, "GET", "/sdapi/v1/loras", &[], b"").json();
     assert!(loras.as_array().expect("list").iter().any(|l| l["name"] == "outline"));
     let options = http(s.addr, "GET", "/sdapi/v1/options", &[], b"").json();

@@ -62,7 +62,11 @@ pub fn list(server: &Server) -> std::result::Result<Listing, String> {
     let upscalers = server.json("GET", "/sdapi/v1/upscalers", None, CALL)?;
     let embeddings = server.json("GET", "/sdapi/v1/embeddings", None, CALL)?;
     Ok(Listing {
-        models: names(&models, "title"),
+        // A1111's titles of hashed checkpoints end in " [hash]": the file name is before it.
+        models: names(&models, "title")
+            .into_iter()
+            .map(|t| PathBuf::from(t.to_string_lossy().split(" [").next().unwrap_or_default().to_string()))
+            .collect(),
         // The server's own paths: only their names are ever sent back.
         loras: names(&loras, "path"),
         upscalers: names(&upscalers, "model_path"),

@@ -62,6 +62,8 @@ struct State {
     running: Running,
     counters: Counters,
     model: Option<(PathBuf, ModelInfo)>,
+    /// SHA-256 of checkpoints hashed so far (the loaded ones), for `/sd-models`.
+    hashes: HashMap<PathBuf, String>,
     nfe: HashMap<JobId, u32>,
 }
 
@@ -190,8 +192,21 @@ impl Hub {
         let Event::ModelLoaded { info } = rx.await.map_err(|_| "the engine stopped".to_string())?? else {
             return Err("the engine answered out of turn".into());
         };
+        let known = lock(&self.state).hashes.contains_key(&path);
+        if !known && path.is_file() {
+            // As A1111: a checkpoint is hashed once it is loaded (off the async threads).
+            let p = path.clone();
+            if let Ok(Some(h)) = tokio::task::spawn_blocking(move || latent_engine::checkpoint::sha256_hex(&p)).await {
+                lock(&self.state).hashes.insert(path.clone(), h);
+            }
+        }
         lock(&self.state).model = Some((path, info.clone()));
         Ok(info)
+    }
+
+    /// The SHA-256 of `path` if it was loaded on this server.
+    pub fn sha256(&self, path: &std::path::Path) -> Option<String> {
+        lock(&self.state).hashes.get(path).cloned()
     }
 
     /// Applies a LoRA set and waits for the engine's reports (the set stays until a job or

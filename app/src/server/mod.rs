@@ -547,11 +547,14 @@ async fn sd_models(State(app): State<Shared>) -> Response {
     let list: Vec<Value> = checkpoint_files(&app)
         .iter()
         .map(|p| {
+            // A1111 lists hashes of the checkpoints it has loaded; the title then ends in " [hash]".
+            let sha = app.hub.sha256(p);
+            let short = sha.as_ref().map(|h| h[..10].to_string());
             json!({
-                "title": title(p),
+                "title": short.as_ref().map_or_else(|| title(p), |h| format!("{} [{h}]", title(p))),
                 "model_name": crate::gui::state::file_stem(p),
-                "hash": Value::Null,
-                "sha256": Value::Null,
+                "hash": short,
+                "sha256": sha,
                 "filename": p.display().to_string(),
                 "config": Value::Null,
             })

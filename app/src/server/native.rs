@@ -50,7 +50,7 @@ pub(super) async fn set_model(State(app): State<Shared>, body: Bytes) -> Respons
         Ok(r) => r,
         Err(r) => return r,
     };
-    let want = req.name.trim();
+    let want = req.name.split(" [").next().unwrap_or_default().trim();
     let found = checkpoint_files(&app)
         .into_iter()
         .find(|p| title(p).eq_ignore_ascii_case(want) || crate::gui::state::file_stem(p).eq_ignore_ascii_case(want));

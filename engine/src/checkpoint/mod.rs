@@ -211,6 +211,11 @@ fn transformed(t: Tensor, transform: Transform, dtype: DType, device: &Device) -
 
 /// A1111's short model hash: the first 10 hex digits of the file's SHA-256.
 pub fn short_hash(path: &Path) -> Option<String> {
+    sha256_hex(path).map(|h| h[..10].to_string())
+}
+
+/// The file's SHA-256 in hex (A1111's `sha256` of a checkpoint).
+pub fn sha256_hex(path: &Path) -> Option<String> {
     use sha2::Digest;
     use std::io::Read;
     let mut f = std::fs::File::open(path).ok()?;
@@ -223,8 +228,7 @@ pub fn short_hash(path: &Path) -> Option<String> {
         }
         h.update(&buf[..n]);
     }
-    let d = h.finalize();
-    Some(d.iter().take(5).map(|b| format!("{b:02x}")).collect())
+    Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Loads a single file or a diffusers folder into canonical names.
