@@ -610,3 +610,65 @@ fn cancelling_a_remote_job_stops_it_on_the_server_and_the_event_stream_shows_eve
     }
     assert!(text.contains("\"step\":3"), "the A1111 job's steps are there");
 }
+
+#[test]
+fn the_solver_lab_runs_on_a_server_as_on_the_local_engine() {
+    use latent_engine::protocol::CompareRequest;
+    let s = server(ServeConfig::default());
+    let remote = remote_engine(s.addr, "");
+    remote
+        .load_model(ModelSpec::new("latent-studio-default.safetensors"))
+        .expect("sent");
+    assert!(matches!(until_final(&remote).last(), Some(Event::ModelLoaded { .. })));
+    let request = CompareRequest {
+        base: small_request(1),
+        solvers: vec!["euler".into(), "unipc".into()],
+        budgets: vec![1, 8],
+        reference_solver: "dpm++2m".into(),
+        reference_steps: 20,
+    };
+    remote.compare(request.clone()).expect("sent");
+    let events = until_final(&remote);
+    let cells: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            if let Event::CompareCell { cell, .. } = e {
+                Some(cell.as_ref().clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(cells.len(), 4, "{events:?}");
+    assert!(matches!(events.last(), Some(Event::Finished { .. })));
+    // The same cells as on this machine's engine (a budget of 1 buys no step with CFG).
+    let local = EngineHandle::spawn(EngineConfig::default(), || {}).expect("engine");
+    local
+        .load_model(ModelSpec::new(latent_studio::assets::embedded_model().expect("embedded")))
+        .expect("sent");
+    until_final(&local);
+    local.compare(request).expect("sent");
+    let here: Vec<_> = until_final(&local)
+        .into_iter()
+        .filter_map(|e| {
+            if let Event::CompareCell { cell, .. } = e {
+                Some(*cell)
+            } else {
+                None
+            }
+        })
+        .collect();
+    for (r, l) in cells.iter().zip(&here) {
+        assert_eq!(
+            (&r.solver, r.budget, r.steps, r.nfe, &r.image, &r.metadata),
+            (&l.solver, l.budget, l.steps, l.nfe, &l.image, &l.metadata)
+        );
+        if l.steps == 0 {
+            assert!(r.latent_rel_l2.is_nan() && r.image.is_none());
+        } else {
+            // Through JSON's decimal text: equal to the last bits or so.
+            assert!((r.latent_rel_l2 - l.latent_rel_l2).abs() <= 1e-12 * l.latent_rel_l2);
+            assert!((r.psnr - l.psnr).abs() <= 1e-12 * l.psnr || (r.psnr.is_infinite() && l.psnr.is_infinite()));
+        }
+    }
+}

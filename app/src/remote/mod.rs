@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use latent_engine::pipeline::{Hooks, Output};
-use latent_engine::protocol::{GenerateRequest, LatentsOut, LoraReport, LoraSpec, ModelInfo, ModelSpec, UpscaleRequest};
+use latent_engine::protocol::{CompareRequest, GenerateRequest, LatentsOut, LoraReport, LoraSpec, ModelInfo, ModelSpec, UpscaleRequest};
 use latent_engine::worker::Backend;
 use latent_engine::{EngineError, Result};
 use serde_json::{Value, json};
@@ -113,29 +113,10 @@ impl RemoteBackend {
         };
         serde_json::to_value(&body).map_err(|e| EngineError::Other(e.to_string()))
     }
-}
 
-fn remote(e: String) -> EngineError {
-    EngineError::Other(e)
-}
-
-impl Backend for RemoteBackend {
-    fn load_model(&mut self, spec: &ModelSpec) -> Result<ModelInfo> {
-        let v = self
-            .server
-            .json("POST", "/latent/v1/model", Some(&json!({"name": file_name(&spec.path)})), LOAD)
-            .map_err(remote)?;
-        let mut info = wire::model_info(&v).map_err(remote)?;
-        info.device = format!("{} on {}", info.device, self.server.url());
-        Ok(info)
-    }
-
-    fn prepare(&self, request: &GenerateRequest) -> Result<(u32, u32)> {
-        let body = self.body(request)?;
-        let mut reader = self
-            .server
-            .events("/latent/v1/generate", &body, POLL)
-            .map_err(EngineError::InvalidRequest)?;
+    /// Sends a job and waits for its first event: `started` (its cost) or why it was refused.
+    fn open_job(&self, path: &str, body: &Value) -> Result<(u32, u32)> {
+        let mut reader = self.server.events(path, body, POLL).map_err(EngineError::InvalidRequest)?;
         // Waits while the server's queue holds other clients' jobs.
         loop {
             match reader.next_event() {
@@ -166,7 +147,8 @@ impl Backend for RemoteBackend {
         }
     }
 
-    fn generate(&mut self, _request: &GenerateRequest, hooks: &mut dyn Hooks) -> Result<Output> {
+    /// Relays the opened job's events into the hooks until its end.
+    fn relay(&mut self, hooks: &mut dyn Hooks) -> Result<Output> {
         let open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         let Some((_, mut reader)) = open else {
             return Err(EngineError::Other("the job was not opened on the server".into()));
@@ -218,9 +200,56 @@ impl Backend for RemoteBackend {
                 }
                 Event::Cancelled { at_step, .. } => return Err(EngineError::Cancelled { at_step }),
                 Event::Failed { error, .. } => return Err(EngineError::Other(error)),
-                Event::ModelLoaded { .. } | Event::LorasApplied { .. } | Event::CompareCell { .. } => {}
+                Event::CompareCell { cell, .. } => hooks.cell(&cell),
+                Event::ModelLoaded { .. } | Event::LorasApplied { .. } => {}
             }
         }
+    }
+}
+
+fn remote(e: String) -> EngineError {
+    EngineError::Other(e)
+}
+
+impl Backend for RemoteBackend {
+    fn load_model(&mut self, spec: &ModelSpec) -> Result<ModelInfo> {
+        let v = self
+            .server
+            .json("POST", "/latent/v1/model", Some(&json!({"name": file_name(&spec.path)})), LOAD)
+            .map_err(remote)?;
+        let mut info = wire::model_info(&v).map_err(remote)?;
+        info.device = format!("{} on {}", info.device, self.server.url());
+        Ok(info)
+    }
+
+    fn prepare(&self, request: &GenerateRequest) -> Result<(u32, u32)> {
+        let body = self.body(request)?;
+        self.open_job("/latent/v1/generate", &body)
+    }
+
+    fn generate(&mut self, _request: &GenerateRequest, hooks: &mut dyn Hooks) -> Result<Output> {
+        self.relay(hooks)
+    }
+
+    fn prepare_compare(&self, request: &CompareRequest) -> Result<(u32, u32)> {
+        let body = wire::CompareBody {
+            base: GenerateRequest {
+                init_image: None,
+                mask: None,
+                ..request.base.clone()
+            },
+            solvers: request.solvers.clone(),
+            budgets: request.budgets.clone(),
+            reference_solver: request.reference_solver.clone(),
+            reference_steps: request.reference_steps,
+            loras: self.loras.clone(),
+        };
+        let body = serde_json::to_value(&body).map_err(|e| EngineError::Other(e.to_string()))?;
+        self.open_job("/latent/v1/compare", &body)
+    }
+
+    fn compare(&mut self, _request: &CompareRequest, hooks: &mut dyn Hooks) -> Result<Output> {
+        self.relay(hooks)
     }
 
     fn set_loras(&mut self, loras: &[LoraSpec]) -> Result<Vec<LoraReport>> {

@@ -57,6 +57,18 @@ pub struct JobBody {
     pub loras: Vec<LoraByName>,
 }
 
+/// `POST /latent/v1/compare`: the solver lab's request with the LoRA set it runs with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CompareBody {
+    pub base: GenerateRequest,
+    pub solvers: Vec<String>,
+    pub budgets: Vec<u32>,
+    pub reference_solver: String,
+    pub reference_steps: u32,
+    #[serde(default)]
+    pub loras: Vec<LoraByName>,
+}
+
 /// `POST /latent/v1/prepare`'s answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Prepared {
@@ -181,6 +193,7 @@ pub fn event_sse(e: &Event) -> Option<(&'static str, Value)> {
             "compare_cell",
             json!({"solver": cell.solver, "budget": cell.budget, "steps": cell.steps, "nfe": cell.nfe,
                    "seconds": cell.time.as_secs_f64(), "latent_rel_l2": cell.latent_rel_l2, "psnr": cell.psnr,
+                   "metadata": cell.metadata,
                    "image": cell.image.as_ref().and_then(|i| png_b64(i, &cell.metadata).ok())}),
         ),
         Event::Cancelled { at_step, .. } => ("cancelled", json!({"at_step": at_step})),
@@ -221,6 +234,24 @@ pub fn job_event(name: &str, data: &Value, id: u64) -> Result<Event, String> {
             metadata: text("metadata"),
             timings: timings(data.get("timings").unwrap_or(&Value::Null)),
             latents: None,
+        },
+        // JSON has no NaN or infinity: a missing distance is NaN, a missing PSNR identical.
+        "compare_cell" => Event::CompareCell {
+            id,
+            cell: Box::new(latent_engine::protocol::CompareCell {
+                solver: text("solver"),
+                budget: u("budget"),
+                steps: u("steps"),
+                nfe: u("nfe"),
+                time: secs(data, "seconds"),
+                latent_rel_l2: data.get("latent_rel_l2").and_then(Value::as_f64).unwrap_or(f64::NAN),
+                psnr: data.get("psnr").and_then(Value::as_f64).unwrap_or(f64::INFINITY),
+                image: match data.get("image").and_then(Value::as_str) {
+                    Some(b) => Some(picture_b64(b, u64::MAX)?),
+                    None => None,
+                },
+                metadata: text("metadata"),
+            }),
         },
         "cancelled" => Event::Cancelled { id, at_step: u("at_step") },
         "failed" => Event::Failed {

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use latent_engine::protocol::{Event, GenerateRequest, ImageRgb8, JobId, LoraReport, LoraSpec, ModelInfo, ModelSpec, UpscaleRequest};
+use latent_engine::protocol::{
+    CompareRequest, Event, GenerateRequest, ImageRgb8, JobId, LoraReport, LoraSpec, ModelInfo, ModelSpec, UpscaleRequest,
+};
 use latent_engine::{EngineConfig, EngineHandle};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -255,6 +257,26 @@ impl Hub {
         loras: Vec<LoraSpec>,
         watch: Option<mpsc::UnboundedSender<Event>>,
     ) -> Result<(JobId, oneshot::Receiver<Outcome>), String> {
+        self.job_with(loras, watch, |e| e.generate(request))
+    }
+
+    /// Sends a solver comparison (the solver lab) that runs with `loras`; its events go to
+    /// `watch` as a generation's do.
+    pub fn compare_with(
+        &self,
+        request: CompareRequest,
+        loras: Vec<LoraSpec>,
+        watch: Option<mpsc::UnboundedSender<Event>>,
+    ) -> Result<(JobId, oneshot::Receiver<Outcome>), String> {
+        self.job_with(loras, watch, |e| e.compare(request))
+    }
+
+    fn job_with(
+        &self,
+        loras: Vec<LoraSpec>,
+        watch: Option<mpsc::UnboundedSender<Event>>,
+        send: impl FnOnce(&EngineHandle) -> latent_engine::Result<JobId>,
+    ) -> Result<(JobId, oneshot::Receiver<Outcome>), String> {
         // The state is held while sending so the job's events cannot overtake its waiter.
         let mut s = lock(&self.state);
         if s.loras != loras {
@@ -262,7 +284,7 @@ impl Hub {
             s.control.push_back(None);
             s.loras = loras;
         }
-        let id = self.engine.generate(request).map_err(|e| e.to_string())?;
+        let id = send(&self.engine).map_err(|e| e.to_string())?;
         let (tx, rx) = oneshot::channel();
         s.waiting.insert(id, (tx, false));
         if let Some(w) = watch {

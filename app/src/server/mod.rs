@@ -205,6 +205,7 @@ fn routes(app: Shared, max_body: usize) -> Router {
         .route("/latent/v1/model", get(native::get_model).post(native::set_model))
         .route("/latent/v1/loras", post(native::set_loras))
         .route("/latent/v1/generate", post(native::generate))
+        .route("/latent/v1/compare", post(native::compare))
         .route("/latent/v1/events", get(native::events))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth));

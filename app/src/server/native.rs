@@ -174,10 +174,49 @@ pub(super) async fn generate(State(app): State<Shared>, body: Bytes) -> Response
         return r;
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    let id = match app.hub.generate_with(request, loras, Some(tx)) {
-        Ok((id, _)) => id,
-        Err(e) => return failure(StatusCode::SERVICE_UNAVAILABLE, "EngineBusy", &e),
+    match app.hub.generate_with(request, loras, Some(tx)) {
+        Ok((id, _)) => job_stream(&app, id, rx),
+        Err(e) => failure(StatusCode::SERVICE_UNAVAILABLE, "EngineBusy", &e),
+    }
+}
+
+/// `POST /latent/v1/compare`: the solver lab ([`wire::CompareBody`]) answered as
+/// `/generate` is, with a `compare_cell` event per cell before `finished` (the reference).
+pub(super) async fn compare(State(app): State<Shared>, body: Bytes) -> Response {
+    let job: wire::CompareBody = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
     };
+    let b = &job.base;
+    if !(8..=MAX_SIDE).contains(&b.width) || !(8..=MAX_SIDE).contains(&b.height) || job.reference_steps > MAX_STEPS {
+        return unprocessable(&[FieldError::new(
+            "base",
+            format!("sizes 8 to {MAX_SIDE}, at most {MAX_STEPS} reference steps"),
+        )]);
+    }
+    let loras = match resolve_loras(&app, &job.loras) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    if let Some(r) = queue_full(&app, 1) {
+        return r;
+    }
+    let request = latent_engine::protocol::CompareRequest {
+        base: job.base,
+        solvers: job.solvers,
+        budgets: job.budgets,
+        reference_solver: job.reference_solver,
+        reference_steps: job.reference_steps,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    match app.hub.compare_with(request, loras, Some(tx)) {
+        Ok((id, _)) => job_stream(&app, id, rx),
+        Err(e) => failure(StatusCode::SERVICE_UNAVAILABLE, "EngineBusy", &e),
+    }
+}
+
+/// A job's events as server-sent events until its final one; hanging up cancels it.
+fn job_stream(app: &Shared, id: latent_engine::protocol::JobId, rx: mpsc::UnboundedReceiver<Event>) -> Response {
     let guard = CancelOnDrop {
         hub: app.hub.clone(),
         ids: vec![id],
