@@ -1095,10 +1095,25 @@ fn info_device_names_the_kernel_set_chosen_at_run_time() {
     let text = String::from_utf8_lossy(&o.stdout);
     let line = text.lines().find(|l| l.starts_with("cpu kernels:")).expect("a kernel line");
     #[cfg(target_arch = "x86_64")]
-    assert_eq!(
-        line.contains("AVX-512"),
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw"),
-        "{line}"
-    );
+    {
+        let avx512 = ["avx512f", "avx512bw", "avx512vl", "avx512dq"].iter().all(|f| match *f {
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
+            "avx512vl" => std::arch::is_x86_feature_detected!("avx512vl"),
+            _ => std::arch::is_x86_feature_detected!("avx512dq"),
+        });
+        assert_eq!(line.contains("AVX-512"), avx512, "{line}");
+        // The engine's own kernels can be capped for the whole process.
+        let capped = bin()
+            .args(["info", "--device"])
+            .env("LATENT_STUDIO_SIMD", "portable")
+            .output()
+            .expect("run");
+        let capped = String::from_utf8_lossy(&capped.stdout);
+        assert!(capped.contains("portable"), "{capped}");
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            assert!(capped.contains("portable (capped by LATENT_STUDIO_SIMD) for attention"), "{capped}");
+        }
+    }
     assert!(text.contains("threads:"), "{text}");
 }

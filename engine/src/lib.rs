@@ -14,6 +14,7 @@ pub mod metadata;
 pub mod nets;
 pub mod pipeline;
 pub mod preview;
+pub mod profile;
 pub mod prompt;
 pub mod protocol;
 pub mod rng;

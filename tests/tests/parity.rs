@@ -205,12 +205,16 @@ fn sdxl_matches_diffusers() {
 }
 
 /// Half-precision weights and compute: the run completes, stays finite and stays near f32.
+/// bf16 on the CPU runs twice where the machine allows: with the AVX-512 BF16 kernels
+/// (bf16 matrices, f32 activations) and forced down to AVX2, where the weights keep bf16's
+/// rounding and compute in f32.
 #[test]
 fn half_precision_runs_stay_close_to_f32() {
+    use latent_engine::kernels::simd::{Level, force};
     use latent_engine::protocol::DType as D;
     let r = reference("sd1");
     let path = &layouts("sd1")[0].1;
-    for (dtype, tol) in [(D::F16, 1e-3), (D::BF16, 5e-3)] {
+    let run = |dtype: D| {
         let pipe = Pipeline::load(&ModelSpec {
             dtype,
             ..ModelSpec::new(path)
@@ -231,9 +235,28 @@ fn half_precision_runs_stay_close_to_f32() {
         };
         let out = pipe.generate(&pipe.validate(&req).expect("valid"), &mut Quiet).expect("generate");
         let lat = Tensor::from_vec(out.latents.data, out.latents.shape, &candle_core::Device::Cpu).expect("latents");
-        let err = rel_l2(&lat, &r["run.ddim.latents"]);
-        println!("{dtype:?}: rel L2 vs diffusers f32 {err:.2e}");
-        assert!(err < tol, "{dtype:?}: {err}");
+        (rel_l2(&lat, &r["run.ddim.latents"]), pipe.cpu_bf16_matrices())
+    };
+    let (err, _) = run(D::F16);
+    println!("F16: rel L2 vs diffusers f32 {err:.2e}");
+    assert!(err < 1e-3, "F16: {err}");
+    let hardware = latent_engine::kernels::cpu_bf16::hardware();
+    let (err, matrices) = run(D::BF16);
+    println!(
+        "BF16 ({}): rel L2 vs diffusers f32 {err:.2e}",
+        if hardware { "AVX-512 BF16 kernels" } else { "f32 compute" }
+    );
+    assert!(err < 5e-3, "BF16: {err}");
+    assert_eq!(
+        matrices > 0,
+        hardware,
+        "bf16 matrices are kept exactly where the CPU multiplies them"
+    );
+    if hardware {
+        let (err, matrices) = force(Level::Avx2, || run(D::BF16)).expect("an AVX-512 CPU has AVX2");
+        println!("BF16 forced to AVX2 (f32 compute): rel L2 vs diffusers f32 {err:.2e}");
+        assert!(err < 5e-3, "BF16 at AVX2: {err}");
+        assert_eq!(matrices, 0);
     }
 }
 

@@ -9,6 +9,8 @@
 
 use rayon::prelude::*;
 
+use super::simd::Level;
+
 /// `exp(x)` for `x <= 0` (softmax arguments after subtracting the row maximum): `2^k e^r`
 /// with Cody-Waite range reduction and a degree-7 polynomial.
 #[inline(always)]
@@ -108,58 +110,36 @@ struct Row<'a> {
     s: Dims,
 }
 
-#[inline(always)]
-fn row_kernel(r: &Row, scores: &mut [f32], out_row: &mut [f32]) {
-    let Dims { keys, heads, dim, .. } = r.s;
-    let scale = 1.0 / (dim as f32).sqrt();
-    let limit = r.limit;
-    for h in 0..heads {
-        let sc = &mut scores[..limit];
-        sc.iter_mut().for_each(|x| *x = 0.0);
-        let base = (r.b * heads + h) * dim;
-        for c in 0..dim {
-            let qc = r.q_row[h * dim + c] * scale;
-            let krow = &r.kt[(base + c) * keys..(base + c) * keys + limit];
-            for (x, kv) in sc.iter_mut().zip(krow) {
-                *x += qc * kv;
+crate::simd_fn! {
+    /// One query row of every head: scores, softmax and the product with V.
+    fn row_kernel(r: &Row, scores: &mut [f32], out_row: &mut [f32]) {
+        let Dims { keys, heads, dim, .. } = r.s;
+        let scale = 1.0 / (dim as f32).sqrt();
+        let limit = r.limit;
+        for h in 0..heads {
+            let sc = &mut scores[..limit];
+            for x in sc.iter_mut() {
+                *x = 0.0;
+            }
+            let base = (r.b * heads + h) * dim;
+            for c in 0..dim {
+                let qc = r.q_row[h * dim + c] * scale;
+                let krow = &r.kt[(base + c) * keys..(base + c) * keys + limit];
+                for (x, kv) in sc.iter_mut().zip(krow) {
+                    *x += qc * kv;
+                }
+            }
+            let max = lane_max(sc);
+            for x in sc.iter_mut() {
+                *x = exp_nonpositive(*x - max);
+            }
+            let inv = 1.0 / lane_sum(sc);
+            for c in 0..dim {
+                let vrow = &r.vt[(base + c) * keys..(base + c) * keys + limit];
+                out_row[h * dim + c] = dot(sc, vrow) * inv;
             }
         }
-        let max = lane_max(sc);
-        for x in sc.iter_mut() {
-            *x = exp_nonpositive(*x - max);
-        }
-        let inv = 1.0 / lane_sum(sc);
-        for c in 0..dim {
-            let vrow = &r.vt[(base + c) * keys..(base + c) * keys + limit];
-            out_row[h * dim + c] = dot(sc, vrow) * inv;
-        }
     }
-}
-
-/// The same kernel compiled for AVX2 + FMA (8 lanes), chosen at run time where available.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn row_kernel_avx2(r: &Row, scores: &mut [f32], out_row: &mut [f32]) {
-    row_kernel(r, scores, out_row)
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn has_avx2() -> bool {
-    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-}
-
-fn run_row(r: &Row, scores: &mut [f32], out_row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
-        #[allow(unsafe_code)]
-        unsafe {
-            row_kernel_avx2(r, scores, out_row)
-        };
-        return;
-    }
-    row_kernel(r, scores, out_row)
 }
 
 /// Computes attention; `q` is `[b, n, h*d]`, `k` and `v` are `[b, m, h*d]`; returns `[b, n, h*d]`.
@@ -176,6 +156,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f32> {
     let kt = to_channel_rows(k, batch, keys, heads, dim);
     let vt = to_channel_rows(v, batch, keys, heads, dim);
     let mut out = vec![0f32; batch * queries * width];
+    let level = Level::current();
     out.par_chunks_mut(width).enumerate().for_each_init(
         || vec![0f32; keys],
         |scores, (row, out_row)| {
@@ -188,7 +169,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f32> {
                 limit: if causal { (i + 1).min(keys) } else { keys },
                 s,
             };
-            run_row(&r, scores, out_row);
+            row_kernel(level, &r, scores, out_row);
         },
     );
     out
@@ -210,23 +191,13 @@ fn softmax_row(sc: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_rows_avx2(scores: &mut [f32], width: usize) {
-    scores.chunks_mut(width).for_each(softmax_row)
-}
-
-fn softmax_rows(scores: &mut [f32], width: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
-        #[allow(unsafe_code)]
-        unsafe {
-            softmax_rows_avx2(scores, width)
-        };
-        return;
+crate::simd_fn! {
+    /// Softmax of each `width`-long row of `scores` in place.
+    fn softmax_rows(scores: &mut [f32], width: usize) {
+        for row in scores.chunks_mut(width) {
+            softmax_row(row);
+        }
     }
-    scores.chunks_mut(width).for_each(softmax_row)
 }
 
 /// Attention for wide heads (SD's 40-160 channels per head): per (batch, head, block of
@@ -242,6 +213,7 @@ pub fn attention_blocked(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f32> {
     let width = heads * dim;
     let scale = 1.0 / (dim as f32).sqrt();
     let blocks = queries.div_ceil(BLOCK_ROWS);
+    let level = Level::current();
     let tasks: Vec<(usize, usize, usize)> = (0..batch)
         .flat_map(|b| (0..heads).flat_map(move |h| (0..blocks).map(move |blk| (b, h, blk))))
         .collect();
@@ -288,7 +260,7 @@ pub fn attention_blocked(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f32> {
                         row[(r0 + i + 1).min(keys)..].fill(f32::NEG_INFINITY);
                     }
                 }
-                softmax_rows(scores, keys);
+                softmax_rows(level, scores, keys);
                 // SAFETY: out is (rows, dim) row-major; probabilities are (rows, keys); V is
                 // keys x dim at row stride `width` from kv0, inside v.
                 unsafe {
@@ -432,12 +404,14 @@ mod tests {
             let k = random(s.batch * s.keys * s.heads * s.dim, 2);
             let v = random(s.batch * s.keys * s.heads * s.dim, 3);
             let want = reference(&q, &k, &v, s);
-            for (name, got) in [
-                ("row kernel", attention(&q, &k, &v, s)),
-                ("blocked", attention_blocked(&q, &k, &v, s)),
-            ] {
-                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(err < 1e-5, "{name} {s:?}: {err}");
+            // Every instruction set this CPU has, each forced in turn.
+            for level in Level::ALL.into_iter().filter(|l| l.available()) {
+                let (row, blocked) =
+                    super::super::simd::force(level, || (attention(&q, &k, &v, s), attention_blocked(&q, &k, &v, s))).unwrap();
+                for (name, got) in [("row kernel", row), ("blocked", blocked)] {
+                    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    assert!(err < 1e-5, "{name} at {level:?} {s:?}: {err}");
+                }
             }
         }
     }

@@ -83,9 +83,24 @@ impl CpuConv {
                 Ok((CpuStorage::$variant(out), shape))
             }};
         }
-        match x.0 {
-            CpuStorage::F32(_) => go!(F32),
-            CpuStorage::F16(_) => go!(F16),
+        match (x.0, w.0) {
+            // bf16 weights on f32 activations (`--dtype bf16` on a CPU with AVX-512 BF16).
+            (CpuStorage::F32(xs), CpuStorage::BF16(ws)) => {
+                let bias = match bias {
+                    Some((CpuStorage::F32(bs), l)) => Some(slice(bs, l)?),
+                    Some(_) => candle_core::bail!("convolution: a bf16 kernel takes an f32 bias"),
+                    None => None,
+                };
+                use half::slice::HalfFloatSliceExt;
+                let ws = slice(ws, w.1)?.reinterpret_cast();
+                if !(c * kh * kw).is_multiple_of(2) {
+                    candle_core::bail!("convolution: bf16 kernels need an even depth (in x kh x kw)");
+                }
+                let out = conv_bf16(&dims, slice(xs, x.1)?, ws, bias, self.budget);
+                Ok((CpuStorage::F32(out), shape))
+            }
+            (CpuStorage::F32(_), _) => go!(F32),
+            (CpuStorage::F16(_), _) => go!(F16),
             _ => candle_core::bail!("convolution: the CPU kernel takes f32 or f16"),
         }
     }
@@ -154,6 +169,7 @@ pub(crate) fn conv<T: Copy + Send + Sync + num_traits::Zero + num_traits::One + 
             let rhs: &[T] = if direct {
                 xb
             } else {
+                let _span = crate::profile::span(crate::profile::Stage::Unfold);
                 unfold(d, xb, r0, r1, &mut col[..k * n]);
                 &col[..k * n]
             };
@@ -183,6 +199,56 @@ pub(crate) fn conv<T: Copy + Send + Sync + num_traits::Zero + num_traits::One + 
                     parallelism,
                 );
             }
+            r0 = r1;
+        }
+    }
+    out
+}
+
+/// [`conv`] with bf16 weights (as stored: `[o, c * kh * kw]` bits) on f32 activations,
+/// through [`super::cpu_bf16::matmul`].
+pub(crate) fn conv_bf16(d: &Dims, x: &[f32], w: &[u16], bias: Option<&[f32]>, budget: usize) -> Vec<f32> {
+    use super::cpu_bf16::{Path, Source, Strided, matmul};
+    let hw_out = d.h_out * d.w_out;
+    let k = d.c * d.kh * d.kw;
+    let mut out = vec![0f32; d.b * d.o * hw_out];
+    if let Some(bias) = bias {
+        out.par_chunks_mut(hw_out).enumerate().for_each(|(i, row)| row.fill(bias[i % d.o]));
+    }
+    let path = Path::best();
+    let direct = d.kh == 1 && d.kw == 1 && d.s == 1 && d.p == 0;
+    let row_bytes = k * d.w_out * std::mem::size_of::<f32>();
+    let rows_per_band = if direct {
+        d.h_out
+    } else {
+        (budget / row_bytes.max(1)).clamp(1, d.h_out)
+    };
+    let mut col: Vec<f32> = if direct { vec![] } else { vec![0f32; k * rows_per_band * d.w_out] };
+    for bi in 0..d.b {
+        let xb = &x[bi * d.c * d.h * d.w..(bi + 1) * d.c * d.h * d.w];
+        let ob = &mut out[bi * d.o * hw_out..(bi + 1) * d.o * hw_out];
+        let mut r0 = 0;
+        while r0 < d.h_out {
+            let r1 = (r0 + rows_per_band).min(d.h_out);
+            let n = (r1 - r0) * d.w_out;
+            let rhs: &[f32] = if direct {
+                xb
+            } else {
+                let _span = crate::profile::span(crate::profile::Stage::Unfold);
+                unfold(d, xb, r0, r1, &mut col[..k * n]);
+                &col[..k * n]
+            };
+            let at = r0 * d.w_out;
+            matmul(
+                path,
+                d.o,
+                n,
+                k,
+                w,
+                Source::F32(Strided { data: rhs, rs: n, cs: 1 }),
+                &mut ob[at..],
+                hw_out,
+            );
             r0 = r1;
         }
     }

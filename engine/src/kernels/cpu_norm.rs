@@ -58,49 +58,38 @@ pub struct Norm<'a> {
     pub silu: bool,
 }
 
-fn write_group(x: &[f32], out: &mut [f32], ch0: usize, n: &Norm) {
-    let (mean, var) = stats(x);
-    let rstd = 1.0 / (var + n.eps).sqrt();
-    for (i, (src, dst)) in x.chunks(n.plane).zip(out.chunks_mut(n.plane)).enumerate() {
-        let a = n.weight[ch0 + i] * rstd;
-        let b = n.bias[ch0 + i] - mean * a;
-        if n.silu {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = silu(s * a + b);
-            }
-        } else {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = s * a + b;
+crate::simd_fn! {
+    /// Normalises one (batch, group) slice into `out`.
+    fn write_group(x: &[f32], out: &mut [f32], ch0: usize, n: &Norm) {
+        let (mean, var) = stats(x);
+        let rstd = 1.0 / (var + n.eps).sqrt();
+        for (i, (src, dst)) in x.chunks(n.plane).zip(out.chunks_mut(n.plane)).enumerate() {
+            let a = n.weight[ch0 + i] * rstd;
+            let b = n.bias[ch0 + i] - mean * a;
+            if n.silu {
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = silu(s * a + b);
+                }
+            } else {
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = s * a + b;
+                }
             }
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn write_group_avx2(x: &[f32], out: &mut [f32], ch0: usize, n: &Norm) {
-    write_group(x, out, ch0, n)
 }
 
 /// Normalises `x`, row-major `[batch, channels, plane]`, group by group.
 pub fn group_norm(x: &[f32], n: Norm) -> Vec<f32> {
     let per_group = n.channels / n.groups * n.plane;
     let mut out = vec![0f32; x.len()];
+    let level = super::simd::Level::current();
     out.par_chunks_mut(per_group)
         .zip(x.par_chunks(per_group))
         .enumerate()
         .for_each(|(i, (dst, src))| {
             let ch0 = (i % n.groups) * (n.channels / n.groups);
-            #[cfg(target_arch = "x86_64")]
-            if super::cpu_attention::has_avx2() {
-                // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
-                #[allow(unsafe_code)]
-                unsafe {
-                    write_group_avx2(src, dst, ch0, &n)
-                };
-                return;
-            }
-            write_group(src, dst, ch0, &n)
+            write_group(level, src, dst, ch0, &n)
         });
     out
 }
@@ -118,5 +107,44 @@ mod tests {
         }
         assert!(silu(-200.0).abs() < 1e-30);
         assert!((silu(200.0) - 200.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn every_instruction_set_matches_a_double_precision_reference() {
+        let (b, channels, plane, groups) = (2, 12, 37, 3);
+        let x: Vec<f32> = crate::rng::TorchRng::new(5)
+            .randn_f32(b * channels * plane)
+            .iter()
+            .map(|v| v * 3.0 + 1.0)
+            .collect();
+        let weight: Vec<f32> = (0..channels).map(|i| 0.5 + i as f32 * 0.1).collect();
+        let bias: Vec<f32> = (0..channels).map(|i| i as f32 * 0.05 - 0.3).collect();
+        let per = channels / groups * plane;
+        for silu_on in [false, true] {
+            let mut want = vec![0f64; x.len()];
+            for (g, chunk) in x.chunks(per).enumerate() {
+                let mean = chunk.iter().map(|&v| f64::from(v)).sum::<f64>() / per as f64;
+                let var = chunk.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / per as f64;
+                for (i, &v) in chunk.iter().enumerate() {
+                    let c = (g % groups) * (channels / groups) + i / plane;
+                    let y = (f64::from(v) - mean) / (var + 1e-5).sqrt() * f64::from(weight[c]) + f64::from(bias[c]);
+                    want[g * per + i] = if silu_on { y / (1.0 + (-y).exp()) } else { y };
+                }
+            }
+            let norm = Norm {
+                channels,
+                plane,
+                groups,
+                eps: 1e-5,
+                weight: &weight,
+                bias: &bias,
+                silu: silu_on,
+            };
+            for level in crate::kernels::simd::Level::ALL.into_iter().filter(|l| l.available()) {
+                let got = crate::kernels::simd::force(level, || group_norm(&x, norm)).unwrap();
+                let err = got.iter().zip(&want).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0f64, f64::max);
+                assert!(err < 2e-5, "{level:?} silu {silu_on}: {err}");
+            }
+        }
     }
 }

@@ -1,14 +1,18 @@
-//! Hand-written compute kernels as candle custom operations: fused CPU attention (AVX2 chosen
-//! at run time), CPU convolution and group norm (+ SiLU), their differentiable twins for
-//! training, and CUDA kernels. They know tensors and instruction sets, never a model: the
+//! Hand-written compute kernels as candle custom operations: fused CPU attention, CPU
+//! convolution, group norm (+ SiLU) and GEGLU (each compiled for AVX-512, AVX2 and the
+//! baseline, chosen at run time by [`simd`]), their differentiable twins for training, and
+//! CUDA kernels. They know tensors and instruction sets, never a model: the
 //! networks in [`crate::nets`] decide when to call them.
 
+pub mod cpu_act;
 pub mod cpu_attention;
+pub mod cpu_bf16;
 pub mod cpu_conv;
 pub mod cpu_grad;
 pub mod cpu_norm;
 #[cfg(feature = "cuda")]
 pub mod cuda_ops;
+pub mod simd;
 
 /// The CPU kernel set matrix products and convolutions run with here, chosen at run time:
 /// for `latent-studio info --device` and the figures in BENCHMARKS.md.
@@ -33,14 +37,25 @@ pub fn cpu_kernel_set() -> String {
         if std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" amx_tile")) {
             flags.push("amx-tile");
         }
-        let set = if has("avx512f") && has("avx512bw") {
+        // gemm takes its AVX-512 kernels on avx512f alone, its AVX2 ones on fma.
+        let gemm = if has("avx512f") {
             "AVX-512 (gemm x86-v4 kernels)"
-        } else if has("avx2") && has("fma") {
+        } else if has("fma") {
             "AVX2 + FMA (gemm x86-v3 kernels)"
         } else {
             "SSE (gemm's baseline kernels)"
         };
-        format!("{set}; CPU flags: {}", flags.join(" "))
+        let own = simd::Level::current();
+        let capped = if own < simd::Level::detected() {
+            " (capped by LATENT_STUDIO_SIMD)"
+        } else {
+            ""
+        };
+        format!(
+            "{gemm} for matrix products, {}{capped} for attention, norms and activations; CPU flags: {}",
+            own.name(),
+            flags.join(" ")
+        )
     }
     #[cfg(target_arch = "aarch64")]
     {

@@ -5,10 +5,9 @@
 //! penultimate layer), and the pooled output of `CLIPTextModelWithProjection`.
 
 use candle_core::{DType, IndexOp, Module, Tensor};
-use candle_nn::Linear;
 
 use super::config::{Activation, TextConfig};
-use super::layers::{LayerNorm, attention, layer_norm, linear, quick_gelu};
+use super::layers::{LayerNorm, Linear, attention, layer_norm, linear, quick_gelu};
 use super::weights::Weights;
 use crate::error::{EngineError, Result};
 

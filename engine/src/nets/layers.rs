@@ -1,7 +1,7 @@
 //! Building blocks shared by the networks, built from canonical weight names.
 
 use candle_core::{D, Module, Tensor};
-use candle_nn::{Conv2dConfig, Linear};
+use candle_nn::Conv2dConfig;
 
 use super::weights::Weights;
 use crate::error::{EngineError, Result};
@@ -17,7 +17,45 @@ pub fn linear(w: &Weights, prefix: &str) -> Result<Linear> {
         });
     }
     let bias = w.tensors.get(&format!("{prefix}.bias")).cloned();
-    Ok(Linear::new(weight, bias))
+    Ok(Linear {
+        inner: candle_nn::Linear::new(weight, bias),
+    })
+}
+
+/// A linear layer (`x W^T + b`), counted as [`Stage::Linear`](crate::profile::Stage) when
+/// profiling.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+}
+
+impl Linear {
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let _span = crate::profile::span(crate::profile::Stage::Linear);
+        let w = self.inner.weight();
+        if w.dtype() == candle_core::DType::BF16 && x.dtype() == candle_core::DType::F32 && x.device().is_cpu() && !x.track_op() {
+            // bf16 weights on f32 activations (`--dtype bf16` on a CPU with AVX-512 BF16).
+            let dims = x.dims();
+            let k = *dims.last().expect("rank >= 1");
+            let tokens = x.elem_count() / k.max(1);
+            let flat = x.reshape((tokens, k))?.contiguous()?;
+            let op = crate::kernels::cpu_bf16::Linear;
+            let y = match self.inner.bias() {
+                Some(b) => flat.apply_op3_no_bwd(w, &b.to_dtype(candle_core::DType::F32)?, &op)?,
+                None => flat.apply_op2_no_bwd(w, &op)?,
+            };
+            let mut out = dims.to_vec();
+            *out.last_mut().expect("rank >= 1") = w.dim(0)?;
+            return y.reshape(out);
+        }
+        self.inner.forward(x)
+    }
 }
 
 /// A 2-D convolution; 1x1 kernels stored as matrices (linear `proj_in`) are reshaped.
@@ -146,6 +184,12 @@ impl Conv2d {
     /// The convolution with at most `budget` bytes of unfolded input at a time.
     pub fn forward_within(&self, x: &Tensor, budget: usize) -> candle_core::Result<Tensor> {
         let cfg = self.inner.config();
+        let wide = self.inner.weight().dims().get(2..4).is_some_and(|k| k != [1, 1]);
+        let _span = crate::profile::span(if wide {
+            crate::profile::Stage::Conv
+        } else {
+            crate::profile::Stage::Conv1x1
+        });
         if (x.track_op() || self.inner.weight().track_op()) && cfg.groups == 1 && cfg.dilation == 1 {
             if crate::kernels::cpu_grad::supports(x) && crate::kernels::cpu_grad::supports(self.inner.weight()) {
                 return crate::kernels::cpu_grad::conv2d(x, self.inner.weight(), self.inner.bias(), cfg.padding, cfg.stride);
@@ -247,6 +291,7 @@ impl GroupNorm {
 
     /// `silu(group_norm(x))` in one pass where the fused kernel applies.
     pub fn forward_silu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let _span = crate::profile::span(crate::profile::Stage::Norm);
         match self.fused(x, true)? {
             Some(y) => Ok(y),
             None => self.inner.forward(x)?.silu(),
@@ -256,6 +301,7 @@ impl GroupNorm {
 
 impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let _span = crate::profile::span(crate::profile::Stage::Norm);
         match self.fused(x, false)? {
             Some(y) => Ok(y),
             None => self.inner.forward(x),
@@ -306,12 +352,29 @@ pub struct LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let _span = crate::profile::span(crate::profile::Stage::Norm);
         if x.track_op() || self.weight.track_op() {
             candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
         } else {
             self.inner.forward(x)
         }
     }
+}
+
+/// GEGLU: the last dimension's first half times the GELU (erf form) of its second half. On
+/// the CPU in f32 (inference) one pass of [`crate::kernels::cpu_act`]; tensor operations
+/// otherwise.
+pub fn geglu(h: &Tensor) -> Result<Tensor> {
+    let half = h.dim(D::Minus1)? / 2;
+    if h.device().is_cpu() && h.dtype() == candle_core::DType::F32 && !h.track_op() {
+        let mut dims = h.dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = half;
+        let x = h.contiguous()?;
+        let out = crate::kernels::cpu_act::geglu(&x.flatten_all()?.to_vec1::<f32>()?, half);
+        return Ok(Tensor::from_vec(out, dims, h.device())?);
+    }
+    let (a, gate) = (h.narrow(D::Minus1, 0, half)?, h.narrow(D::Minus1, half, half)?);
+    Ok((a * gate.gelu_erf()?)?)
 }
 
 /// Score elements one chunk of queries may hold at once (64 MiB of f32): bounds the memory
@@ -348,6 +411,7 @@ pub fn attention_is_fused(q: &Tensor, heads: usize, causal: bool) -> bool {
 
 #[cfg_attr(not(feature = "flash-attn"), allow(unused_variables))]
 fn attention_with_budget(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool, budget: usize, fused: bool) -> Result<Tensor> {
+    let _span = crate::profile::span(crate::profile::Stage::Attention);
     let (b, n, c) = q.dims3()?;
     let m = k.dim(1)?;
     let d = c / heads;

@@ -5,10 +5,9 @@
 //! caching, token merging, LoRA) needs hooks inside the blocks.
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::Linear;
 
 use super::config::UnetConfig;
-use super::layers::{Conv2d, GroupNorm, LayerNorm, attention, conv2d, group_norm, layer_norm, linear};
+use super::layers::{Conv2d, GroupNorm, LayerNorm, Linear, attention, conv2d, geglu, group_norm, layer_norm, linear};
 use super::weights::Weights;
 use crate::error::{EngineError, Result};
 
@@ -151,9 +150,7 @@ impl TransformerBlock {
         let x = (x + a)?;
         let x = (&x + self.attn2.forward(&self.norm2.forward(&x)?, context)?)?;
         let h = self.ff_in.forward(&self.norm3.forward(&x)?)?;
-        let half = h.dim(2)? / 2;
-        let (a, gate) = (h.narrow(2, 0, half)?, h.narrow(2, half, half)?);
-        let h = (a * gate.gelu_erf()?)?;
+        let h = geglu(&h)?;
         Ok((x + self.ff_out.forward(&h)?)?)
     }
 }

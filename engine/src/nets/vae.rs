@@ -1,10 +1,9 @@
 //! The KL autoencoder's decoder (latents -> pixels).
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::Linear;
 
 use super::config::VaeConfig;
-use super::layers::{CONV_UNFOLD_BUDGET, Conv2d, GroupNorm, attention, conv2d, conv2d_with, group_norm, linear};
+use super::layers::{CONV_UNFOLD_BUDGET, Conv2d, GroupNorm, Linear, attention, conv2d, conv2d_with, group_norm, linear};
 use super::unet::PublicResnet;
 use super::weights::Weights;
 use crate::error::Result;

@@ -45,6 +45,21 @@ pub fn open_device(kind: DeviceKind) -> Result<Device> {
     }
 }
 
+/// Whether `--dtype bf16` on a CPU with bf16 instructions keeps this tensor bf16: the
+/// matrices of linear layers and convolutions with an even depth (the kernels pair k), but
+/// not embeddings, the first convolutions (their dtype is the activations') or anything of
+/// rank 1.
+pub fn stays_bf16_on_cpu(name: &str, t: &candle_core::Tensor) -> bool {
+    let dims = t.dims();
+    let depth: usize = dims.iter().skip(1).product();
+    name.ends_with(".weight")
+        && (dims.len() == 2 || dims.len() == 4)
+        && depth.is_multiple_of(2)
+        && !name.contains("embedding")
+        && !name.contains("conv_in")
+        && t.dtype().is_float()
+}
+
 fn candle_dtype(d: DType) -> CDType {
     match d {
         DType::F32 => CDType::F32,
@@ -258,10 +273,18 @@ impl Pipeline {
     /// Builds the networks from weights already in memory (checkpoints, synthetic models).
     pub fn from_weights(mut w: Weights, cfg: ModelConfig, name: &str, dtype: DType, device: Device) -> Result<Self> {
         if dtype == DType::BF16 && device.is_cpu() {
-            // candle 0.11 has no bf16 matrix multiply on CPU: keep bf16's rounding of the
-            // weights but compute in f32.
-            for t in w.tensors.values_mut() {
-                *t = t.to_dtype(CDType::F32)?;
+            // On a CPU with AVX-512 BF16 the matrices of linear layers and convolutions stay
+            // bf16 and multiply f32 activations (kernels::cpu_bf16); everything else (norms,
+            // biases, embeddings, the first convolutions, which set the activations' dtype)
+            // computes in f32. Elsewhere candle 0.11 has no fast bf16 matrix product on the
+            // CPU: keep bf16's rounding of the weights but compute in f32.
+            let hardware = crate::kernels::cpu_bf16::hardware();
+            for (name, t) in w.tensors.iter_mut() {
+                if !(hardware && stays_bf16_on_cpu(name, t)) {
+                    *t = t.to_dtype(CDType::F32)?;
+                } else if t.dtype() != CDType::BF16 {
+                    *t = t.to_dtype(CDType::BF16)?;
+                }
             }
         }
         let text = cfg.text.iter().map(|t| ClipText::new(&w, t)).collect::<Result<Vec<_>>>()?;
@@ -297,6 +320,12 @@ impl Pipeline {
             embedding_cache: Default::default(),
             upscaler_cache: Default::default(),
         })
+    }
+
+    /// How many weight tensors stay bf16 (`--dtype bf16` on a CPU with AVX-512 BF16: the
+    /// matrices [`stays_bf16_on_cpu`] picks); 0 otherwise.
+    pub fn cpu_bf16_matrices(&self) -> usize {
+        self.base.tensors.values().filter(|t| t.dtype() == CDType::BF16).count()
     }
 
     /// The checkpoint's own weights (what LoRA merges start from).

@@ -54,6 +54,10 @@ pub struct StageOpts {
     /// unet/pipeline: token merging ratio (0 = off).
     #[arg(long, default_value_t = 0.0)]
     token_merge: f64,
+    /// Also print where the time goes: convolutions, unfold copies, 1x1 convolutions, linear
+    /// layers, attention, normalisation and the rest (element-wise work), per iteration.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,6 +200,7 @@ fn run_stage(stage: Stage, o: StageOpts) -> Result<()> {
         solver: o.solver,
         feature_cache: o.feature_cache,
         token_merge: o.token_merge,
+        profile: o.profile,
     })
 }
 

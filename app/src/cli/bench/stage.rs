@@ -32,6 +32,7 @@ pub struct StageArgs {
     pub solver: String,
     pub feature_cache: u32,
     pub token_merge: f64,
+    pub profile: bool,
 }
 
 /// Times one network, or a whole generation, on random inputs: random-weight presets (sd15,
@@ -95,6 +96,7 @@ pub fn stage(a: StageArgs) -> Result<()> {
     let mut times = vec![];
     let mut tiles = String::from("-");
     let mut split: Option<latent_engine::Timings> = None;
+    latent_engine::profile::enable(a.profile);
     for _ in 0..a.iters.max(1) {
         let t = Instant::now();
         match (a.stage, &pipe) {
@@ -162,6 +164,8 @@ pub fn stage(a: StageArgs) -> Result<()> {
         dev.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
     }
+    let profile = latent_engine::profile::take();
+    latent_engine::profile::enable(false);
     let peak = peak_rss_gib();
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
@@ -179,6 +183,13 @@ pub fn stage(a: StageArgs) -> Result<()> {
             v["feature_cache"] = serde_json::json!(a.feature_cache);
             v["steps"] = serde_json::json!(a.steps);
             v["solver"] = serde_json::json!(a.solver);
+        }
+        if a.profile {
+            let per = |d: std::time::Duration| d.as_secs_f64() / times.len() as f64;
+            v["profile_s"] = profile
+                .iter()
+                .map(|(st, d, _)| (st.name().to_string(), serde_json::json!(per(*d))))
+                .collect();
         }
         println!("{v}");
     } else {
@@ -214,8 +225,38 @@ pub fn stage(a: StageArgs) -> Result<()> {
                 s(t.denoise) / f64::from(t.nfe.max(1))
             );
         }
+        if a.profile {
+            println!();
+            print!("{}", profile_table(&profile, &times));
+        }
     }
     Ok(())
+}
+
+/// Where the time of the iterations went, per iteration: each profiled stage, then the rest
+/// (element-wise work, copies, allocation) as what the stages do not cover.
+fn profile_table(profile: &[(latent_engine::profile::Stage, std::time::Duration, u64)], times: &[f64]) -> String {
+    let n = times.len().max(1) as f64;
+    let whole = times.iter().sum::<f64>() / n;
+    let mut out = String::from("| stage | s per iteration | share | calls per iteration |\n|---|---|---|---|\n");
+    let mut covered = 0.0;
+    for (stage, d, calls) in profile {
+        let t = d.as_secs_f64() / n;
+        covered += t;
+        out += &format!(
+            "| {} | {t:.3} | {:.1}% | {:.0} |\n",
+            stage.name(),
+            100.0 * t / whole,
+            *calls as f64 / n
+        );
+    }
+    let rest = (whole - covered).max(0.0);
+    out += &format!(
+        "| other (element-wise, copies, allocation) | {rest:.3} | {:.1}% | |\n",
+        100.0 * rest / whole
+    );
+    out += &format!("| whole iteration | {whole:.3} | 100% | |\n");
+    out
 }
 
 impl StageArgs {

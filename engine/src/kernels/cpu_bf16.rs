@@ -1,0 +1,509 @@
+//! Matrix products with bf16 weights and f32 activations on the CPU (`--dtype bf16`).
+//!
+//! `out[o][j] (+)= sum_k w[o][k] * x[k][j]` with `w` the layer's bf16 weights as stored
+//! (row-major `[out, k]`, a linear layer's matrix or a convolution's `[out, in*kh*kw]`) and `x`
+//! f32 activations read through strides (a convolution's unfolded band, or a linear layer's
+//! input transposed). The activations are rounded to bf16 while being packed, as PyTorch's
+//! bf16 autocast does, and the products accumulate in f32.
+//!
+//! On CPUs with AVX-512 BF16 (`vdpbf16ps`: 32 bf16 products into 16 f32 sums per
+//! instruction, twice the f32 FMA rate) each micro-kernel call keeps a 12 x 32 block of
+//! outputs in 24 registers: per pair of k it loads 32 packed activations and broadcasts one
+//! weight pair per output row straight from the weight matrix, so weights need no packing and
+//! stay in memory once, in bf16. Elsewhere a portable kernel computes the same sums from the
+//! same packing (widening to f32); the engine only takes this path where the CPU has
+//! AVX-512 BF16, and keeps f32 weights otherwise.
+
+use candle_core::{CpuStorage, Layout, Shape};
+use rayon::prelude::*;
+
+use super::simd::Level;
+
+/// Output rows (weight rows) per micro-kernel call.
+const ROWS: usize = 12;
+/// Output columns per micro-kernel call (two 16-lane vectors).
+const COLS: usize = 32;
+/// k pairs per block: 32 columns x 128 pairs of packed activations are 16 KiB.
+const PAIRS: usize = 128;
+/// Output columns per task (4 micro-kernel column blocks).
+const TASK_COLS: usize = 128;
+
+/// Whether this CPU has the bf16 dot-product instructions (and the engine's kernels are not
+/// capped below AVX-512).
+pub fn hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Level::current() == Level::Avx512 && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// f32 to bf16 bits, rounding to nearest even (NaN stays NaN); branch-free so it vectorises.
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    let nan = (b & 0x7fff_ffff) > 0x7f80_0000;
+    (if nan { (b >> 16) | 0x40 } else { rounded }) as u16
+}
+
+/// f32 activations `x[k][j]` at `data[k * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// The operand that is packed per block (`[k][j]`, `j` along the output rows).
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// f32 activations, rounded to bf16 while packing (convolutions: the unfolded band).
+    F32(Strided<'a>),
+    /// bf16 bits stored `[j][k]` row-major (linear layers: the weight matrix).
+    Bf16Rows(&'a [u16]),
+}
+
+/// Packs pairs `p0..p0 + pairs` of columns `j0..j0 + COLS` of `w` (`[n][k]` bf16 rows; zero
+/// beyond `n`): each pair is already one u32 in `w`.
+#[inline(always)]
+fn pack_rows(w: &[u16], k: usize, n: usize, j0: usize, p0: usize, pairs: usize, out: &mut [u32]) {
+    for jj in 0..COLS {
+        let j = j0 + jj;
+        if j < n {
+            let row = &w[j * k + 2 * p0..j * k + 2 * (p0 + pairs)];
+            for (pi, pair) in row.chunks_exact(2).enumerate() {
+                out[pi * COLS + jj] = pair[0] as u32 | ((pair[1] as u32) << 16);
+            }
+        } else {
+            for pi in 0..pairs {
+                out[pi * COLS + jj] = 0;
+            }
+        }
+    }
+}
+
+/// Packs columns `j0..j0 + COLS` (zero beyond `n`) and pairs `p0..p0 + pairs` of `x` as
+/// `[pair][COLS]` u32, each the bf16 of row `2p` in the low half and of row `2p + 1` (zero
+/// beyond `k`) in the high half.
+#[inline(always)]
+fn pack(x: Strided, k: usize, n: usize, j0: usize, p0: usize, pairs: usize, out: &mut [u32]) {
+    let cols = COLS.min(n - j0);
+    if x.cs == 1 && cols == COLS {
+        // Rows contiguous along j (a convolution's unfolded band): two row slices per pair.
+        for (pi, dst) in out.chunks_exact_mut(COLS).take(pairs).enumerate() {
+            let r0 = 2 * (p0 + pi);
+            let lo = &x.data[r0 * x.rs + j0..r0 * x.rs + j0 + COLS];
+            if r0 + 1 < k {
+                let hi = &x.data[(r0 + 1) * x.rs + j0..(r0 + 1) * x.rs + j0 + COLS];
+                for ((d, &a), &b) in dst.iter_mut().zip(lo).zip(hi) {
+                    *d = to_bf16(a) as u32 | ((to_bf16(b) as u32) << 16);
+                }
+            } else {
+                for (d, &a) in dst.iter_mut().zip(lo) {
+                    *d = to_bf16(a) as u32;
+                }
+            }
+        }
+        return;
+    }
+    // Any strides (a linear layer's input, [tokens, k]: each column's pairs are adjacent):
+    // column by column.
+    for jj in 0..COLS {
+        let j = j0 + jj;
+        for pi in 0..pairs {
+            let r0 = 2 * (p0 + pi);
+            out[pi * COLS + jj] = if jj < cols {
+                let lo = to_bf16(x.data[r0 * x.rs + j * x.cs]) as u32;
+                let hi = if r0 + 1 < k {
+                    to_bf16(x.data[(r0 + 1) * x.rs + j * x.cs]) as u32
+                } else {
+                    0
+                };
+                lo | (hi << 16)
+            } else {
+                0
+            };
+        }
+    }
+}
+
+crate::simd_fn! {
+    /// [`pack`] or [`pack_rows`] compiled per instruction set.
+    fn pack_block(x: Source, k: usize, n: usize, j0: usize, p0: usize, pairs: usize, out: &mut [u32]) {
+        match x {
+            Source::F32(x) => pack(x, k, n, j0, p0, pairs, out),
+            Source::Bf16Rows(w) => pack_rows(w, k, n, j0, p0, pairs, out),
+        }
+    }
+}
+
+crate::simd_fn! {
+    /// f32 to bf16 bits, element by element.
+    fn round_all(x: &[f32], out: &mut [u16]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = to_bf16(v);
+        }
+    }
+}
+
+type Block = [[f32; COLS]; ROWS];
+
+/// One output block by widening to f32: the reference the hardware kernel must match, and
+/// what runs where the CPU lacks bf16 instructions. `w` starts at the block's first weight
+/// row and pair; returns the block's sums.
+#[inline(always)]
+fn block_portable(w: &[u16], ldw: usize, rows: usize, a: &[u32], pairs: usize) -> Block {
+    let mut acc = [[0f32; COLS]; ROWS];
+    for p in 0..pairs {
+        let av = &a[p * COLS..(p + 1) * COLS];
+        for (r, acc_r) in acc.iter_mut().enumerate().take(rows) {
+            let w0 = f32::from_bits((w[r * ldw + 2 * p] as u32) << 16);
+            let w1 = f32::from_bits((w[r * ldw + 2 * p + 1] as u32) << 16);
+            for (s, &pair) in acc_r.iter_mut().zip(av) {
+                let x0 = f32::from_bits(pair << 16);
+                let x1 = f32::from_bits(pair & 0xffff_0000);
+                *s += w0 * x0 + w1 * x1;
+            }
+        }
+    }
+    acc
+}
+
+crate::simd_fn! {
+    fn block_widen(w: &[u16], ldw: usize, rows: usize, a: &[u32], pairs: usize) -> Block {
+        block_portable(w, ldw, rows, a, pairs)
+    }
+}
+
+/// One output block with `vdpbf16ps` (`R` rows, up to 32 columns, `pairs` k pairs).
+///
+/// # Safety
+/// The CPU must have AVX-512 F and BF16; `w` must hold `R` rows of `2 * pairs` values `ldw`
+/// apart, `a` `pairs * COLS` packed values, `out` `R` rows of `cols <= 32` values `ldo` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(unsafe_code)]
+unsafe fn block_dpbf16<const R: usize>(w: *const u16, ldw: usize, a: *const u32, pairs: usize, out: *mut f32, ldo: usize, cols: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees the extents above; every pointer below stays inside them.
+    unsafe {
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
+        for p in 0..pairs {
+            let a0: __m512bh = std::mem::transmute(_mm512_loadu_si512(a.add(p * COLS) as *const _));
+            let a1: __m512bh = std::mem::transmute(_mm512_loadu_si512(a.add(p * COLS + 16) as *const _));
+            for r in 0..R {
+                let pair = (w.add(r * ldw + 2 * p) as *const u32).read_unaligned();
+                let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
+                lo[r] = _mm512_dpbf16_ps(lo[r], b, a0);
+                hi[r] = _mm512_dpbf16_ps(hi[r], b, a1);
+            }
+        }
+        let m0: __mmask16 = if cols >= 16 { 0xffff } else { ((1u32 << cols) - 1) as u16 };
+        let m1: __mmask16 = if cols >= 32 {
+            0xffff
+        } else if cols > 16 {
+            ((1u32 << (cols - 16)) - 1) as u16
+        } else {
+            0
+        };
+        for r in 0..R {
+            let o = out.add(r * ldo);
+            _mm512_mask_storeu_ps(o, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, o), lo[r]));
+            _mm512_mask_storeu_ps(o.add(16), m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, o.add(16)), hi[r]));
+        }
+    }
+}
+
+/// Which kernel computes the blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// `vdpbf16ps` (AVX-512 BF16).
+    Dpbf16,
+    /// Widening to f32, compiled for the given instruction set.
+    Widen(Level),
+}
+
+impl Path {
+    /// The fastest path this CPU has.
+    pub fn best() -> Path {
+        if hardware() { Path::Dpbf16 } else { Path::Widen(Level::current()) }
+    }
+}
+
+/// `out[o][j] += sum_k w[o][k] * x[k][j]` for `o < m`, `j < n`, `k < k`: `w` row-major
+/// `[m, k]` bf16 bits (k even; the operand broadcast pair by pair), `x` the packed operand,
+/// `out` row-major `[m, n]` f32 at row stride `ldo`. Add a bias by filling `out` with it
+/// first.
+pub fn matmul(path: Path, m: usize, n: usize, k: usize, w: &[u16], x: Source, out: &mut [f32], ldo: usize) {
+    assert!(k.is_multiple_of(2), "bf16 matmul needs an even depth");
+    assert!(w.len() >= m * k && out.len() >= (m.max(1) - 1) * ldo + n);
+    if let Source::Bf16Rows(b) = x {
+        assert!(b.len() >= n * k);
+    }
+    if path == Path::Dpbf16 {
+        assert!(hardware(), "this CPU has no AVX-512 BF16");
+    }
+    let pairs_total = k / 2;
+    let level = Level::current();
+    // Tasks: (row block, column block); each writes its own rows x columns of `out`. Each
+    // task packs its columns once per k block for all its rows, so rows are split only as
+    // far as the threads need work (packing costs 1/rows of the products).
+    let col_blocks = n.div_ceil(TASK_COLS);
+    let want = 2 * rayon::current_num_threads();
+    let splits = want.div_ceil(col_blocks).clamp(1, m.div_ceil(ROWS).max(1));
+    let task_rows = m.div_ceil(splits).div_ceil(ROWS) * ROWS;
+    let row_blocks = m.div_ceil(task_rows.max(1));
+    let out_addr = out.as_mut_ptr() as usize;
+    (0..row_blocks * col_blocks).into_par_iter().for_each_init(
+        || vec![0u32; TASK_COLS * PAIRS],
+        |packed, task| {
+            let (rb, cb) = (task / col_blocks, task % col_blocks);
+            let (r0, r1) = (rb * task_rows, ((rb + 1) * task_rows).min(m));
+            let (c0, c1) = (cb * TASK_COLS, ((cb + 1) * TASK_COLS).min(n));
+            let col_sub = (c1 - c0).div_ceil(COLS);
+            let mut p0 = 0;
+            while p0 < pairs_total {
+                let pairs = PAIRS.min(pairs_total - p0);
+                for s in 0..col_sub {
+                    pack_block(level, x, k, n, c0 + s * COLS, p0, pairs, &mut packed[s * COLS * PAIRS..]);
+                }
+                let mut r = r0;
+                while r < r1 {
+                    let rows = ROWS.min(r1 - r);
+                    for s in 0..col_sub {
+                        let j = c0 + s * COLS;
+                        let cols = COLS.min(c1 - j);
+                        let a = &packed[s * COLS * PAIRS..s * COLS * PAIRS + pairs * COLS];
+                        let wp = &w[r * k + 2 * p0..];
+                        // Tasks write disjoint (rows, columns) blocks of `out`, which outlives
+                        // the parallel loop; the block lies inside `out` (its length is
+                        // asserted above). Written through a raw pointer: the blocks of
+                        // different tasks interleave in memory.
+                        let o = (out_addr as *mut f32).wrapping_add(r * ldo + j);
+                        match path {
+                            #[cfg(target_arch = "x86_64")]
+                            Path::Dpbf16 => {
+                                macro_rules! go {
+                                    ($($n:literal)*) => {
+                                        match rows {
+                                            // SAFETY: the CPU has AVX-512 BF16 (asserted
+                                            // above); rows, pairs and columns are within
+                                            // w, the packed block and `o`.
+                                            $($n => unsafe { block_dpbf16::<$n>(wp.as_ptr(), k, a.as_ptr(), pairs, o, ldo, cols) },)*
+                                            _ => unreachable!(),
+                                        }
+                                    };
+                                }
+                                #[allow(unsafe_code)]
+                                {
+                                    go!(1 2 3 4 5 6 7 8 9 10 11 12)
+                                }
+                            }
+                            Path::Widen(l) => {
+                                let sums = block_widen(l.min(level), wp, k, rows, a, pairs);
+                                for (rr, row) in sums.iter().enumerate().take(rows) {
+                                    for (c, v) in row.iter().enumerate().take(cols) {
+                                        // SAFETY: (rr, c) is inside this task's block (see above).
+                                        #[allow(unsafe_code)]
+                                        unsafe {
+                                            *o.add(rr * ldo + c) += v
+                                        };
+                                    }
+                                }
+                            }
+                            #[cfg(not(target_arch = "x86_64"))]
+                            Path::Dpbf16 => unreachable!(),
+                        }
+                    }
+                    r += rows;
+                }
+                p0 += pairs;
+            }
+        },
+    );
+}
+
+/// A linear layer `x W^T (+ b)` with bf16 `W` (`[out, in]`) on f32 `x` (`[tokens, in]`,
+/// contiguous) as a candle operation: `x` rounded to bf16, then [`matmul`] with the tokens
+/// as rows and `W` packed, into `[tokens, out]` starting from the bias.
+pub struct Linear;
+
+impl Linear {
+    fn run(
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use half::slice::HalfFloatSliceExt;
+        let (CpuStorage::F32(xs), CpuStorage::BF16(ws)) = (x.0, w.0) else {
+            candle_core::bail!("bf16 linear: takes f32 activations and bf16 weights");
+        };
+        let (t, k) = x.1.shape().dims2()?;
+        let (m, k2) = w.1.shape().dims2()?;
+        if k != k2 || !k.is_multiple_of(2) {
+            candle_core::bail!("bf16 linear: input width {k} against weights [{m}, {k2}] (even widths only)");
+        }
+        let contiguous = |l: &Layout, what: &str| {
+            l.contiguous_offsets()
+                .ok_or_else(|| candle_core::Error::Msg(format!("bf16 linear: {what} is not contiguous")))
+        };
+        let (xa, xz) = contiguous(x.1, "input")?;
+        let (wa, wz) = contiguous(w.1, "weight")?;
+        // The tokens are the broadcast operand (rounded to bf16 once), the weights the
+        // packed one, so the output comes out `[tokens, out]` as stored.
+        let xs = &xs[xa..xz];
+        let mut xb = vec![0u16; t * k];
+        let level = Level::current();
+        xb.par_chunks_mut(k.max(1))
+            .zip(xs.par_chunks(k.max(1)))
+            .for_each(|(o, x)| round_all(level, x, o));
+        let mut out = vec![0f32; t * m];
+        if let Some((bs, bl)) = b {
+            let CpuStorage::F32(bs) = bs else {
+                candle_core::bail!("bf16 linear: the bias must be f32");
+            };
+            let (ba, _) = contiguous(bl, "bias")?;
+            let bias = &bs[ba..ba + m];
+            out.par_chunks_mut(m.max(1)).for_each(|row| row.copy_from_slice(bias));
+        }
+        matmul(
+            Path::best(),
+            t,
+            m,
+            k,
+            &xb,
+            Source::Bf16Rows(ws[wa..wz].reinterpret_cast()),
+            &mut out,
+            m,
+        );
+        Ok((CpuStorage::F32(out), Shape::from((t, m))))
+    }
+}
+
+impl candle_core::CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "latent-linear-bf16"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Self::run((s1, l1), (s2, l2), None)
+    }
+}
+
+impl candle_core::CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "latent-linear-bf16-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Self::run((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bf(x: f32) -> f64 {
+        f64::from(f32::from_bits((to_bf16(x) as u32) << 16))
+    }
+
+    #[test]
+    fn rounding_to_bf16_is_to_nearest_even() {
+        for x in [1.0f32, -2.5, 3.0e-5, 65504.0, 1.0e30] {
+            assert_eq!(to_bf16(x), half::bf16::from_f32(x).to_bits(), "{x}");
+        }
+        // Halfway cases round to even.
+        assert_eq!(to_bf16(f32::from_bits(0x3f80_8000)), 0x3f80);
+        assert_eq!(to_bf16(f32::from_bits(0x3f81_8000)), 0x3f82);
+        assert!(f32::from_bits((to_bf16(f32::NAN) as u32) << 16).is_nan());
+        assert_eq!(to_bf16(f32::INFINITY), 0x7f80);
+    }
+
+    /// Every path this CPU has against an f64 product of the bf16-rounded operands, on
+    /// shapes with row, column and depth remainders, both activation layouts, accumulating
+    /// onto a bias.
+    #[test]
+    fn every_path_matches_a_double_precision_product() {
+        let mut paths: Vec<Path> = Level::ALL.into_iter().filter(|l| l.available()).map(Path::Widen).collect();
+        if hardware() {
+            paths.push(Path::Dpbf16);
+        }
+        for (m, n, k) in [(12, 32, 256), (29, 77, 300), (5, 3, 2), (100, 200, 1030), (320, 130, 64)] {
+            let w32: Vec<f32> = crate::rng::TorchRng::new(1).randn_f32(m * k);
+            let w: Vec<u16> = w32.iter().map(|&v| to_bf16(v)).collect();
+            let x: Vec<f32> = crate::rng::TorchRng::new(2).randn_f32(k * n);
+            let bias: Vec<f32> = (0..m).map(|i| i as f32 * 0.01).collect();
+            for transposed in [false, true] {
+                // x[k][j] at k * n + j, or (a linear layer's input, [n, k]) at j * k + k.
+                let (rs, cs) = if transposed { (1, k) } else { (n, 1) };
+                let want: Vec<f64> = (0..m * n)
+                    .map(|i| {
+                        let (o, j) = (i / n, i % n);
+                        f64::from(bias[o]) + (0..k).map(|kk| bf(w32[o * k + kk]) * bf(x[kk * rs + j * cs])).sum::<f64>()
+                    })
+                    .collect();
+                let scale = (k as f64).sqrt();
+                // The same operand as bf16 rows `[n][k]` (how linear layers pass weights).
+                let rows: Vec<u16> = (0..n * k).map(|i| to_bf16(x[(i % k) * rs + (i / k) * cs])).collect();
+                for &path in &paths {
+                    for source in [Source::F32(Strided { data: &x, rs, cs }), Source::Bf16Rows(&rows)] {
+                        let mut out: Vec<f32> = (0..m * n).map(|i| bias[i / n]).collect();
+                        matmul(path, m, n, k, &w, source, &mut out, n);
+                        let err = out.iter().zip(&want).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0f64, f64::max);
+                        assert!(err < 2e-5 * scale, "{path:?} {m}x{n}x{k} transposed {transposed}: {err}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The linear-layer operation (transposed input and output, bias) against candle's f32
+    /// product of the bf16-rounded operands, token counts off the 64-token blocks.
+    #[test]
+    fn linear_matches_candle() {
+        use candle_core::{DType, Device, Tensor};
+        let dev = Device::Cpu;
+        for (t, k, m) in [(150, 96, 70), (7, 40, 13), (64, 320, 320)] {
+            let x = Tensor::from_vec(crate::rng::TorchRng::new(3).randn_f32(t * k), (t, k), &dev).unwrap();
+            let w = Tensor::from_vec(crate::rng::TorchRng::new(4).randn_f32(m * k), (m, k), &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let b = Tensor::from_vec((0..m).map(|i| i as f32 * 0.1).collect::<Vec<_>>(), m, &dev).unwrap();
+            let xr = x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+            let want = xr
+                .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let got = x.apply_op3_no_bwd(&w, &b, &Linear).unwrap();
+            assert_eq!(got.dims(), &[t, m]);
+            let err = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err < 1e-4 * (k as f32).sqrt(), "{t}x{k}x{m}: {err}");
+            let no_bias = x.apply_op2_no_bwd(&w, &Linear).unwrap();
+            let err = (no_bias.broadcast_add(&b).unwrap() - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(err < 1e-4 * (k as f32).sqrt(), "{t}x{k}x{m} without bias: {err}");
+        }
+    }
+}
