@@ -301,6 +301,121 @@ pub fn attention_blocked(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f32> {
     out
 }
 
+crate::simd_fn! {
+    /// `x * scale` rounded to bf16, element by element.
+    fn round_scaled(x: &[f32], scale: f32, out: &mut [u16]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = super::cpu_bf16::to_bf16(v * scale);
+        }
+    }
+}
+
+/// Whether [`attention_blocked_bf16`] takes these shapes on this CPU: AVX-512 BF16, and even
+/// head widths and key counts (the products pair them).
+pub fn bf16_applies(s: &Dims) -> bool {
+    super::cpu_bf16::hardware() && s.dim.is_multiple_of(2) && s.keys.is_multiple_of(2) && !s.causal
+}
+
+/// [`attention_blocked`] with both products in bf16 (f32 sums, as PyTorch's bf16 attention
+/// on the CPU): for models run with `--dtype bf16` on a CPU with AVX-512 BF16. Q (scale
+/// folded in) is rounded once per call, K and V packed once per head, the probabilities
+/// rounded per block; the softmax stays f32. Needs [`bf16_applies`].
+pub fn attention_blocked_bf16(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f32> {
+    use super::cpu_bf16::{Path, Product, Source, Strided, pack_all};
+    assert!(
+        bf16_applies(&s),
+        "bf16 attention needs AVX-512 BF16, even widths and key counts, no mask"
+    );
+    let (batch, queries, keys, heads, dim) = (s.batch, s.queries, s.keys, s.heads, s.dim);
+    let width = heads * dim;
+    let scale = 1.0 / (dim as f32).sqrt();
+    let level = Level::current();
+    let path = Path::Dpbf16;
+    let mut qb = vec![0u16; q.len()];
+    qb.par_chunks_mut(1 << 14)
+        .zip(q.par_chunks(1 << 14))
+        .for_each(|(o, x)| round_scaled(level, x, scale, o));
+    // Per (batch, head): K^T (dim deep, keys wide) and V (keys deep, dim wide), packed.
+    let heads_all: Vec<(usize, usize)> = (0..batch).flat_map(|b| (0..heads).map(move |h| (b, h))).collect();
+    let packed: Vec<(Vec<u32>, Vec<u32>)> = heads_all
+        .par_iter()
+        .map(|&(b, h)| {
+            let kv0 = b * keys * width + h * dim;
+            // K[key][d] read as x[d][key]: rs 1, cs width.
+            let kt = pack_all(
+                Source::F32(Strided {
+                    data: &k[kv0..],
+                    rs: 1,
+                    cs: width,
+                }),
+                dim,
+                keys,
+            );
+            let vp = pack_all(
+                Source::F32(Strided {
+                    data: &v[kv0..],
+                    rs: width,
+                    cs: 1,
+                }),
+                keys,
+                dim,
+            );
+            (kt, vp)
+        })
+        .collect();
+    let blocks = queries.div_ceil(BLOCK_ROWS);
+    let tasks: Vec<(usize, usize, usize)> = (0..batch)
+        .flat_map(|b| (0..heads).flat_map(move |h| (0..blocks).map(move |blk| (b, h, blk))))
+        .collect();
+    let results: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map_init(
+            || (vec![0f32; BLOCK_ROWS * keys], vec![0u16; BLOCK_ROWS * keys], Vec::new()),
+            |(scores, probs, scratch), &(b, h, blk)| {
+                let r0 = blk * BLOCK_ROWS;
+                let rows = BLOCK_ROWS.min(queries - r0);
+                let scores = &mut scores[..rows * keys];
+                scores.fill(0.0);
+                let (kt, vp) = &packed[b * heads + h];
+                Product {
+                    m: rows,
+                    n: keys,
+                    k: dim,
+                    w: &qb[(b * queries + r0) * width + h * dim..],
+                    ldw: width,
+                    x: Source::Packed(kt),
+                    ldo: keys,
+                }
+                .run_serial(path, scores, scratch);
+                softmax_rows(level, scores, keys);
+                let probs = &mut probs[..rows * keys];
+                round_scaled(level, scores, 1.0, probs);
+                let mut out = vec![0f32; rows * dim];
+                Product {
+                    m: rows,
+                    n: dim,
+                    k: keys,
+                    w: probs,
+                    ldw: keys,
+                    x: Source::Packed(vp),
+                    ldo: dim,
+                }
+                .run_serial(path, &mut out, scratch);
+                out
+            },
+        )
+        .collect();
+    let mut out = vec![0f32; batch * queries * width];
+    for (&(b, h, blk), block) in tasks.iter().zip(&results) {
+        let r0 = blk * BLOCK_ROWS;
+        for (i, src) in block.chunks(dim).enumerate() {
+            let at = (b * queries + r0 + i) * width + h * dim;
+            out[at..at + dim].copy_from_slice(src);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +466,46 @@ mod tests {
             }
         }
         out
+    }
+
+    /// bf16 attention (where the CPU has it) against the f64 reference: within what bf16's
+    /// rounding of Q, K, V and the probabilities allows.
+    #[test]
+    fn bf16_attention_stays_near_the_reference() {
+        for s in [
+            Dims {
+                batch: 2,
+                queries: 300,
+                keys: 150,
+                heads: 2,
+                dim: 40,
+                causal: false,
+            },
+            Dims {
+                batch: 1,
+                queries: 77,
+                keys: 256,
+                heads: 3,
+                dim: 64,
+                causal: false,
+            },
+        ] {
+            if !bf16_applies(&s) {
+                return;
+            }
+            let random = |n: usize, seed: u64| -> Vec<f32> { crate::rng::TorchRng::new(seed).randn_f32(n) };
+            let q = random(s.batch * s.queries * s.heads * s.dim, 1);
+            let k = random(s.batch * s.keys * s.heads * s.dim, 2);
+            let v = random(s.batch * s.keys * s.heads * s.dim, 3);
+            let want = reference(&q, &k, &v, s);
+            let got = attention_blocked_bf16(&q, &k, &v, s);
+            let norm = (want.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>()).sqrt();
+            let diff = (got.iter().zip(&want).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>()).sqrt();
+            // bf16 keeps 8 bits: about 4e-3 relative per value.
+            assert!(diff / norm < 1e-2, "{s:?}: relative L2 {}", diff / norm);
+            // And it is not the f32 kernel: the rounding shows.
+            assert!(diff / norm > 1e-5, "{s:?}");
+        }
     }
 
     #[test]

@@ -63,18 +63,43 @@ pub struct Strided<'a> {
 pub enum Source<'a> {
     /// f32 activations, rounded to bf16 while packing (convolutions: the unfolded band).
     F32(Strided<'a>),
-    /// bf16 bits stored `[j][k]` row-major (linear layers: the weight matrix).
-    Bf16Rows(&'a [u16]),
+    /// bf16 bits stored as rows `[j][k]`, the given number of values apart (linear layers:
+    /// the weight matrix).
+    Bf16Rows(&'a [u16], usize),
+    /// Already packed by [`pack_all`] (an operand shared by many products: attention's keys
+    /// and values per head).
+    Packed(&'a [u32]),
+}
+
+/// The whole operand (`k` deep, `n` columns) packed once: `[column block][pair][COLS]`.
+pub fn pack_all(x: Source, k: usize, n: usize) -> Vec<u32> {
+    let pairs = k.div_ceil(2);
+    let blocks = n.div_ceil(COLS);
+    let mut out = vec![0u32; blocks * pairs * COLS];
+    let level = Level::current();
+    for b in 0..blocks {
+        pack_block(
+            level,
+            x,
+            k,
+            n,
+            b * COLS,
+            0,
+            pairs,
+            &mut out[b * pairs * COLS..(b + 1) * pairs * COLS],
+        );
+    }
+    out
 }
 
 /// Packs pairs `p0..p0 + pairs` of columns `j0..j0 + COLS` of `w` (`[n][k]` bf16 rows; zero
 /// beyond `n`): each pair is already one u32 in `w`.
 #[inline(always)]
-fn pack_rows(w: &[u16], k: usize, n: usize, j0: usize, p0: usize, pairs: usize, out: &mut [u32]) {
+fn pack_rows(w: &[u16], ld: usize, n: usize, j0: usize, p0: usize, pairs: usize, out: &mut [u32]) {
     for jj in 0..COLS {
         let j = j0 + jj;
         if j < n {
-            let row = &w[j * k + 2 * p0..j * k + 2 * (p0 + pairs)];
+            let row = &w[j * ld + 2 * p0..j * ld + 2 * (p0 + pairs)];
             for (pi, pair) in row.chunks_exact(2).enumerate() {
                 out[pi * COLS + jj] = pair[0] as u32 | ((pair[1] as u32) << 16);
             }
@@ -136,7 +161,8 @@ crate::simd_fn! {
     fn pack_block(x: Source, k: usize, n: usize, j0: usize, p0: usize, pairs: usize, out: &mut [u32]) {
         match x {
             Source::F32(x) => pack(x, k, n, j0, p0, pairs, out),
-            Source::Bf16Rows(w) => pack_rows(w, k, n, j0, p0, pairs, out),
+            Source::Bf16Rows(w, ld) => pack_rows(w, ld, n, j0, p0, pairs, out),
+            Source::Packed(_) => unreachable!("a packed operand is not packed again"),
         }
     }
 }
@@ -235,97 +261,163 @@ impl Path {
     }
 }
 
-/// `out[o][j] += sum_k w[o][k] * x[k][j]` for `o < m`, `j < n`, `k < k`: `w` row-major
-/// `[m, k]` bf16 bits (k even; the operand broadcast pair by pair), `x` the packed operand,
-/// `out` row-major `[m, n]` f32 at row stride `ldo`. Add a bias by filling `out` with it
-/// first.
-pub fn matmul(path: Path, m: usize, n: usize, k: usize, w: &[u16], x: Source, out: &mut [f32], ldo: usize) {
-    assert!(k.is_multiple_of(2), "bf16 matmul needs an even depth");
-    assert!(w.len() >= m * k && out.len() >= (m.max(1) - 1) * ldo + n);
-    if let Source::Bf16Rows(b) = x {
-        assert!(b.len() >= n * k);
+/// One product `out[o][j] += sum_k w[o][k] * x[k][j]` for `o < m`, `j < n`: `w` holds `m`
+/// rows of bf16 bits `ldw` apart (the operand broadcast pair by pair; `k` even), `x` is the
+/// packed operand, `out` holds `m` rows of f32 `ldo` apart. Add a bias by filling `out`
+/// with it first.
+#[derive(Clone, Copy)]
+pub struct Product<'a> {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub w: &'a [u16],
+    pub ldw: usize,
+    pub x: Source<'a>,
+    pub ldo: usize,
+}
+
+impl Product<'_> {
+    fn check(&self, path: Path, out_len: usize) {
+        assert!(self.k.is_multiple_of(2), "bf16 matmul needs an even depth");
+        assert!(self.m == 0 || self.w.len() >= (self.m - 1) * self.ldw + self.k);
+        assert!(self.m == 0 || out_len >= (self.m - 1) * self.ldo + self.n);
+        match self.x {
+            Source::Bf16Rows(b, ld) => assert!(self.n == 0 || b.len() >= (self.n - 1) * ld + self.k),
+            Source::Packed(p) => assert_eq!(p.len(), self.n.div_ceil(COLS) * self.k.div_ceil(2) * COLS),
+            Source::F32(_) => {}
+        }
+        if path == Path::Dpbf16 {
+            assert!(hardware(), "this CPU has no AVX-512 BF16");
+        }
     }
-    if path == Path::Dpbf16 {
-        assert!(hardware(), "this CPU has no AVX-512 BF16");
-    }
-    let pairs_total = k / 2;
-    let level = Level::current();
-    // Tasks: (row block, column block); each writes its own rows x columns of `out`. Each
-    // task packs its columns once per k block for all its rows, so rows are split only as
-    // far as the threads need work (packing costs 1/rows of the products).
-    let col_blocks = n.div_ceil(TASK_COLS);
-    let want = 2 * rayon::current_num_threads();
-    let splits = want.div_ceil(col_blocks).clamp(1, m.div_ceil(ROWS).max(1));
-    let task_rows = m.div_ceil(splits).div_ceil(ROWS) * ROWS;
-    let row_blocks = m.div_ceil(task_rows.max(1));
-    let out_addr = out.as_mut_ptr() as usize;
-    (0..row_blocks * col_blocks).into_par_iter().for_each_init(
-        || vec![0u32; TASK_COLS * PAIRS],
-        |packed, task| {
-            let (rb, cb) = (task / col_blocks, task % col_blocks);
-            let (r0, r1) = (rb * task_rows, ((rb + 1) * task_rows).min(m));
-            let (c0, c1) = (cb * TASK_COLS, ((cb + 1) * TASK_COLS).min(n));
-            let col_sub = (c1 - c0).div_ceil(COLS);
-            let mut p0 = 0;
-            while p0 < pairs_total {
-                let pairs = PAIRS.min(pairs_total - p0);
+
+    /// Rows `r0..r1` and columns `c0..c1` (at most `TASK_COLS`) of the product into `out`.
+    fn block(&self, path: Path, level: Level, r0: usize, r1: usize, c0: usize, c1: usize, packed: &mut [u32], out: *mut f32) {
+        let (k, ldw, ldo) = (self.k, self.ldw, self.ldo);
+        let pairs_total = k / 2;
+        let col_sub = (c1 - c0).div_ceil(COLS);
+        let mut p0 = 0;
+        while p0 < pairs_total {
+            let pairs = PAIRS.min(pairs_total - p0);
+            let pre = match self.x {
+                Source::Packed(p) => Some(p),
+                _ => None,
+            };
+            if pre.is_none() {
                 for s in 0..col_sub {
-                    pack_block(level, x, k, n, c0 + s * COLS, p0, pairs, &mut packed[s * COLS * PAIRS..]);
+                    pack_block(level, self.x, k, self.n, c0 + s * COLS, p0, pairs, &mut packed[s * COLS * PAIRS..]);
                 }
-                let mut r = r0;
-                while r < r1 {
-                    let rows = ROWS.min(r1 - r);
-                    for s in 0..col_sub {
-                        let j = c0 + s * COLS;
-                        let cols = COLS.min(c1 - j);
-                        let a = &packed[s * COLS * PAIRS..s * COLS * PAIRS + pairs * COLS];
-                        let wp = &w[r * k + 2 * p0..];
-                        // Tasks write disjoint (rows, columns) blocks of `out`, which outlives
-                        // the parallel loop; the block lies inside `out` (its length is
-                        // asserted above). Written through a raw pointer: the blocks of
-                        // different tasks interleave in memory.
-                        let o = (out_addr as *mut f32).wrapping_add(r * ldo + j);
-                        match path {
-                            #[cfg(target_arch = "x86_64")]
-                            Path::Dpbf16 => {
-                                macro_rules! go {
-                                    ($($n:literal)*) => {
-                                        match rows {
-                                            // SAFETY: the CPU has AVX-512 BF16 (asserted
-                                            // above); rows, pairs and columns are within
-                                            // w, the packed block and `o`.
-                                            $($n => unsafe { block_dpbf16::<$n>(wp.as_ptr(), k, a.as_ptr(), pairs, o, ldo, cols) },)*
-                                            _ => unreachable!(),
-                                        }
+            }
+            let mut r = r0;
+            while r < r1 {
+                let rows = ROWS.min(r1 - r);
+                for s in 0..col_sub {
+                    let j = c0 + s * COLS;
+                    let cols = COLS.min(c1 - j);
+                    let a = match pre {
+                        // c0 is a multiple of COLS (task and serial column blocks are).
+                        Some(p) => &p[((j / COLS) * pairs_total + p0) * COLS..((j / COLS) * pairs_total + p0 + pairs) * COLS],
+                        None => &packed[s * COLS * PAIRS..s * COLS * PAIRS + pairs * COLS],
+                    };
+                    let wp = &self.w[r * ldw + 2 * p0..];
+                    // The block lies inside `out` (its length is checked by `check`); written
+                    // through a raw pointer because the blocks of parallel tasks interleave
+                    // in memory.
+                    let o = out.wrapping_add(r * ldo + j);
+                    match path {
+                        #[cfg(target_arch = "x86_64")]
+                        Path::Dpbf16 => {
+                            macro_rules! go {
+                                ($($n:literal)*) => {
+                                    match rows {
+                                        // SAFETY: the CPU has AVX-512 BF16 (checked); rows,
+                                        // pairs and columns are within w, the packed block
+                                        // and `out`.
+                                        $($n => unsafe { block_dpbf16::<$n>(wp.as_ptr(), ldw, a.as_ptr(), pairs, o, ldo, cols) },)*
+                                        _ => unreachable!(),
+                                    }
+                                };
+                            }
+                            #[allow(unsafe_code)]
+                            {
+                                go!(1 2 3 4 5 6 7 8 9 10 11 12)
+                            }
+                        }
+                        Path::Widen(l) => {
+                            let sums = block_widen(l.min(level), wp, ldw, rows, a, pairs);
+                            for (rr, row) in sums.iter().enumerate().take(rows) {
+                                for (c, v) in row.iter().enumerate().take(cols) {
+                                    // SAFETY: (rr, c) is inside this block (see above).
+                                    #[allow(unsafe_code)]
+                                    unsafe {
+                                        *o.add(rr * ldo + c) += v
                                     };
                                 }
-                                #[allow(unsafe_code)]
-                                {
-                                    go!(1 2 3 4 5 6 7 8 9 10 11 12)
-                                }
                             }
-                            Path::Widen(l) => {
-                                let sums = block_widen(l.min(level), wp, k, rows, a, pairs);
-                                for (rr, row) in sums.iter().enumerate().take(rows) {
-                                    for (c, v) in row.iter().enumerate().take(cols) {
-                                        // SAFETY: (rr, c) is inside this task's block (see above).
-                                        #[allow(unsafe_code)]
-                                        unsafe {
-                                            *o.add(rr * ldo + c) += v
-                                        };
-                                    }
-                                }
-                            }
-                            #[cfg(not(target_arch = "x86_64"))]
-                            Path::Dpbf16 => unreachable!(),
                         }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        Path::Dpbf16 => unreachable!(),
                     }
-                    r += rows;
                 }
-                p0 += pairs;
+                r += rows;
             }
-        },
-    );
+            p0 += pairs;
+        }
+    }
+
+    /// The product on this thread (for callers that are already parallel), reusing
+    /// `packed` (grown to `TASK_COLS * PAIRS` as needed).
+    pub fn run_serial(&self, path: Path, out: &mut [f32], packed: &mut Vec<u32>) {
+        self.check(path, out.len());
+        packed.resize(TASK_COLS * PAIRS, 0);
+        let level = Level::current();
+        let mut c0 = 0;
+        while c0 < self.n {
+            let c1 = (c0 + TASK_COLS).min(self.n);
+            self.block(path, level, 0, self.m, c0, c1, packed, out.as_mut_ptr());
+            c0 = c1;
+        }
+    }
+
+    /// The product over rayon's threads.
+    pub fn run(&self, path: Path, out: &mut [f32]) {
+        self.check(path, out.len());
+        let (m, n) = (self.m, self.n);
+        let level = Level::current();
+        // Tasks: (row block, column block); each writes its own rows x columns of `out`. Each
+        // task packs its columns once per k block for all its rows, so rows are split only as
+        // far as the threads need work (packing costs 1/rows of the products).
+        let col_blocks = n.div_ceil(TASK_COLS);
+        let want = 2 * rayon::current_num_threads();
+        let splits = want.div_ceil(col_blocks.max(1)).clamp(1, m.div_ceil(ROWS).max(1));
+        let task_rows = m.div_ceil(splits).div_ceil(ROWS) * ROWS;
+        let row_blocks = m.div_ceil(task_rows.max(1));
+        let out_addr = out.as_mut_ptr() as usize;
+        (0..row_blocks * col_blocks).into_par_iter().for_each_init(
+            || vec![0u32; TASK_COLS * PAIRS],
+            |packed, task| {
+                let (rb, cb) = (task / col_blocks, task % col_blocks);
+                let (r0, r1) = (rb * task_rows, ((rb + 1) * task_rows).min(m));
+                let (c0, c1) = (cb * TASK_COLS, ((cb + 1) * TASK_COLS).min(n));
+                // Tasks write disjoint blocks of `out`, which outlives the parallel loop.
+                self.block(path, level, r0, r1, c0, c1, packed, out_addr as *mut f32);
+            },
+        );
+    }
+}
+
+/// [`Product::run`] with `w` `[m, k]` and `out` `[m, n]` at row stride `ldo`.
+pub fn matmul(path: Path, m: usize, n: usize, k: usize, w: &[u16], x: Source, out: &mut [f32], ldo: usize) {
+    Product {
+        m,
+        n,
+        k,
+        w,
+        ldw: k,
+        x,
+        ldo,
+    }
+    .run(path, out)
 }
 
 /// A linear layer `x W^T (+ b)` with bf16 `W` (`[out, in]`) on f32 `x` (`[tokens, in]`,
@@ -377,7 +469,7 @@ impl Linear {
             m,
             k,
             &xb,
-            Source::Bf16Rows(ws[wa..wz].reinterpret_cast()),
+            Source::Bf16Rows(ws[wa..wz].reinterpret_cast(), k),
             &mut out,
             m,
         );
@@ -460,7 +552,12 @@ mod tests {
                 // The same operand as bf16 rows `[n][k]` (how linear layers pass weights).
                 let rows: Vec<u16> = (0..n * k).map(|i| to_bf16(x[(i % k) * rs + (i / k) * cs])).collect();
                 for &path in &paths {
-                    for source in [Source::F32(Strided { data: &x, rs, cs }), Source::Bf16Rows(&rows)] {
+                    let pre = pack_all(Source::F32(Strided { data: &x, rs, cs }), k, n);
+                    for source in [
+                        Source::F32(Strided { data: &x, rs, cs }),
+                        Source::Bf16Rows(&rows, k),
+                        Source::Packed(&pre),
+                    ] {
                         let mut out: Vec<f32> = (0..m * n).map(|i| bias[i / n]).collect();
                         matmul(path, m, n, k, &w, source, &mut out, n);
                         let err = out.iter().zip(&want).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0f64, f64::max);

@@ -390,13 +390,20 @@ const SCORE_BUDGET: usize = 16 << 20;
 /// chunks; the full score matrix never exists in any case. The softmax runs in f32 whatever
 /// the model dtype (f16 scores overflow on large token counts).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
-    attention_with_budget(q, k, v, heads, causal, SCORE_BUDGET, true)
+    attention_with_budget(q, k, v, heads, causal, SCORE_BUDGET, true, false)
+}
+
+/// [`attention`] for layers whose weights are bf16 (`--dtype bf16`): on a CPU with AVX-512
+/// BF16 both products run in bf16 with f32 sums ([`crate::kernels::cpu_attention::attention_blocked_bf16`]),
+/// as PyTorch's bf16 attention does; elsewhere exactly [`attention`].
+pub fn attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    attention_with_budget(q, k, v, heads, causal, SCORE_BUDGET, true, true)
 }
 
 /// [`attention`] without the fused GPU kernel (what a build without `flash-attn` runs):
 /// `bench attention` compares the two.
 pub fn attention_unfused(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
-    attention_with_budget(q, k, v, heads, causal, SCORE_BUDGET, false)
+    attention_with_budget(q, k, v, heads, causal, SCORE_BUDGET, false, false)
 }
 
 /// Whether [`attention`] takes the fused GPU kernel for these inputs.
@@ -410,7 +417,17 @@ pub fn attention_is_fused(q: &Tensor, heads: usize, causal: bool) -> bool {
 }
 
 #[cfg_attr(not(feature = "flash-attn"), allow(unused_variables))]
-fn attention_with_budget(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool, budget: usize, fused: bool) -> Result<Tensor> {
+#[allow(clippy::too_many_arguments)]
+fn attention_with_budget(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    causal: bool,
+    budget: usize,
+    fused: bool,
+    bf16: bool,
+) -> Result<Tensor> {
     let _span = crate::profile::span(crate::profile::Stage::Attention);
     let (b, n, c) = q.dims3()?;
     let m = k.dim(1)?;
@@ -430,7 +447,9 @@ fn attention_with_budget(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causa
             causal,
         };
         let (q, k, v) = (flat(q)?, flat(k)?, flat(v)?);
-        let out = if d <= 32 {
+        let out = if bf16 && d > 32 && crate::kernels::cpu_attention::bf16_applies(&dims) {
+            crate::kernels::cpu_attention::attention_blocked_bf16(&q, &k, &v, dims)
+        } else if d <= 32 {
             crate::kernels::cpu_attention::attention(&q, &k, &v, dims)
         } else {
             crate::kernels::cpu_attention::attention_blocked(&q, &k, &v, dims)
@@ -696,8 +715,8 @@ mod tests {
             let (q, k, v) = (mk(n, &mut rng), mk(m, &mut rng), mk(m, &mut rng));
             // A variable query makes it the training path (candle ops in query chunks).
             let q_var = candle_core::Var::from_tensor(&q).expect("var");
-            let chunked = attention_with_budget(q_var.as_tensor(), &k, &v, heads, causal, 2 * heads * m * 7, true).expect("chunked");
-            let blocked = attention_with_budget(&q, &k, &v, heads, causal, 2 * heads * m * 7, true).expect("blocked");
+            let chunked = attention_with_budget(q_var.as_tensor(), &k, &v, heads, causal, 2 * heads * m * 7, true, false).expect("chunked");
+            let blocked = attention_with_budget(&q, &k, &v, heads, causal, 2 * heads * m * 7, true, false).expect("blocked");
             let flat = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("vec");
             let dims = crate::kernels::cpu_attention::Dims {
                 batch: 2,

@@ -7,7 +7,7 @@
 use candle_core::{DType, Module, Tensor};
 
 use super::config::UnetConfig;
-use super::layers::{Conv2d, GroupNorm, LayerNorm, Linear, attention, conv2d, geglu, group_norm, layer_norm, linear};
+use super::layers::{Conv2d, GroupNorm, LayerNorm, Linear, attention, attention_bf16, conv2d, geglu, group_norm, layer_norm, linear};
 use super::weights::Weights;
 use crate::error::{EngineError, Result};
 
@@ -107,7 +107,12 @@ impl CrossAttention {
         let q = self.q.forward(x)?;
         let k = self.k.forward(context)?;
         let v = self.v.forward(context)?;
-        Ok(self.out.forward(&attention(&q, &k, &v, self.heads, false)?)?)
+        let a = if self.q.weight().dtype() == DType::BF16 {
+            attention_bf16(&q, &k, &v, self.heads, false)?
+        } else {
+            attention(&q, &k, &v, self.heads, false)?
+        };
+        Ok(self.out.forward(&a)?)
     }
 }
 

@@ -3,7 +3,7 @@
 use candle_core::{DType, Module, Tensor};
 
 use super::config::VaeConfig;
-use super::layers::{CONV_UNFOLD_BUDGET, Conv2d, GroupNorm, Linear, attention, conv2d, conv2d_with, group_norm, linear};
+use super::layers::{CONV_UNFOLD_BUDGET, Conv2d, GroupNorm, Linear, attention, attention_bf16, conv2d, conv2d_with, group_norm, linear};
 use super::unet::PublicResnet;
 use super::weights::Weights;
 use crate::error::Result;
@@ -31,7 +31,12 @@ impl MidAttention {
         let (b, c, h, w) = x.dims4()?;
         let y = self.norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
         let (q, k, v) = (self.q.forward(&y)?, self.k.forward(&y)?, self.v.forward(&y)?);
-        let a = self.out.forward(&attention(&q, &k, &v, 1, false)?)?;
+        let a = if self.q.weight().dtype() == DType::BF16 {
+            attention_bf16(&q, &k, &v, 1, false)?
+        } else {
+            attention(&q, &k, &v, 1, false)?
+        };
+        let a = self.out.forward(&a)?;
         let a = a.transpose(1, 2)?.reshape((b, c, h, w))?;
         Ok((a + x)?)
     }
