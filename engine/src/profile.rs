@@ -143,7 +143,7 @@ mod tests {
         let whole = outer_start.elapsed();
         let got = take();
         enable(false);
-        let of = |s: Stage| got.iter().find(|g| g.0 == s).map(|g| (g.1, g.2)).unwrap();
+        let of = |s: Stage| got.iter().find(|g| g.0 == s).map(|g| (g.1, g.2)).expect("test value");
         let (conv, conv_calls) = of(Stage::Conv);
         let (unfold, unfold_calls) = of(Stage::Unfold);
         assert_eq!((conv_calls, unfold_calls), (1, 1));

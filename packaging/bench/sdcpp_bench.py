@@ -6,7 +6,7 @@ same size, guidance and thread count, timed through PyPI's `stable-diffusion-cpp
 needs a C++ compiler; cmake comes from PyPI).
 
     python packaging/bench/sdcpp_bench.py [--steps 4] [--width 512 --height 512] [--threads 2]
-        [--dtype f32|f16] [--keep /tmp/sd15-random.safetensors]
+        [--dtype f32|f16] [--keep /tmp/sd15-random.safetensors] [--flash]
 
 Writes a random-weight SD 1.5 checkpoint in the original (LDM) layout with the diffusers ->
 LDM mapping of tests/fixtures/make_fixtures.py (UNet, VAE and CLIP from diffusers' and
@@ -54,16 +54,23 @@ def main():
     ap.add_argument("--cfg", type=float, default=7.0)
     ap.add_argument("--dtype", default="f32", choices=["f32", "f16"])
     ap.add_argument("--keep", help="write (or reuse) the checkpoint here instead of a temporary file")
+    ap.add_argument("--flash", action="store_true", help="stable-diffusion.cpp's flash attention for the UNet")
+    ap.add_argument("--flush-denormal", action="store_true",
+                    help="set the CPU's flush-to-zero / denormals-are-zero bits first (as diffusers_bench.py does for "
+                         "torch): random weights make denormal numbers, slow on x86; threads started later inherit them")
     a = ap.parse_args()
     path = a.keep or os.path.join(tempfile.mkdtemp(), "sd15-random.safetensors")
     if not os.path.exists(path):
         t = time.perf_counter()
         checkpoint(path, a.dtype)
         print(f"checkpoint written in {time.perf_counter() - t:.1f} s: {path}", file=sys.stderr)
+    if a.flush_denormal:
+        import torch
+        torch.set_flush_denormal(True)
     from stable_diffusion_cpp import StableDiffusion
 
     t = time.perf_counter()
-    sd = StableDiffusion(model_path=path, n_threads=a.threads, verbose=False)
+    sd = StableDiffusion(model_path=path, n_threads=a.threads, diffusion_flash_attn=a.flash, verbose=False)
     load_s = time.perf_counter() - t
 
     def generate(steps):
@@ -76,7 +83,7 @@ def main():
     many = generate(a.steps)
     import stable_diffusion_cpp
     print(json.dumps({"peer": "stable-diffusion.cpp", "version": getattr(stable_diffusion_cpp, "__version__", "?"),
-                      "width": a.width, "height": a.height, "dtype": a.dtype, "threads": a.threads, "load_s": load_s,
+                      "width": a.width, "height": a.height, "dtype": a.dtype, "threads": a.threads, "flash_attn": a.flash, "flush_denormal": a.flush_denormal, "load_s": load_s,
                       "generate_1_step_s": one, f"generate_{a.steps}_steps_s": many,
                       "cfg_step_s": (many - one) / max(a.steps - 1, 1),
                       "rest_s": one - (many - one) / max(a.steps - 1, 1),

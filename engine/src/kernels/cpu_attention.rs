@@ -562,7 +562,7 @@ mod tests {
             // Every instruction set this CPU has, each forced in turn.
             for level in Level::ALL.into_iter().filter(|l| l.available()) {
                 let (row, blocked) =
-                    super::super::simd::force(level, || (attention(&q, &k, &v, s), attention_blocked(&q, &k, &v, s))).unwrap();
+                    super::super::simd::force(level, || (attention(&q, &k, &v, s), attention_blocked(&q, &k, &v, s))).expect("test value");
                 for (name, got) in [("row kernel", row), ("blocked", blocked)] {
                     let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                     assert!(err < 1e-5, "{name} at {level:?} {s:?}: {err}");

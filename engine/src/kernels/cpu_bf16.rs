@@ -292,6 +292,7 @@ impl Product<'_> {
     }
 
     /// Rows `r0..r1` and columns `c0..c1` (at most `TASK_COLS`) of the product into `out`.
+    #[allow(clippy::too_many_arguments)]
     fn block(&self, path: Path, level: Level, r0: usize, r1: usize, c0: usize, c1: usize, packed: &mut [u32], out: *mut f32) {
         let (k, ldw, ldo) = (self.k, self.ldw, self.ldo);
         let pairs_total = k / 2;
@@ -407,6 +408,7 @@ impl Product<'_> {
 }
 
 /// [`Product::run`] with `w` `[m, k]` and `out` `[m, n]` at row stride `ldo`.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul(path: Path, m: usize, n: usize, k: usize, w: &[u16], x: Source, out: &mut [f32], ldo: usize) {
     Product {
         m,
@@ -575,31 +577,42 @@ mod tests {
         use candle_core::{DType, Device, Tensor};
         let dev = Device::Cpu;
         for (t, k, m) in [(150, 96, 70), (7, 40, 13), (64, 320, 320)] {
-            let x = Tensor::from_vec(crate::rng::TorchRng::new(3).randn_f32(t * k), (t, k), &dev).unwrap();
+            let x = Tensor::from_vec(crate::rng::TorchRng::new(3).randn_f32(t * k), (t, k), &dev).expect("test value");
             let w = Tensor::from_vec(crate::rng::TorchRng::new(4).randn_f32(m * k), (m, k), &dev)
-                .unwrap()
+                .expect("test value")
                 .to_dtype(DType::BF16)
-                .unwrap();
-            let b = Tensor::from_vec((0..m).map(|i| i as f32 * 0.1).collect::<Vec<_>>(), m, &dev).unwrap();
-            let xr = x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+                .expect("test value");
+            let b = Tensor::from_vec((0..m).map(|i| i as f32 * 0.1).collect::<Vec<_>>(), m, &dev).expect("test value");
+            let xr = x
+                .to_dtype(DType::BF16)
+                .expect("test value")
+                .to_dtype(DType::F32)
+                .expect("test value");
             let want = xr
-                .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
-                .unwrap()
+                .matmul(&w.to_dtype(DType::F32).expect("test value").t().expect("test value"))
+                .expect("test value")
                 .broadcast_add(&b)
-                .unwrap();
-            let got = x.apply_op3_no_bwd(&w, &b, &Linear).unwrap();
+                .expect("test value");
+            let got = x.apply_op3_no_bwd(&w, &b, &Linear).expect("test value");
             assert_eq!(got.dims(), &[t, m]);
-            let err = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(err < 1e-4 * (k as f32).sqrt(), "{t}x{k}x{m}: {err}");
-            let no_bias = x.apply_op2_no_bwd(&w, &Linear).unwrap();
-            let err = (no_bias.broadcast_add(&b).unwrap() - &want)
-                .unwrap()
+            let err = (got - &want)
+                .expect("test value")
                 .abs()
-                .unwrap()
+                .expect("test value")
                 .max_all()
-                .unwrap()
+                .expect("test value")
                 .to_scalar::<f32>()
-                .unwrap();
+                .expect("test value");
+            assert!(err < 1e-4 * (k as f32).sqrt(), "{t}x{k}x{m}: {err}");
+            let no_bias = x.apply_op2_no_bwd(&w, &Linear).expect("test value");
+            let err = (no_bias.broadcast_add(&b).expect("test value") - &want)
+                .expect("test value")
+                .abs()
+                .expect("test value")
+                .max_all()
+                .expect("test value")
+                .to_scalar::<f32>()
+                .expect("test value");
             assert!(err < 1e-4 * (k as f32).sqrt(), "{t}x{k}x{m} without bias: {err}");
         }
     }

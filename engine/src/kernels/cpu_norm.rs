@@ -141,7 +141,7 @@ mod tests {
                 silu: silu_on,
             };
             for level in crate::kernels::simd::Level::ALL.into_iter().filter(|l| l.available()) {
-                let got = crate::kernels::simd::force(level, || group_norm(&x, norm)).unwrap();
+                let got = crate::kernels::simd::force(level, || group_norm(&x, norm)).expect("test value");
                 let err = got.iter().zip(&want).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0f64, f64::max);
                 assert!(err < 2e-5, "{level:?} silu {silu_on}: {err}");
             }

@@ -120,6 +120,7 @@ pub fn force<R>(level: Level, f: impl FnOnce() -> R) -> Option<R> {
 macro_rules! simd_fn {
     ($(#[$meta:meta])* $vis:vis fn $name:ident $(<$lt:lifetime>)? ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
         $vis fn $name $(<$lt>)? (level: $crate::kernels::simd::Level, $($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             fn body $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? $body
