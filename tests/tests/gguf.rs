@@ -100,7 +100,7 @@ fn quantize_writes_files_that_load_and_stay_close_per_type() {
     for (t, tolerance) in [("f16", 0.0), ("q8_0", 0.01), ("q4_K", 0.04), ("q4_0", 0.1)] {
         let out = scratch(&format!("embedded-{t}.gguf"));
         let kind = gguf::parse_type(t).expect("type");
-        let report = gguf::quantize_file(&model, &out, kind, &[]).expect("quantizes");
+        let report = gguf::quantize_file(&model, &out, kind, &[], gguf::ConvLayout::Kept).expect("quantizes");
         assert_eq!(report.tensors, 560);
         if t != "f16" {
             assert!(report.quantized > 10 && report.bytes_out < report.bytes_in, "{t}: {report:?}");
@@ -122,7 +122,7 @@ fn quantize_writes_files_that_load_and_stay_close_per_type() {
         }
         // Never over an existing file.
         let before = std::fs::metadata(&out).expect("written").len();
-        let again = gguf::quantize_file(&model, &out, kind, &[]).expect_err("refuses");
+        let again = gguf::quantize_file(&model, &out, kind, &[], gguf::ConvLayout::Kept).expect_err("refuses");
         assert!(again.to_string().contains("never overwrites"), "{again}");
         assert_eq!(std::fs::metadata(&out).expect("still there").len(), before);
     }
@@ -221,4 +221,130 @@ fn truncated_foreign_and_unet_only_files_say_what_they_are() {
             .and_then(|d| d.to_scalar::<f32>());
         assert!(d.expect("diff") < 1e-2, "{name}");
     }
+}
+
+/// Weights kept in their quantized blocks (each layer dequantizing its own weight per product)
+/// give exactly the latents of the same file dequantized at load: the same arithmetic, so
+/// the comparison is bit for bit; with a LoRA merged too (the patched layers dense, the base
+/// still quantized). The blocks take less memory than the f16 weights would.
+#[test]
+fn weights_kept_quantized_generate_the_dequantized_run_bit_for_bit() {
+    use latent_engine::checkpoint::architecture;
+    use latent_engine::lora::LoraFile;
+    use latent_engine::protocol::DType;
+    let q4k = scratch("embedded-kept-q4_K.gguf");
+    let embedded = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/models/latent-studio-default.safetensors");
+    gguf::quantize_file(&embedded, &q4k, GgmlDType::Q4K, &[], gguf::ConvLayout::Flattened).expect("quantizes");
+    let kohya = LoraFile::open(&fixture("lora/sd1-kohya.safetensors")).expect("lora");
+    for (path, with_lora) in [(gguf_fixture("sd1-tiny-q8_0.gguf"), true), (q4k.clone(), false)] {
+        let case = path.display().to_string();
+        let dev = candle_core::Device::Cpu;
+        let kept = checkpoint::load(&path, candle_core::DType::F32, &dev).expect("load");
+        let dense = checkpoint::load_dequantized(&path, candle_core::DType::F32, &dev).expect("load");
+        assert!(kept.quantized.len() > 10, "{case}: {} kept quantized", kept.quantized.len());
+        assert!(dense.quantized.is_empty(), "{case}");
+        if !with_lora {
+            // Flattened convolution kernels come back 4-D (comfy.gguf.orig_shape).
+            assert!(kept.quantized.values().any(|q| q.shape.len() == 4), "{case}: no kernel quantized");
+        }
+        assert_eq!(kept.quantized.len() + kept.tensors.len(), dense.tensors.len(), "{case}");
+        let quant_elems: u64 = kept.quantized.values().map(|q| q.shape.iter().product::<usize>() as u64).sum();
+        let quant_bytes: u64 = kept.quantized.values().map(|q| q.bytes() as u64).sum();
+        // q8_0: 34 bytes per 32 weights, q4_K: 144 per 256 (against 64 and 512 in f16).
+        assert!(
+            quant_bytes * 10 < quant_elems * 2 * 6,
+            "{case}: {quant_bytes} bytes for {quant_elems} weights"
+        );
+        assert!(kept.resident_bytes() < dense.resident_bytes(), "{case}");
+        for (name, q) in kept.quantized.iter().take(5) {
+            let a: Vec<f32> = kept.get(name).and_then(|t| Ok(t.flatten_all()?.to_vec1()?)).expect("values");
+            let b: Vec<f32> = dense.tensors[name].flatten_all().and_then(|t| t.to_vec1()).expect("values");
+            assert_eq!(a, b, "{case}: {name} ({:?})", q.shape);
+        }
+        let request = if with_lora {
+            tiny_request("dpm++2m", 4, 3.0, 2)
+        } else {
+            GenerateRequest {
+                prompt: "a red star".into(),
+                width: 64,
+                height: 64,
+                steps: 3,
+                cfg_scale: 2.0,
+                seed: 4,
+                solver: "dpm++2m".into(),
+                preview_every: 0,
+                ..GenerateRequest::default()
+            }
+        };
+        let mut runs = vec![];
+        for w in [kept, dense] {
+            let cfg = architecture::infer(&w, "m").expect("config");
+            let mut pipe = Pipeline::from_weights(w, cfg, "m", DType::F32, dev.clone()).expect("pipeline");
+            let plain = pipe.validate(&request).expect("valid");
+            let mut out = vec![pipe.generate(&plain, &mut Quiet).expect("generate").latents.data];
+            if with_lora {
+                pipe.apply_loras(&[(&kohya, 0.8, 0.8)]).expect("lora applies");
+                out.push(pipe.generate(&plain, &mut Quiet).expect("generate").latents.data);
+            }
+            runs.push(out);
+        }
+        assert_eq!(runs[0], runs[1], "{case}: the kept-quantized run differs from the dequantized one");
+        if with_lora {
+            assert!(latent_rel_l2(&runs[0][1], &runs[0][0]) > 1e-4, "{case}: the LoRA changed nothing");
+        }
+    }
+}
+
+/// ComfyUI-GGUF's UNet-only file with flattened, quantized convolution kernels (written by the
+/// `gguf` package as ComfyUI-GGUF's converter does): every kernel comes back in its model shape,
+/// kept quantized, with the values of the full-precision UNet within q8_0's error.
+#[test]
+fn comfyui_gguf_flattened_kernels_come_back_in_their_shapes() {
+    let dev = candle_core::Device::Cpu;
+    let path = gguf_fixture("sd1-tiny-unet-comfy-q8_0.gguf");
+    let full = checkpoint::load(&fixture("sd1/sd1-tiny.safetensors"), candle_core::DType::F32, &dev).expect("load");
+    let w = checkpoint::load(&path, candle_core::DType::F32, &dev).expect("a UNet");
+    let kernels: Vec<&String> = w.quantized.iter().filter(|(_, q)| q.shape.len() == 4).map(|(n, _)| n).collect();
+    assert!(kernels.len() >= 4, "{kernels:?}");
+    let mut checked = 0;
+    for name in w.shapes.keys() {
+        assert!(name.starts_with("unet."), "{name}");
+        assert_eq!(
+            w.shape(name).expect("shape"),
+            full.shape(name).expect("in the full model"),
+            "{name}"
+        );
+        let (a, b) = (w.get(name).expect("value"), full.get(name).expect("value"));
+        let scale = b.abs().and_then(|t| t.max_all()).and_then(|t| t.to_scalar::<f32>()).expect("max");
+        let d = (a - b)
+            .and_then(|t| t.abs())
+            .and_then(|t| t.max_all())
+            .and_then(|t| t.to_scalar::<f32>())
+            .expect("diff");
+        assert!(d <= scale / 100.0 + 1e-6, "{name}: {d} of {scale}");
+        checked += 1;
+    }
+    assert_eq!(checked, full.names_with_prefix("unet.").count());
+    // A recorded shape that does not hold the tensor's values is refused in one line.
+    let wrong = scratch("wrong-orig-shape.gguf");
+    let t = QTensor::quantize(
+        &Tensor::zeros((36, 256), candle_core::DType::F32, &dev).expect("t"),
+        GgmlDType::Q8_0,
+    )
+    .expect("q");
+    let shape = gguf_file::Value::Array([32, 32, 3, 4].iter().map(|&d| gguf_file::Value::I32(d)).collect());
+    let mut f = std::fs::File::create(&wrong).expect("create");
+    gguf_file::write(
+        &mut f,
+        &[("comfy.gguf.orig_shape.input_blocks.1.0.in_layers.2.weight", &shape)],
+        &[("input_blocks.1.0.in_layers.2.weight", &t)],
+    )
+    .expect("write");
+    drop(f);
+    let e = checkpoint::load(&wrong, candle_core::DType::F32, &dev).expect_err("refused");
+    let text = e.to_string();
+    assert!(
+        matches!(e, EngineError::BadGguf { .. }) && text.contains("orig_shape") && !text.contains('\n'),
+        "{text}"
+    );
 }

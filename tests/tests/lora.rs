@@ -152,14 +152,15 @@ fn lora_info_reads_format_rank_and_trigger_words() {
 #[test]
 fn stacked_loras_add_up() {
     let pipe = Pipeline::load(&ModelSpec::new(&layouts("sd1")[0].1)).expect("load");
-    let base = &pipe.base_weights().tensors;
+    let weights = pipe.base_weights();
+    let base = &weights.tensors;
     let table = latent_engine::lora::keys::table(base.keys().map(|k| (k.as_str(), None)));
     let a = LoraFile::open(&fixture("lora/sd1-kohya.safetensors")).expect("open");
     let b = LoraFile::open(&fixture("lora/sd1-locon.safetensors")).expect("open");
-    let (ab, reports) = latent_engine::lora::merge_into(base, &table, &[(&a, 0.8, 0.6), (&b, 0.5, 0.5)]).expect("merge");
+    let (ab, reports) = latent_engine::lora::merge_into(weights, &table, &[(&a, 0.8, 0.6), (&b, 0.5, 0.5)]).expect("merge");
     assert_eq!(reports.len(), 2);
-    let (only_a, _) = latent_engine::lora::merge_into(base, &table, &[(&a, 0.8, 0.6)]).expect("merge");
-    let (only_b, _) = latent_engine::lora::merge_into(base, &table, &[(&b, 0.5, 0.5)]).expect("merge");
+    let (only_a, _) = latent_engine::lora::merge_into(weights, &table, &[(&a, 0.8, 0.6)]).expect("merge");
+    let (only_b, _) = latent_engine::lora::merge_into(weights, &table, &[(&b, 0.5, 0.5)]).expect("merge");
     let mut checked = 0;
     for (k, merged) in &ab {
         let w0 = &base[k];

@@ -15,6 +15,11 @@ pub struct QuantizeArgs {
     /// norms, biases, embeddings, first and last convolutions, text encoders and VAE.
     #[arg(long, value_delimiter = ',')]
     keep: Vec<String>,
+    /// Quantize the convolution kernels too, flattened to rows of 256 with their shapes
+    /// recorded as ComfyUI-GGUF's converter does (the UNet shrinks about twice as much again;
+    /// ComfyUI-GGUF and the studio read these files, stable-diffusion.cpp does not).
+    #[arg(long)]
+    flatten_convs: bool,
     /// A single-file .safetensors checkpoint.
     input: PathBuf,
     /// The GGUF file to write (must not exist).
@@ -29,7 +34,17 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         );
     };
     let start = std::time::Instant::now();
-    let r = gguf::quantize_file(&a.input, &a.output, t, &a.keep)?;
+    let r = gguf::quantize_file(
+        &a.input,
+        &a.output,
+        t,
+        &a.keep,
+        if a.flatten_convs {
+            gguf::ConvLayout::Flattened
+        } else {
+            gguf::ConvLayout::Kept
+        },
+    )?;
     println!(
         "wrote {}: {} tensors, {} of them {}; {:.1} MB -> {:.1} MB ({:.0}%) in {:.1} s",
         a.output.display(),

@@ -1,21 +1,24 @@
 //! GGUF checkpoints: stable-diffusion.cpp's whole-model files (LDM tensor names:
 //! `model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`) and ComfyUI-GGUF's
 //! UNet-only files (the UNet's names without the `model.diffusion_model.` prefix). Every
-//! GGML type candle knows (f32, f16, bf16, q4_0/1, q5_0/1, q8_0, q2_K..q8_K) is dequantized
-//! as it is read, so the networks, LoRA merges and solvers are the ones of any checkpoint;
-//! the stored types and their share are kept for `info`, the window and the metadata.
+//! GGML type candle knows (f32, f16, bf16, q4_0/1, q5_0/1, q8_0, q2_K..q8_K) is read; the
+//! quantized ones stay in their blocks in memory and each layer dequantizes its weight for
+//! its own product (the same values as dequantizing at load, at a fraction of the memory),
+//! so the networks, LoRA merges and solvers are the ones of any checkpoint; the stored types
+//! and their share are kept for `info`, the window and the metadata.
 //! Also writes them (`quantize`): [`quantize_file`].
 
 use std::collections::BTreeMap;
 use std::io::{Seek, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 
-use super::{Read, decoder_ups, empty, rename_single_file, transformed, transformed_shape};
+use super::{Read, Transform, decoder_ups, empty, rename_single_file, transformed, transformed_shape};
 use crate::error::{EngineError, Result};
-use crate::nets::weights::{Layout, Weights};
+use crate::nets::weights::{Layout, QuantWeight, Weights};
 
 /// Whether `path` starts with GGUF's magic.
 pub fn is_gguf(path: &Path) -> bool {
@@ -99,6 +102,43 @@ fn open(path: &Path) -> Result<(std::fs::File, gguf_file::Content)> {
     Ok((f, content))
 }
 
+/// The metadata key where ComfyUI-GGUF's converter records a tensor's shape before it
+/// flattened it to rows of 256 for the k-quants (SD 1.x and SDXL convolutions).
+pub const ORIG_SHAPE_KEY: &str = "comfy.gguf.orig_shape.";
+
+/// The shape `name` has in the model: ComfyUI-GGUF's recorded original shape when there is
+/// one (checked against the stored element count), else the stored shape.
+fn model_shape(path: &Path, content: &gguf_file::Content, name: &str, info: &gguf_file::TensorInfo) -> Result<Vec<usize>> {
+    let Some(v) = content.metadata.get(&format!("{ORIG_SHAPE_KEY}{name}")) else {
+        return Ok(info.shape.dims().to_vec());
+    };
+    let dims: Option<Vec<usize>> = v.to_vec().ok().and_then(|items| {
+        items
+            .iter()
+            .map(|d| {
+                let n = d
+                    .to_i32()
+                    .map(i64::from)
+                    .or_else(|_| d.to_i64())
+                    .or_else(|_| d.to_u64().map(|u| u as i64))
+                    .ok()?;
+                usize::try_from(n).ok()
+            })
+            .collect()
+    });
+    match dims {
+        Some(d) if d.iter().product::<usize>() == info.shape.elem_count() => Ok(d),
+        _ => Err(bad(
+            path,
+            format!(
+                "{ORIG_SHAPE_KEY}{name} is not a shape of {} values (the tensor's {:?})",
+                info.shape.elem_count(),
+                info.shape.dims()
+            ),
+        )),
+    }
+}
+
 /// The canonical-name prefixes of a whole-model file; a file with UNet names only is
 /// ComfyUI-GGUF's UNet-only kind.
 fn unet_only(names: &[String]) -> bool {
@@ -114,8 +154,11 @@ fn unet_only(names: &[String]) -> bool {
     !names.iter().any(|n| whole.iter().any(|p| n.starts_with(p))) && names.iter().any(|n| n.starts_with("input_blocks."))
 }
 
-/// Loads a GGUF checkpoint into canonical names, dequantizing each tensor.
-pub fn load(path: &Path, dtype: DType, device: &Device, read: Read) -> Result<Weights> {
+/// Loads a GGUF checkpoint into canonical names. Quantized tensors (q8_0, q4_K, ...) stay
+/// in their blocks on `device` when `keep_quantized` and their renaming is at most a reshape
+/// ([`Weights::quantized`]; the layers dequantize them per product); the rest, and all of
+/// them otherwise, are dequantized to `dtype` as they are read.
+pub fn load(path: &Path, dtype: DType, device: &Device, read: Read, keep_quantized: bool) -> Result<Weights> {
     let (mut f, content) = open(path)?;
     let mut source: Vec<String> = content.tensor_infos.keys().cloned().collect();
     source.sort();
@@ -140,13 +183,32 @@ pub fn load(path: &Path, dtype: DType, device: &Device, read: Read) -> Result<We
         *by_type.entry(kind).or_default() += info.shape.elem_count() as u64;
         w.bytes += stored_bytes(info);
         let name = super::convert::resolve_decoder_index(&r.name, num_up);
-        w.shapes.insert(name.clone(), transformed_shape(info.shape.dims(), r.transform));
+        let shape = model_shape(path, &content, file_name, info)?;
+        w.shapes.insert(name.clone(), transformed_shape(&shape, r.transform));
         if read == Read::Tensors {
+            let reshape_only = matches!(r.transform, Transform::None | Transform::ConvToLinear);
+            let float = matches!(info.ggml_dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+            if keep_quantized && reshape_only && !float {
+                let q = info
+                    .read(&mut f, content.tensor_data_offset, device)
+                    .map_err(|e| bad(path, format!("tensor {file_name}: {e}")))?;
+                let shape = w.shapes[&name].clone();
+                w.quantized.insert(
+                    name,
+                    QuantWeight {
+                        q: Arc::new(q),
+                        shape,
+                        dtype,
+                    },
+                );
+                continue;
+            }
             let q = info
                 .read(&mut f, content.tensor_data_offset, &Device::Cpu)
                 .map_err(|e| bad(path, format!("tensor {file_name}: {e}")))?;
             let t = q
                 .dequantize(&Device::Cpu)
+                .and_then(|t| t.reshape(shape.as_slice()))
                 .map_err(|e| bad(path, format!("tensor {file_name}: {e}")))?;
             w.tensors.insert(name, transformed(t, r.transform, dtype, device)?);
         }
@@ -211,11 +273,28 @@ pub struct QuantizeReport {
     pub bytes_out: u64,
 }
 
+/// How [`quantize_file`] lays out convolution kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvLayout {
+    /// As stable-diffusion.cpp: kernels keep their 4-D shape, so a 3x3 or 1x1 kernel (rows of
+    /// 3 or 1) is never a whole block and stays f16. Every GGUF reader takes these files.
+    #[default]
+    Kept,
+    /// As ComfyUI-GGUF's converter for SD 1.x and SDXL: a kernel of a multiple of 256 values
+    /// whose rows are not whole blocks is stored as rows of 256 and quantized, its shape
+    /// recorded under `comfy.gguf.orig_shape.<name>`. The UNet is then quantized nearly whole
+    /// (SD 1.5's convolutions are two thirds of it); stable-diffusion.cpp cannot read these.
+    Flattened,
+}
+
+/// Tensors this small are never flattened (ComfyUI-GGUF's threshold is of this order).
+const FLATTEN_MIN: usize = 4096;
+
 /// Writes `input` (a single-file .safetensors checkpoint, tensor names kept as they are) to
 /// `output` as GGUF: the UNet's large tensors as `t`, the rest ([`keeps_precision`], plus any
-/// tensor whose name contains one of `keep`) as f16 (f32 tensors that are 1-D stay f32).
-/// Never overwrites: `output` must not exist.
-pub fn quantize_file(input: &Path, output: &Path, t: GgmlDType, keep: &[String]) -> Result<QuantizeReport> {
+/// tensor whose name contains one of `keep`) as f16 (f32 tensors that are 1-D stay f32);
+/// convolution kernels as `convs` says. Never overwrites: `output` must not exist.
+pub fn quantize_file(input: &Path, output: &Path, t: GgmlDType, keep: &[String], convs: ConvLayout) -> Result<QuantizeReport> {
     if output.exists() {
         return Err(EngineError::Other(format!(
             "{} exists; quantize never overwrites a file",
@@ -234,6 +313,7 @@ pub fn quantize_file(input: &Path, output: &Path, t: GgmlDType, keep: &[String])
     names.sort();
     let mut report = QuantizeReport::default();
     let mut tensors: Vec<(String, QTensor)> = vec![];
+    let mut meta: Vec<(String, gguf_file::Value)> = vec![];
     for n in &names {
         let view = st.tensor(n).map_err(|e| file.bad(super::describe_st_error(&e)))?;
         report.bytes_in += view.data().len() as u64;
@@ -245,20 +325,33 @@ pub fn quantize_file(input: &Path, output: &Path, t: GgmlDType, keep: &[String])
         } else {
             GgmlDType::F16
         };
-        let chosen = if keeps_precision(n, x.dims(), t, keep) { keep_type } else { t };
+        let n_values = x.elem_count();
+        let flatten = convs == ConvLayout::Flattened
+            && x.rank() > 2
+            && n_values >= FLATTEN_MIN
+            && n_values.is_multiple_of(256)
+            && !x.dims().last().is_some_and(|d| d.is_multiple_of(256));
+        let stored = if flatten { x.reshape((n_values / 256, 256))? } else { x.clone() };
+        // Whole blocks are judged on the stored shape (a flattened kernel has rows of 256).
+        let chosen = if keeps_precision(n, stored.dims(), t, keep) { keep_type } else { t };
         if chosen == t && t != keep_type {
             report.quantized += 1;
         }
+        let x = if flatten && chosen == t {
+            meta.push((
+                format!("{ORIG_SHAPE_KEY}{n}"),
+                gguf_file::Value::Array(x.dims().iter().map(|&d| gguf_file::Value::I32(d as i32)).collect()),
+            ));
+            stored
+        } else {
+            x
+        };
         let q = QTensor::quantize(&x, chosen).map_err(|e| EngineError::Other(format!("{n}: {e}")))?;
         report.bytes_out += q.storage_size_in_bytes() as u64;
         tensors.push((n.clone(), q));
         report.tensors += 1;
     }
-    let mut meta: Vec<(String, gguf_file::Value)> = file
-        .metadata()?
-        .into_iter()
-        .map(|(k, v)| (k, gguf_file::Value::String(v)))
-        .collect();
+    meta.extend(file.metadata()?.into_iter().map(|(k, v)| (k, gguf_file::Value::String(v))));
     meta.push(("general.name".into(), gguf_file::Value::String(stem(input))));
     meta.push(("latent_studio.quantized_type".into(), gguf_file::Value::String(type_name(t).into())));
     meta.sort_by(|a, b| a.0.cmp(&b.0));
@@ -287,9 +380,15 @@ fn stem(p: &Path) -> String {
     p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// The tensor `name` of a GGUF file, dequantized to f32 on the CPU (tests, `info`).
+/// The tensor `name` of a GGUF file, dequantized to f32 on the CPU, in its model shape
+/// (ComfyUI-GGUF's recorded one where there is one; tests, `info`).
 pub fn read_tensor(path: &Path, name: &str) -> Result<Tensor> {
     let (mut f, content) = open(path)?;
+    let info = content
+        .tensor_infos
+        .get(name)
+        .ok_or_else(|| bad(path, format!("no tensor {name}")))?;
+    let shape = model_shape(path, &content, name, info)?;
     let q = content.tensor(&mut f, name, &Device::Cpu).map_err(|e| bad(path, e))?;
-    q.dequantize(&Device::Cpu).map_err(|e| bad(path, e))
+    q.dequantize(&Device::Cpu).and_then(|t| t.reshape(shape)).map_err(|e| bad(path, e))
 }

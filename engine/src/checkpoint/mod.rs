@@ -236,6 +236,15 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Weights> {
     load_with(path, dtype, device, Read::Tensors)
 }
 
+/// Like [`load`], but every quantized GGUF tensor is dequantized at load (dense in memory:
+/// faster products, the memory of f32/f16 weights). Other files load as with [`load`].
+pub fn load_dequantized(path: &Path, dtype: DType, device: &Device) -> Result<Weights> {
+    if path.is_file() && gguf::is_gguf(path) {
+        return gguf::load(path, dtype, device, Read::Tensors, false);
+    }
+    load(path, dtype, device)
+}
+
 /// Reads names and shapes only (for `info`: no tensor data is touched).
 pub fn load_shapes(path: &Path) -> Result<Weights> {
     load_with(path, DType::F32, &Device::Cpu, Read::ShapesOnly)
@@ -257,6 +266,7 @@ fn load_with(path: &Path, dtype: DType, device: &Device, read: Read) -> Result<W
 fn empty(layout: Layout) -> Weights {
     Weights {
         tensors: HashMap::new(),
+        quantized: HashMap::new(),
         shapes: HashMap::new(),
         metadata: HashMap::new(),
         configs: HashMap::new(),
@@ -289,7 +299,7 @@ fn ldm_layers_per_block(names: &[String]) -> usize {
 
 fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result<Weights> {
     if gguf::is_gguf(path) {
-        return gguf::load(path, dtype, device, read);
+        return gguf::load(path, dtype, device, read, true);
     }
     let file = SafetensorsFile::open(path)?;
     let st = file.parse()?;

@@ -12,6 +12,7 @@ pub mod cpu_grad;
 pub mod cpu_norm;
 #[cfg(feature = "cuda")]
 pub mod cuda_ops;
+pub mod dequant;
 pub mod simd;
 
 /// The CPU kernel set matrix products and convolutions run with here, chosen at run time:

@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use super::file::{LoraFile, LoraFormat, Module};
 use super::keys::{self, Part};
 use crate::error::{EngineError, Result};
+use crate::nets::weights::Weights;
 use crate::protocol::LoraReport;
 
 fn part(m: &Module, p: Part) -> Result<&Tensor> {
@@ -129,10 +130,12 @@ pub fn delta(m: &Module, target: &[usize], default_alpha: Option<f32>, device: &
 /// Returns the replacement tensors (model dtype, on the model's device) and one report per
 /// file. Fails, touching nothing, when a LoRA matches no layer or a shape does not fit.
 pub fn merge_into(
-    base: &HashMap<String, Tensor>,
+    base: &Weights,
     table: &HashMap<String, String>,
     loras: &[(&LoraFile, f32, f32)],
 ) -> Result<(HashMap<String, Tensor>, Vec<LoraReport>)> {
+    let device = base.device();
+    let device = &device;
     let mut sums: HashMap<String, Tensor> = HashMap::new();
     let mut magnitudes: Vec<(String, Tensor)> = vec![];
     let mut reports = vec![];
@@ -147,13 +150,13 @@ pub fn merge_into(
                 report.unmatched.push(m.key.clone());
                 continue;
             };
-            let w0 = base.get(target).ok_or_else(|| EngineError::MissingTensor(target.clone()))?;
+            let w0 = base.shape(target)?;
             let strength = if target.starts_with("unet.") {
                 *unet_strength
             } else {
                 *text_strength
             };
-            let d = delta(m, w0.dims(), file.peft_alpha, w0.device()).map_err(|e| match e {
+            let d = delta(m, w0, file.peft_alpha, device).map_err(|e| match e {
                 EngineError::ShapeMismatch { found, expected, .. } => EngineError::Other(format!(
                     "LoRA '{}' does not fit this model: layer {} has {found:?} in the LoRA but {expected:?} in the model (a LoRA for another model family?)",
                     file.name, m.key
@@ -167,7 +170,7 @@ pub fn merge_into(
             };
             sums.insert(target.clone(), sum);
             if let Some(mag) = m.parts.get(&Part::Magnitude) {
-                magnitudes.push((target.clone(), mag.to_device(w0.device())?.to_dtype(DType::F32)?));
+                magnitudes.push((target.clone(), mag.to_device(device)?.to_dtype(DType::F32)?));
             }
             report.applied += 1;
         }
@@ -184,7 +187,9 @@ pub fn merge_into(
     }
     let mut out = HashMap::new();
     for (name, sum) in sums {
-        let w0 = &base[&name];
+        // A quantized W0 is dequantized here: the patched layer is dense in the merged copy,
+        // the base keeps its blocks.
+        let w0 = base.get(&name)?;
         let mut w = (w0.to_dtype(DType::F32)? + sum)?;
         for (_, mag) in magnitudes.iter().filter(|(t, _)| *t == name) {
             // DoRA: keep the direction of W0 + delta, take the magnitude from the file

@@ -3,13 +3,13 @@
 use candle_core::{D, Module, Tensor};
 use candle_nn::Conv2dConfig;
 
-use super::weights::Weights;
+use super::weights::{Param, Weights};
 use crate::error::{EngineError, Result};
 
 /// `prefix.weight` (+ `prefix.bias` when present) as a linear layer.
 pub fn linear(w: &Weights, prefix: &str) -> Result<Linear> {
-    let weight = w.get(&format!("{prefix}.weight"))?.clone();
-    if weight.rank() != 2 {
+    let weight = w.param(&format!("{prefix}.weight"))?;
+    if weight.dims().len() != 2 {
         return Err(EngineError::ShapeMismatch {
             name: format!("{prefix}.weight"),
             found: weight.dims().to_vec(),
@@ -17,28 +17,28 @@ pub fn linear(w: &Weights, prefix: &str) -> Result<Linear> {
         });
     }
     let bias = w.tensors.get(&format!("{prefix}.bias")).cloned();
-    Ok(Linear {
-        inner: candle_nn::Linear::new(weight, bias),
-    })
+    Ok(Linear { weight, bias })
 }
 
 /// A linear layer (`x W^T + b`), counted as [`Stage::Linear`](crate::profile::Stage) when
-/// profiling.
+/// profiling. A quantized weight is dequantized for each call and dropped after it.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    inner: candle_nn::Linear,
+    weight: Param,
+    bias: Option<Tensor>,
 }
 
 impl Linear {
-    pub fn weight(&self) -> &Tensor {
-        self.inner.weight()
+    /// The dtype the layer computes in.
+    pub fn dtype(&self) -> candle_core::DType {
+        self.weight.dtype()
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _span = crate::profile::span(crate::profile::Stage::Linear);
-        let w = self.inner.weight();
+        let w = self.weight.tensor()?;
         if w.dtype() == candle_core::DType::BF16 && x.dtype() == candle_core::DType::F32 && x.device().is_cpu() && !x.track_op() {
             // bf16 weights on f32 activations (`--dtype bf16` on a CPU with AVX-512 BF16).
             let dims = x.dims();
@@ -46,32 +46,31 @@ impl Module for Linear {
             let tokens = x.elem_count() / k.max(1);
             let flat = x.reshape((tokens, k))?.contiguous()?;
             let op = crate::kernels::cpu_bf16::Linear;
-            let y = match self.inner.bias() {
-                Some(b) => flat.apply_op3_no_bwd(w, &b.to_dtype(candle_core::DType::F32)?, &op)?,
-                None => flat.apply_op2_no_bwd(w, &op)?,
+            let y = match &self.bias {
+                Some(b) => flat.apply_op3_no_bwd(&w, &b.to_dtype(candle_core::DType::F32)?, &op)?,
+                None => flat.apply_op2_no_bwd(&w, &op)?,
             };
             let mut out = dims.to_vec();
             *out.last_mut().expect("rank >= 1") = w.dim(0)?;
             return y.reshape(out);
         }
-        self.inner.forward(x)
+        candle_nn::Linear::new(w, self.bias.clone()).forward(x)
     }
 }
 
 /// A 2-D convolution; 1x1 kernels stored as matrices (linear `proj_in`) are reshaped.
 pub fn conv2d(w: &Weights, prefix: &str, stride: usize) -> Result<Conv2d> {
-    let k = w.get(&format!("{prefix}.weight"))?.dims().get(2).copied().unwrap_or(1);
+    let k = w.shape(&format!("{prefix}.weight"))?.get(2).copied().unwrap_or(1);
     conv2d_with(w, prefix, k / 2, stride)
 }
 
 /// A 2-D convolution with explicit padding.
 pub fn conv2d_with(w: &Weights, prefix: &str, padding: usize, stride: usize) -> Result<Conv2d> {
-    let mut weight = w.get(&format!("{prefix}.weight"))?.clone();
-    if weight.rank() == 2 {
-        let (o, i) = weight.dims2()?;
-        weight = weight.reshape((o, i, 1, 1))?;
+    let mut weight = w.param(&format!("{prefix}.weight"))?;
+    if let &[o, i] = weight.dims() {
+        weight = weight.reshaped(&[o, i, 1, 1])?;
     }
-    if weight.rank() != 4 {
+    if weight.dims().len() != 4 {
         return Err(EngineError::ShapeMismatch {
             name: format!("{prefix}.weight"),
             found: weight.dims().to_vec(),
@@ -84,9 +83,7 @@ pub fn conv2d_with(w: &Weights, prefix: &str, padding: usize, stride: usize) -> 
         stride,
         ..Default::default()
     };
-    Ok(Conv2d {
-        inner: candle_nn::Conv2d::new(weight, bias, config),
-    })
+    Ok(Conv2d { weight, bias, config })
 }
 
 /// Bytes of unfolded input one convolution may build at once (candle convolves through
@@ -97,15 +94,19 @@ pub const CONV_UNFOLD_BUDGET: usize = 128 << 20;
 /// [`CONV_UNFOLD_BUDGET`], it convolves bands of output rows, each from its own rows of the
 /// padded input, and joins them. The result is the same as one convolution (each output
 /// pixel sums the same products); only the peak memory differs. A 512x512 SD VAE decode's
-/// largest convolution would otherwise unfold 2.4 GB.
+/// largest convolution would otherwise unfold 2.4 GB. A quantized weight is dequantized for
+/// each call and dropped after it.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
-    inner: candle_nn::Conv2d,
+    weight: Param,
+    bias: Option<Tensor>,
+    config: Conv2dConfig,
 }
 
 impl Conv2d {
-    pub fn weight(&self) -> &Tensor {
-        self.inner.weight()
+    /// The dtype the layer computes in.
+    pub fn dtype(&self) -> candle_core::DType {
+        self.weight.dtype()
     }
 }
 
@@ -115,86 +116,84 @@ impl Module for Conv2d {
     }
 }
 
-impl Conv2d {
-    /// The convolution as shifted copies and one matrix product (training off the f32 CPU
-    /// path of [`crate::kernels::cpu_grad`]). candle's own convolution
-    /// differentiates through a transposed convolution that is very slow on the CPU; this
-    /// form's backward pass is two matrix products and copies (training is 5-10x faster).
-    fn forward_by_matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let cfg = self.inner.config();
-        let w = self.inner.weight();
-        let (o, c, kh, kw) = w.dims4()?;
-        let (b, _, h, wd) = x.dims4()?;
-        let (p, s) = (cfg.padding, cfg.stride.max(1));
-        let h_out = (h + 2 * p).saturating_sub(kh) / s + 1;
-        let w_out = (wd + 2 * p).saturating_sub(kw) / s + 1;
-        // Pad, plus `s` spare rows/columns so every strided window can be cut to s * n.
-        let xp = x.pad_with_zeros(2, p, p + s)?.pad_with_zeros(3, p, p + s)?;
-        let mut cols = Vec::with_capacity(kh * kw);
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let win = xp.narrow(2, ky, s * h_out)?.narrow(3, kx, s * w_out)?;
-                let win = if s == 1 {
-                    win
-                } else {
-                    win.contiguous()?
-                        .reshape((b, c, h_out, s, w_out, s))?
-                        .narrow(3, 0, 1)?
-                        .narrow(5, 0, 1)?
-                        .reshape((b, c, h_out, w_out))?
-                };
-                cols.push(win);
-            }
-        }
-        let col = Tensor::stack(&cols, 2)?.reshape((b, c * kh * kw, h_out * w_out))?;
-        let y = w.reshape((o, c * kh * kw))?.broadcast_matmul(&col)?;
-        let y = match self.inner.bias() {
-            Some(bias) => y.broadcast_add(&bias.reshape((1, o, 1))?)?,
-            None => y,
-        };
-        y.reshape((b, o, h_out, w_out))
-    }
-
-    /// candle's convolution with this padding, plus the bias: on CUDA (inference) the bias is
-    /// added by the engine's per-channel kernel instead of candle's broadcasting add.
-    fn conv_plus_bias(&self, x: &Tensor, padding: usize) -> candle_core::Result<Tensor> {
-        let cfg = self.inner.config();
-        #[cfg(feature = "cuda")]
-        if crate::kernels::cuda_ops::applies(x) && !self.inner.weight().track_op() {
-            let y = x.conv2d(self.inner.weight(), padding, cfg.stride, cfg.dilation, cfg.groups)?;
-            return match self.inner.bias() {
-                Some(bias) => {
-                    let (_, _, h, w) = y.dims4()?;
-                    crate::kernels::cuda_ops::add_per_channel(&y, bias, h * w)
-                }
-                None => Ok(y),
+/// The convolution as shifted copies and one matrix product (training off the f32 CPU
+/// path of [`crate::kernels::cpu_grad`]). candle's own convolution
+/// differentiates through a transposed convolution that is very slow on the CPU; this
+/// form's backward pass is two matrix products and copies (training is 5-10x faster).
+fn forward_by_matmul(inner: &candle_nn::Conv2d, x: &Tensor) -> candle_core::Result<Tensor> {
+    let cfg = inner.config();
+    let w = inner.weight();
+    let (o, c, kh, kw) = w.dims4()?;
+    let (b, _, h, wd) = x.dims4()?;
+    let (p, s) = (cfg.padding, cfg.stride.max(1));
+    let h_out = (h + 2 * p).saturating_sub(kh) / s + 1;
+    let w_out = (wd + 2 * p).saturating_sub(kw) / s + 1;
+    // Pad, plus `s` spare rows/columns so every strided window can be cut to s * n.
+    let xp = x.pad_with_zeros(2, p, p + s)?.pad_with_zeros(3, p, p + s)?;
+    let mut cols = Vec::with_capacity(kh * kw);
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let win = xp.narrow(2, ky, s * h_out)?.narrow(3, kx, s * w_out)?;
+            let win = if s == 1 {
+                win
+            } else {
+                win.contiguous()?
+                    .reshape((b, c, h_out, s, w_out, s))?
+                    .narrow(3, 0, 1)?
+                    .narrow(5, 0, 1)?
+                    .reshape((b, c, h_out, w_out))?
             };
+            cols.push(win);
         }
-        if padding == cfg.padding {
-            return self.inner.forward(x);
-        }
-        candle_nn::Conv2d::new(
-            self.inner.weight().clone(),
-            self.inner.bias().cloned(),
-            Conv2dConfig { padding, ..*cfg },
-        )
-        .forward(x)
     }
+    let col = Tensor::stack(&cols, 2)?.reshape((b, c * kh * kw, h_out * w_out))?;
+    let y = w.reshape((o, c * kh * kw))?.broadcast_matmul(&col)?;
+    let y = match inner.bias() {
+        Some(bias) => y.broadcast_add(&bias.reshape((1, o, 1))?)?,
+        None => y,
+    };
+    y.reshape((b, o, h_out, w_out))
+}
 
+/// candle's convolution with this padding, plus the bias: on CUDA (inference) the bias is
+/// added by the engine's per-channel kernel instead of candle's broadcasting add.
+fn conv_plus_bias(inner: &candle_nn::Conv2d, x: &Tensor, padding: usize) -> candle_core::Result<Tensor> {
+    let cfg = inner.config();
+    #[cfg(feature = "cuda")]
+    if crate::kernels::cuda_ops::applies(x) && !inner.weight().track_op() {
+        let y = x.conv2d(inner.weight(), padding, cfg.stride, cfg.dilation, cfg.groups)?;
+        return match inner.bias() {
+            Some(bias) => {
+                let (_, _, h, w) = y.dims4()?;
+                crate::kernels::cuda_ops::add_per_channel(&y, bias, h * w)
+            }
+            None => Ok(y),
+        };
+    }
+    if padding == cfg.padding {
+        return inner.forward(x);
+    }
+    candle_nn::Conv2d::new(inner.weight().clone(), inner.bias().cloned(), Conv2dConfig { padding, ..*cfg }).forward(x)
+}
+
+impl Conv2d {
     /// The convolution with at most `budget` bytes of unfolded input at a time.
     pub fn forward_within(&self, x: &Tensor, budget: usize) -> candle_core::Result<Tensor> {
-        let cfg = self.inner.config();
-        let wide = self.inner.weight().dims().get(2..4).is_some_and(|k| k != [1, 1]);
+        let cfg = &self.config;
+        let wide = self.weight.dims().get(2..4).is_some_and(|k| k != [1, 1]);
         let _span = crate::profile::span(if wide {
             crate::profile::Stage::Conv
         } else {
             crate::profile::Stage::Conv1x1
         });
-        if (x.track_op() || self.inner.weight().track_op()) && cfg.groups == 1 && cfg.dilation == 1 {
-            if crate::kernels::cpu_grad::supports(x) && crate::kernels::cpu_grad::supports(self.inner.weight()) {
-                return crate::kernels::cpu_grad::conv2d(x, self.inner.weight(), self.inner.bias(), cfg.padding, cfg.stride);
+        let weight = self.weight.tensor()?;
+        let inner = candle_nn::Conv2d::new(weight, self.bias.clone(), *cfg);
+        let weight = inner.weight();
+        if (x.track_op() || weight.track_op()) && cfg.groups == 1 && cfg.dilation == 1 {
+            if crate::kernels::cpu_grad::supports(x) && crate::kernels::cpu_grad::supports(weight) {
+                return crate::kernels::cpu_grad::conv2d(x, weight, inner.bias(), cfg.padding, cfg.stride);
             }
-            return self.forward_by_matmul(x);
+            return forward_by_matmul(&inner, x);
         }
         if cfg.groups == 1 && cfg.dilation == 1 && crate::kernels::cpu_conv::supports(x) {
             let conv = crate::kernels::cpu_conv::CpuConv {
@@ -202,12 +201,12 @@ impl Conv2d {
                 stride: cfg.stride,
                 budget,
             };
-            return conv.forward(x, self.inner.weight(), self.inner.bias());
+            return conv.forward(x, weight, inner.bias());
         }
         let (b, c_in, h, w) = x.dims4()?;
-        let (k_h, k_w) = (self.inner.weight().dim(2)?, self.inner.weight().dim(3)?);
+        let (k_h, k_w) = (weight.dim(2)?, weight.dim(3)?);
         if k_h == 1 && k_w == 1 {
-            return self.conv_plus_bias(x, cfg.padding);
+            return conv_plus_bias(&inner, x, cfg.padding);
         }
         let (pad, stride) = (cfg.padding, cfg.stride.max(1));
         let h_out = (h + 2 * pad).saturating_sub(k_h) / stride + 1;
@@ -215,7 +214,7 @@ impl Conv2d {
         let row_bytes = b * w_out * k_h * k_w * c_in * x.dtype().size_in_bytes();
         let rows_per_band = (budget / row_bytes.max(1)).max(1);
         if rows_per_band >= h_out || cfg.groups != 1 || cfg.dilation != 1 {
-            return self.conv_plus_bias(x, cfg.padding);
+            return conv_plus_bias(&inner, x, cfg.padding);
         }
         let padded = x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?;
         let mut bands = vec![];
@@ -224,7 +223,7 @@ impl Conv2d {
             let r1 = (r0 + rows_per_band).min(h_out);
             let first = r0 * stride;
             let rows = (r1 - 1) * stride + k_h - first;
-            bands.push(self.conv_plus_bias(&padded.narrow(2, first, rows)?, 0)?);
+            bands.push(conv_plus_bias(&inner, &padded.narrow(2, first, rows)?, 0)?);
             r0 = r1;
         }
         Tensor::cat(&bands, 2)
@@ -311,8 +310,8 @@ impl Module for GroupNorm {
 
 /// Group normalisation over `channels` with `groups` groups.
 pub fn group_norm(w: &Weights, prefix: &str, groups: usize, eps: f64) -> Result<GroupNorm> {
-    let weight = w.get(&format!("{prefix}.weight"))?.clone();
-    let bias = w.get(&format!("{prefix}.bias"))?.clone();
+    let weight = w.get(&format!("{prefix}.weight"))?;
+    let bias = w.get(&format!("{prefix}.bias"))?;
     let channels = weight.dim(0)?;
     if groups == 0 || channels % groups != 0 {
         return Err(EngineError::UnknownArchitecture(format!(
@@ -330,8 +329,8 @@ pub fn group_norm(w: &Weights, prefix: &str, groups: usize, eps: f64) -> Result<
 
 /// Layer normalisation over the last dimension.
 pub fn layer_norm(w: &Weights, prefix: &str, eps: f64) -> Result<LayerNorm> {
-    let weight = w.get(&format!("{prefix}.weight"))?.clone();
-    let bias = w.get(&format!("{prefix}.bias"))?.clone();
+    let weight = w.get(&format!("{prefix}.weight"))?;
+    let bias = w.get(&format!("{prefix}.bias"))?;
     Ok(LayerNorm {
         inner: candle_nn::LayerNorm::new(weight.clone(), bias.clone(), eps),
         weight,
@@ -621,19 +620,20 @@ mod tests {
             let x = Tensor::from_vec(rng.randn_f32(2 * c_in * h * w), (2, c_in, h, w), &dev).expect("x");
             let wt = Tensor::from_vec(rng.randn_f32(c_out * c_in * k * k), (c_out, c_in, k, k), &dev).expect("w");
             let bias = Tensor::from_vec(rng.randn_f32(c_out), c_out, &dev).expect("b");
+            let config = Conv2dConfig {
+                padding,
+                stride,
+                ..Default::default()
+            };
+            let bias = with_bias.then_some(bias);
+            let plain_conv = candle_nn::Conv2d::new(wt.clone(), bias.clone(), config);
             let conv = Conv2d {
-                inner: candle_nn::Conv2d::new(
-                    wt,
-                    with_bias.then_some(bias),
-                    Conv2dConfig {
-                        padding,
-                        stride,
-                        ..Default::default()
-                    },
-                ),
+                weight: Param::Dense(wt.clone()),
+                bias: bias.clone(),
+                config,
             };
             let case = format!("c_in {c_in} k {k} stride {stride} padding {padding} bias {with_bias}");
-            let plain = conv.inner.forward(&x).expect("plain");
+            let plain = plain_conv.forward(&x).expect("plain");
             let max_diff = |a: &Tensor| -> f32 {
                 assert_eq!(a.dims(), plain.dims(), "{case}");
                 let a = a.to_dtype(candle_core::DType::F32).expect("f32");
@@ -646,7 +646,7 @@ mod tests {
                     .to_scalar::<f32>()
                     .expect("s")
             };
-            let d = max_diff(&conv.forward_by_matmul(&x).expect("matmul form"));
+            let d = max_diff(&forward_by_matmul(&plain_conv, &x).expect("matmul form"));
             assert!(d <= 1e-4, "training form, {case}: max diff {d}");
             for budget in [1, 2 * w * k * k * c_in * 4 * 3, usize::MAX] {
                 let d = max_diff(&conv.forward_within(&x, budget).expect("banded"));
@@ -655,7 +655,9 @@ mod tests {
             // f16: the kernel accumulates in f16 like candle's, so compare loosely.
             let half = |t: &Tensor| t.to_dtype(candle_core::DType::F16).expect("f16");
             let conv16 = Conv2d {
-                inner: candle_nn::Conv2d::new(half(conv.inner.weight()), conv.inner.bias().map(half), *conv.inner.config()),
+                weight: Param::Dense(half(&wt)),
+                bias: bias.as_ref().map(half),
+                config,
             };
             let scale = plain.abs().expect("abs").max_all().expect("max").to_scalar::<f32>().expect("s");
             let d = max_diff(&conv16.forward_within(&half(&x), 1).expect("f16"));

@@ -201,6 +201,7 @@ pub fn random_weights_where(cfg: &ModelConfig, dtype: DType, device: &Device, ke
     }
     Ok(Weights {
         tensors,
+        quantized: Default::default(),
         shapes: shapes_map,
         metadata: HashMap::new(),
         configs: HashMap::new(),

@@ -107,7 +107,7 @@ impl CrossAttention {
         let q = self.q.forward(x)?;
         let k = self.k.forward(context)?;
         let v = self.v.forward(context)?;
-        let a = if self.q.weight().dtype() == DType::BF16 {
+        let a = if self.q.dtype() == DType::BF16 {
             attention_bf16(&q, &k, &v, self.heads, false)?
         } else {
             attention(&q, &k, &v, self.heads, false)?
@@ -345,7 +345,7 @@ impl Unet {
             None
         };
         let conv_in = conv2d(w, "unet.conv_in", 1)?;
-        let dtype = conv_in.weight().dtype();
+        let dtype = conv_in.dtype();
         Ok(Self {
             config: cfg.clone(),
             conv_in,

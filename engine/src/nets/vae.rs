@@ -31,7 +31,7 @@ impl MidAttention {
         let (b, c, h, w) = x.dims4()?;
         let y = self.norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
         let (q, k, v) = (self.q.forward(&y)?, self.k.forward(&y)?, self.v.forward(&y)?);
-        let a = if self.q.weight().dtype() == DType::BF16 {
+        let a = if self.q.dtype() == DType::BF16 {
             attention_bf16(&q, &k, &v, 1, false)?
         } else {
             attention(&q, &k, &v, 1, false)?
@@ -86,7 +86,7 @@ impl VaeDecoder {
             up.push((resnets, sampler));
         }
         let conv_in = conv2d(w, &format!("{p}.conv_in"), 1)?;
-        let dtype = conv_in.weight().dtype();
+        let dtype = conv_in.dtype();
         Ok(Self {
             config: cfg.clone(),
             post_quant: if w.has("vae.post_quant_conv.weight") {

@@ -3,8 +3,10 @@
 //! trainer and the benchmarks' random presets fill it in memory.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
-use candle_core::Tensor;
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Tensor};
 
 use crate::error::{EngineError, Result};
 
@@ -24,11 +26,42 @@ pub enum Layout {
     Diffusers,
 }
 
+/// A weight kept in a GGUF file's quantized blocks (q8_0, q4_K, ...): what the layers hold
+/// instead of a dense tensor, dequantized to `dtype` for one product at a time.
+#[derive(Clone, Debug)]
+pub struct QuantWeight {
+    /// The blocks, on the device the model runs on.
+    pub q: Arc<QTensor>,
+    /// The canonical (logical) shape; the blocks keep the file's row-major order, so only
+    /// reshapes (`ConvToLinear`) are allowed between them.
+    pub shape: Vec<usize>,
+    /// The dtype the dense weight computes in.
+    pub dtype: DType,
+}
+
+impl QuantWeight {
+    /// The dense weight: dequantized to f32, reshaped, converted to `dtype` on the blocks'
+    /// device. The same arithmetic as dequantizing at load, so the values are identical.
+    pub fn dequantize(&self) -> candle_core::Result<Tensor> {
+        crate::kernels::dequant::dequantize(&self.q)?
+            .reshape(self.shape.as_slice())?
+            .to_dtype(self.dtype)?
+            .contiguous()
+    }
+    /// Bytes the blocks take in memory.
+    pub fn bytes(&self) -> usize {
+        self.q.storage_size_in_bytes()
+    }
+}
+
 /// All tensors of a checkpoint under canonical names, plus what the files say about themselves.
 /// Cloning is cheap: tensors share their storage.
 #[derive(Clone, Debug)]
 pub struct Weights {
     pub tensors: HashMap<String, Tensor>,
+    /// Weights kept quantized (GGUF q-types): never also in `tensors`; [`Weights::get`]
+    /// dequantizes them on request, the layers hold them as they are.
+    pub quantized: HashMap<String, QuantWeight>,
     /// Shape of every canonical tensor (also filled when only shapes were read).
     pub shapes: HashMap<String, Vec<usize>>,
     /// `__metadata__` entries of the file(s).
@@ -47,9 +80,39 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// The tensor called `name`, or a clear error.
-    pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors.get(name).ok_or_else(|| EngineError::MissingTensor(name.to_string()))
+    /// The tensor called `name` (dequantized when it is kept quantized), or a clear error.
+    pub fn get(&self, name: &str) -> Result<Tensor> {
+        if let Some(t) = self.tensors.get(name) {
+            return Ok(t.clone());
+        }
+        match self.quantized.get(name) {
+            Some(q) => Ok(q.dequantize()?),
+            None => Err(EngineError::MissingTensor(name.to_string())),
+        }
+    }
+    /// The weight `name` as a layer holds it: dense, or still quantized.
+    pub fn param(&self, name: &str) -> Result<Param> {
+        if let Some(t) = self.tensors.get(name) {
+            return Ok(Param::Dense(t.clone()));
+        }
+        match self.quantized.get(name) {
+            Some(q) => Ok(Param::Quant(Box::new(q.clone()))),
+            None => Err(EngineError::MissingTensor(name.to_string())),
+        }
+    }
+    /// The device the weights live on (the CPU for an empty set).
+    pub fn device(&self) -> candle_core::Device {
+        match (self.tensors.values().next(), self.quantized.values().next()) {
+            (Some(t), _) => t.device().clone(),
+            (None, Some(q)) => q.q.device(),
+            (None, None) => candle_core::Device::Cpu,
+        }
+    }
+    /// Bytes the weights take in memory (dense tensors plus quantized blocks).
+    pub fn resident_bytes(&self) -> u64 {
+        let dense: usize = self.tensors.values().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
+        let quant: usize = self.quantized.values().map(QuantWeight::bytes).sum();
+        (dense + quant) as u64
     }
     /// True when a tensor of that name exists.
     pub fn has(&self, name: &str) -> bool {
@@ -73,5 +136,54 @@ impl Weights {
             .filter(|(k, _)| k.starts_with(prefix))
             .map(|(_, s)| s.iter().product::<usize>())
             .sum()
+    }
+}
+
+/// A layer's weight: a dense tensor, or quantized blocks dequantized for each product (the
+/// dense copy lives only while the layer runs).
+#[derive(Clone, Debug)]
+pub enum Param {
+    Dense(Tensor),
+    /// Boxed: layers stay small next to their dense twins.
+    Quant(Box<QuantWeight>),
+}
+
+impl Param {
+    /// The dense weight (a cheap clone, or a fresh dequantized tensor).
+    pub fn tensor(&self) -> candle_core::Result<Tensor> {
+        match self {
+            Param::Dense(t) => Ok(t.clone()),
+            Param::Quant(q) => q.dequantize(),
+        }
+    }
+    pub fn dims(&self) -> &[usize] {
+        match self {
+            Param::Dense(t) => t.dims(),
+            Param::Quant(q) => &q.shape,
+        }
+    }
+    pub fn dtype(&self) -> DType {
+        match self {
+            Param::Dense(t) => t.dtype(),
+            Param::Quant(q) => q.dtype,
+        }
+    }
+    /// Whether gradients flow into it (quantized blocks are frozen).
+    pub fn track_op(&self) -> bool {
+        matches!(self, Param::Dense(t) if t.track_op())
+    }
+    /// The same weight under another logical shape (a reshape of the dense tensor, or of the
+    /// quantized weight's declared shape).
+    pub fn reshaped(self, shape: &[usize]) -> candle_core::Result<Param> {
+        Ok(match self {
+            Param::Dense(t) => Param::Dense(t.reshape(shape)?),
+            Param::Quant(mut q) => {
+                if shape.iter().product::<usize>() != q.shape.iter().product::<usize>() {
+                    candle_core::bail!("cannot reshape a quantized weight of shape {:?} to {shape:?}", q.shape)
+                }
+                q.shape = shape.to_vec();
+                Param::Quant(q)
+            }
+        })
     }
 }

@@ -49,15 +49,13 @@ pub fn open_device(kind: DeviceKind) -> Result<Device> {
 /// matrices of linear layers and convolutions with an even depth (the kernels pair k), but
 /// not embeddings, the first convolutions (their dtype is the activations') or anything of
 /// rank 1.
-pub fn stays_bf16_on_cpu(name: &str, t: &candle_core::Tensor) -> bool {
-    let dims = t.dims();
+pub fn stays_bf16_on_cpu(name: &str, dims: &[usize]) -> bool {
     let depth: usize = dims.iter().skip(1).product();
     name.ends_with(".weight")
         && (dims.len() == 2 || dims.len() == 4)
         && depth.is_multiple_of(2)
         && !name.contains("embedding")
         && !name.contains("conv_in")
-        && t.dtype().is_float()
 }
 
 fn candle_dtype(d: DType) -> CDType {
@@ -205,8 +203,10 @@ fn replace_vae(w: &mut Weights, cfg: &mut ModelConfig, path: &Path, dtype: CDTyp
         .and_then(|c| c.get("scaling_factor"))
         .and_then(serde_json::Value::as_f64);
     w.tensors.retain(|k, _| !k.starts_with("vae."));
+    w.quantized.retain(|k, _| !k.starts_with("vae."));
     w.shapes.retain(|k, _| !k.starts_with("vae."));
     w.tensors.extend(v.tensors);
+    w.quantized.extend(v.quantized);
     w.shapes.extend(v.shapes);
     match v.configs.get("vae") {
         Some(c) => w.configs.insert("vae".into(), c.clone()),
@@ -280,11 +280,18 @@ impl Pipeline {
             // CPU: keep bf16's rounding of the weights but compute in f32.
             let hardware = crate::kernels::cpu_bf16::hardware();
             for (name, t) in w.tensors.iter_mut() {
-                if !(hardware && stays_bf16_on_cpu(name, t)) {
+                if !(hardware && stays_bf16_on_cpu(name, t.dims()) && t.dtype().is_float()) {
                     *t = t.to_dtype(CDType::F32)?;
                 } else if t.dtype() != CDType::BF16 {
                     *t = t.to_dtype(CDType::BF16)?;
                 }
+            }
+            for (name, q) in w.quantized.iter_mut() {
+                q.dtype = if hardware && stays_bf16_on_cpu(name, &q.shape) {
+                    CDType::BF16
+                } else {
+                    CDType::F32
+                };
             }
         }
         let text = cfg.text.iter().map(|t| ClipText::new(&w, t)).collect::<Result<Vec<_>>>()?;
@@ -325,7 +332,8 @@ impl Pipeline {
     /// How many weight tensors stay bf16 (`--dtype bf16` on a CPU with AVX-512 BF16: the
     /// matrices [`stays_bf16_on_cpu`] picks); 0 otherwise.
     pub fn cpu_bf16_matrices(&self) -> usize {
-        self.base.tensors.values().filter(|t| t.dtype() == CDType::BF16).count()
+        let dense = self.base.tensors.values().filter(|t| t.dtype() == CDType::BF16).count();
+        dense + self.base.quantized.values().filter(|q| q.dtype == CDType::BF16).count()
     }
 
     /// The checkpoint's own weights (what LoRA merges start from).
@@ -386,13 +394,19 @@ impl Pipeline {
             let cfg = &self.config.unet;
             let up_attn: Vec<bool> = cfg.up_attention.iter().map(Option::is_some).collect();
             let lpb = cfg.layers_per_block;
-            let names = self.base.tensors.keys().filter(|k| k.ends_with(".weight")).map(|k| {
-                let ldm = k
-                    .strip_prefix("unet.")
-                    .and_then(|p| p.strip_suffix(".weight"))
-                    .and_then(|p| crate::checkpoint::convert::unet_module_to_ldm(p, lpb, &up_attn));
-                (k.as_str(), ldm)
-            });
+            let base = &self.base;
+            let names = base
+                .tensors
+                .keys()
+                .chain(base.quantized.keys())
+                .filter(|k| k.ends_with(".weight"))
+                .map(|k| {
+                    let ldm = k
+                        .strip_prefix("unet.")
+                        .and_then(|p| p.strip_suffix(".weight"))
+                        .and_then(|p| crate::checkpoint::convert::unet_module_to_ldm(p, lpb, &up_attn));
+                    (k.as_str(), ldm)
+                });
             self.lora_table = Some(crate::lora::keys::table(names));
         }
         let table = self
@@ -402,10 +416,11 @@ impl Pipeline {
         let (replacements, reports) = if loras.is_empty() {
             (Default::default(), vec![])
         } else {
-            crate::lora::merge_into(&self.base.tensors, table, loras)?
+            crate::lora::merge_into(&self.base, table, loras)?
         };
         let mut merged = self.base.clone();
         for (k, t) in replacements {
+            merged.quantized.remove(&k);
             merged.tensors.insert(k, t);
         }
         let text = self

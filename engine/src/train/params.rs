@@ -44,6 +44,7 @@ impl Params {
         let shapes = tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect();
         Weights {
             tensors,
+            quantized: Default::default(),
             shapes,
             metadata: HashMap::new(),
             configs: HashMap::new(),

@@ -4,6 +4,32 @@ use anyhow::Result;
 
 use super::rss_bytes;
 
+/// Writes a random-weight checkpoint of the preset `config` (canonical names, which the
+/// loader reads as it reads its own files) to `out`; never over an existing file.
+pub fn random_model(config: &str, dtype: latent_engine::DType, out: &std::path::Path) -> Result<()> {
+    use super::presets::preset;
+    use latent_engine::nets::shapes::random_weights;
+    let cfg = preset(config).ok_or_else(|| anyhow::anyhow!("unknown --config '{config}' (sd15, sd21, sdxl)"))?;
+    if out.exists() {
+        anyhow::bail!("{} exists; bench random-model never overwrites a file", out.display());
+    }
+    let cdt = match dtype {
+        latent_engine::DType::F32 => candle_core::DType::F32,
+        latent_engine::DType::F16 => candle_core::DType::F16,
+        latent_engine::DType::BF16 => candle_core::DType::BF16,
+    };
+    let w = random_weights(&cfg, cdt, &candle_core::Device::Cpu)?;
+    let params: usize = w.tensors.values().map(|t| t.elem_count()).sum();
+    candle_core::safetensors::save(&w.tensors, out)?;
+    println!(
+        "wrote {}: random {config}, {} tensors, {:.0} M parameters, {dtype:?}",
+        out.display(),
+        w.tensors.len(),
+        params as f64 / 1e6
+    );
+    Ok(())
+}
+
 /// Time to merge, re-weight and remove a LoRA on a random-weight model of a real size.
 pub fn lora(config: &str, rank: usize) -> Result<()> {
     use super::presets::preset;
@@ -194,6 +220,7 @@ pub fn preview(size: usize, iters: usize) -> Result<()> {
     let w = Weights {
         shapes: tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect(),
         tensors,
+        quantized: Default::default(),
         metadata: HashMap::new(),
         configs: HashMap::new(),
         unrecognised: vec![],

@@ -124,6 +124,17 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         iters: usize,
     },
+    /// Write a random-weight checkpoint of a preset's architecture (sd15, sd21, sdxl) as a
+    /// single .safetensors file, the input of file-level benchmarks (`quantize`, memory of
+    /// `bench pipeline` on a file). Never overwrites.
+    RandomModel {
+        #[arg(long, default_value = "sd15")]
+        config: String,
+        /// f16, bf16 or f32.
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+        out: PathBuf,
+    },
     /// Time to merge, change and remove a LoRA on a random-weight model (no download).
     Lora {
         /// sd15, sd21 or sdxl.
@@ -144,6 +155,10 @@ pub fn run(what: BenchCmd) -> Result<()> {
             micro::attention(device, dtype, iters.max(1))
         }
         BenchCmd::Lora { config, rank } => micro::lora(&config, rank),
+        BenchCmd::RandomModel { config, dtype, out } => {
+            let dtype = DType::parse(&dtype).with_context(|| format!("unknown --dtype '{dtype}' (f32, f16, bf16)"))?;
+            micro::random_model(&config, dtype, &out)
+        }
         BenchCmd::Preview { size, iters } => micro::preview(size, iters.max(1)),
         BenchCmd::Solvers {
             config,
