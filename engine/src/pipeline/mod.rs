@@ -369,6 +369,7 @@ impl Pipeline {
             } else {
                 ""
             } + if cpu_bf16 { " (bf16 weights, f32 compute on CPU)" } else { "" }
+                + &format!(", weights {:.2} GB in memory", self.base.resident_bytes() as f64 / 1e9)
                 + &self
                     .base
                     .metadata
