@@ -106,6 +106,9 @@ pub struct ModelSpec {
     pub vae: Option<PathBuf>,
     /// A tiny decoder (TAESD family) for the step previews instead of the latent projection.
     pub tiny_decoder: Option<PathBuf>,
+    /// A whole checkpoint (file or diffusers folder) lending the text encoders and the VAE
+    /// that `path` lacks (a UNet-only file: ComfyUI-GGUF's, ComfyUI's `models/unet`).
+    pub components: Option<PathBuf>,
 }
 
 impl ModelSpec {
@@ -119,6 +122,7 @@ impl ModelSpec {
             vae_tiling: VaeTiling::Auto,
             vae: None,
             tiny_decoder: None,
+            components: None,
         }
     }
 }

@@ -348,3 +348,68 @@ fn comfyui_gguf_flattened_kernels_come_back_in_their_shapes() {
         "{text}"
     );
 }
+
+/// A UNet-only file (ComfyUI-GGUF's kind) opens with the text encoders and VAE of a whole
+/// checkpoint (`ModelSpec::components`: the CLI's `--components`, the window's Components
+/// picker). The pair generates exactly what the whole checkpoint generates with its UNet
+/// swapped for the file's, and the image's parameters name the lending checkpoint. Alone the
+/// file is refused in one line naming the option; a checkpoint of another family is refused
+/// saying what was taken from it; a whole checkpoint given components takes nothing.
+#[test]
+fn a_unet_only_file_opens_with_the_components_of_a_whole_checkpoint() {
+    use latent_engine::checkpoint::architecture;
+    use latent_engine::protocol::DType;
+    let dev = candle_core::Device::Cpu;
+    let unet = gguf_fixture("sd1-tiny-unet-comfy-q8_0.gguf");
+    let whole = fixture("sd1/sd1-tiny.safetensors");
+    let e = Pipeline::load(&ModelSpec::new(&unet)).err().expect("refused");
+    let text = e.to_string();
+    assert!(
+        matches!(e, EngineError::UnknownArchitecture(_)) && text.contains("--components") && !text.contains('\n'),
+        "{text}"
+    );
+    let note = gguf::describe(&unet).expect("header");
+    assert!(note.starts_with("q8_0 ") && note.ends_with("; UNet only"), "{note}");
+    let whole_note = gguf::describe(&gguf_fixture("sd1-tiny-q8_0.gguf")).expect("header");
+    assert!(whole_note.starts_with("q8_0 ") && !whole_note.contains("UNet"), "{whole_note}");
+    let with = |model: &Path, components: &Path| {
+        Pipeline::load(&ModelSpec {
+            components: Some(components.to_path_buf()),
+            ..ModelSpec::new(model)
+        })
+    };
+    let pipe = with(&unet, &whole).expect("loads with components");
+    let request = tiny_request("dpm++2m", 4, 5.0, 11);
+    let out = pipe
+        .generate(&pipe.validate(&request).expect("valid"), &mut Quiet)
+        .expect("generate");
+    assert!(out.metadata.contains("Components: sd1-tiny.safetensors"), "{}", out.metadata);
+    // The reference: the whole checkpoint's weights with the file's UNet put in by hand.
+    let mut w = checkpoint::load(&whole, candle_core::DType::F32, &dev).expect("whole");
+    let u = checkpoint::load(&unet, candle_core::DType::F32, &dev).expect("unet");
+    assert!(!u.quantized.is_empty() && u.shapes.keys().all(|k| k.starts_with("unet.")));
+    w.tensors.retain(|k, _| !k.starts_with("unet."));
+    w.shapes.retain(|k, _| !k.starts_with("unet."));
+    w.tensors.extend(u.tensors);
+    w.quantized.extend(u.quantized);
+    w.shapes.extend(u.shapes);
+    let cfg = architecture::infer(&w, "swapped").expect("config");
+    assert_eq!(cfg.unet, pipe.config.unet);
+    let swapped = Pipeline::from_weights(w, cfg, "swapped", DType::F32, dev).expect("pipeline");
+    let reference = swapped
+        .generate(&swapped.validate(&request).expect("valid"), &mut Quiet)
+        .expect("generate");
+    assert_eq!(out.latents.data, reference.latents.data);
+    // Text encoders and VAE of SDXL under an SD 1 UNet: refused, saying what was taken.
+    let e = with(&unet, &fixture("sdxl/sdxl-tiny.safetensors")).err().expect("refused");
+    let text = e.to_string();
+    assert!(
+        text.contains("text encoders and VAE taken from sdxl-tiny.safetensors") && !text.contains('\n'),
+        "{text}"
+    );
+    // A whole checkpoint keeps its own parts; its images do not name the components.
+    let own = with(&whole, &fixture("sd2/sd2-tiny.safetensors")).expect("loads");
+    let out = own.generate(&own.validate(&request).expect("valid"), &mut Quiet).expect("generate");
+    assert!(!out.metadata.contains("Components"), "{}", out.metadata);
+    assert_eq!(out.latents.data, latents(&whole, &request));
+}

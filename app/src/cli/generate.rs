@@ -75,6 +75,10 @@ pub struct GenerateArgs {
     /// file (models/VAE) or a diffusers vae/ folder.
     #[arg(long)]
     vae: Option<PathBuf>,
+    /// A whole checkpoint (file or diffusers folder) lending the text encoders and VAE a
+    /// UNet-only --model lacks (ComfyUI-GGUF's UNet files, ComfyUI's models/unet).
+    #[arg(long, value_name = "CHECKPOINT")]
+    components: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, default_value = "f32")]
@@ -382,6 +386,7 @@ pub fn generate(g: GenerateArgs) -> Result<()> {
         vae_tiling,
         vae: g.vae.clone(),
         tiny_decoder: None,
+        components: g.components.clone(),
     })?;
     let info = loop {
         match engine.recv_timeout(Duration::from_secs(3600)) {

@@ -183,6 +183,7 @@ impl StudioApp {
             return;
         }
         self.session.found_models = super::files::scan_models(&self.settings.model_dirs);
+        self.session.model_notes = super::files::model_notes(&self.session.found_models);
         let mut lora_dirs = self.settings.model_dirs.clone();
         lora_dirs.extend(self.settings.lora_dirs.iter().cloned());
         lora_dirs.extend(self.builtin_loras.iter().cloned());
@@ -235,6 +236,7 @@ impl StudioApp {
             },
             vae: self.settings.vae.clone(),
             tiny_decoder: self.settings.tiny_decoder.clone(),
+            components: self.settings.components.clone(),
             ..ModelSpec::new(path)
         };
         match self.engine.load_model(spec) {

@@ -129,6 +129,7 @@ impl StudioApp {
     fn apply_listing(&mut self, l: &Listing) {
         let s = &mut self.session;
         s.found_models = l.models.clone();
+        s.model_notes.clear();
         s.found_loras = l.loras.clone();
         s.found_upscalers = l.upscalers.clone();
         s.found_embeddings = l.embeddings.clone();

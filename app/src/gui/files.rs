@@ -133,9 +133,34 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, keep: &dyn Fn(&Path) -
 pub fn scan_models(dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = vec![];
     for d in dirs {
-        for c in candidates(d, &["Stable-diffusion", "checkpoints"]) {
+        // ComfyUI keeps UNet-only files (ComfyUI-GGUF's among them) in models/unet and
+        // models/diffusion_models; they open with a components checkpoint.
+        for c in candidates(d, &["Stable-diffusion", "checkpoints", "unet", "diffusion_models"]) {
             walk(&c, 2, &mut out, &|p| classify(p) == FileKind::Model);
         }
+    }
+    out
+}
+
+/// What the picker says of each model file before it is opened, from its header only: a
+/// GGUF file's weight types ("GGUF q8_0 94%, f32 6%"), "UNet only" for files that need a
+/// components checkpoint, a header that cannot be read. Plain checkpoints get no note.
+pub fn model_notes(models: &[PathBuf]) -> std::collections::HashMap<PathBuf, String> {
+    let mut out = std::collections::HashMap::new();
+    for p in models.iter().filter(|p| p.is_file()) {
+        let gguf = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let note = if gguf {
+            match latent_engine::checkpoint::gguf::describe(p) {
+                Ok(d) => format!("GGUF {d}"),
+                Err(e) => format!("unreadable: {e}"),
+            }
+        } else {
+            match safetensors_keys(p) {
+                Some(keys) if !latent_engine::checkpoint::unet_only_prefix(&keys).is_empty() => "UNet only".to_string(),
+                _ => continue,
+            }
+        };
+        out.insert(p.clone(), note);
     }
     out
 }
@@ -446,13 +471,18 @@ mod tests {
         let a1111_lora = root.join("webui/models/Lora/styles");
         let comfy = root.join("comfy/models/checkpoints");
         let comfy_lora = root.join("comfy/models/loras");
-        for d in [&a1111, &a1111_lora, &comfy, &comfy_lora] {
+        let comfy_unet = root.join("comfy/models/unet");
+        for d in [&a1111, &a1111_lora, &comfy, &comfy_lora, &comfy_unet] {
             std::fs::create_dir_all(d).expect("dir");
         }
         write_safetensors(&a1111.join("v15.safetensors"), &["model.diffusion_model.input_blocks.0.0.weight"]);
         write_safetensors(&comfy.join("xl.safetensors"), &["conditioner.embedders.0.x"]);
         write_safetensors(&a1111_lora.join("ink.safetensors"), &["lora_unet_down_blocks_0.lora_down.weight"]);
         write_safetensors(&comfy_lora.join("peft.safetensors"), &["unet.a.lora_A.weight"]);
+        write_safetensors(
+            &comfy_unet.join("unet-only.safetensors"),
+            &["input_blocks.0.0.weight", "time_embed.0.weight"],
+        );
         std::fs::write(comfy.join("old.ckpt"), b"PK").expect("write");
         std::fs::write(comfy.join("broken.safetensors"), b"xx").expect("write");
         std::fs::write(a1111.join("v15-q8_0.gguf"), b"GGUF\x03\0\0\0").expect("write");
@@ -465,9 +495,22 @@ mod tests {
             vec![
                 a1111.join("v15-q8_0.gguf"),
                 a1111.join("v15.safetensors"),
-                comfy.join("xl.safetensors")
+                comfy.join("xl.safetensors"),
+                comfy_unet.join("unet-only.safetensors")
             ]
         );
+        // The picker's notes: UNet-only files (which open with a components checkpoint) and
+        // GGUF headers; a GGUF header that ends early says so.
+        let notes = model_notes(&models);
+        assert_eq!(
+            notes.get(&comfy_unet.join("unet-only.safetensors")).map(String::as_str),
+            Some("UNet only")
+        );
+        assert!(
+            notes.get(&a1111.join("v15-q8_0.gguf")).is_some_and(|n| n.starts_with("unreadable")),
+            "{notes:?}"
+        );
+        assert_eq!(notes.len(), 2, "{notes:?}");
         assert!(matches!(classify(&a1111.join("fake.gguf")), FileKind::Unsupported(m) if m.contains("not a GGUF")));
         let loras = scan_loras(&roots);
         assert_eq!(loras, vec![a1111_lora.join("ink.safetensors"), comfy_lora.join("peft.safetensors")]);

@@ -389,6 +389,8 @@ pub struct Settings {
     pub vae: Option<PathBuf>,
     /// A tiny decoder (TAESD) for the step previews.
     pub tiny_decoder: Option<PathBuf>,
+    /// A whole checkpoint lending text encoders and VAE to UNet-only files.
+    pub components: Option<PathBuf>,
     pub params: Params,
     pub loras: Vec<LoraEntry>,
     /// Regenerate when a slider moves.
@@ -421,6 +423,7 @@ impl Default for Settings {
             vae_auto_tiling: true,
             vae: None,
             tiny_decoder: None,
+            components: None,
             params: Params::default(),
             loras: vec![],
             live: false,
@@ -704,6 +707,9 @@ pub struct Session {
     pub live_changed: Option<Instant>,
     /// Files found in the model and LoRA folders.
     pub found_models: Vec<PathBuf>,
+    /// What the model picker says of a found model before it is opened (GGUF weight types,
+    /// "UNet only"), read from headers once per scan.
+    pub model_notes: std::collections::HashMap<PathBuf, String>,
     pub found_loras: Vec<PathBuf>,
     /// VAE files in the model folders' `VAE`/`vae` folders.
     pub found_vaes: Vec<PathBuf>,

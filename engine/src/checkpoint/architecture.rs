@@ -224,9 +224,10 @@ fn unet_config(w: &Weights, h: &Hints) -> Result<UnetConfig> {
 
 fn vae_config(w: &Weights, h: &Hints, family: Family) -> Result<VaeConfig> {
     if !w.has("vae.decoder.conv_in.weight") {
-        return Err(EngineError::UnknownArchitecture(
-            "no VAE decoder found (no 'first_stage_model.decoder.*' or vae/ weights)".into(),
-        ));
+        return Err(EngineError::UnknownArchitecture(format!(
+            "no VAE decoder found (no 'first_stage_model.decoder.*' or vae/ weights){}",
+            unet_only_hint(w)
+        )));
     }
     let n_up = count_indices(w, "vae.decoder.up_blocks.");
     let mut channels = vec![];
@@ -272,6 +273,52 @@ fn prediction(w: &Weights, h: &Hints) -> Prediction {
         .unwrap_or(Prediction::Epsilon)
 }
 
+/// What to say when a file holds a UNet but not the rest.
+fn unet_only_hint(w: &Weights) -> &'static str {
+    if w.has("unet.conv_in.weight") {
+        ": a UNet-only file takes its text encoders and VAE from a whole checkpoint of the same family (--components FILE; in the window, Components beside the VAE)"
+    } else {
+        ""
+    }
+}
+
+/// The diffusers-style configs (`text_encoder`, `text_encoder_2`, `vae`) that carry what
+/// `from`'s text encoders and VAE are (heads, activation, groups, scaling factor where `from`
+/// says one) into another checkpoint's weights, whatever form `from` said them in (its
+/// own configs, this project's metadata, defaults by flavour).
+pub fn component_configs(from: &Weights) -> Result<Vec<(&'static str, Value)>> {
+    let h = Hints::new(from);
+    let mut out = vec![];
+    for (idx, component) in ["text_encoder", "text_encoder_2"].into_iter().enumerate() {
+        if let Some(t) = text_config(from, &h, idx)? {
+            let mut c = from.configs.get(component).cloned().unwrap_or_else(|| serde_json::json!({}));
+            c["num_attention_heads"] = t.heads.into();
+            c["hidden_act"] = if t.activation == Activation::QuickGelu {
+                "quick_gelu"
+            } else {
+                "gelu"
+            }
+            .into();
+            out.push((component, c));
+        }
+    }
+    if from.has("vae.decoder.conv_in.weight") {
+        let mut c = from.configs.get("vae").cloned().unwrap_or_else(|| serde_json::json!({}));
+        if let Some(g) = h
+            .cfg("vae", "norm_num_groups")
+            .and_then(Value::as_u64)
+            .or_else(|| h.ours.get("norm_groups").and_then(Value::as_u64))
+        {
+            c["norm_num_groups"] = g.into();
+        }
+        if let Some(f) = h.cfg("vae", "scaling_factor").or_else(|| h.ours.get("vae_scaling_factor")) {
+            c["scaling_factor"] = f.clone();
+        }
+        out.push(("vae", c));
+    }
+    Ok(out)
+}
+
 /// Infers the whole configuration; `name` (file or folder name) only feeds the few-step hint.
 pub fn infer(w: &Weights, name: &str) -> Result<ModelConfig> {
     let h = Hints::new(w);
@@ -282,9 +329,10 @@ pub fn infer(w: &Weights, name: &str) -> Result<ModelConfig> {
         }
     }
     if text.is_empty() {
-        return Err(EngineError::UnknownArchitecture(
-            "no text encoder found (no 'cond_stage_model.*', 'conditioner.*' or text_encoder/ weights)".into(),
-        ));
+        return Err(EngineError::UnknownArchitecture(format!(
+            "no text encoder found (no 'cond_stage_model.*', 'conditioner.*' or text_encoder/ weights){}",
+            unet_only_hint(w)
+        )));
     }
     let unet = unet_config(w, &h)?;
     let family = match h.ours.get("family").and_then(Value::as_str) {

@@ -139,19 +139,36 @@ fn model_shape(path: &Path, content: &gguf_file::Content, name: &str, info: &ggu
     }
 }
 
-/// The canonical-name prefixes of a whole-model file; a file with UNet names only is
-/// ComfyUI-GGUF's UNet-only kind.
-fn unet_only(names: &[String]) -> bool {
-    let whole = [
-        "model.diffusion_model.",
-        "first_stage_model.",
-        "cond_stage_model.",
-        "conditioner.",
-        "unet.",
-        "vae.",
-        "te1.",
-    ];
-    !names.iter().any(|n| whole.iter().any(|p| n.starts_with(p))) && names.iter().any(|n| n.starts_with("input_blocks."))
+/// "q8_0 73%, f16 27%" (by parameters, quantized types first): what the window, `info` and
+/// the images' metadata show.
+fn shares(by_type: BTreeMap<&'static str, u64>) -> String {
+    let total: u64 = by_type.values().sum::<u64>().max(1);
+    let mut shares: Vec<(&str, u64)> = by_type.into_iter().collect();
+    let float = |k: &str| matches!(k, "f32" | "f16" | "bf16");
+    shares.sort_by(|a, b| float(a.0).cmp(&float(b.0)).then(b.1.cmp(&a.1)));
+    let parts: Vec<String> = shares
+        .iter()
+        .map(|(k, n)| format!("{k} {}%", (n * 100 + total / 2) / total))
+        .collect();
+    parts.join(", ")
+}
+
+/// What the model picker says of a GGUF file before it is opened, from its header alone:
+/// the weight types by share of parameters, and "UNet only" for ComfyUI-GGUF's kind (which
+/// opens with a components checkpoint), e.g. "q8_0 94%, f32 6%; UNet only".
+pub fn describe(path: &Path) -> Result<String> {
+    let (_, content) = open(path)?;
+    let mut by_type: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for info in content.tensor_infos.values() {
+        *by_type.entry(type_name(info.ggml_dtype)).or_default() += info.shape.elem_count() as u64;
+    }
+    let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    let unet_only = if super::unet_only_prefix(&names).is_empty() {
+        ""
+    } else {
+        "; UNet only"
+    };
+    Ok(format!("{}{unet_only}", shares(by_type)))
 }
 
 /// Loads a GGUF checkpoint into canonical names. Quantized tensors (q8_0, q4_K, ...) stay
@@ -162,7 +179,7 @@ pub fn load(path: &Path, dtype: DType, device: &Device, read: Read, keep_quantiz
     let (mut f, content) = open(path)?;
     let mut source: Vec<String> = content.tensor_infos.keys().cloned().collect();
     source.sort();
-    let prefix = if unet_only(&source) { "model.diffusion_model." } else { "" };
+    let prefix = super::unet_only_prefix(&source);
     let names: Vec<String> = source.iter().map(|n| format!("{prefix}{n}")).collect();
     let mut w = empty(Layout::SingleFile);
     for (k, v) in &content.metadata {
@@ -183,9 +200,12 @@ pub fn load(path: &Path, dtype: DType, device: &Device, read: Read, keep_quantiz
         *by_type.entry(kind).or_default() += info.shape.elem_count() as u64;
         w.bytes += stored_bytes(info);
         let name = super::convert::resolve_decoder_index(&r.name, num_up);
+        if !read.covers(&name) {
+            continue;
+        }
         let shape = model_shape(path, &content, file_name, info)?;
         w.shapes.insert(name.clone(), transformed_shape(&shape, r.transform));
-        if read == Read::Tensors {
+        if read.data() {
             let reshape_only = matches!(r.transform, Transform::None | Transform::ConvToLinear);
             let float = matches!(info.ggml_dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
             if keep_quantized && reshape_only && !float {
@@ -213,7 +233,7 @@ pub fn load(path: &Path, dtype: DType, device: &Device, read: Read, keep_quantiz
             w.tensors.insert(name, transformed(t, r.transform, dtype, device)?);
         }
     }
-    if w.shapes.is_empty() {
+    if w.shapes.is_empty() && read != Read::Components {
         return Err(EngineError::UnknownArchitecture(format!(
             "{} is a GGUF file without Stable Diffusion tensors (general.architecture: {}; its names start like {:?})",
             path.display(),
@@ -225,17 +245,7 @@ pub fn load(path: &Path, dtype: DType, device: &Device, read: Read, keep_quantiz
             source.iter().take(3).collect::<Vec<_>>()
         )));
     }
-    // "q8_0 73%, f16 27%" (by parameters, quantized types first): what the window, `info`
-    // and the images' metadata show.
-    let total: u64 = by_type.values().sum::<u64>().max(1);
-    let mut shares: Vec<(&str, u64)> = by_type.into_iter().collect();
-    let float = |k: &str| matches!(k, "f32" | "f16" | "bf16");
-    shares.sort_by(|a, b| float(a.0).cmp(&float(b.0)).then(b.1.cmp(&a.1)));
-    let summary: Vec<String> = shares
-        .iter()
-        .map(|(k, n)| format!("{k} {}%", (n * 100 + total / 2) / total))
-        .collect();
-    w.metadata.insert("latent_studio.gguf_types".into(), summary.join(", "));
+    w.metadata.insert("latent_studio.gguf_types".into(), shares(by_type));
     w.unrecognised.sort();
     Ok(w)
 }

@@ -155,6 +155,24 @@ fn dtype_name(d: safetensors::Dtype) -> &'static str {
 pub enum Read {
     Tensors,
     ShapesOnly,
+    /// The tensors of the text encoders and the VAE only (a `--components` checkpoint: its
+    /// UNet is neither read nor listed).
+    Components,
+}
+
+/// The canonical-name prefixes a components checkpoint lends (see [`take_components`]).
+pub const COMPONENT_PARTS: [&str; 3] = ["te1.", "te2.", "vae."];
+
+impl Read {
+    /// Whether the canonical tensor `name` is read (or listed) at all.
+    pub fn covers(self, name: &str) -> bool {
+        self != Read::Components || COMPONENT_PARTS.iter().any(|p| name.starts_with(p))
+    }
+
+    /// Whether tensor data is read (not only names and shapes).
+    pub fn data(self) -> bool {
+        self != Read::ShapesOnly
+    }
 }
 
 fn is_float(d: safetensors::Dtype) -> bool {
@@ -245,6 +263,60 @@ pub fn load_dequantized(path: &Path, dtype: DType, device: &Device) -> Result<We
     load(path, dtype, device)
 }
 
+/// Reads the text encoders and the VAE of a checkpoint (file or folder), not its UNet: what
+/// a UNet-only file borrows ([`take_components`]).
+pub fn load_components(path: &Path, dtype: DType, device: &Device) -> Result<Weights> {
+    let w = load_with(path, dtype, device, Read::Components)?;
+    if w.shapes.is_empty() {
+        return Err(EngineError::UnknownArchitecture(format!(
+            "{} has neither text encoders nor a VAE to lend",
+            path.display()
+        )));
+    }
+    Ok(w)
+}
+
+/// Fills what `w` lacks from `from` (read with [`load_components`]): the text encoders
+/// (both or none: `te1.` and `te2.` come from the same file) when `w` has none, the VAE when
+/// it has none. Their configuration moves with them ([`architecture::component_configs`]),
+/// so they mean in `w` what they meant in their own file. Returns the parts taken, e.g.
+/// `["text encoders", "VAE"]`; nothing when `w` lacks nothing `from` has.
+pub fn take_components(w: &mut Weights, mut from: Weights) -> Result<Vec<&'static str>> {
+    let has = |w: &Weights, p: &str| w.shapes.keys().any(|k| k.starts_with(p));
+    let configs = architecture::component_configs(&from)?;
+    let mut taken = vec![];
+    let text = !has(w, "te1.") && !has(w, "te2.") && (has(&from, "te1.") || has(&from, "te2."));
+    let vae = !has(w, "vae.") && has(&from, "vae.");
+    let mut parts = vec![];
+    if text {
+        parts.extend(["te1.", "te2."]);
+        w.text_flavors = from.text_flavors;
+        taken.push("text encoders");
+    }
+    if vae {
+        parts.push("vae.");
+        taken.push("VAE");
+    }
+    let moves = |k: &String| parts.iter().any(|p| k.starts_with(p));
+    w.tensors.extend(from.tensors.drain().filter(|(k, _)| moves(k)));
+    w.quantized.extend(from.quantized.drain().filter(|(k, _)| moves(k)));
+    w.shapes.extend(from.shapes.drain().filter(|(k, _)| moves(k)));
+    for (component, value) in configs {
+        let part = match component {
+            "vae" => "vae.",
+            "text_encoder" => "te1.",
+            _ => "te2.",
+        };
+        if parts.contains(&part) {
+            w.configs.insert(component.to_string(), value);
+        }
+    }
+    if !taken.is_empty() {
+        w.stored_dtypes.extend(from.stored_dtypes);
+    }
+    Ok(taken)
+}
+
 /// Reads names and shapes only (for `info`: no tensor data is touched).
 pub fn load_shapes(path: &Path) -> Result<Weights> {
     load_with(path, DType::F32, &Device::Cpu, Read::ShapesOnly)
@@ -303,13 +375,45 @@ fn load_single(path: &Path, dtype: DType, device: &Device, read: Read) -> Result
     }
     let file = SafetensorsFile::open(path)?;
     let st = file.parse()?;
-    let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    let source: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    let prefix = unet_only_prefix(&source);
+    let names: Vec<String> = source.iter().map(|n| format!("{prefix}{n}")).collect();
     let mut w = empty(Layout::SingleFile);
     w.metadata = file.metadata()?;
-    let renamed = rename_single_file(&names, &mut w);
+    let renamed = rename_single_file(&names, &mut w)
+        .into_iter()
+        .map(|(src, r)| (src[prefix.len()..].to_string(), r))
+        .collect();
     read_renamed(&file, &st, renamed, &mut w, dtype, device, read)?;
     w.unrecognised.sort();
     Ok(w)
+}
+
+/// What a UNet-only file's names lack (ComfyUI's `models/unet` files, stable-diffusion.cpp's
+/// `--diffusion-model`, a diffusers `unet/` file taken alone): `model.diffusion_model.` for
+/// LDM names (`input_blocks.*`), `unet.` for diffusers names (`down_blocks.*`,
+/// `time_embedding.*`); nothing for whole checkpoints and other files.
+pub fn unet_only_prefix(names: &[String]) -> &'static str {
+    let whole = [
+        "model.diffusion_model.",
+        "first_stage_model.",
+        "cond_stage_model.",
+        "conditioner.",
+        "unet.",
+        "vae.",
+        "te1.",
+        "te2.",
+    ];
+    let any = |p: &str| names.iter().any(|n| n.starts_with(p));
+    if whole.iter().any(|p| any(p)) {
+        ""
+    } else if any("input_blocks.") {
+        "model.diffusion_model."
+    } else if any("down_blocks.") && any("time_embedding.") {
+        "unet."
+    } else {
+        ""
+    }
 }
 
 /// An LDM single file's names (as A1111 and stable-diffusion.cpp name them, or this project's
@@ -366,6 +470,9 @@ fn read_renamed(
 ) -> Result<()> {
     let num_up = decoder_ups(&renamed);
     for (src, r) in renamed {
+        if !read.covers(&r.name) {
+            continue;
+        }
         let view = st.tensor(&src).map_err(|e| file.bad(describe_st_error(&e)))?;
         w.stored_dtypes.insert(dtype_name(view.dtype()).to_string());
         w.bytes += view.data().len() as u64;
@@ -374,7 +481,7 @@ fn read_renamed(
         }
         let name = convert::resolve_decoder_index(&r.name, num_up);
         w.shapes.insert(name.clone(), transformed_shape(view.shape(), r.transform));
-        if read == Read::Tensors
+        if read.data()
             && let Some(t) = load_view(&view, r.transform, dtype, device)?
         {
             w.tensors.insert(name, t);
@@ -663,7 +770,7 @@ fn load_diffusers(dir: &Path, dtype: DType, device: &Device, read: Read) -> Resu
             let file = SafetensorsFile::open(&f)?;
             let st = file.parse()?;
             for (name, view) in st.iter() {
-                let Some(canon) = convert::diffusers_key(component, name) else {
+                let Some(canon) = convert::diffusers_key(component, name).filter(|c| read.covers(c)) else {
                     continue;
                 };
                 w.stored_dtypes.insert(dtype_name(view.dtype()).to_string());
@@ -672,7 +779,7 @@ fn load_diffusers(dir: &Path, dtype: DType, device: &Device, read: Read) -> Resu
                     continue;
                 }
                 w.shapes.insert(canon.clone(), view.shape().to_vec());
-                if read == Read::Tensors
+                if read.data()
                     && let Some(t) = load_view(&view, Transform::None, dtype, device)?
                 {
                     w.tensors.insert(canon, t);

@@ -227,6 +227,13 @@ impl Pipeline {
             }
             p.push("VAE", name);
         }
+        if let Some((name, hash)) = &self.components {
+            // A UNet-only file's text encoders / VAE came from this checkpoint.
+            if let Some(h) = hash {
+                p.push("Components hash", h);
+            }
+            p.push("Components", name);
+        }
         if r.init_image.is_some() {
             p.push("Denoising strength", crate::metadata::short_number(r.strength));
         }

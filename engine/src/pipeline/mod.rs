@@ -153,6 +153,9 @@ pub struct Pipeline {
     pub hash: Option<String>,
     /// The VAE file used instead of the checkpoint's own: its file name and short hash.
     pub vae_override: Option<(String, Option<String>)>,
+    /// The checkpoint that lent the text encoders and/or VAE (`ModelSpec::components`): its
+    /// file name and short hash.
+    pub components: Option<(String, Option<String>)>,
     text: Vec<ClipText>,
     unet: Unet,
     vae: VaeDecoder,
@@ -242,7 +245,26 @@ impl Pipeline {
             .and_then(|n| n.to_str())
             .map(|s| s.to_string())
             .unwrap_or_else(|| "model".into());
-        let mut cfg = architecture::infer(&w, &name)?;
+        let components = match &spec.components {
+            Some(c) => {
+                let from = checkpoint::load_components(c, candle_dtype(spec.dtype), &device)?;
+                let taken = checkpoint::take_components(&mut w, from)?;
+                let file = c.file_name().and_then(|n| n.to_str()).unwrap_or("components").to_string();
+                Some((file, if c.is_file() { checkpoint::short_hash(c) } else { None }, taken))
+            }
+            None => None,
+        };
+        let mut cfg = architecture::infer(&w, &name).map_err(|e| match (&components, e) {
+            (Some((file, _, taken)), EngineError::UnknownArchitecture(m)) => EngineError::UnknownArchitecture(format!(
+                "{m} ({} taken from {file}: is it a checkpoint of the UNet's family?)",
+                if taken.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    taken.join(" and ")
+                }
+            )),
+            (_, e) => e,
+        })?;
         if let Some(p) = spec.prediction {
             cfg.prediction = p;
         }
@@ -263,6 +285,9 @@ impl Pipeline {
         pipe.path = spec.path.clone();
         pipe.hash = hash;
         pipe.vae_override = vae_override;
+        pipe.components = components
+            .filter(|(_, _, taken)| !taken.is_empty())
+            .map(|(file, hash, _)| (file, hash));
         if let Some(t) = &spec.tiny_decoder {
             pipe.tiny = Some(pipe.load_tiny(t)?);
         }
@@ -311,6 +336,7 @@ impl Pipeline {
             report,
             hash: None,
             vae_override: None,
+            components: None,
             text,
             unet,
             vae,

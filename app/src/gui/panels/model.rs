@@ -51,8 +51,13 @@ pub fn show(view: &mut View, ui: &mut egui::Ui) {
                     ui.label("Add a model folder (File > Add model folder…)");
                 }
                 for p in &options {
+                    let note = view.session.model_notes.get(p);
+                    let label = match note {
+                        Some(n) => format!("{} · {n}", file_name(p)),
+                        None => file_name(p),
+                    };
                     if ui
-                        .selectable_label(current.as_ref() == Some(p), file_name(p))
+                        .selectable_label(current.as_ref() == Some(p), label)
                         .on_hover_text(match std::fs::metadata(p) {
                             Ok(m) if m.is_file() => format!("{} ({:.1} MB)", p.display(), m.len() as f64 / 1e6),
                             _ => p.display().to_string(),
@@ -101,7 +106,23 @@ fn vae_picker(view: &mut View, ui: &mut egui::Ui, model: Option<&std::path::Path
         "Step previews from a tiny decoder (TAESD: A1111's models/VAE-approx, ComfyUI's models/vae_approx): \
          full-size previews for a few milliseconds a step, instead of the free latent projection",
     );
-    if (vae || tiny)
+    let found: Vec<std::path::PathBuf> = view
+        .session
+        .found_models
+        .iter()
+        .filter(|p| Some(p.as_path()) != model)
+        .cloned()
+        .collect();
+    let components = file_picker(
+        ui,
+        ("Components", "components-picker"),
+        &found,
+        &mut view.settings.components,
+        "the checkpoint's own",
+        "Text encoders and VAE for a UNet-only file (ComfyUI's models/unet, ComfyUI-GGUF's .gguf UNets), \
+         taken from a whole checkpoint of the same family; a whole checkpoint keeps its own",
+    );
+    if (vae || tiny || components)
         && let Some(m) = model
     {
         view.act(Action::OpenModel(m.to_path_buf()));
