@@ -1062,6 +1062,11 @@ fn restoring_an_image_picks_its_vae_by_hash() {
     let mine = vae_dir.join("my-copy.safetensors");
     std::fs::copy(&fixture, &mine).expect("copy");
     let hash = latent_engine::checkpoint::short_hash(&mine).expect("hash");
+    let checkpoints = root.join("models/checkpoints");
+    std::fs::create_dir_all(&checkpoints).expect("dir");
+    let lender = checkpoints.join("lender.safetensors");
+    let whole = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd1/sd1-tiny.safetensors");
+    std::fs::copy(&whole, &lender).expect("copy");
     let mut settings = settings();
     settings.model_dirs = vec![root.clone()];
     let mut s = studio("vae-restore", settings, Some("/models/fake.safetensors"));
@@ -1081,6 +1086,16 @@ fn restoring_an_image_picks_its_vae_by_hash() {
     );
     assert!(said(&s, "nowhere.safetensors"));
     assert_eq!(s.log.lock().expect("log").loads.len(), 2);
+    // An image made with a UNet-only file names the checkpoint that lent its text encoders
+    // and VAE: the model folders' file of that name is picked and the model reloads with it.
+    drop_png(
+        &mut s,
+        "unet-only.png",
+        "a fox\nSteps: 6, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, Components: lender.safetensors",
+    );
+    s.until("reloaded with the components", |_, log| log.loads.len() >= 3);
+    assert_eq!(s.log.lock().expect("log").loads[2].components, Some(lender.clone()));
+    assert_eq!(s.harness.state().settings.components, Some(lender));
 }
 
 #[test]

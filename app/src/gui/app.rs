@@ -652,14 +652,38 @@ impl StudioApp {
     }
 
     /// Picks the VAE an image names (`VAE hash`, else `VAE`: A1111's keys) among the VAE
-    /// folders' files and reloads the model with it; one it cannot find is said. Hashes are
-    /// computed once per file, only when an image asks.
+    /// folders' files, and the components checkpoint (`Components hash`, `Components`) among
+    /// the model folders' files, and reloads the model with them; one it cannot find is said.
     fn restore_vae(&mut self, p: &Parameters) {
-        let (name, hash) = (p.get("VAE").map(str::trim), p.get("VAE hash").map(str::trim));
-        if name.is_none() && hash.is_none() {
-            return;
+        let vaes = self.session.found_vaes.clone();
+        let vae = self.restore_file(p, ("VAE", "VAE hash"), &vaes, |s| &mut s.vae);
+        let models = self.session.found_models.clone();
+        let components = self.restore_file(p, ("Components", "Components hash"), &models, |s| &mut s.components);
+        if vae || components {
+            let current = match &self.session.model {
+                ModelState::Loaded { path, .. } | ModelState::Loading { path, .. } => Some(path.clone()),
+                ModelState::None => None,
+            };
+            if let Some(m) = current {
+                self.open_model(&m);
+            }
         }
-        let mut order = self.session.found_vaes.clone();
+    }
+
+    /// Sets the setting `slot` to the file of `found` that the image's `keys` (name, hash)
+    /// name; true when it changed. Hashes are computed once per file, only when an image asks.
+    fn restore_file(
+        &mut self,
+        p: &Parameters,
+        (name_key, hash_key): (&str, &str),
+        found: &[PathBuf],
+        slot: impl Fn(&mut super::state::Settings) -> &mut Option<PathBuf>,
+    ) -> bool {
+        let (name, hash) = (p.get(name_key).map(str::trim), p.get(hash_key).map(str::trim));
+        if name.is_none() && hash.is_none() {
+            return false;
+        }
+        let mut order = found.to_vec();
         order.sort_by_key(|f| Some(file_name(f).as_str()) != name);
         let pick = match hash {
             Some(h) => order.into_iter().find(|f| {
@@ -671,25 +695,21 @@ impl StudioApp {
             None => order.into_iter().find(|f| Some(file_name(f).as_str()) == name),
         };
         match pick {
-            Some(v) => {
-                if self.settings.vae.as_ref() != Some(&v) {
-                    self.settings.vae = Some(v);
-                    let current = match &self.session.model {
-                        ModelState::Loaded { path, .. } | ModelState::Loading { path, .. } => Some(path.clone()),
-                        ModelState::None => None,
-                    };
-                    if let Some(m) = current {
-                        self.open_model(&m);
-                    }
-                }
+            Some(v) if slot(&mut self.settings).as_ref() != Some(&v) => {
+                *slot(&mut self.settings) = Some(v);
+                true
             }
-            None => self.session.say(
-                Level::Warning,
-                format!(
-                    "This image was decoded with VAE {} not found in your VAE folders; the current VAE is kept.",
-                    name.or(hash).unwrap_or("?")
-                ),
-            ),
+            Some(_) => false,
+            None => {
+                self.session.say(
+                    Level::Warning,
+                    format!(
+                        "This image was made with {name_key} {} not found in your model folders; the current choice is kept.",
+                        name.or(hash).unwrap_or("?")
+                    ),
+                );
+                false
+            }
         }
     }
 

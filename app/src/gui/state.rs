@@ -726,7 +726,8 @@ pub struct Session {
     /// Pixels the Extend buttons add to the picture (outpainting); 0 means the default 64.
     pub outpaint_by: u32,
     pub brush: Brush,
-    /// Short hashes of VAE files computed so far (restoring an image by `VAE hash`).
+    /// Short hashes of VAE and components files computed so far (restoring an image by
+    /// `VAE hash`, `Components hash`).
     pub vae_hashes: HashMap<PathBuf, String>,
     /// The last finished image (for the clipboard).
     pub last_image: Option<Arc<ImageRgb8>>,
