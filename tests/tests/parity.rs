@@ -205,8 +205,8 @@ fn sdxl_matches_diffusers() {
 }
 
 /// Half-precision weights and compute: the run completes, stays finite and stays near f32.
-/// bf16 on the CPU runs twice where the machine allows: with the AVX-512 BF16 kernels
-/// (bf16 matrices, f32 activations) and forced down to AVX2, where the weights keep bf16's
+/// bf16 on the CPU runs twice where the machine allows: with the AVX-512 BF16 kernels (AMX
+/// tiles where the CPU has them; bf16 matrices, f32 activations) and forced down to AVX2, where the weights keep bf16's
 /// rounding and compute in f32.
 #[test]
 fn half_precision_runs_stay_close_to_f32() {
@@ -244,7 +244,13 @@ fn half_precision_runs_stay_close_to_f32() {
     let (err, matrices) = run(D::BF16);
     println!(
         "BF16 ({}): rel L2 vs diffusers f32 {err:.2e}",
-        if hardware { "AVX-512 BF16 kernels" } else { "f32 compute" }
+        if latent_engine::kernels::cpu_bf16::amx() {
+            "AMX tiles"
+        } else if hardware {
+            "AVX-512 BF16 kernels"
+        } else {
+            "f32 compute"
+        }
     );
     assert!(err < 5e-3, "BF16: {err}");
     assert_eq!(

@@ -330,11 +330,22 @@ pub fn attention_blocked_bf16(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f
     let width = heads * dim;
     let scale = 1.0 / (dim as f32).sqrt();
     let level = Level::current();
-    let path = Path::Dpbf16;
-    let mut qb = vec![0u16; q.len()];
-    qb.par_chunks_mut(1 << 14)
-        .zip(q.par_chunks(1 << 14))
-        .for_each(|(o, x)| round_scaled(level, x, scale, o));
+    let path = Path::best();
+    // AMX multiplies 32 x 32 blocks 32 deep: heads are padded with zeros to a multiple of 32
+    // channels (SD's 40 -> 64, 80 -> 96) so no product has an edge, and query blocks are 32
+    // rows so the scores (32 x keys) stay in the core's L2.
+    let (dim_p, block_rows) = if path == Path::Amx {
+        (dim.next_multiple_of(32), 32)
+    } else {
+        (dim, BLOCK_ROWS)
+    };
+    let width_p = heads * dim_p;
+    let mut qb = vec![0u16; batch * queries * width_p];
+    qb.par_chunks_mut(width_p).zip(q.par_chunks(width)).for_each(|(o, x)| {
+        for (oh, xh) in o.chunks_mut(dim_p).zip(x.chunks(dim)) {
+            round_scaled(level, xh, scale, &mut oh[..dim]);
+        }
+    });
     // Per (batch, head): K^T (dim deep, keys wide) and V (keys deep, dim wide), packed.
     let heads_all: Vec<(usize, usize)> = (0..batch).flat_map(|b| (0..heads).map(move |h| (b, h))).collect();
     let packed: Vec<(Vec<u32>, Vec<u32>)> = heads_all
@@ -351,6 +362,9 @@ pub fn attention_blocked_bf16(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f
                 dim,
                 keys,
             );
+            let kt = pad_pairs(kt, keys, dim / 2, dim_p / 2);
+            // V's columns beyond `dim` are packed as zeros up to the 32-column block, which
+            // `dim_p` never passes (both round up to it).
             let vp = pack_all(
                 Source::F32(Strided {
                     data: &v[kv0..],
@@ -363,42 +377,41 @@ pub fn attention_blocked_bf16(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f
             (kt, vp)
         })
         .collect();
-    let blocks = queries.div_ceil(BLOCK_ROWS);
+    let blocks = queries.div_ceil(block_rows);
     let tasks: Vec<(usize, usize, usize)> = (0..batch)
         .flat_map(|b| (0..heads).flat_map(move |h| (0..blocks).map(move |blk| (b, h, blk))))
         .collect();
     let results: Vec<Vec<f32>> = tasks
         .par_iter()
         .map_init(
-            || (vec![0f32; BLOCK_ROWS * keys], vec![0u16; BLOCK_ROWS * keys], Vec::new()),
+            || (vec![0f32; block_rows * keys], vec![0u16; block_rows * keys], Vec::new()),
             |(scores, probs, scratch), &(b, h, blk)| {
-                let r0 = blk * BLOCK_ROWS;
-                let rows = BLOCK_ROWS.min(queries - r0);
+                let r0 = blk * block_rows;
+                let rows = block_rows.min(queries - r0);
                 let scores = &mut scores[..rows * keys];
                 scores.fill(0.0);
                 let (kt, vp) = &packed[b * heads + h];
                 Product {
                     m: rows,
                     n: keys,
-                    k: dim,
-                    w: &qb[(b * queries + r0) * width + h * dim..],
-                    ldw: width,
+                    k: dim_p,
+                    w: &qb[(b * queries + r0) * width_p + h * dim_p..],
+                    ldw: width_p,
                     x: Source::Packed(kt),
                     ldo: keys,
                 }
                 .run_serial(path, scores, scratch);
-                softmax_rows(level, scores, keys);
                 let probs = &mut probs[..rows * keys];
-                round_scaled(level, scores, 1.0, probs);
-                let mut out = vec![0f32; rows * dim];
+                softmax_rows_bf16(level, scores, keys, probs);
+                let mut out = vec![0f32; rows * dim_p];
                 Product {
                     m: rows,
-                    n: dim,
+                    n: dim_p,
                     k: keys,
                     w: probs,
                     ldw: keys,
                     x: Source::Packed(vp),
-                    ldo: dim,
+                    ldo: dim_p,
                 }
                 .run_serial(path, &mut out, scratch);
                 out
@@ -407,13 +420,45 @@ pub fn attention_blocked_bf16(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f
         .collect();
     let mut out = vec![0f32; batch * queries * width];
     for (&(b, h, blk), block) in tasks.iter().zip(&results) {
-        let r0 = blk * BLOCK_ROWS;
-        for (i, src) in block.chunks(dim).enumerate() {
+        let r0 = blk * block_rows;
+        for (i, src) in block.chunks(dim_p).enumerate() {
             let at = (b * queries + r0 + i) * width + h * dim;
-            out[at..at + dim].copy_from_slice(src);
+            out[at..at + dim].copy_from_slice(&src[..dim]);
         }
     }
     out
+}
+
+/// A [`pack_all`](super::cpu_bf16::pack_all) operand `pairs` deep made `pairs_p` deep with
+/// zero pairs (the same `n` columns).
+fn pad_pairs(packed: Vec<u32>, n: usize, pairs: usize, pairs_p: usize) -> Vec<u32> {
+    use super::cpu_bf16::COLS;
+    if pairs == pairs_p {
+        return packed;
+    }
+    let blocks = n.div_ceil(COLS);
+    let mut out = vec![0u32; blocks * pairs_p * COLS];
+    for (dst, src) in out.chunks_mut(pairs_p * COLS).zip(packed.chunks(pairs * COLS)) {
+        dst[..pairs * COLS].copy_from_slice(src);
+    }
+    out
+}
+
+crate::simd_fn! {
+    /// Softmax of each `width`-long row of `scores` (left holding the exponentials), written
+    /// rounded to bf16 into `probs`.
+    fn softmax_rows_bf16(scores: &mut [f32], width: usize, probs: &mut [u16]) {
+        for (row, out) in scores.chunks_mut(width).zip(probs.chunks_mut(width)) {
+            let max = lane_max(row);
+            for x in row.iter_mut() {
+                *x = exp_nonpositive(*x - max);
+            }
+            let inv = 1.0 / lane_sum(row);
+            for (o, &x) in out.iter_mut().zip(row.iter()) {
+                *o = super::cpu_bf16::to_bf16(x * inv);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,11 @@
 //! instruction, twice the f32 FMA rate) each micro-kernel call keeps a 12 x 32 block of
 //! outputs in 24 registers: per pair of k it loads 32 packed activations and broadcasts one
 //! weight pair per output row straight from the weight matrix, so weights need no packing and
-//! stay in memory once, in bf16. Elsewhere a portable kernel computes the same sums from the
+//! stay in memory once, in bf16. On CPUs with AMX (Xeon 4th generation and later: tile
+//! registers of 16 rows x 64 bytes and `tdpbf16ps`, a 16 x 16 x 32 product per instruction)
+//! 32 x 32 output blocks take four tile products per 32 values of k, with the weight rows
+//! loaded as tiles straight from the matrix and the same packed activations; block edges go
+//! to the AVX-512 kernel. Elsewhere a portable kernel computes the same sums from the
 //! same packing (widening to f32); the engine only takes this path where the CPU has
 //! AVX-512 BF16, and keeps f32 weights otherwise.
 
@@ -22,9 +26,13 @@ use super::simd::Level;
 /// Output rows (weight rows) per micro-kernel call.
 const ROWS: usize = 12;
 /// Output columns per micro-kernel call (two 16-lane vectors).
-const COLS: usize = 32;
+pub const COLS: usize = 32;
 /// k pairs per block: 32 columns x 128 pairs of packed activations are 16 KiB.
 const PAIRS: usize = 128;
+/// k pairs per block on AMX: the tiles multiply so fast that re-reading a block's sums
+/// between k blocks costs; 256 pairs amortise it while one column block's packed
+/// activations (32 KiB) still fit L1.
+const PAIRS_AMX: usize = 256;
 /// Output columns per task (4 micro-kernel column blocks).
 const TASK_COLS: usize = 128;
 
@@ -38,6 +46,138 @@ pub fn hardware() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+/// Whether this CPU's AMX tiles run here: AMX-TILE and AMX-BF16, Linux granting the process
+/// the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, asked once), [`hardware`], and
+/// `LATENT_STUDIO_AMX` not `0`/`off` (to compare with the AVX-512 kernel).
+pub fn amx() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        static GRANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        hardware()
+            && *GRANTED.get_or_init(|| {
+                let off = std::env::var("LATENT_STUDIO_AMX")
+                    .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "off" | "no" | "false"));
+                !off && amx::cpu_has() && amx::request()
+            })
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}
+
+/// AMX tiles through inline assembly (Rust's AMX intrinsics are not stable).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(unsafe_code)]
+mod amx {
+    use std::arch::asm;
+
+    /// CPUID leaf 7: AMX-BF16 (EDX bit 22) and AMX-TILE (bit 24); the OS saving tile state
+    /// (XCR0 bits 17 and 18) is what [`request`] asks for.
+    pub fn cpu_has() -> bool {
+        // CPUID leaf 7 exists on every x86-64 CPU with AVX-512 (checked by the caller).
+        let l7 = std::arch::x86_64::__cpuid_count(7, 0);
+        (l7.edx >> 22) & 1 == 1 && (l7.edx >> 24) & 1 == 1
+    }
+
+    /// Asks Linux (5.16 and later) for the tile data state for this process; false where the
+    /// kernel refuses or predates it.
+    pub fn request() -> bool {
+        const SYS_ARCH_PRCTL: i64 = 158;
+        const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+        const XFEATURE_XTILEDATA: u64 = 18;
+        let ret: i64;
+        // SAFETY: a plain system call; it changes only which register state the process may use.
+        unsafe {
+            asm!("syscall", inlateout("rax") SYS_ARCH_PRCTL => ret, in("rdi") ARCH_REQ_XCOMP_PERM,
+                 in("rsi") XFEATURE_XTILEDATA, lateout("rcx") _, lateout("r11") _, options(nostack));
+        }
+        ret == 0
+    }
+
+    /// Palette 1, eight tiles of 16 rows x 64 bytes.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    /// Loads the tile configuration on this thread (tiles zeroed).
+    ///
+    /// # Safety
+    /// [`super::amx`] must be true.
+    pub unsafe fn configure() {
+        let mut c = Config([0; 64]);
+        c.0[0] = 1;
+        for t in 0..8 {
+            c.0[16 + 2 * t] = 64;
+            c.0[48 + t] = 16;
+        }
+        // SAFETY: the configuration is valid for palette 1; the caller checked AMX.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) c.0.as_ptr(), options(nostack, readonly)) };
+    }
+
+    /// Gives the tile state back (the OS then need not save it on a switch).
+    ///
+    /// # Safety
+    /// [`super::amx`] must be true.
+    pub unsafe fn release() {
+        // SAFETY: the caller checked AMX.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// `out[r][c] += sum_k w[r][k] x[k][c]` for a 32 x 32 block and `steps * 32` values of k:
+    /// `w` the first weight row (`ldw` bytes apart), `a` packed activations (`[pair][32]`
+    /// u32, 16 pairs per step), `out` the block's first value (`ldo` bytes apart).
+    ///
+    /// # Safety
+    /// [`configure`] ran on this thread; `w` holds 32 rows of `steps * 32` bf16, `a`
+    /// `steps * 512` u32, `out` 32 rows of 32 f32, at those strides.
+    pub unsafe fn block32(w: *const u16, ldw: usize, a: *const u32, steps: usize, out: *mut f32, ldo: usize) {
+        // SAFETY: as documented; tmm0-3 hold the sums, tmm4-5 weight rows, tmm6-7 activations.
+        // Nothing else in this function touches tile registers, so they keep their values
+        // between the assembly blocks.
+        unsafe {
+            asm!(
+                "tileloadd tmm0, [{o} + {ldo}*1]",
+                "tileloadd tmm1, [{o} + {ldo}*1 + 64]",
+                "tileloadd tmm2, [{o16} + {ldo}*1]",
+                "tileloadd tmm3, [{o16} + {ldo}*1 + 64]",
+                o = in(reg) out,
+                o16 = in(reg) out.byte_add(16 * ldo),
+                ldo = in(reg) ldo,
+                options(nostack, readonly),
+            );
+            for t in 0..steps {
+                let wt = w.byte_add(t * 64);
+                asm!(
+                    "tileloadd tmm4, [{w} + {ldw}*1]",
+                    "tileloadd tmm5, [{w16} + {ldw}*1]",
+                    "tileloadd tmm6, [{a} + {lda}*1]",
+                    "tileloadd tmm7, [{a} + {lda}*1 + 64]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    w = in(reg) wt,
+                    w16 = in(reg) wt.byte_add(16 * ldw),
+                    ldw = in(reg) ldw,
+                    a = in(reg) a.byte_add(t * 2048),
+                    lda = in(reg) 128usize,
+                    options(nostack, readonly),
+                );
+            }
+            asm!(
+                "tilestored [{o} + {ldo}*1], tmm0",
+                "tilestored [{o} + {ldo}*1 + 64], tmm1",
+                "tilestored [{o16} + {ldo}*1], tmm2",
+                "tilestored [{o16} + {ldo}*1 + 64], tmm3",
+                o = in(reg) out,
+                o16 = in(reg) out.byte_add(16 * ldo),
+                ldo = in(reg) ldo,
+                options(nostack),
+            );
+        }
     }
 }
 
@@ -245,9 +385,41 @@ unsafe fn block_dpbf16<const R: usize>(w: *const u16, ldw: usize, a: *const u32,
     }
 }
 
+/// `rows <= ROWS` rows of one block by [`block_dpbf16`] (the CPU has AVX-512 BF16: checked
+/// by [`Product::check`]); `w` starts at the block's first weight row and pair, `a` at its
+/// first packed pair, `o` at its first output.
+#[allow(clippy::too_many_arguments)]
+fn dpbf16(rows: usize, w: &[u16], ldw: usize, a: &[u32], pairs: usize, o: *mut f32, ldo: usize, cols: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(rows <= ROWS && a.len() >= pairs * COLS && (rows == 0 || w.len() >= (rows - 1) * ldw + 2 * pairs));
+        macro_rules! go {
+            ($($n:literal)*) => {
+                match rows {
+                    // SAFETY: the CPU has AVX-512 BF16 (checked); rows and pairs are within
+                    // `w` and `a` (asserted), the block within `out` (the caller's extents).
+                    $($n => unsafe { block_dpbf16::<$n>(w.as_ptr(), ldw, a.as_ptr(), pairs, o, ldo, cols) },)*
+                    _ => unreachable!(),
+                }
+            };
+        }
+        #[allow(unsafe_code)]
+        {
+            go!(1 2 3 4 5 6 7 8 9 10 11 12)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (rows, w, ldw, a, pairs, o, ldo, cols);
+        unreachable!("vdpbf16ps is x86-64 only")
+    }
+}
+
 /// Which kernel computes the blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
+    /// AMX tiles (`tdpbf16ps` on 16 x 16 blocks), edges by `vdpbf16ps`.
+    Amx,
     /// `vdpbf16ps` (AVX-512 BF16).
     Dpbf16,
     /// Widening to f32, compiled for the given instruction set.
@@ -257,7 +429,23 @@ pub enum Path {
 impl Path {
     /// The fastest path this CPU has.
     pub fn best() -> Path {
-        if hardware() { Path::Dpbf16 } else { Path::Widen(Level::current()) }
+        if amx() {
+            Path::Amx
+        } else if hardware() {
+            Path::Dpbf16
+        } else {
+            Path::Widen(Level::current())
+        }
+    }
+
+    /// Output rows per micro-kernel call (tasks split rows in multiples of it).
+    fn rows(self) -> usize {
+        if self == Path::Amx { 32 } else { ROWS }
+    }
+
+    /// k pairs per block.
+    fn pairs(self) -> usize {
+        if self == Path::Amx { PAIRS_AMX } else { PAIRS }
     }
 }
 
@@ -289,6 +477,9 @@ impl Product<'_> {
         if path == Path::Dpbf16 {
             assert!(hardware(), "this CPU has no AVX-512 BF16");
         }
+        if path == Path::Amx {
+            assert!(amx(), "this CPU (or OS) runs no AMX tiles");
+        }
     }
 
     /// Rows `r0..r1` and columns `c0..c1` (at most `TASK_COLS`) of the product into `out`.
@@ -297,72 +488,124 @@ impl Product<'_> {
         let (k, ldw, ldo) = (self.k, self.ldw, self.ldo);
         let pairs_total = k / 2;
         let col_sub = (c1 - c0).div_ceil(COLS);
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        if path == Path::Amx {
+            // SAFETY: AMX runs here (checked by `check`).
+            #[allow(unsafe_code)]
+            unsafe {
+                amx::configure()
+            };
+        }
         let mut p0 = 0;
         while p0 < pairs_total {
-            let pairs = PAIRS.min(pairs_total - p0);
+            let pairs = path.pairs().min(pairs_total - p0);
             let pre = match self.x {
                 Source::Packed(p) => Some(p),
                 _ => None,
             };
             if pre.is_none() {
                 for s in 0..col_sub {
-                    pack_block(level, self.x, k, self.n, c0 + s * COLS, p0, pairs, &mut packed[s * COLS * PAIRS..]);
+                    pack_block(
+                        level,
+                        self.x,
+                        k,
+                        self.n,
+                        c0 + s * COLS,
+                        p0,
+                        pairs,
+                        &mut packed[s * COLS * PAIRS_AMX..],
+                    );
                 }
             }
-            let mut r = r0;
-            while r < r1 {
-                let rows = ROWS.min(r1 - r);
-                for s in 0..col_sub {
-                    let j = c0 + s * COLS;
-                    let cols = COLS.min(c1 - j);
-                    let a = match pre {
-                        // c0 is a multiple of COLS (task and serial column blocks are).
-                        Some(p) => &p[((j / COLS) * pairs_total + p0) * COLS..((j / COLS) * pairs_total + p0 + pairs) * COLS],
-                        None => &packed[s * COLS * PAIRS..s * COLS * PAIRS + pairs * COLS],
-                    };
-                    let wp = &self.w[r * ldw + 2 * p0..];
-                    // The block lies inside `out` (its length is checked by `check`); written
-                    // through a raw pointer because the blocks of parallel tasks interleave
-                    // in memory.
-                    let o = out.wrapping_add(r * ldo + j);
-                    match path {
-                        #[cfg(target_arch = "x86_64")]
-                        Path::Dpbf16 => {
-                            macro_rules! go {
-                                ($($n:literal)*) => {
-                                    match rows {
-                                        // SAFETY: the CPU has AVX-512 BF16 (checked); rows,
-                                        // pairs and columns are within w, the packed block
-                                        // and `out`.
-                                        $($n => unsafe { block_dpbf16::<$n>(wp.as_ptr(), ldw, a.as_ptr(), pairs, o, ldo, cols) },)*
-                                        _ => unreachable!(),
-                                    }
+            // One 32 x 32 (AMX) or 12 x 32 block: rows r.. of column block s.
+            let unit = |r: usize, rows: usize, s: usize| {
+                let j = c0 + s * COLS;
+                let cols = COLS.min(c1 - j);
+                let a = match pre {
+                    // c0 is a multiple of COLS (task and serial column blocks are).
+                    Some(p) => &p[((j / COLS) * pairs_total + p0) * COLS..((j / COLS) * pairs_total + p0 + pairs) * COLS],
+                    None => &packed[s * COLS * PAIRS_AMX..s * COLS * PAIRS_AMX + pairs * COLS],
+                };
+                // The block lies inside `out` (its length is checked by `check`); written
+                // through a raw pointer because the blocks of parallel tasks interleave
+                // in memory.
+                let o = out.wrapping_add(r * ldo + j);
+                match path {
+                    Path::Amx => {
+                        // Whole 32 x 32 blocks on the tiles, 16 pairs per step; the pairs
+                        // left over and the edge blocks by vdpbf16ps.
+                        let steps = if rows == 32 && cols == COLS { pairs / 16 } else { 0 };
+                        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+                        if steps > 0 {
+                            let wp = &self.w[r * ldw + 2 * p0..];
+                            // SAFETY: tiles configured above; 32 rows of `2 * pairs` weights
+                            // from `wp` (checked extents), `steps * 16` packed pairs in `a`,
+                            // and the 32 x 32 block of `out`.
+                            #[allow(unsafe_code)]
+                            unsafe {
+                                amx::block32(wp.as_ptr(), 2 * ldw, a.as_ptr(), steps, o, 4 * ldo)
+                            };
+                        }
+                        let done = 16 * steps;
+                        if done < pairs {
+                            let mut rr = 0;
+                            while rr < rows {
+                                let n = ROWS.min(rows - rr);
+                                let wp = &self.w[(r + rr) * ldw + 2 * (p0 + done)..];
+                                dpbf16(n, wp, ldw, &a[done * COLS..], pairs - done, o.wrapping_add(rr * ldo), ldo, cols);
+                                rr += n;
+                            }
+                        }
+                    }
+                    Path::Dpbf16 => {
+                        let wp = &self.w[r * ldw + 2 * p0..];
+                        dpbf16(rows, wp, ldw, a, pairs, o, ldo, cols);
+                    }
+                    Path::Widen(l) => {
+                        let wp = &self.w[r * ldw + 2 * p0..];
+                        let sums = block_widen(l.min(level), wp, ldw, rows, a, pairs);
+                        for (rr, row) in sums.iter().enumerate().take(rows) {
+                            for (c, v) in row.iter().enumerate().take(cols) {
+                                // SAFETY: (rr, c) is inside this block (see above).
+                                #[allow(unsafe_code)]
+                                unsafe {
+                                    *o.add(rr * ldo + c) += v
                                 };
                             }
-                            #[allow(unsafe_code)]
-                            {
-                                go!(1 2 3 4 5 6 7 8 9 10 11 12)
-                            }
                         }
-                        Path::Widen(l) => {
-                            let sums = block_widen(l.min(level), wp, ldw, rows, a, pairs);
-                            for (rr, row) in sums.iter().enumerate().take(rows) {
-                                for (c, v) in row.iter().enumerate().take(cols) {
-                                    // SAFETY: (rr, c) is inside this block (see above).
-                                    #[allow(unsafe_code)]
-                                    unsafe {
-                                        *o.add(rr * ldo + c) += v
-                                    };
-                                }
-                            }
-                        }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        Path::Dpbf16 => unreachable!(),
                     }
                 }
-                r += rows;
+            };
+            if path == Path::Amx {
+                // Column block outer: its packed activations (16 KiB) stay in L1 while the
+                // weight rows stream past.
+                for s in 0..col_sub {
+                    let mut r = r0;
+                    while r < r1 {
+                        let rows = path.rows().min(r1 - r);
+                        unit(r, rows, s);
+                        r += rows;
+                    }
+                }
+            } else {
+                let mut r = r0;
+                while r < r1 {
+                    let rows = path.rows().min(r1 - r);
+                    for s in 0..col_sub {
+                        unit(r, rows, s);
+                    }
+                    r += rows;
+                }
             }
             p0 += pairs;
+        }
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        if path == Path::Amx {
+            // SAFETY: as above.
+            #[allow(unsafe_code)]
+            unsafe {
+                amx::release()
+            };
         }
     }
 
@@ -370,7 +613,7 @@ impl Product<'_> {
     /// `packed` (grown to `TASK_COLS * PAIRS` as needed).
     pub fn run_serial(&self, path: Path, out: &mut [f32], packed: &mut Vec<u32>) {
         self.check(path, out.len());
-        packed.resize(TASK_COLS * PAIRS, 0);
+        packed.resize(TASK_COLS * PAIRS_AMX, 0);
         let level = Level::current();
         let mut c0 = 0;
         while c0 < self.n {
@@ -390,12 +633,19 @@ impl Product<'_> {
         // far as the threads need work (packing costs 1/rows of the products).
         let col_blocks = n.div_ceil(TASK_COLS);
         let want = 2 * rayon::current_num_threads();
-        let splits = want.div_ceil(col_blocks.max(1)).clamp(1, m.div_ceil(ROWS).max(1));
-        let task_rows = m.div_ceil(splits).div_ceil(ROWS) * ROWS;
+        let gran = path.rows();
+        let splits = want.div_ceil(col_blocks.max(1)).clamp(1, m.div_ceil(gran).max(1));
+        let mut task_rows = m.div_ceil(splits).div_ceil(gran) * gran;
+        if path == Path::Amx {
+            // AMX multiplies faster than L3 streams a tall operand: at most 1024 rows
+            // (PAIRS_AMX deep: 1 MiB) per task, so a thread's consecutive tasks (same rows,
+            // the next columns) find them in L2.
+            task_rows = task_rows.min(1024);
+        }
         let row_blocks = m.div_ceil(task_rows.max(1));
         let out_addr = out.as_mut_ptr() as usize;
         (0..row_blocks * col_blocks).into_par_iter().for_each_init(
-            || vec![0u32; TASK_COLS * PAIRS],
+            || vec![0u32; TASK_COLS * PAIRS_AMX],
             |packed, task| {
                 let (rb, cb) = (task / col_blocks, task % col_blocks);
                 let (r0, r1) = (rb * task_rows, ((rb + 1) * task_rows).min(m));
@@ -527,6 +777,25 @@ mod tests {
         assert_eq!(to_bf16(f32::INFINITY), 0x7f80);
     }
 
+    /// A Linux machine whose /proc/cpuinfo lists AMX (and AVX-512 BF16) runs the tiles: the
+    /// detection, the permission request and the assembly are not silently skipped.
+    #[test]
+    fn amx_runs_where_linux_lists_it() {
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+            return;
+        };
+        let listed = ["amx_tile", "amx_bf16", "avx512_bf16"]
+            .iter()
+            .all(|f| info.split_whitespace().any(|w| w == *f));
+        if listed && std::env::var_os("LATENT_STUDIO_AMX").is_none() && std::env::var_os("LATENT_STUDIO_SIMD").is_none() {
+            assert!(amx(), "the CPU lists AMX but the tiles are not used");
+            assert_eq!(Path::best(), Path::Amx);
+        }
+        if !listed {
+            assert!(!amx());
+        }
+    }
+
     /// Every path this CPU has against an f64 product of the bf16-rounded operands, on
     /// shapes with row, column and depth remainders, both activation layouts, accumulating
     /// onto a bias.
@@ -536,7 +805,17 @@ mod tests {
         if hardware() {
             paths.push(Path::Dpbf16);
         }
-        for (m, n, k) in [(12, 32, 256), (29, 77, 300), (5, 3, 2), (100, 200, 1030), (320, 130, 64)] {
+        if amx() {
+            paths.push(Path::Amx);
+        }
+        for (m, n, k) in [
+            (12, 32, 256),
+            (29, 77, 300),
+            (5, 3, 2),
+            (100, 200, 1030),
+            (320, 130, 64),
+            (64, 96, 344),
+        ] {
             let w32: Vec<f32> = crate::rng::TorchRng::new(1).randn_f32(m * k);
             let w: Vec<u16> = w32.iter().map(|&v| to_bf16(v)).collect();
             let x: Vec<f32> = crate::rng::TorchRng::new(2).randn_f32(k * n);

@@ -52,8 +52,16 @@ pub fn cpu_kernel_set() -> String {
         } else {
             ""
         };
+        // --dtype bf16's matrix products (kernels::cpu_bf16).
+        let bf16 = if cpu_bf16::amx() {
+            "AMX tiles (tdpbf16ps)"
+        } else if cpu_bf16::hardware() {
+            "AVX-512 BF16 (vdpbf16ps)"
+        } else {
+            "none (bf16 weights computed in f32)"
+        };
         format!(
-            "{gemm} for matrix products, {}{capped} for attention, norms and activations; CPU flags: {}",
+            "{gemm} for matrix products, {}{capped} for attention, norms and activations, bf16 products: {bf16}; CPU flags: {}",
             own.name(),
             flags.join(" ")
         )
