@@ -389,7 +389,6 @@ pub fn attention_blocked_bf16(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f
                 let r0 = blk * block_rows;
                 let rows = block_rows.min(queries - r0);
                 let scores = &mut scores[..rows * keys];
-                scores.fill(0.0);
                 let (kt, vp) = &packed[b * heads + h];
                 Product {
                     m: rows,
@@ -399,6 +398,7 @@ pub fn attention_blocked_bf16(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f
                     ldw: width_p,
                     x: Source::Packed(kt),
                     ldo: keys,
+                    overwrite: true,
                 }
                 .run_serial(path, scores, scratch);
                 let probs = &mut probs[..rows * keys];
@@ -412,6 +412,7 @@ pub fn attention_blocked_bf16(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f
                     ldw: keys,
                     x: Source::Packed(vp),
                     ldo: dim_p,
+                    overwrite: true,
                 }
                 .run_serial(path, &mut out, scratch);
                 out

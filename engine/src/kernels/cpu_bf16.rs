@@ -133,21 +133,31 @@ mod amx {
     /// # Safety
     /// [`configure`] ran on this thread; `w` holds 32 rows of `steps * 32` bf16, `a`
     /// `steps * 512` u32, `out` 32 rows of 32 f32, at those strides.
-    pub unsafe fn block32(w: *const u16, ldw: usize, a: *const u32, steps: usize, out: *mut f32, ldo: usize) {
+    pub unsafe fn block32(w: *const u16, ldw: usize, a: *const u32, steps: usize, out: *mut f32, ldo: usize, add: bool) {
         // SAFETY: as documented; tmm0-3 hold the sums, tmm4-5 weight rows, tmm6-7 activations.
         // Nothing else in this function touches tile registers, so they keep their values
         // between the assembly blocks.
         unsafe {
-            asm!(
-                "tileloadd tmm0, [{o} + {ldo}*1]",
-                "tileloadd tmm1, [{o} + {ldo}*1 + 64]",
-                "tileloadd tmm2, [{o16} + {ldo}*1]",
-                "tileloadd tmm3, [{o16} + {ldo}*1 + 64]",
-                o = in(reg) out,
-                o16 = in(reg) out.byte_add(16 * ldo),
-                ldo = in(reg) ldo,
-                options(nostack, readonly),
-            );
+            if add {
+                asm!(
+                    "tileloadd tmm0, [{o} + {ldo}*1]",
+                    "tileloadd tmm1, [{o} + {ldo}*1 + 64]",
+                    "tileloadd tmm2, [{o16} + {ldo}*1]",
+                    "tileloadd tmm3, [{o16} + {ldo}*1 + 64]",
+                    o = in(reg) out,
+                    o16 = in(reg) out.byte_add(16 * ldo),
+                    ldo = in(reg) ldo,
+                    options(nostack, readonly),
+                );
+            } else {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+            }
             for t in 0..steps {
                 let wt = w.byte_add(t * 64);
                 asm!(
@@ -353,7 +363,17 @@ crate::simd_fn! {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[allow(unsafe_code)]
-unsafe fn block_dpbf16<const R: usize>(w: *const u16, ldw: usize, a: *const u32, pairs: usize, out: *mut f32, ldo: usize, cols: usize) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_dpbf16<const R: usize>(
+    w: *const u16,
+    ldw: usize,
+    a: *const u32,
+    pairs: usize,
+    out: *mut f32,
+    ldo: usize,
+    cols: usize,
+    add: bool,
+) {
     use std::arch::x86_64::*;
     // SAFETY: the caller guarantees the extents above; every pointer below stays inside them.
     unsafe {
@@ -379,8 +399,13 @@ unsafe fn block_dpbf16<const R: usize>(w: *const u16, ldw: usize, a: *const u32,
         };
         for r in 0..R {
             let o = out.add(r * ldo);
-            _mm512_mask_storeu_ps(o, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, o), lo[r]));
-            _mm512_mask_storeu_ps(o.add(16), m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, o.add(16)), hi[r]));
+            if add {
+                _mm512_mask_storeu_ps(o, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, o), lo[r]));
+                _mm512_mask_storeu_ps(o.add(16), m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, o.add(16)), hi[r]));
+            } else {
+                _mm512_mask_storeu_ps(o, m0, lo[r]);
+                _mm512_mask_storeu_ps(o.add(16), m1, hi[r]);
+            }
         }
     }
 }
@@ -389,7 +414,7 @@ unsafe fn block_dpbf16<const R: usize>(w: *const u16, ldw: usize, a: *const u32,
 /// by [`Product::check`]); `w` starts at the block's first weight row and pair, `a` at its
 /// first packed pair, `o` at its first output.
 #[allow(clippy::too_many_arguments)]
-fn dpbf16(rows: usize, w: &[u16], ldw: usize, a: &[u32], pairs: usize, o: *mut f32, ldo: usize, cols: usize) {
+fn dpbf16(rows: usize, w: &[u16], ldw: usize, a: &[u32], pairs: usize, o: *mut f32, ldo: usize, cols: usize, add: bool) {
     #[cfg(target_arch = "x86_64")]
     {
         assert!(rows <= ROWS && a.len() >= pairs * COLS && (rows == 0 || w.len() >= (rows - 1) * ldw + 2 * pairs));
@@ -398,7 +423,7 @@ fn dpbf16(rows: usize, w: &[u16], ldw: usize, a: &[u32], pairs: usize, o: *mut f
                 match rows {
                     // SAFETY: the CPU has AVX-512 BF16 (checked); rows and pairs are within
                     // `w` and `a` (asserted), the block within `out` (the caller's extents).
-                    $($n => unsafe { block_dpbf16::<$n>(w.as_ptr(), ldw, a.as_ptr(), pairs, o, ldo, cols) },)*
+                    $($n => unsafe { block_dpbf16::<$n>(w.as_ptr(), ldw, a.as_ptr(), pairs, o, ldo, cols, add) },)*
                     _ => unreachable!(),
                 }
             };
@@ -410,7 +435,7 @@ fn dpbf16(rows: usize, w: &[u16], ldw: usize, a: &[u32], pairs: usize, o: *mut f
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (rows, w, ldw, a, pairs, o, ldo, cols);
+        let _ = (rows, w, ldw, a, pairs, o, ldo, cols, add);
         unreachable!("vdpbf16ps is x86-64 only")
     }
 }
@@ -452,7 +477,7 @@ impl Path {
 /// One product `out[o][j] += sum_k w[o][k] * x[k][j]` for `o < m`, `j < n`: `w` holds `m`
 /// rows of bf16 bits `ldw` apart (the operand broadcast pair by pair; `k` even), `x` is the
 /// packed operand, `out` holds `m` rows of f32 `ldo` apart. Add a bias by filling `out`
-/// with it first.
+/// with it first, or set `overwrite` to write `out[o][j] = ...` without reading it.
 #[derive(Clone, Copy)]
 pub struct Product<'a> {
     pub m: usize,
@@ -462,6 +487,8 @@ pub struct Product<'a> {
     pub ldw: usize,
     pub x: Source<'a>,
     pub ldo: usize,
+    /// Write the product over `out` (whose values are then never read) instead of adding.
+    pub overwrite: bool,
 }
 
 impl Product<'_> {
@@ -488,6 +515,18 @@ impl Product<'_> {
         let (k, ldw, ldo) = (self.k, self.ldw, self.ldo);
         let pairs_total = k / 2;
         let col_sub = (c1 - c0).div_ceil(COLS);
+        if pairs_total == 0 && self.overwrite {
+            // An empty sum: zeros.
+            for r in r0..r1 {
+                for c in c0..c1 {
+                    // SAFETY: inside `out` (checked extents).
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        *out.add(r * ldo + c) = 0.0
+                    };
+                }
+            }
+        }
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         if path == Path::Amx {
             // SAFETY: AMX runs here (checked by `check`).
@@ -530,6 +569,8 @@ impl Product<'_> {
                 // through a raw pointer because the blocks of parallel tasks interleave
                 // in memory.
                 let o = out.wrapping_add(r * ldo + j);
+                // The first k block overwrites where asked; later ones add.
+                let add = !self.overwrite || p0 > 0;
                 match path {
                     Path::Amx => {
                         // Whole 32 x 32 blocks on the tiles, 16 pairs per step; the pairs
@@ -543,7 +584,7 @@ impl Product<'_> {
                             // and the 32 x 32 block of `out`.
                             #[allow(unsafe_code)]
                             unsafe {
-                                amx::block32(wp.as_ptr(), 2 * ldw, a.as_ptr(), steps, o, 4 * ldo)
+                                amx::block32(wp.as_ptr(), 2 * ldw, a.as_ptr(), steps, o, 4 * ldo, add)
                             };
                         }
                         let done = 16 * steps;
@@ -552,14 +593,24 @@ impl Product<'_> {
                             while rr < rows {
                                 let n = ROWS.min(rows - rr);
                                 let wp = &self.w[(r + rr) * ldw + 2 * (p0 + done)..];
-                                dpbf16(n, wp, ldw, &a[done * COLS..], pairs - done, o.wrapping_add(rr * ldo), ldo, cols);
+                                dpbf16(
+                                    n,
+                                    wp,
+                                    ldw,
+                                    &a[done * COLS..],
+                                    pairs - done,
+                                    o.wrapping_add(rr * ldo),
+                                    ldo,
+                                    cols,
+                                    add || steps > 0,
+                                );
                                 rr += n;
                             }
                         }
                     }
                     Path::Dpbf16 => {
                         let wp = &self.w[r * ldw + 2 * p0..];
-                        dpbf16(rows, wp, ldw, a, pairs, o, ldo, cols);
+                        dpbf16(rows, wp, ldw, a, pairs, o, ldo, cols, add);
                     }
                     Path::Widen(l) => {
                         let wp = &self.w[r * ldw + 2 * p0..];
@@ -569,7 +620,11 @@ impl Product<'_> {
                                 // SAFETY: (rr, c) is inside this block (see above).
                                 #[allow(unsafe_code)]
                                 unsafe {
-                                    *o.add(rr * ldo + c) += v
+                                    if add {
+                                        *o.add(rr * ldo + c) += v
+                                    } else {
+                                        *o.add(rr * ldo + c) = *v
+                                    }
                                 };
                             }
                         }
@@ -668,6 +723,7 @@ pub fn matmul(path: Path, m: usize, n: usize, k: usize, w: &[u16], x: Source, ou
         ldw: k,
         x,
         ldo,
+        overwrite: false,
     }
     .run(path, out)
 }
@@ -843,6 +899,26 @@ mod tests {
                         matmul(path, m, n, k, &w, source, &mut out, n);
                         let err = out.iter().zip(&want).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0f64, f64::max);
                         assert!(err < 2e-5 * scale, "{path:?} {m}x{n}x{k} transposed {transposed}: {err}");
+                        // Overwriting: what `out` held (NaN here) is never read.
+                        let mut out = vec![f32::NAN; m * n];
+                        Product {
+                            m,
+                            n,
+                            k,
+                            w: &w,
+                            ldw: k,
+                            x: source,
+                            ldo: n,
+                            overwrite: true,
+                        }
+                        .run(path, &mut out);
+                        let err = out
+                            .iter()
+                            .zip(&want)
+                            .enumerate()
+                            .map(|(i, (a, b))| (f64::from(*a) - (b - f64::from(bias[i / n]))).abs())
+                            .fold(0f64, f64::max);
+                        assert!(err < 2e-5 * scale, "{path:?} {m}x{n}x{k} overwriting: {err}");
                     }
                 }
             }
