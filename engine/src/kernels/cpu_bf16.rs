@@ -227,18 +227,9 @@ pub fn pack_all(x: Source, k: usize, n: usize) -> Vec<u32> {
     let blocks = n.div_ceil(COLS);
     let mut out = vec![0u32; blocks * pairs * COLS];
     let level = Level::current();
-    for b in 0..blocks {
-        pack_block(
-            level,
-            x,
-            k,
-            n,
-            b * COLS,
-            0,
-            pairs,
-            &mut out[b * pairs * COLS..(b + 1) * pairs * COLS],
-        );
-    }
+    out.par_chunks_mut((pairs * COLS).max(1))
+        .enumerate()
+        .for_each(|(b, block)| pack_block(level, x, k, n, b * COLS, 0, pairs, block));
     out
 }
 
@@ -771,16 +762,16 @@ impl Linear {
             let bias = &bs[ba..ba + m];
             out.par_chunks_mut(m.max(1)).for_each(|row| row.copy_from_slice(bias));
         }
-        matmul(
-            Path::best(),
-            t,
-            m,
-            k,
-            &xb,
-            Source::Bf16Rows(ws[wa..wz].reinterpret_cast(), k),
-            &mut out,
-            m,
-        );
+        let path = Path::best();
+        let wsrc = Source::Bf16Rows(ws[wa..wz].reinterpret_cast(), k);
+        // On AMX tasks hold at most 1024 tokens, so many tasks share each column block of
+        // the weights: pack them once for all.
+        let pre = (path == Path::Amx && t > 1024).then(|| pack_all(wsrc, k, m));
+        let x = match &pre {
+            Some(p) => Source::Packed(p),
+            None => wsrc,
+        };
+        matmul(path, t, m, k, &xb, x, &mut out, m);
         Ok((CpuStorage::F32(out), Shape::from((t, m))))
     }
 }
@@ -926,12 +917,13 @@ mod tests {
     }
 
     /// The linear-layer operation (transposed input and output, bias) against candle's f32
-    /// product of the bf16-rounded operands, token counts off the 64-token blocks.
+    /// product of the bf16-rounded operands, token counts off the 64-token blocks (and past
+    /// 1024, where AMX packs the weights once).
     #[test]
     fn linear_matches_candle() {
         use candle_core::{DType, Device, Tensor};
         let dev = Device::Cpu;
-        for (t, k, m) in [(150, 96, 70), (7, 40, 13), (64, 320, 320)] {
+        for (t, k, m) in [(150, 96, 70), (7, 40, 13), (64, 320, 320), (1100, 64, 48)] {
             let x = Tensor::from_vec(crate::rng::TorchRng::new(3).randn_f32(t * k), (t, k), &dev).expect("test value");
             let w = Tensor::from_vec(crate::rng::TorchRng::new(4).randn_f32(m * k), (m, k), &dev)
                 .expect("test value")
