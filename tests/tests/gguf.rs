@@ -102,6 +102,9 @@ fn quantize_writes_files_that_load_and_stay_close_per_type() {
         let kind = gguf::parse_type(t).expect("type");
         let report = gguf::quantize_file(&model, &out, kind, &[], gguf::ConvLayout::Kept).expect("quantizes");
         assert_eq!(report.tensors, 560);
+        // The embedded model names its tensors diffusers-style: `quantize` says so (such a
+        // file is not one stable-diffusion.cpp reads).
+        assert!(!report.ldm_names);
         if t != "f16" {
             assert!(report.quantized > 10 && report.bytes_out < report.bytes_in, "{t}: {report:?}");
         }
@@ -412,4 +415,21 @@ fn a_unet_only_file_opens_with_the_components_of_a_whole_checkpoint() {
     let out = own.generate(&own.validate(&request).expect("valid"), &mut Quiet).expect("generate");
     assert!(!out.metadata.contains("Components"), "{}", out.metadata);
     assert_eq!(out.latents.data, latents(&whole, &request));
+}
+
+/// An original-layout checkpoint keeps its names through `quantize` (what stable-diffusion.cpp
+/// needs: checked once with it on an SD 1.5-size file, `packaging/bench/sdcpp_reads_gguf.py`),
+/// and the report says they are LDM names.
+#[test]
+fn quantize_keeps_an_original_checkpoints_names() {
+    let src = fixture("sd1/sd1-tiny.safetensors");
+    let out = scratch("sd1-tiny-ldm-q8_0.gguf");
+    let report = gguf::quantize_file(&src, &out, GgmlDType::Q8_0, &[], gguf::ConvLayout::Kept).expect("quantizes");
+    assert!(report.ldm_names);
+    let st = candle_core::safetensors::load(&src, &candle_core::Device::Cpu).expect("raw");
+    assert_eq!(report.tensors, st.len());
+    for (name, t) in &st {
+        let back = gguf::read_tensor(&out, name).unwrap_or_else(|e| panic!("{name} renamed or lost: {e}"));
+        assert_eq!(back.dims(), t.dims(), "{name}");
+    }
 }

@@ -56,5 +56,14 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         100.0 * r.bytes_out as f64 / r.bytes_in.max(1) as f64,
         start.elapsed().as_secs_f64()
     );
+    if !r.ldm_names {
+        eprintln!(
+            "note: {} names its tensors diffusers-style (unet.*), not as an original checkpoint \
+             (model.diffusion_model.*): the studio reads the GGUF, stable-diffusion.cpp does not",
+            a.input.display()
+        );
+    } else if a.flatten_convs {
+        eprintln!("note: flattened convolutions: ComfyUI-GGUF and the studio read this file, stable-diffusion.cpp does not");
+    }
     Ok(())
 }

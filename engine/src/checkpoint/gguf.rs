@@ -281,6 +281,10 @@ pub struct QuantizeReport {
     pub quantized: usize,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The names are the original (LDM) checkpoint's (`model.diffusion_model.*`), which
+    /// stable-diffusion.cpp needs; false for diffusers-style names (`unet.*`, as `bench
+    /// random-model` writes), which only the studio and diffusers-aware readers take.
+    pub ldm_names: bool,
 }
 
 /// How [`quantize_file`] lays out convolution kernels.
@@ -321,7 +325,10 @@ pub fn quantize_file(input: &Path, output: &Path, t: GgmlDType, keep: &[String],
     let st = file.parse()?;
     let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     names.sort();
-    let mut report = QuantizeReport::default();
+    let mut report = QuantizeReport {
+        ldm_names: names.iter().any(|n| n.starts_with("model.diffusion_model.")),
+        ..Default::default()
+    };
     let mut tensors: Vec<(String, QTensor)> = vec![];
     let mut meta: Vec<(String, gguf_file::Value)> = vec![];
     for n in &names {
