@@ -261,7 +261,11 @@ impl GroupNorm {
             let y = crate::kernels::cpu_grad::group_norm(x, self.groups, self.eps, &self.weight, &self.bias)?;
             return Ok(Some(if silu { y.silu()? } else { y }));
         }
-        if tracked || !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.rank() < 2 {
+        // f16 activations (`--dtype f16` on the CPU) take the same f32 kernel through one f32
+        // copy: candle's f16 group norm makes several f32 temporaries of the whole tensor,
+        // which set the peak of a 512x512 VAE decode.
+        let half = x.dtype() == candle_core::DType::F16;
+        if tracked || !x.device().is_cpu() || !(x.dtype() == candle_core::DType::F32 || half) || x.rank() < 2 {
             return Ok(None);
         }
         let dims = x.dims();
@@ -270,7 +274,11 @@ impl GroupNorm {
         if channels != self.weight.elem_count() || !channels.is_multiple_of(self.groups) {
             return Ok(None);
         }
-        let data = x.flatten_all()?.to_vec1::<f32>()?;
+        let data = if half {
+            x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?
+        } else {
+            x.flatten_all()?.to_vec1::<f32>()?
+        };
         let (weight, bias) = (
             self.weight.to_dtype(candle_core::DType::F32)?,
             self.bias.to_dtype(candle_core::DType::F32)?,
@@ -285,7 +293,9 @@ impl GroupNorm {
             silu,
         };
         let out = crate::kernels::cpu_norm::group_norm(&data, norm);
-        Ok(Some(Tensor::from_vec(out, dims, x.device())?))
+        drop(data);
+        let y = Tensor::from_vec(out, dims, x.device())?;
+        Ok(Some(if half { y.to_dtype(candle_core::DType::F16)? } else { y }))
     }
 
     /// `silu(group_norm(x))` in one pass where the fused kernel applies.
@@ -698,6 +708,14 @@ mod tests {
                 worst(&norm.forward_silu(&x).expect("fused silu"), &want) < 1e-5,
                 "silu {b}x{c}x{h}x{w}/{groups}"
             );
+            // f16 activations go through the same kernel and come back f16, within f16's
+            // rounding of candle's f32 result on the same (f16-rounded) input.
+            let xh = x.to_dtype(candle_core::DType::F16).expect("f16");
+            let f32s = |t: &Tensor| t.to_dtype(candle_core::DType::F32).expect("f32");
+            let got = norm.forward_silu(&xh).expect("fused f16");
+            assert_eq!(got.dtype(), candle_core::DType::F16);
+            let want = norm.inner.forward(&f32s(&xh)).and_then(|y| y.silu()).expect("candle");
+            assert!(worst(&f32s(&got), &want) < 1e-2, "f16 {b}x{c}x{h}x{w}/{groups}");
         }
     }
 
